@@ -1,0 +1,110 @@
+"""The Backend protocol and the registry.
+
+A backend is a plain value: what it supports, whether it can run here (and why not), and a
+`prepare` that turns a case and its inputs into a `Prepared` the timer can call. Backends are found
+through the entry-point group 'elbolab.backends' (the built-ins are registered that way in
+pyproject.toml, so the harness never imports a backend by name) and through the ELBOLAB_BACKENDS
+environment variable ("module:attribute,..."), which tests and experiments use to add one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import numpy as np
+
+from harness.case import Case
+
+ENTRY_POINT_GROUP = "elbolab.backends"
+
+
+@dataclass
+class Prepared:
+    """A case made ready to time.
+
+    call      one call of the kernel on the prepared data (what the timer loops over)
+    outputs   the outputs of the last call, as NumPy arrays, for the correctness check
+    call_n    optional: run n calls inside the backend (e.g. a loop in Rust), to time without
+              per-call Python overhead; the timer uses it in place of a Python loop when present
+    sync      optional: wait for queued device work (called before the clock stops)
+    device_peak_bytes  optional: peak device memory of the case so far
+    notes     facts a reader of the results needs (e.g. how CUDA time was synchronised)
+    """
+
+    call: Callable[[], object]
+    outputs: Callable[[], Mapping[str, object]]
+    call_n: Callable[[int], object] | None = None
+    sync: Callable[[], None] | None = None
+    device_peak_bytes: Callable[[], int | None] | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def _always_available() -> str | None:
+    return None
+
+
+def _all_devices_available(device: str) -> str | None:
+    return None
+
+
+def _no_versions() -> dict[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    workloads: tuple[str, ...]
+    prepare: Callable[[Case, dict[str, np.ndarray]], Prepared]
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[str, ...] = ("float64", "float32")
+    # Reason this backend cannot run here (library missing, ...) or None. May import the library.
+    unavailable_reason: Callable[[], str | None] = _always_available
+    # Reason a device cannot be used here (no GPU, ...) or None.
+    device_unavailable_reason: Callable[[str], str | None] = _all_devices_available
+    # Versions of what the backend runs on, for the results file.
+    versions: Callable[[], dict[str, str]] = _no_versions
+    # Whether the backend uses more than one thread when asked to; single-threaded backends
+    # still run at every thread count the user asks for, so the count is always explicit.
+    threaded: bool = False
+
+    def skip_reason(self, case: Case) -> str | None:
+        """Why this backend cannot run `case` here, or None if it can."""
+        if case.workload not in self.workloads:
+            return f"{self.name} does not implement workload {case.workload}"
+        if case.device not in self.devices:
+            return f"{self.name} has no device {case.device}"
+        if case.dtype not in self.dtypes:
+            return f"{self.name} does not support {case.dtype}"
+        return self.unavailable_reason() or self.device_unavailable_reason(case.device)
+
+
+class RegistryError(Exception):
+    pass
+
+
+def _load(spec: str) -> Backend:
+    module_name, _, attr = spec.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr or "backend")
+    except (ImportError, AttributeError) as exc:
+        raise RegistryError(f"cannot load backend {spec!r}: {exc}") from exc
+    if not isinstance(obj, Backend):
+        raise RegistryError(f"{spec!r} is not an elbolab Backend")
+    return obj
+
+
+def discover() -> dict[str, Backend]:
+    """All registered backends by name: entry points first, then ELBOLAB_BACKENDS."""
+    specs = [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    specs += [s for s in os.environ.get("ELBOLAB_BACKENDS", "").split(",") if s.strip()]
+    found: dict[str, Backend] = {}
+    for spec in specs:
+        backend = _load(spec.strip())
+        found[backend.name] = backend
+    return dict(sorted(found.items()))

@@ -1,0 +1,17 @@
+"""One correctness check of a backend on a case: inputs, prepare, one call, compare with reference."""
+
+from __future__ import annotations
+
+from harness.backend import Backend
+from harness.case import Case
+from harness.workloads import WORKLOADS, CheckResult, check_outputs, reference_for
+
+
+def verify(backend: Backend, case: Case) -> CheckResult:
+    workload = WORKLOADS[case.workload]
+    inputs = workload.make_inputs(case)
+    prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
+    prepared.call()
+    if prepared.sync:
+        prepared.sync()
+    return check_outputs(workload, case, prepared.outputs(), reference_for(workload, inputs, case))

@@ -1,0 +1,428 @@
+"""Workload definitions: the contract every backend implements.
+
+A workload knows how to make its inputs (seeded, identical for every backend), how to compute the
+float64 reference on exactly those inputs, which outputs a backend must return, how much memory
+traffic and arithmetic one call must do (for the roofline), and how to judge a backend's answer.
+
+Shapes (B batch, D input_dim, L latent_dim, H hidden_dim, K samples), all C-contiguous, one dtype:
+
+elbo        in:  x, x_recon [B,D]; mu, logvar [B,L]; eps [B,L] (absent when variant is eps=sampled)
+            out: z [B,L]; recon, kl, elbo (scalars)
+elbo_grad   as elbo, plus out: grad_x_recon [B,D], grad_mu [B,L], grad_logvar [B,L]  (of `elbo`)
+iwae        in:  x [B,D]; mu, logvar [B,L]; eps [K,B,L]; dec_w [L,D]; dec_b [D]
+            out: iwae (scalar)
+vae_step    in:  x [B,D] in [0,1]; eps [B,L]; the ten parameters of VAE_PARAMS; lr (0-d array)
+            out: loss (scalar, negative ELBO averaged over the batch), grad_<p> and new_<p> per param
+
+Backends return outputs as NumPy arrays (scalars as 0-d arrays or Python floats).
+Reductions over large arrays in float32 must not lose precision to a single running float32 sum:
+accumulate each row in the case dtype and the rows in float64, or sum pairwise (as NumPy does).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.case import Case
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+# Parameter names and shapes of the vae_step MLP (encoder D->H->(mu, logvar), decoder L->H->D).
+VAE_PARAMS: tuple[str, ...] = (
+    "enc_w", "enc_b", "mu_w", "mu_b", "logvar_w", "logvar_b", "dec_w", "dec_b", "out_w", "out_b",
+)  # fmt: skip
+
+
+def vae_param_shapes(d: int, h: int, latent: int) -> dict[str, tuple[int, ...]]:
+    return {
+        "enc_w": (d, h), "enc_b": (h,),
+        "mu_w": (h, latent), "mu_b": (latent,),
+        "logvar_w": (h, latent), "logvar_b": (latent,),
+        "dec_w": (latent, h), "dec_b": (h,),
+        "out_w": (h, d), "out_b": (d,),
+    }  # fmt: skip
+
+
+# Tolerances on the normalised error max|a - r| / max|r| of each output (see check_outputs).
+# float64 kernels differ from the reference only in summation order; float32 kernels in rounding.
+TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one call must do at least: bytes moved to/from memory and floating-point operations."""
+
+    bytes: int
+    flops: int
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    ok: bool
+    max_rel_err: float
+    tolerance: float
+    worst_output: str | None
+    detail: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "ok": self.ok,
+            "max_rel_err": self.max_rel_err,
+            "tolerance": self.tolerance,
+            "worst_output": self.worst_output,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    variants: tuple[str, ...]
+    make_inputs: Callable[[Case], dict[str, np.ndarray]]
+    reference: Callable[[Mapping[str, np.ndarray], Case], dict[str, np.ndarray]]
+    cost: Callable[[Case], Cost]
+    outputs: Callable[[Case], tuple[str, ...]]
+    # outputs that are random when eps is sampled inside the call: checked by moments, not values
+    sampled_outputs: tuple[str, ...] = ()
+
+    def input_bytes(self, case: Case) -> int:
+        """Bytes the inputs of a case occupy (without making them), to refuse sizes that won't fit."""
+        return _input_elements(case) * np.dtype(case.dtype).itemsize
+
+
+# --------------------------------------------------------------------------------------- inputs
+
+
+def _rng(case: Case) -> np.random.Generator:
+    # The seed depends on what the data is (workload, sizes, seed), never on backend or dtype, so
+    # every backend and both dtypes see the same values (float32 inputs are the float64 ones cast).
+    key = f"{case.workload}|{case.batch}|{case.input_dim}|{case.latent_dim}|{case.hidden_dim}|{case.samples}"
+    return np.random.default_rng([case.seed, zlib.crc32(key.encode())])
+
+
+def _cast(arrays: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    return {k: np.array(v, dtype=dtype, order="C") for k, v in arrays.items()}
+
+
+def _elbo_inputs(case: Case) -> dict[str, np.ndarray]:
+    rng = _rng(case)
+    b, d, lat = case.batch, case.input_dim, case.latent_dim
+    arrays = {
+        "x": rng.random((b, d)),
+        "x_recon": rng.random((b, d)),
+        "mu": rng.standard_normal((b, lat)),
+        "logvar": 0.5 * rng.standard_normal((b, lat)),
+        "eps": rng.standard_normal((b, lat)),
+    }
+    if case.variant == "eps=sampled":
+        del arrays["eps"]
+    return _cast(arrays, case.dtype)
+
+
+def _iwae_inputs(case: Case) -> dict[str, np.ndarray]:
+    rng = _rng(case)
+    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.samples
+    return _cast(
+        {
+            "x": rng.random((b, d)),
+            "mu": rng.standard_normal((b, lat)),
+            "logvar": 0.5 * rng.standard_normal((b, lat)),
+            "eps": rng.standard_normal((k, b, lat)),
+            "dec_w": rng.standard_normal((lat, d)) / math.sqrt(lat),
+            "dec_b": 0.5 + 0.1 * rng.standard_normal(d),
+        },
+        case.dtype,
+    )
+
+
+def init_vae_params(
+    d: int, h: int, latent: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Glorot-uniform weights, small biases: the same initial VAE for every backend."""
+    params = {}
+    for name, shape in vae_param_shapes(d, h, latent).items():
+        if len(shape) == 2:
+            limit = math.sqrt(6.0 / (shape[0] + shape[1]))
+            params[name] = rng.uniform(-limit, limit, shape)
+        else:
+            params[name] = 0.01 * rng.standard_normal(shape)
+    return params
+
+
+def _vae_inputs(case: Case) -> dict[str, np.ndarray]:
+    rng = _rng(case)
+    b, d, lat, h = case.batch, case.input_dim, case.latent_dim, case.hidden_dim
+    arrays = {"x": rng.random((b, d)), "eps": rng.standard_normal((b, lat))}
+    arrays.update(init_vae_params(d, h, lat, rng))
+    arrays["lr"] = np.array(0.05)
+    return _cast(arrays, case.dtype)
+
+
+def _input_elements(case: Case) -> int:
+    b, d, lat, h, k = case.batch, case.input_dim, case.latent_dim, case.hidden_dim, case.samples
+    if case.workload in ("elbo", "elbo_grad"):
+        outputs = b * d if case.workload == "elbo_grad" else 0
+        return 2 * b * d + 4 * b * lat + outputs
+    if case.workload == "iwae":
+        return b * d + 2 * b * lat + k * b * lat + lat * d + d
+    params = sum(math.prod(s) for s in vae_param_shapes(d, h, lat).values())
+    activations = b * (2 * h + 4 * lat + 2 * d)
+    return b * d + b * lat + 3 * params + 2 * activations
+
+
+# ------------------------------------------------------------------------------------ references
+
+
+def _f64(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
+
+
+def elbo_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
+    a = _f64(inputs)
+    x, x_recon, mu, logvar = a["x"], a["x_recon"], a["mu"], a["logvar"]
+    b = x.shape[0]
+    out: dict[str, np.ndarray] = {}
+    if "eps" in a:
+        out["z"] = mu + np.exp(0.5 * logvar) * a["eps"]
+    recon = -np.sum((x - x_recon) ** 2) / b
+    kl = -0.5 * np.sum(1.0 + logvar - mu**2 - np.exp(logvar)) / b
+    out.update(recon=np.array(recon), kl=np.array(kl), elbo=np.array(recon - kl))
+    if case.workload == "elbo_grad":
+        out["grad_x_recon"] = (2.0 / b) * (x - x_recon)
+        out["grad_mu"] = -mu / b
+        out["grad_logvar"] = (1.0 - np.exp(logvar)) / (2.0 * b)
+    return out
+
+
+def iwae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
+    a = _f64(inputs)
+    x, mu, logvar, eps, w, bias = a["x"], a["mu"], a["logvar"], a["eps"], a["dec_w"], a["dec_b"]
+    k, b, lat = eps.shape
+    d = x.shape[1]
+    z = mu[None] + np.exp(0.5 * logvar)[None] * eps  # [K,B,L]
+    mean = z @ w + bias  # [K,B,D]
+    log_px = -0.5 * np.sum((x[None] - mean) ** 2, axis=2) - 0.5 * d * LOG_2PI
+    log_pz = -0.5 * np.sum(z**2, axis=2) - 0.5 * lat * LOG_2PI
+    # (z - mu)/sigma is eps exactly; the reference uses that identity, as every backend may
+    log_qz = -0.5 * np.sum(eps**2, axis=2) - 0.5 * np.sum(logvar, axis=1)[None] - 0.5 * lat * LOG_2PI
+    log_w = log_px + log_pz - log_qz  # [K,B]
+    top = log_w.max(axis=0)
+    lse = top + np.log(np.sum(np.exp(log_w - top[None]), axis=0))
+    return {"iwae": np.array(np.mean(lse - math.log(k)))}
+
+
+def softplus(v: np.ndarray) -> np.ndarray:
+    """log(1 + e^v) without overflow."""
+    return np.logaddexp(0.0, v)
+
+
+def vae_forward_backward(
+    x: np.ndarray, eps: np.ndarray, p: Mapping[str, np.ndarray]
+) -> tuple[float, dict[str, np.ndarray]]:
+    """Loss and gradients of one VAE step, hand-written backprop, in the arrays' own dtype.
+
+    This is both the reference (called on float64) and the NumPy backend's kernel; the reference's
+    gradients are themselves checked by finite differences in the tests.
+    """
+    b = x.shape[0]
+    h1_pre = x @ p["enc_w"] + p["enc_b"]
+    h1 = np.maximum(h1_pre, 0)
+    mu = h1 @ p["mu_w"] + p["mu_b"]
+    logvar = h1 @ p["logvar_w"] + p["logvar_b"]
+    std = np.exp(0.5 * logvar)
+    z = mu + std * eps
+    h3_pre = z @ p["dec_w"] + p["dec_b"]
+    h3 = np.maximum(h3_pre, 0)
+    logits = h3 @ p["out_w"] + p["out_b"]
+
+    rec = np.sum(x * logits - softplus(logits))
+    kl = -0.5 * np.sum(1 + logvar - mu * mu - std * std)
+    loss = (kl - rec) / b
+
+    inv_b = x.dtype.type(1.0 / b)
+    d_logits = (1.0 / (1.0 + np.exp(-logits)) - x) * inv_b
+    g = {"out_w": h3.T @ d_logits, "out_b": d_logits.sum(axis=0)}
+    d_h3 = (d_logits @ p["out_w"].T) * (h3_pre > 0)
+    g["dec_w"] = z.T @ d_h3
+    g["dec_b"] = d_h3.sum(axis=0)
+    d_z = d_h3 @ p["dec_w"].T
+    d_mu = d_z + mu * inv_b
+    d_logvar = d_z * (0.5 * std * eps) + 0.5 * (std * std - 1) * inv_b
+    g["mu_w"] = h1.T @ d_mu
+    g["mu_b"] = d_mu.sum(axis=0)
+    g["logvar_w"] = h1.T @ d_logvar
+    g["logvar_b"] = d_logvar.sum(axis=0)
+    d_h1 = (d_mu @ p["mu_w"].T + d_logvar @ p["logvar_w"].T) * (h1_pre > 0)
+    g["enc_w"] = x.T @ d_h1
+    g["enc_b"] = d_h1.sum(axis=0)
+    return float(loss), g
+
+
+def vae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
+    a = _f64(inputs)
+    params = {name: a[name] for name in VAE_PARAMS}
+    loss, grads = vae_forward_backward(a["x"], a["eps"], params)
+    out = {"loss": np.array(loss)}
+    lr = float(a["lr"])
+    for name in VAE_PARAMS:
+        out[f"grad_{name}"] = grads[name]
+        out[f"new_{name}"] = params[name] - lr * grads[name]
+    return out
+
+
+# ---------------------------------------------------------------------------------- cost models
+
+
+def _elbo_cost(case: Case) -> Cost:
+    b, d, lat, size = case.batch, case.input_dim, case.latent_dim, np.dtype(case.dtype).itemsize
+    eps_reads = 0 if case.variant == "eps=sampled" else b * lat
+    reads = 2 * b * d + 2 * b * lat + eps_reads
+    writes = b * lat  # z
+    flops = 3 * b * d + 7 * b * lat + 3 * b * lat  # recon; kl (incl. exp); z (incl. exp)
+    if case.workload == "elbo_grad":
+        writes += b * d + 2 * b * lat
+        flops += 2 * b * d + 3 * b * lat
+    return Cost(bytes=(reads + writes) * size, flops=flops)
+
+
+def _iwae_cost(case: Case) -> Cost:
+    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.samples
+    reads = b * d + 2 * b * lat + k * b * lat + lat * d + d
+    flops = k * b * (2 * lat * d + 4 * d + 8 * lat) + 4 * k * b
+    return Cost(bytes=reads * np.dtype(case.dtype).itemsize, flops=flops)
+
+
+def _vae_cost(case: Case) -> Cost:
+    b, d, lat, h = case.batch, case.input_dim, case.latent_dim, case.hidden_dim
+    params = sum(math.prod(s) for s in vae_param_shapes(d, h, lat).values())
+    # forward matmuls: D*H + 2*H*L + L*H + H*D multiply-adds per row; backward does twice that
+    macs = b * (d * h + 2 * h * lat + lat * h + h * d)
+    elementwise = b * (10 * d + 6 * h + 12 * lat)
+    # every parameter read, every gradient and updated parameter written, x and eps read once
+    elements = 3 * params + b * d + b * lat
+    return Cost(bytes=elements * np.dtype(case.dtype).itemsize, flops=3 * 2 * macs + elementwise)
+
+
+# ------------------------------------------------------------------------------------- checking
+
+
+def check_outputs(
+    workload: Workload, case: Case, got: Mapping[str, object], want: Mapping[str, np.ndarray]
+) -> CheckResult:
+    """Compare a backend's outputs with the reference.
+
+    The error of an output is max|got - want| / max|want| (relative to the output's own scale, so
+    elements near zero don't blow it up). Random outputs (eps sampled inside the call) are checked
+    by the moments of the implied standard normals instead.
+    """
+    tol = TOLERANCE[case.dtype]
+    worst, worst_name = 0.0, None
+    sampled = case.variant == "eps=sampled"
+    for name in workload.outputs(case):
+        if name not in got:
+            return CheckResult(False, math.inf, tol, name, f"backend returned no output {name!r}")
+        value = np.asarray(got[name], dtype=np.float64)
+        if sampled and name in workload.sampled_outputs:
+            problem = _check_standard_normal_z(value, case, want)
+            if problem:
+                return CheckResult(False, math.inf, tol, name, problem)
+            continue
+        ref = want[name]
+        if value.shape != ref.shape:
+            return CheckResult(
+                False, math.inf, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}"
+            )
+        if not np.all(np.isfinite(value)):
+            return CheckResult(False, math.inf, tol, name, f"{name}: non-finite values")
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+        err = float(np.max(np.abs(value - ref))) / scale if scale > 0 else float(np.max(np.abs(value), initial=0.0))
+        if err > worst:
+            worst, worst_name = err, name
+    ok = worst <= tol
+    detail = None if ok else f"{worst_name}: error {worst:.3g} > tolerance {tol:.0e}"
+    return CheckResult(ok, worst, tol, worst_name, detail)
+
+
+def _check_standard_normal_z(z: np.ndarray, case: Case, ref: Mapping[str, np.ndarray]) -> str | None:
+    """z = mu + exp(logvar/2)*eps with eps drawn by the backend: recover eps, test its moments."""
+    inputs = ref["_inputs"]
+    mu, logvar = (np.asarray(inputs[k], dtype=np.float64) for k in ("mu", "logvar"))
+    if z.shape != mu.shape:
+        return f"z: shape {z.shape}, expected {mu.shape}"
+    eps = ((z - mu) / np.exp(0.5 * logvar)).ravel()
+    n = eps.size
+    # 6-sigma bounds: a correct RNG fails this about once in 10^8 cases
+    if abs(eps.mean()) > 6 / math.sqrt(n):
+        return f"z: implied eps has mean {eps.mean():.3g}, not 0"
+    if n > 1 and abs(eps.var() - 1) > 6 * math.sqrt(2 / n) + 1 / n:
+        return f"z: implied eps has variance {eps.var():.3g}, not 1"
+    return None
+
+
+def reference_for(workload: Workload, inputs: Mapping[str, np.ndarray], case: Case) -> dict:
+    ref = workload.reference(inputs, case)
+    ref["_inputs"] = inputs  # the sampled-z check needs mu and logvar
+    return ref
+
+
+# -------------------------------------------------------------------------------------- registry
+
+
+def _elbo_outputs(case: Case) -> tuple[str, ...]:
+    names = ("z", "recon", "kl", "elbo")
+    if case.workload == "elbo_grad":
+        names += ("grad_x_recon", "grad_mu", "grad_logvar")
+    return names
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w
+    for w in (
+        Workload(
+            "elbo",
+            "the tutorial's kernel: reparameterised z, reconstruction and KL terms (forward only)",
+            ("eps=given", "eps=sampled"),
+            _elbo_inputs,
+            elbo_reference,
+            _elbo_cost,
+            _elbo_outputs,
+            sampled_outputs=("z",),
+        ),
+        Workload(
+            "elbo_grad",
+            "elbo plus its gradients w.r.t. x_recon, mu and logvar",
+            ("eps=given", "eps=sampled"),
+            _elbo_inputs,
+            elbo_reference,
+            _elbo_cost,
+            _elbo_outputs,
+            sampled_outputs=("z",),
+        ),
+        Workload(
+            "iwae",
+            "importance-weighted bound, K samples, linear-Gaussian decoder, stable log-sum-exp",
+            ("eps=given",),
+            _iwae_inputs,
+            iwae_reference,
+            _iwae_cost,
+            lambda case: ("iwae",),
+        ),
+        Workload(
+            "vae_step",
+            "one SGD step of an MLP VAE: forward, backward to every weight, update",
+            ("eps=given",),
+            _vae_inputs,
+            vae_reference,
+            _vae_cost,
+            lambda case: ("loss",)
+            + tuple(f"grad_{p}" for p in VAE_PARAMS)
+            + tuple(f"new_{p}" for p in VAE_PARAMS),
+        ),
+    )
+}
