@@ -99,12 +99,25 @@ def _load(spec: str) -> Backend:
     return obj
 
 
-def discover() -> dict[str, Backend]:
-    """All registered backends by name: entry points first, then ELBOLAB_BACKENDS."""
+def discover_with_errors() -> tuple[dict[str, Backend], list[str]]:
+    """All registered backends by name (entry points, then ELBOLAB_BACKENDS), and load errors.
+
+    A plugin that fails to load is left out with its error, so one broken package cannot stop the
+    lab; `elbolab list` shows the errors.
+    """
     specs = [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
     specs += [s for s in os.environ.get("ELBOLAB_BACKENDS", "").split(",") if s.strip()]
     found: dict[str, Backend] = {}
+    errors: list[str] = []
     for spec in specs:
-        backend = _load(spec.strip())
+        try:
+            backend = _load(spec.strip())
+        except RegistryError as exc:
+            errors.append(str(exc))
+            continue
         found[backend.name] = backend
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())), errors
+
+
+def discover() -> dict[str, Backend]:
+    return discover_with_errors()[0]

@@ -18,12 +18,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import gate, runner
+    from harness import commands, gate
     from harness.report import commands as report_commands
 
     parser = _Parser(prog="elbolab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    runner.add_commands(sub)
+    commands.add_commands(sub)
     report_commands.add_commands(sub)
     gate.add_commands(sub)
     return parser

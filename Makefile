@@ -1,0 +1,63 @@
+# elbolab: `make bench` measures and reports; `make test` runs the test suite.
+# Both install what they need into .venv on first use (PyTorch from PyPI is a few GB, once).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.elbolab-installed
+RUST_STAMP := $(VENV)/.elbolab-rust-installed
+RUST_SRC := $(wildcard backends/rust/src/*.rs) backends/rust/Cargo.toml backends/rust/pyproject.toml
+WHEELS := target/wheels
+RUN    ?= results/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
+ARGS   ?=
+
+.PHONY: bench quick test setup rust browser lint clean
+
+bench: setup
+	$(BIN)/elbolab run --out $(RUN) $(ARGS)
+	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
+	@echo "report: reports/$(notdir $(basename $(RUN))).html"
+
+quick: ARGS += --quick
+quick: RUN := results/scratch/quick-$(shell date -u +%Y%m%dT%H%M%SZ).json
+quick: bench
+
+test: setup browser
+	$(BIN)/python -m pytest -q
+	@if command -v cargo >/dev/null; then cargo test -q --release --manifest-path backends/rust/Cargo.toml; \
+	 else echo "cargo not found: skipping the Rust unit tests"; fi
+
+setup: $(STAMP) $(RUST_STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[torch,numba,dev]'
+	mkdir -p results/scratch reports
+	touch $@
+
+# The Rust extension: an abi3 wheel built by maturin, installed into the venv. Without cargo the
+# rust backends report themselves unavailable (and their cases are recorded as skipped).
+rust: $(RUST_STAMP)
+$(RUST_STAMP): $(STAMP) $(RUST_SRC)
+	@if ! command -v cargo >/dev/null; then \
+	  echo "elbolab: cargo not found; the rust backends will be skipped (install Rust with rustup to build them)"; \
+	else \
+	  rm -f $(WHEELS)/elbolab_rust-*.whl && \
+	  (cd backends/rust && ../../$(BIN)/maturin build --release --quiet -o ../../$(WHEELS)) && \
+	  $(BIN)/pip install -q --force-reinstall --no-deps $(WHEELS)/elbolab_rust-*.whl && \
+	  touch $@; \
+	fi
+
+# Headless Chromium for the report's browser test (Debian's package); tests skip without it.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "elbolab: chromium not installed and cannot install it; the browser test will be skipped"
+
+lint:
+	$(BIN)/ruff check harness backends tests
+	$(BIN)/ruff format --check harness backends tests
+
+clean:
+	rm -rf $(VENV) target backends/rust/target reports/*.html

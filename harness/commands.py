@@ -1,0 +1,150 @@
+"""`elbolab list`, `elbolab run` and `elbolab show`: the measuring side of the CLI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from harness.backend import discover_with_errors
+from harness.errors import UsageError
+from harness.results import load, summary_of
+from harness.runner import Plan, now, run_plan
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in _names(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_run_filters(p: argparse.ArgumentParser) -> None:
+    """The case filters shared by `run` and `gate --base`."""
+    p.add_argument("--backend", type=_names, help="comma-separated, e.g. numpy,rust (default: all)")
+    p.add_argument("--workload", type=_names, help="elbo, elbo_grad, iwae, vae_step (default: all)")
+    p.add_argument("--batch", type=_ints, help="batch sizes, e.g. 1,128,8192 (default: per workload)")
+    p.add_argument("--dtype", type=_names, help="float64,float32 (default: both)")
+    p.add_argument("--threads", type=_ints, help="thread counts (default: 1 and all cores)")
+    p.add_argument("--device", type=_names, help="cpu,cuda (default: every device of each backend)")
+    p.add_argument("--variant", type=_names, help="eps=given,eps=sampled (default: all of each workload)")
+    p.add_argument("--quick", action="store_true", help="small matrix and short samples (CI)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    return Plan(
+        backends=args.backend, workloads=args.workload, batches=args.batch, dtypes=args.dtype,
+        threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick, seed=args.seed,
+    )  # fmt: skip
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("list", help="backends, devices and whether they can run here")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="measure a matrix of cases into a results file")
+    add_run_filters(p)
+    p.add_argument("--out", type=Path, help="results file (default: results/scratch/run-<time>.json)")
+    p.add_argument("--resume", action="store_true", help="finish the cases missing from --out")
+    p.add_argument("--timeout", type=float, help="seconds per case before its worker is killed")
+    p.add_argument("--no-limits", action="store_true", help="skip measuring bandwidth and peak flops")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show", help="print the summary table of a results file")
+    p.add_argument("results", type=Path)
+    p.set_defaults(func=cmd_show)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    table = Table(title="elbolab backends")
+    for col in ("backend", "devices", "workloads", "status"):
+        table.add_column(col)
+    backends, errors = discover_with_errors()
+    for name, backend in backends.items():
+        reason = backend.unavailable_reason()
+        if reason:
+            devices, status = ", ".join(backend.devices), f"[red]unavailable[/]: {reason}"
+        else:
+            parts = []
+            for device in backend.devices:
+                why = backend.device_unavailable_reason(device)
+                parts.append(device if not why else f"{device} (no: {why})")
+            devices, status = ", ".join(parts), "[green]available[/]"
+        table.add_row(name, devices, ", ".join(backend.workloads), status)
+    console = Console()
+    console.print(table)
+    for error in errors:
+        console.print(f"[red]not loaded[/]: {error}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    plan = plan_from_args(args)
+    out = args.out or Path("results/scratch") / f"run-{now().replace(':', '')}.json"
+    if args.out is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if args.resume and not out.exists():
+        raise UsageError(f"--resume: {out} does not exist")
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("measuring", total=None)
+
+        def on_plan(n: int) -> None:
+            progress.update(task, total=n, description="limits")
+
+        def on_result(case, rec) -> None:
+            progress.update(task, advance=1, description=f"{case.label()}: {rec['status']}")
+
+        run = run_plan(
+            plan, out, resume=args.resume, case_timeout=args.timeout,
+            measure_limits=not args.no_limits, on_result=on_result, on_plan=on_plan,
+        )  # fmt: skip
+    print_summary(run.doc, Console())
+    Console(stderr=True).print(f"results: {out}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print_summary(load(args.results), Console())
+    return 0
+
+
+def _fmt_ns(ns: float | None) -> str:
+    if ns is None:
+        return "-"
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def print_summary(doc: dict, console: Console) -> None:
+    table = Table(title=f"run {doc['run_id']} on {doc['machine'].get('cpu', '?')}")
+    for col in ("workload", "backend", "device", "dtype", "batch", "threads", "variant"):
+        table.add_column(col)
+    for col in ("per call (median)", "95% CI", "first call", "GB/s", "status"):
+        table.add_column(col, justify="right" if col != "status" else "left")
+    for m in doc["measurements"]:
+        c = m["case"]
+        s = summary_of(m)
+        cost = m.get("cost") or {}
+        gbps = f"{cost['bytes'] / s.median:.2f}" if s and cost.get("bytes") else "-"
+        status = m["status"] if m["status"] == "ok" else f"{m['status']}: {m['reason']}"
+        table.add_row(
+            c["workload"], c["backend"], c["device"], c["dtype"], str(c["batch"]), str(c["threads"]),
+            c["variant"], _fmt_ns(s.median if s else None),
+            f"{_fmt_ns(s.ci95[0])} – {_fmt_ns(s.ci95[1])}" if s else "-",
+            _fmt_ns(m.get("first_call_ns")), gbps, status,
+        )  # fmt: skip
+    console.print(table)

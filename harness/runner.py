@@ -1,0 +1,310 @@
+"""Plans the case matrix, runs it in worker processes, and keeps the results file current.
+
+Cases are grouped by (backend, threads): one worker serves a group so a library is imported once,
+and its thread environment is set before that import. A case that crashes or hangs its worker loses
+only itself (recorded as failed/timeout); a fresh worker takes the rest of the group. Every result
+is written to disk (atomically) as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import multiprocessing
+import os
+import signal
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import psutil
+
+from harness.backend import Backend, discover
+from harness.case import DTYPES, Case
+from harness.errors import UsageError
+from harness.results import RunFile, load, measurement, new_run, save
+from harness.timer import TimerConfig
+from harness.worker import WorkerSpec, serve, thread_env
+from harness.workloads import WORKLOADS
+
+# The default matrix of `make bench`: every workload over the batch sizes where it is interesting
+# (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound and
+# ~50 ms a step at 1024, so it stops there), both dtypes, one thread and all cores.
+DEFAULT_BATCHES = {
+    "elbo": (1, 128, 1024, 8192),
+    "elbo_grad": (1, 128, 1024, 8192),
+    "iwae": (1, 128, 1024),
+    "vae_step": (1, 128, 1024),
+}
+QUICK_BATCHES = {"elbo": (1, 128, 4096), "elbo_grad": (128,), "iwae": (128,), "vae_step": (128,)}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: the filters the user gave (None = default)."""
+
+    backends: tuple[str, ...] | None = None
+    workloads: tuple[str, ...] | None = None
+    batches: tuple[int, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+    threads: tuple[int, ...] | None = None
+    devices: tuple[str, ...] | None = None
+    variants: tuple[str, ...] | None = None
+    quick: bool = False
+    input_dim: int = 784
+    latent_dim: int = 20
+    hidden_dim: int = 400
+    samples: int = 8
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+def default_threads() -> tuple[int, ...]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return (1,) if cores == 1 else (1, cores)
+
+
+def _check_names(given: Iterable[str] | None, known: Iterable[str], what: str) -> None:
+    known = list(known)
+    for name in given or ():
+        if name not in known:
+            raise UsageError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+
+
+def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
+    """The case matrix of a plan, validated; raises UsageError on bad input."""
+    _check_names(plan.backends, backends, "backend")
+    _check_names(plan.workloads, WORKLOADS, "workload")
+    _check_names(plan.dtypes, DTYPES, "dtype")
+    all_devices = sorted({d for b in backends.values() for d in b.devices})
+    _check_names(plan.devices, all_devices, "device")
+    all_variants = sorted({v for w in WORKLOADS.values() for v in w.variants})
+    _check_names(plan.variants, all_variants, "variant")
+    for value, what in [(b, "batch") for b in plan.batches or ()] + [(t, "thread count") for t in plan.threads or ()]:
+        if value < 1:
+            raise UsageError(f"{what} must be a positive integer, got {value}")
+    for value, what in ((plan.input_dim, "input_dim"), (plan.latent_dim, "latent_dim"),
+                        (plan.hidden_dim, "hidden_dim"), (plan.samples, "samples")):  # fmt: skip
+        if value < 1:
+            raise UsageError(f"{what} must be a positive integer, got {value}")
+
+    backend_names = plan.backends or tuple(backends)
+    workloads = plan.workloads or tuple(WORKLOADS)
+    cases = []
+    for wname in workloads:
+        workload = WORKLOADS[wname]
+        batches = plan.batches or (QUICK_BATCHES if plan.quick else DEFAULT_BATCHES)[wname]
+        variants = [v for v in (plan.variants or workload.variants) if v in workload.variants]
+        for bname in backend_names:
+            backend = backends[bname]
+            devices = plan.devices or backend.devices
+            for device, dtype, batch, threads, variant in itertools.product(
+                devices, plan.dtypes or DTYPES, batches, plan.threads or default_threads(), variants
+            ):
+                if device not in backend.devices:
+                    continue
+                cases.append(
+                    Case(
+                        wname, bname, device, dtype, batch, plan.input_dim, plan.latent_dim,
+                        plan.hidden_dim, plan.samples, threads, variant, plan.seed,
+                    )  # fmt: skip
+                )
+    if not cases:
+        raise UsageError("the filters select no case (check --backend/--workload/--device/--variant)")
+    _check_memory(cases)
+    return cases
+
+
+def _check_memory(cases: Sequence[Case]) -> None:
+    available = psutil.virtual_memory().available
+    for case in cases:
+        # the worker holds the inputs, the backend's copy, outputs and the float64 reference
+        need = 4 * WORKLOADS[case.workload].input_bytes(replace(case, dtype="float64"))
+        if need > available:
+            raise UsageError(
+                f"{case.label()}: needs about {need / 2**30:.1f} GiB, only {available / 2**30:.1f} GiB available"
+            )
+
+
+def check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+# --------------------------------------------------------------------------------------- execution
+
+
+@dataclass
+class _Worker:
+    spec: WorkerSpec
+    process: multiprocessing.Process
+    conn: object
+    hello: dict = field(default_factory=dict)
+
+
+_CTX = multiprocessing.get_context("spawn")
+
+
+def _start_worker(spec: WorkerSpec, start_timeout: float) -> _Worker:
+    parent, child = _CTX.Pipe()
+    saved = dict(os.environ)
+    # the child reads its thread environment at start-up, before it imports any library
+    os.environ.update(thread_env(spec.threads))
+    try:
+        process = _CTX.Process(target=serve, args=(child, spec), daemon=True)
+        process.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    child.close()
+    worker = _Worker(spec, process, parent)
+    if not parent.poll(start_timeout):
+        _kill(worker)
+        raise RuntimeError(f"worker for {spec.backend} did not start within {start_timeout:.0f} s")
+    try:
+        worker.hello = parent.recv()[1]
+    except EOFError:
+        _kill(worker)
+        raise RuntimeError(f"worker for {spec.backend} died at start ({_exit_reason(process)})") from None
+    return worker
+
+
+def _kill(worker: _Worker) -> None:
+    if worker.process.is_alive():
+        worker.process.kill()
+    worker.process.join(5)
+    worker.conn.close()
+
+
+def _exit_reason(process: multiprocessing.Process) -> str:
+    process.join(5)
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _stop(worker: _Worker) -> None:
+    try:
+        worker.conn.send(("stop",))
+    except (OSError, BrokenPipeError):
+        pass
+    worker.process.join(10)
+    _kill(worker)
+
+
+Progress = Callable[[Case, dict], None]
+
+
+def execute(
+    cases: Sequence[Case],
+    run: RunFile,
+    timer: TimerConfig,
+    *,
+    case_timeout: float,
+    on_result: Progress | None = None,
+) -> None:
+    """Measure every case, appending each record to `run` as it arrives."""
+    groups: dict[WorkerSpec, list[Case]] = {}
+    for case in cases:
+        groups.setdefault(WorkerSpec(case.backend, case.threads), []).append(case)
+    software = run.doc["software"].setdefault("backends", {})
+
+    def record(rec: dict, case: Case) -> None:
+        run.add(rec)
+        if on_result:
+            on_result(case, rec)
+
+    for spec, group in groups.items():
+        pending = list(group)
+        while pending:
+            try:
+                worker = _start_worker(spec, start_timeout=case_timeout)
+            except RuntimeError as exc:
+                for case in pending:
+                    record(measurement(case, "failed", str(exc)), case)
+                break
+            software[spec.backend] = worker.hello.get("versions", {})
+            pending = _serve_group(worker, pending, timer, case_timeout, record)
+
+
+def _serve_group(worker: _Worker, pending: list[Case], timer: TimerConfig, timeout: float, record) -> list[Case]:
+    """Send cases to one worker until done or until it dies; return the cases still to run."""
+    for i, case in enumerate(pending):
+        try:
+            worker.conn.send(("case", case.to_json(), timer.to_json()))
+            if not worker.conn.poll(timeout):
+                _kill(worker)
+                record(measurement(case, "timeout", f"no result within {timeout:.0f} s; worker killed"), case)
+                return pending[i + 1 :]
+            _, rec = worker.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            reason = f"worker died during the case ({_exit_reason(worker.process)})"
+            _kill(worker)
+            record(measurement(case, "failed", reason), case)
+            return pending[i + 1 :]
+        record(rec, case)
+    _stop(worker)
+    return []
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def open_run(out: Path, plan: Plan, timer: TimerConfig, resume: bool) -> RunFile:
+    """A new run document at `out`, or the existing one when resuming."""
+    from harness.machine import git_info, machine_info, software_info
+
+    check_writable(out)
+    if resume and out.exists():
+        doc = load(out)
+        doc["finished"] = None
+        return RunFile(out, doc)
+    config = {"plan": plan.to_json(), "timer": timer.to_json()}
+    doc = new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config)
+    save(out, doc)
+    return RunFile(out, doc)
+
+
+def run_plan(
+    plan: Plan,
+    out: Path,
+    *,
+    resume: bool = False,
+    case_timeout: float | None = None,
+    measure_limits: bool = True,
+    on_result: Progress | None = None,
+    on_plan: Callable[[int], None] | None = None,
+) -> RunFile:
+    backends = discover()
+    cases = plan_cases(plan, backends)
+    timer = TimerConfig.quick() if plan.quick else TimerConfig()
+    run = open_run(out, plan, timer, resume)
+    done = run.done_keys()
+    todo = [c for c in cases if c.key() not in done]
+    if on_plan:
+        on_plan(len(todo))
+    if measure_limits and not run.doc.get("limits"):
+        run.doc["limits"] = _measure_limits(plan)
+        save(out, run.doc)
+    execute(todo, run, timer, case_timeout=case_timeout or (120 if plan.quick else 300), on_result=on_result)
+    run.finish(now())
+    return run
+
+
+def _measure_limits(plan: Plan) -> dict:
+    from harness.limits import measure_limits
+
+    return measure_limits(sorted(set(plan.threads or default_threads())), quick=plan.quick)

@@ -1,0 +1,119 @@
+"""The worker protocol: the only module that knows both sides of the runner/worker pipe.
+
+A worker is a fresh process (spawned, never forked, so no thread pool or CUDA context is
+inherited) that serves cases of one backend at one thread count. Its thread environment
+(OMP/BLAS/Numba/Rayon variables) is set before it starts, so libraries read it at import.
+
+Messages (tuples over a multiprocessing Connection):
+  worker -> runner  ("hello", {"pid": ..., "versions": {...}})
+  runner -> worker  ("case", case_json, timer_json)
+  worker -> runner  ("result", measurement_record)
+  runner -> worker  ("stop",)
+A worker that dies or hangs sends nothing: the runner records that case as failed or timed out.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import traceback
+from dataclasses import dataclass
+
+THREAD_ENV_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    return {name: str(threads) for name in THREAD_ENV_VARS}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    backend: str
+    threads: int
+
+
+def serve(conn, spec: WorkerSpec) -> None:
+    """Worker process entry point."""
+    from harness.backend import discover
+
+    backends = discover()
+    backend = backends[spec.backend]
+    versions: dict = {}
+    try:
+        if backend.unavailable_reason() is None:
+            versions = backend.versions()
+    except Exception as exc:  # a broken library still lets cases report why they are skipped
+        versions = {"error": f"{exc.__class__.__name__}: {exc}"}
+    conn.send(("hello", {"pid": os.getpid(), "versions": versions}))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message[0] == "stop":
+            return
+        _, case_json, timer_json = message
+        conn.send(("result", measure_case(backend, case_json, timer_json)))
+
+
+def _peak_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux: the worker's peak so far (it serves cases of one backend)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from harness.case import Case
+    from harness.results import measurement
+    from harness.timer import TimerConfig, time_prepared
+    from harness.workloads import WORKLOADS, check_outputs, reference_for
+
+    case = Case.from_json(case_json)
+    workload = WORKLOADS[case.workload]
+    cost = workload.cost(case)
+    cost_json = {"bytes": cost.bytes, "flops": cost.flops}
+    reason = backend.skip_reason(case)
+    if reason:
+        return measurement(case, "skipped", reason, cost=cost_json)
+
+    inputs = workload.make_inputs(case)
+    stage = "prepare"
+    try:
+        with threadpool_limits(limits=case.threads):
+            prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
+            stage = "timing"
+            timing = time_prepared(prepared, TimerConfig(**timer_json))
+            stage = "reading outputs"
+            got = prepared.outputs()
+            device_peak = prepared.device_peak_bytes() if prepared.device_peak_bytes else None
+    except Exception as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+        return measurement(
+            case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost=cost_json
+        )
+
+    check = check_outputs(workload, case, got, reference_for(workload, inputs, case))
+    status, reason = ("ok", None) if check.ok else ("incorrect", check.detail)
+    return measurement(
+        case,
+        status,
+        reason,
+        loops=timing.loops,
+        samples_ns=timing.samples_ns,
+        first_call_ns=timing.first_call_ns,
+        check=check.to_json(),
+        memory={"peak_rss_bytes": _peak_rss_bytes(), "device_peak_bytes": device_peak},
+        cost=cost_json,
+        notes=dict(prepared.notes, worker_pid=os.getpid()),
+        calibration=timing.calibration,
+    )
