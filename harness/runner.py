@@ -259,6 +259,64 @@ def _serve_group(worker: _Worker, pending: list[Case], timer: TimerConfig, timeo
     return []
 
 
+def run_training(
+    run: RunFile,
+    backend_names: Sequence[str],
+    dtypes: Sequence[str],
+    config,
+    *,
+    timeout: float = 600,
+    on_result: Callable[[dict], None] | None = None,
+) -> None:
+    """Train the digits VAE on every backend (one worker each); append curves to run.doc['training']."""
+    from harness.train import CURVE_TOLERANCE, DATASET, curve_difference
+
+    backends = discover()
+    _check_names(backend_names, backends, "backend")
+    _check_names(dtypes, DTYPES, "dtype")
+    entries = []
+    for name in backend_names:
+        for device in backends[name].devices:
+            for dtype in dtypes:
+                entry = {"backend": name, "device": device, "dtype": dtype, "threads": 1,
+                         "dataset": DATASET, **config.to_json()}  # fmt: skip
+                entry.update(_train_in_worker(WorkerSpec(name, 1), device, dtype, config, timeout))
+                entries.append(entry)
+    # each curve is judged against NumPy's in the same dtype (float32 vs float64 differ by more
+    # than summation order, and that difference is recorded too)
+    reference = {e["dtype"]: e["losses"] for e in entries if e["backend"] == "numpy" and e["losses"]}
+    for e in entries:
+        if e["dtype"] in reference and e["losses"]:
+            e["max_rel_diff_vs_numpy"] = curve_difference(e["losses"], reference[e["dtype"]])
+            e["curve_tolerance"] = CURVE_TOLERANCE[e["dtype"]]
+            e["curve_agrees"] = e["max_rel_diff_vs_numpy"] <= e["curve_tolerance"]
+        if "float64" in reference and e["losses"]:
+            e["max_rel_diff_vs_numpy_float64"] = curve_difference(e["losses"], reference["float64"])
+        run.doc["training"].append(e)
+        save(run.path, run.doc)
+        if on_result:
+            on_result(e)
+
+
+def _train_in_worker(spec: WorkerSpec, device: str, dtype: str, config, timeout: float) -> dict:
+    try:
+        worker = _start_worker(spec, start_timeout=timeout)
+    except RuntimeError as exc:
+        return {"status": "failed", "reason": str(exc), "losses": []}
+    try:
+        worker.conn.send(("train", device, dtype, 1, config.to_json()))
+        if not worker.conn.poll(timeout):
+            _kill(worker)
+            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s", "losses": []}
+        result = worker.conn.recv()[1]
+    except (EOFError, OSError):
+        reason = f"worker died during training ({_exit_reason(worker.process)})"
+        _kill(worker)
+        return {"status": "failed", "reason": reason, "losses": []}
+    _stop(worker)
+    return result
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

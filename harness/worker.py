@@ -8,6 +8,8 @@ Messages (tuples over a multiprocessing Connection):
   worker -> runner  ("hello", {"pid": ..., "versions": {...}})
   runner -> worker  ("case", case_json, timer_json)
   worker -> runner  ("result", measurement_record)
+  runner -> worker  ("train", device, dtype, threads, train_config_json)
+  worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
   runner -> worker  ("stop",)
 A worker that dies or hangs sends nothing: the runner records that case as failed or timed out.
 """
@@ -60,8 +62,31 @@ def serve(conn, spec: WorkerSpec) -> None:
             return
         if message[0] == "stop":
             return
+        if message[0] == "train":
+            conn.send(("trained", train_backend(backend, *message[1:])))
+            continue
         _, case_json, timer_json = message
         conn.send(("result", measure_case(backend, case_json, timer_json)))
+
+
+def train_backend(backend, device: str, dtype: str, threads: int, config_json: dict) -> dict:
+    import time
+
+    from threadpoolctl import threadpool_limits
+
+    from harness.case import Case
+    from harness.train import TrainConfig, train
+
+    reason = backend.skip_reason(Case("vae_step", backend.name, device, dtype))
+    if reason:
+        return {"status": "skipped", "reason": reason, "losses": [], "wall_s": None}
+    t0 = time.perf_counter()
+    try:
+        with threadpool_limits(limits=threads):
+            losses = train(backend, device, dtype, threads, TrainConfig(**config_json))
+    except Exception as exc:
+        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}", "losses": [], "wall_s": None}
+    return {"status": "ok", "reason": None, "losses": losses, "wall_s": time.perf_counter() - t0}
 
 
 def _peak_rss_bytes() -> int:

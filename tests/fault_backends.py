@@ -70,3 +70,8 @@ hanging = _wrapping("hanging", _hang)
 raising = _wrapping("raising", _raise)
 lying = _wrapping("lying", _lie)
 aborting = _wrapping("aborting", _abort)
+
+gone = replace(
+    numpy_backend, name="gone", description="test backend: library missing",
+    unavailable_reason=lambda: "gonelib not installed",
+)  # fmt: skip

@@ -1,0 +1,117 @@
+"""Isolation and crash safety: a misbehaving backend loses only its own case."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.case import Case
+from harness.errors import UsageError
+from harness.results import load
+from harness.runner import Plan, plan_cases, run_plan
+from harness.backend import discover
+from tests.fault_backends import FAULT_BATCH
+
+pytestmark = pytest.mark.slow
+
+
+def _status(doc):
+    return {(m["case"]["backend"], m["case"]["batch"]): (m["status"], m["reason"]) for m in doc["measurements"]}
+
+
+def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_path, fault_backends):
+    out = tmp_path / "run.json"
+    plan = Plan(
+        backends=("numpy", "crashing", "hanging", "raising", "lying", "aborting"),
+        workloads=("elbo",), batches=(1, FAULT_BATCH, 9), dtypes=("float64",), threads=(1,),
+        variants=("eps=given",), quick=True,
+    )  # fmt: skip
+    run_plan(plan, out, case_timeout=8, measure_limits=False)
+    s = _status(load(out))
+    assert len(s) == 18
+    # the faulty cases
+    assert s[("crashing", FAULT_BATCH)][0] == "failed" and "SIGSEGV" in s[("crashing", FAULT_BATCH)][1]
+    assert s[("aborting", FAULT_BATCH)][0] == "failed" and "SIGABRT" in s[("aborting", FAULT_BATCH)][1]
+    assert s[("hanging", FAULT_BATCH)][0] == "timeout"
+    assert s[("raising", FAULT_BATCH)][0] == "failed" and "FloatingPointError: kernel exploded" in s[("raising", FAULT_BATCH)][1]
+    assert s[("lying", FAULT_BATCH)][0] == "incorrect" and "recon" in s[("lying", FAULT_BATCH)][1]
+    # every other case ran, including those after the crash on a fresh worker
+    others = {k: v for k, v in s.items() if k[1] != FAULT_BATCH or k[0] == "numpy"}
+    assert all(v == ("ok", None) for v in others.values()), others
+
+
+def test_unavailable_backend_cases_are_skipped_with_reason(tmp_path, fault_backends, monkeypatch):
+    monkeypatch.setenv("ELBOLAB_BACKENDS", "tests.fault_backends:gone")
+    out = tmp_path / "run.json"
+    plan = Plan(backends=("gone",), workloads=("elbo",), batches=(1,), dtypes=("float64",), threads=(1,),
+                variants=("eps=given",), quick=True)  # fmt: skip
+    run_plan(plan, out, measure_limits=False)
+    (m,) = load(out)["measurements"]
+    assert m["status"] == "skipped" and m["reason"] == "gonelib not installed"
+
+
+def test_plan_rejects_bad_input():
+    backends = discover()
+    with pytest.raises(UsageError, match="unknown backend 'nope'"):
+        plan_cases(Plan(backends=("nope",)), backends)
+    with pytest.raises(UsageError, match="unknown workload"):
+        plan_cases(Plan(workloads=("elbow",)), backends)
+    with pytest.raises(UsageError, match="batch must be a positive integer"):
+        plan_cases(Plan(batches=(0,)), backends)
+    with pytest.raises(UsageError, match="batch must be a positive integer"):
+        plan_cases(Plan(batches=(-5,)), backends)
+    with pytest.raises(UsageError, match="GiB"):
+        plan_cases(Plan(backends=("numpy",), workloads=("elbo",), batches=(10**9,)), backends)
+
+
+def test_plan_is_the_product_of_the_filters():
+    cases = plan_cases(
+        Plan(backends=("numpy",), workloads=("elbo", "iwae"), batches=(1, 2), dtypes=("float32",), threads=(1, 2)),
+        discover(),
+    )
+    # elbo: 2 variants x 2 batches x 2 threads; iwae: 1 variant x 2 x 2
+    assert len(cases) == 8 + 4
+    assert all(c.dtype == "float32" for c in cases)
+    assert Case("iwae", "numpy", batch=2, dtype="float32", threads=2) in cases
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True, **kw,
+    )  # fmt: skip
+
+
+def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
+    out = tmp_path / "run.json"
+    args = ["run", "--backend", "numpy", "--workload", "elbo,iwae", "--batch", "1,64,128,256",
+            "--dtype", "float64,float32", "--threads", "1", "--quick", "--no-limits", "--out", str(out)]  # fmt: skip
+    proc = _cli(*args)
+    deadline = time.time() + 60
+    n = 0
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            n = len(json.loads(out.read_text())["measurements"])
+        except (FileNotFoundError, json.JSONDecodeError) as exc:  # never a torn file
+            assert isinstance(exc, FileNotFoundError), exc
+        if n >= 3:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-run
+    proc.wait()
+    doc = load(out)
+    done = len(doc["measurements"])
+    assert 3 <= done < 24 and doc["finished"] is None
+
+    proc = _cli(*args, "--resume")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    doc = load(out)
+    keys = [tuple(sorted(m["case"].items())) for m in doc["measurements"]]
+    assert len(keys) == 24 and len(set(keys)) == 24  # nothing lost, nothing twice
+    assert doc["finished"] is not None
+    assert all(m["status"] == "ok" for m in doc["measurements"])
