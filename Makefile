@@ -13,12 +13,17 @@ ARGS   ?=
 
 .PHONY: bench quick test setup rust browser lint clean
 
+TRAIN_STEPS ?= 300
+
 bench: setup
 	$(BIN)/elbolab run --out $(RUN) $(ARGS)
+	$(BIN)/elbolab train --out $(RUN) --steps $(TRAIN_STEPS)
 	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
 	@echo "report: reports/$(notdir $(basename $(RUN))).html"
 
+# The CI-sized version: a small matrix, short samples, a short training run.
 quick: ARGS += --quick
+quick: TRAIN_STEPS := 60
 quick: RUN := results/scratch/quick-$(shell date -u +%Y%m%dT%H%M%SZ).json
 quick: bench
 

@@ -58,6 +58,13 @@ def add_commands(sub) -> None:
     p.add_argument("--no-limits", action="store_true", help="skip measuring bandwidth and peak flops")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("train", help="train the digits VAE on every backend; record the loss curves")
+    p.add_argument("--backend", type=_names, help="comma-separated (default: all)")
+    p.add_argument("--dtype", type=_names, default=("float64", "float32"))
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--out", type=Path, required=True, help="results file (added to it if it exists)")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("show", help="print the summary table of a results file")
     p.add_argument("results", type=Path)
     p.set_defaults(func=cmd_show)
@@ -112,6 +119,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     print_summary(run.doc, Console())
     Console(stderr=True).print(f"results: {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.runner import open_run, run_training
+    from harness.timer import TimerConfig
+    from harness.train import TrainConfig
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    backends = args.backend or tuple(discover_with_errors()[0])
+    run = open_run(args.out, Plan(), TimerConfig(), resume=args.out.exists())
+    run.doc["training"] = [e for e in run.doc.get("training", []) if e["backend"] not in backends]
+    console = Console(stderr=True)
+
+    def on_result(e: dict) -> None:
+        final = f"final loss {e['losses'][-1]:.4f}" if e["losses"] else e["reason"]
+        agree = e.get("curve_agrees")
+        verdict = "" if agree is None else (" [green]agrees[/]" if agree else " [red]DISAGREES[/]")
+        console.print(f"train {e['backend']} {e['device']} {e['dtype']}: {e['status']}, {final}{verdict}")
+
+    run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)
+    if run.doc.get("finished") is None:
+        run.finish(now())
+    console.print(f"results: {args.out}")
     return 0
 
 
