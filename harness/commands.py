@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -86,7 +87,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 parts.append(device if not why else f"{device} (no: {why})")
             devices, status = ", ".join(parts), "[green]available[/]"
         table.add_row(name, devices, ", ".join(backend.workloads), status)
-    console = Console()
+    console = stdout_console()
     console.print(table)
     for error in errors:
         console.print(f"[red]not loaded[/]: {error}")
@@ -117,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             plan, out, resume=args.resume, case_timeout=args.timeout,
             measure_limits=not args.no_limits, on_result=on_result, on_plan=on_plan,
         )  # fmt: skip
-    print_summary(run.doc, Console())
+    print_summary(run.doc, stdout_console())
     Console(stderr=True).print(f"results: {out}")
     return 0
 
@@ -148,7 +149,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    print_summary(load(args.results), Console())
+    print_summary(load(args.results), stdout_console())
     return 0
 
 
@@ -159,6 +160,11 @@ def _fmt_ns(ns: float | None) -> str:
         if ns >= scale:
             return f"{ns / scale:.3g} {unit}"
     return f"{ns:.3g} ns"
+
+
+def stdout_console() -> Console:
+    """A console for tables: the terminal's width, or wide enough not to fold when piped."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def print_summary(doc: dict, console: Console) -> None:
