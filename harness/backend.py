@@ -72,6 +72,10 @@ class Backend:
     # Whether the backend uses more than one thread when asked to; single-threaded backends
     # still run at every thread count the user asks for, so the count is always explicit.
     threaded: bool = False
+    # A narrower default matrix for a backend whose cases are expensive to set up (e.g. a compile
+    # per case): keys among workloads, batches, dtypes, threads, variants. It applies only to the
+    # dimensions the user did not filter explicitly, so any case can still be asked for by name.
+    default_scope: Mapping[str, tuple] | None = None
 
     def skip_reason(self, case: Case) -> str | None:
         """Why this backend cannot run `case` here, or None if it can."""

@@ -37,6 +37,7 @@ DEFAULT_BATCHES = {
     "iwae": (1, 128, 1024),
     "vae_step": (1, 128, 1024),
 }
+# --quick (CI): the overhead-bound and a DRAM-bound elbo, the rest at the tutorial's batch, 1 thread
 QUICK_BATCHES = {"elbo": (1, 128, 4096), "elbo_grad": (128,), "iwae": (128,), "vae_step": (128,)}
 
 
@@ -100,9 +101,16 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
         variants = [v for v in (plan.variants or workload.variants) if v in workload.variants]
         for bname in backend_names:
             backend = backends[bname]
+            scope = backend.default_scope or {}
+            if plan.workloads is None and wname not in scope.get("workloads", (wname,)):
+                continue
             devices = plan.devices or backend.devices
             for device, dtype, batch, threads, variant in itertools.product(
-                devices, plan.dtypes or DTYPES, batches, plan.threads or default_threads(), variants
+                devices,
+                plan.dtypes or scope.get("dtypes", DTYPES),
+                plan.batches or [b for b in batches if b in scope.get("batches", (b,))],
+                plan.threads or scope.get("threads", (1,) if plan.quick else default_threads()),
+                plan.variants and variants or [v for v in variants if v in scope.get("variants", (v,))],
             ):
                 if device not in backend.devices:
                     continue
