@@ -1,0 +1,203 @@
+//! The float trait the kernels are generic over (f32 and f64), and the SIMD level picked at run time.
+
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Mul, Neg, Sub};
+
+/// The arithmetic the kernels need. Row accumulators run in `Self` lanes; rows are summed in f64.
+pub trait Real:
+    Copy
+    + Debug
+    + Default
+    + PartialOrd
+    + Send
+    + Sync
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+{
+    const ZERO: Self;
+    const ONE: Self;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn exp(self) -> Self;
+    /// exp without a libm call: branch-free, so a loop of it vectorises (≤ 2 ulp; see exp_f64).
+    fn vexp(self) -> Self;
+    fn ln_1p(self) -> Self;
+    fn abs(self) -> Self;
+    fn max(self, other: Self) -> Self;
+    fn recip(self) -> Self;
+}
+
+macro_rules! impl_real {
+    ($t:ty, $vexp:ident) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            #[inline(always)]
+            fn from_f64(v: f64) -> Self {
+                v as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn vexp(self) -> Self {
+                $vexp(self)
+            }
+            #[inline(always)]
+            fn ln_1p(self) -> Self {
+                <$t>::ln_1p(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            #[inline(always)]
+            fn recip(self) -> Self {
+                1.0 / self
+            }
+        }
+    };
+}
+
+impl_real!(f64, exp_f64);
+impl_real!(f32, exp_f32);
+
+/// Lanes of the multiple-accumulator loops (independent accumulators, so LLVM can keep them in
+/// vector registers without reassociating floating-point sums): 16 = four AVX2 registers of f64,
+/// two of f32.
+pub const LANES: usize = 16;
+
+/// Which instruction set the hot loops were dispatched to (decided once per call, cached by std).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simd {
+    /// x86-64 with AVX2 and FMA: the loops compiled with `#[target_feature(enable = "avx2,fma")]`
+    Avx2,
+    /// whatever the target's baseline is (SSE2 on x86-64, NEON on aarch64)
+    Baseline,
+}
+
+impl Simd {
+    #[inline]
+    pub fn detect() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Avx2 => "avx2+fma (runtime dispatch)",
+            Simd::Baseline => "baseline (sse2 on x86-64)",
+        }
+    }
+}
+
+/// Sum of lane accumulators in f64 (so float32 rows lose nothing when they are combined).
+#[inline(always)]
+pub fn lanes_to_f64<T: Real, const N: usize>(acc: &[T; N]) -> f64 {
+    let mut s = 0.0f64;
+    for v in acc {
+        s += v.to_f64();
+    }
+    s
+}
+
+/// exp(x) in f64, branch-free: x = n·ln2 + r with |r| ≤ ln2/2 (Cody–Waite, n by the 1.5·2^52
+/// rounding trick, so no round() call), e^r by its degree-12 Taylor polynomial (truncation error
+/// < 2e-16 relative), times 2^n built in the exponent bits. Overflow gives +inf, x < -708 gives 0
+/// (a flushed subnormal), NaN stays NaN. Every step is a select or an arithmetic op, so LLVM
+/// vectorises loops of it (the libm call does not).
+#[inline(always)]
+pub fn exp_f64(x: f64) -> f64 {
+    const LOG2E: f64 = std::f64::consts::LOG2_E;
+    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
+    const SHIFT_BITS: i64 = 0x4338_0000_0000_0000;
+    let xc = if x > 709.0 { 709.0 } else if x < -708.0 { -708.0 } else { x };
+    let t = xc * LOG2E + SHIFT;
+    let n = t - SHIFT;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 479_001_600.0;
+    for c in [39_916_800.0, 3_628_800.0, 362_880.0, 40_320.0, 5_040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = p * r + 1.0 / c;
+    }
+    let k = (t.to_bits() as i64).wrapping_sub(SHIFT_BITS);
+    let scale = f64::from_bits((k.wrapping_add(1023) as u64) << 52);
+    let y = p * scale;
+    let y = if x > 709.782_712_893_384 { f64::INFINITY } else { y };
+    let y = if x < -708.0 { 0.0 } else { y };
+    if x.is_nan() { x } else { y }
+}
+
+/// exp(x) in f32, as exp_f64 with a degree-7 polynomial (truncation < 6e-9 relative).
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const SHIFT: f32 = 12_582_912.0; // 1.5 * 2^23
+    const SHIFT_BITS: i32 = 0x4B40_0000;
+    let xc = if x > 88.0 { 88.0 } else if x < -87.0 { -87.0 } else { x };
+    let t = xc * LOG2E + SHIFT;
+    let n = t - SHIFT;
+    let r = (xc - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0 / 5_040.0;
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
+        p = p * r + 1.0 / c;
+    }
+    let k = (t.to_bits() as i32).wrapping_sub(SHIFT_BITS);
+    let scale = f32::from_bits((k.wrapping_add(127) as u32) << 23);
+    let y = p * scale;
+    let y = if x > 88.722_83 { f32::INFINITY } else { y };
+    let y = if x < -87.0 { 0.0 } else { y };
+    if x.is_nan() { x } else { y }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vexp_is_accurate() {
+        let mut worst64 = 0.0f64;
+        let mut worst32 = 0.0f64;
+        let mut x = -700.0f64;
+        while x < 709.0 {
+            let e = x.exp();
+            worst64 = worst64.max(((exp_f64(x) - e) / e).abs());
+            x += 0.0137;
+        }
+        let mut x = -80.0f32;
+        while x < 88.0 {
+            let e = (x as f64).exp();
+            worst32 = worst32.max(((exp_f32(x) as f64 - e) / e).abs());
+            x += 0.00731;
+        }
+        assert!(worst64 < 5e-16, "f64 rel err {worst64}");
+        assert!(worst32 < 3e-7, "f32 rel err {worst32}");
+        assert_eq!(exp_f64(0.0), 1.0);
+        assert_eq!(exp_f64(1000.0), f64::INFINITY);
+        assert_eq!(exp_f64(-1000.0), 0.0);
+        assert!(exp_f64(f64::NAN).is_nan());
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+        assert_eq!(exp_f32(-100.0), 0.0);
+    }
+}
