@@ -211,7 +211,9 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
         return max(r["bytes_per_s"] for r in bw_rows if r["size_label"] == label and r["threads"] == t)
 
     def best_flops(dtype: str, t: int | None = None) -> float:
-        return max(r["flops_per_s"] for r in flop_rows if r["dtype"] == dtype and (t is None or r["threads"] == t))
+        return max(
+            r["flops_per_s"] for r in flop_rows if r["dtype"] == dtype and (t is None or r["threads"] == t)
+        )
 
     by_size = []
     for label, _ in working_sets(llc):
@@ -253,7 +255,9 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
     }
 
 
-def bandwidth_limit_for(limits: dict, working_set_bytes: float, threads: int | None = None) -> tuple[float, str] | None:
+def bandwidth_limit_for(
+    limits: dict, working_set_bytes: float, threads: int | None = None
+) -> tuple[float, str] | None:
     """The fastest bandwidth a kernel touching `working_set_bytes` can plausibly reach here.
 
     Data cannot live in a cache level smaller than it, so the limit is the best figure measured at any

@@ -18,19 +18,19 @@ ls target/wheels/elbolab_rust-*.whl >/dev/null 2>&1 && \
 $PY -m harness.cli list | tee "$OUT/list.txt"
 
 echo "== CUDA tests"
-timeout 240 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_torch_backend.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+timeout 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_torch_backend.py 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
 
 echo "== elbolab run (cpu and cuda)"
-timeout 330 $PY -m harness.cli run --backend numpy,torch,rust,rust-inner,numba \
+timeout 280 $PY -m harness.cli run --backend numpy,torch,rust,rust-inner,numba \
   --workload elbo,elbo_grad,iwae,vae_step --batch 1,128,8192 --dtype float32,float64 \
   --threads 1 --quick --out "$OUT/gpu_run.json" 2>&1 | tail -3
 
 echo "== torch.compile on cuda"
-timeout 120 $PY -m harness.cli run --backend torch-compile --device cuda --workload elbo,elbo_grad \
+timeout 70 $PY -m harness.cli run --backend torch-compile --device cuda --workload elbo,elbo_grad \
   --batch 128,8192 --dtype float32,float64 --variant eps=given --threads 1 --quick \
   --out "$OUT/gpu_run.json" --resume 2>&1 | tail -3
 
 echo "== training on the digits"
-timeout 120 $PY -m harness.cli train --backend numpy,torch --out "$OUT/gpu_run.json" 2>&1 | tail -8
+timeout 60 $PY -m harness.cli train --backend numpy,torch --out "$OUT/gpu_run.json" 2>&1 | tail -8
 $PY -m harness.cli show "$OUT/gpu_run.json" > "$OUT/gpu_summary.txt" 2>&1
 echo "== done"

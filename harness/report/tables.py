@@ -23,7 +23,17 @@ from harness.results import per_call_samples
 from harness.stats import ratio_of_medians, summarize
 
 # case fields that must match for two measurements to be compared (all but backend, device, seed)
-KEY_FIELDS = ("workload", "variant", "dtype", "batch", "input_dim", "latent_dim", "hidden_dim", "samples", "threads")
+KEY_FIELDS = (
+    "workload",
+    "variant",
+    "dtype",
+    "batch",
+    "input_dim",
+    "latent_dim",
+    "hidden_dim",
+    "samples",
+    "threads",
+)
 # A figure above this multiple of the measured limit cannot be real: it is flagged as a measurement error.
 # (The probes are NumPy kernels; a hand-written read-mostly kernel may beat them somewhat, not by 1.5x.)
 IMPLAUSIBLE_FACTOR = 1.5
@@ -120,11 +130,27 @@ def measurement_table(doc: dict, *, baseline: str = "numpy", run: str = "") -> p
         row["loops"] = m.get("loops") or 0
         if samples:
             s = summarize(samples)
-            row.update(n=s.n, median_ns=s.median, ci_lo_ns=s.ci95[0], ci_hi_ns=s.ci95[1], iqr_ns=s.iqr,
-                       min_ns=s.min, mean_ns=s.mean, outliers=s.outliers)  # fmt: skip
+            row.update(
+                n=s.n,
+                median_ns=s.median,
+                ci_lo_ns=s.ci95[0],
+                ci_hi_ns=s.ci95[1],
+                iqr_ns=s.iqr,
+                min_ns=s.min,
+                mean_ns=s.mean,
+                outliers=s.outliers,
+            )
         else:
-            row.update(n=0, median_ns=math.nan, ci_lo_ns=math.nan, ci_hi_ns=math.nan, iqr_ns=math.nan,
-                       min_ns=math.nan, mean_ns=math.nan, outliers=0)  # fmt: skip
+            row.update(
+                n=0,
+                median_ns=math.nan,
+                ci_lo_ns=math.nan,
+                ci_hi_ns=math.nan,
+                iqr_ns=math.nan,
+                min_ns=math.nan,
+                mean_ns=math.nan,
+                outliers=0,
+            )
         first = m.get("first_call_ns")
         row["first_call_ns"] = float(first) if first is not None else math.nan
         nbytes, flops = _cost(m)
@@ -146,7 +172,8 @@ def measurement_table(doc: dict, *, baseline: str = "numpy", run: str = "") -> p
         if row["bw_share"] > IMPLAUSIBLE_FACTOR:
             problems.append(
                 f"implies {row['gb_per_s']:.3g} GB/s, {row['bw_share']:.1f}x the measured "
-                f"{row['bw_limit_gb_per_s']:.3g} GB/s ({row['bw_limit_level']}): a measurement error, not a speed-up"
+                f"{row['bw_limit_gb_per_s']:.3g} GB/s ({row['bw_limit_level']}): "
+                "a measurement error, not a speed-up"
             )
         if row["flops_share"] > IMPLAUSIBLE_FACTOR:
             problems.append(
@@ -160,44 +187,50 @@ def measurement_table(doc: dict, *, baseline: str = "numpy", run: str = "") -> p
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    df["label"] = [
+        b if d == "cpu" else f"{b} ({d})" for b, d in zip(df["backend"], df["device"], strict=True)
+    ]
     _add_speedups(df, doc, baseline)
     return df
 
 
 def _add_speedups(df: pd.DataFrame, doc: dict, baseline: str) -> None:
     measurements = doc.get("measurements", [])
-    df["speedup"] = math.nan
-    df["speedup_lo"] = math.nan
-    df["speedup_hi"] = math.nan
-    df["verdict"] = ""
-    df["speedup_note"] = ""
-    for _, group in df.groupby(list(KEY_FIELDS), dropna=False, sort=False):
-        base_rows = group[group["backend"] == baseline]
-        if base_rows.empty:
-            df.loc[group.index, "speedup_note"] = f"no {baseline} measurement to compare with"
+    n = len(df)
+    speedup, lo, hi = np.full(n, math.nan), np.full(n, math.nan), np.full(n, math.nan)
+    verdict, note = [""] * n, [""] * n
+    backend, device = df["backend"].to_numpy(), df["device"].to_numpy()
+    timed_ok, status = df["timed_ok"].to_numpy(), df["status"].to_numpy()
+    implausible, index = df["implausible"].to_numpy(), df["index"].to_numpy()
+    for positions in df.groupby(list(KEY_FIELDS), dropna=False, sort=False).indices.values():
+        base_pos = [p for p in positions if backend[p] == baseline]
+        if not base_pos:
+            for p in positions:
+                note[p] = f"no {baseline} measurement to compare with"
             continue
-        cpu = base_rows[base_rows["device"] == "cpu"]
-        base = (cpu if not cpu.empty else base_rows).iloc[0]
-        if not base["timed_ok"]:
-            note = f"baseline {baseline} is {base['status']}: no speed-up"
-            df.loc[group.index, "speedup_note"] = note
+        b = next((p for p in base_pos if device[p] == "cpu"), base_pos[0])
+        if not timed_ok[b]:
+            for p in positions:
+                note[p] = f"baseline {baseline} is {status[b]}: no speed-up"
             continue
-        base_samples = per_call_samples(measurements[int(base["index"])])
-        for idx, row in group.iterrows():
-            if idx == base.name:
-                df.at[idx, "speedup_note"] = "baseline"
-                df.loc[idx, ["speedup", "speedup_lo", "speedup_hi"]] = 1.0
+        base_samples = per_call_samples(measurements[int(index[b])])
+        for p in positions:
+            if p == b:
+                note[p] = "baseline"
+                speedup[p] = lo[p] = hi[p] = 1.0
                 continue
-            if not row["timed_ok"]:
-                df.at[idx, "speedup_note"] = f"{row['status']}: not compared"
+            if not timed_ok[p]:
+                note[p] = f"{status[p]}: not compared"
                 continue
-            samples = per_call_samples(measurements[int(row["index"])])
+            samples = per_call_samples(measurements[int(index[p])])
             # speed-up = median(base) / median(this): ratio_of_medians(base=this, head=base)
             r = ratio_of_medians(samples, base_samples)
-            df.loc[idx, ["speedup", "speedup_lo", "speedup_hi"]] = [r.value, r.ci95[0], r.ci95[1]]
-            df.at[idx, "verdict"] = ratio_verdict(*r.ci95)
-            if row["implausible"]:
-                df.at[idx, "speedup_note"] = "implausible time: see plausibility"
+            speedup[p], (lo[p], hi[p]) = r.value, r.ci95
+            verdict[p] = ratio_verdict(*r.ci95)
+            if implausible[p]:
+                note[p] = "implausible time: see plausibility"
+    df["speedup"], df["speedup_lo"], df["speedup_hi"] = speedup, lo, hi
+    df["verdict"], df["speedup_note"] = verdict, note
 
 
 def report_tables(runs: Sequence[Run], baseline: str = "numpy") -> pd.DataFrame:
@@ -224,16 +257,27 @@ def summary_table(df: pd.DataFrame, doc_by_run: dict[str, dict], baseline: str =
         flagged = group[group["implausible"]]
         row["implausible"] = ", ".join(backend_label(r) for _, r in flagged.iterrows())
         if ok.empty:
-            row.update(winner="", winner_median_ns=math.nan, runner_up="", margin=math.nan,
-                       margin_lo=math.nan, margin_hi=math.nan, how_sure="no valid measurement",
-                       vs_baseline=math.nan, vs_baseline_lo=math.nan, vs_baseline_hi=math.nan)  # fmt: skip
+            row.update(
+                winner="",
+                winner_median_ns=math.nan,
+                runner_up="",
+                margin=math.nan,
+                margin_lo=math.nan,
+                margin_hi=math.nan,
+                how_sure="no valid measurement",
+                vs_baseline=math.nan,
+                vs_baseline_lo=math.nan,
+                vs_baseline_hi=math.nan,
+            )
             rows.append(row)
             continue
         win = ok.iloc[0]
         row["winner"] = backend_label(win)
         row["winner_median_ns"] = win["median_ns"]
         row["vs_baseline"], row["vs_baseline_lo"], row["vs_baseline_hi"] = (
-            win["speedup"], win["speedup_lo"], win["speedup_hi"]
+            win["speedup"],
+            win["speedup_lo"],
+            win["speedup_hi"],
         )
         if len(ok) > 1:
             second = ok.iloc[1]
@@ -243,13 +287,23 @@ def summary_table(df: pd.DataFrame, doc_by_run: dict[str, dict], baseline: str =
                 per_call_samples(measurements[int(second["index"])]),
             )
             # margin = median(runner-up) / median(winner): how many times faster the winner is
-            row.update(runner_up=backend_label(second), margin=r.value, margin_lo=r.ci95[0], margin_hi=r.ci95[1])
+            row.update(
+                runner_up=backend_label(second), margin=r.value, margin_lo=r.ci95[0], margin_hi=r.ci95[1]
+            )
             verdict = ratio_verdict(*r.ci95)
-            row["how_sure"] = {"faster": "sure (95% CI excludes a tie)", "same": "a tie",
-                               "too noisy to tell": "too noisy to tell"}.get(verdict, verdict)  # fmt: skip
+            row["how_sure"] = {
+                "faster": "sure (95% CI excludes a tie)",
+                "same": "a tie",
+                "too noisy to tell": "too noisy to tell",
+            }.get(verdict, verdict)
         else:
-            row.update(runner_up="", margin=math.nan, margin_lo=math.nan, margin_hi=math.nan,
-                       how_sure="only one valid backend")  # fmt: skip
+            row.update(
+                runner_up="",
+                margin=math.nan,
+                margin_lo=math.nan,
+                margin_hi=math.nan,
+                how_sure="only one valid backend",
+            )
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -300,7 +354,7 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
             "dtype": df["dtype"],
             "threads": df["threads"].astype(str),
             "batch": df["batch"].astype(str),
-            "backend": [backend_label(r) for _, r in df.iterrows()],
+            "backend": df["label"],
             "status": df["status"],
             "median / call [95% CI]": [
                 f"{fmt_ns(r.median_ns)} [{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}]" if r.n else ""
@@ -309,15 +363,17 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
             "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in df.itertuples()],
             "verdict": [text(r.verdict) or text(r.speedup_note) for r in df.itertuples()],
             "GB/s (share)": [
-                f"{fmt_num(r.gb_per_s)} ({fmt_pct(r.bw_share)} of {r.bw_limit_level})" if r.bw_limit_level
+                f"{fmt_num(r.gb_per_s)} ({fmt_pct(r.bw_share)} of {r.bw_limit_level})"
+                if r.bw_limit_level
                 else fmt_num(r.gb_per_s)
                 for r in df.itertuples()
-            ],  # fmt: skip
+            ],
             "GFLOP/s (share)": [
-                f"{fmt_num(r.gflop_per_s)} ({fmt_pct(r.flops_share)})" if not math.isnan(r.flops_share)
+                f"{fmt_num(r.gflop_per_s)} ({fmt_pct(r.flops_share)})"
+                if not math.isnan(r.flops_share)
                 else fmt_num(r.gflop_per_s)
                 for r in df.itertuples()
-            ],  # fmt: skip
+            ],
             "first call": [fmt_ns(v) for v in df["first_call_ns"]],
             "reason / note": [
                 "; ".join(x for x in (text(r.reason), text(r.plausibility)) if x) for r in df.itertuples()
@@ -335,7 +391,8 @@ def display_summary(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "run": summary["run"],
-            "workload": summary["workload"] + np.where(summary["variant"] != "eps=given", " " + summary["variant"], ""),
+            "workload": summary["workload"]
+            + np.where(summary["variant"] != "eps=given", " " + summary["variant"], ""),
             "dtype": summary["dtype"],
             "threads": summary["threads"].astype(str),
             "batch": summary["batch"].astype(str),
@@ -350,7 +407,9 @@ def display_summary(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
                 fmt_x(r.vs_baseline, r.vs_baseline_lo, r.vs_baseline_hi) for r in summary.itertuples()
             ],
             "not ok / flagged": [
-                "; ".join(x for x in (r.not_ok, f"implausible: {r.implausible}" if r.implausible else "") if x)
+                "; ".join(
+                    x for x in (r.not_ok, f"implausible: {r.implausible}" if r.implausible else "") if x
+                )
                 for r in summary.itertuples()
             ],
         }
@@ -375,13 +434,48 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 CSV_COLUMNS = (
-    "run", "workload", "variant", "dtype", "batch", "threads", "input_dim", "latent_dim", "hidden_dim",
-    "samples", "backend", "device", "status", "reason", "n", "loops", "median_ns", "ci_lo_ns", "ci_hi_ns",
-    "iqr_ns", "min_ns", "mean_ns", "outliers", "first_call_ns", "bytes", "flops", "gb_per_s", "gflop_per_s",
-    "bw_limit_gb_per_s", "bw_limit_level", "bw_share", "flops_limit_gflop_per_s", "flops_share",
-    "bandwidth_bound_ns", "speedup", "speedup_lo", "speedup_hi", "verdict", "speedup_note", "implausible",
+    "run",
+    "workload",
+    "variant",
+    "dtype",
+    "batch",
+    "threads",
+    "input_dim",
+    "latent_dim",
+    "hidden_dim",
+    "samples",
+    "backend",
+    "device",
+    "status",
+    "reason",
+    "n",
+    "loops",
+    "median_ns",
+    "ci_lo_ns",
+    "ci_hi_ns",
+    "iqr_ns",
+    "min_ns",
+    "mean_ns",
+    "outliers",
+    "first_call_ns",
+    "bytes",
+    "flops",
+    "gb_per_s",
+    "gflop_per_s",
+    "bw_limit_gb_per_s",
+    "bw_limit_level",
+    "bw_share",
+    "flops_limit_gflop_per_s",
+    "flops_share",
+    "bandwidth_bound_ns",
+    "speedup",
+    "speedup_lo",
+    "speedup_hi",
+    "verdict",
+    "speedup_note",
+    "implausible",
     "plausibility",
-)  # fmt: skip
+)
 
 
 def write_exports(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, stem: Path) -> list[Path]:
@@ -389,7 +483,12 @@ def write_exports(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, stem: 
     csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
     columns = [c for c in CSV_COLUMNS if c in df.columns]
     df[columns].to_csv(csv_path, index=False)
-    md = ["# elbolab report tables", "", f"Speed-ups are over `{baseline}` (median of the baseline / median).", ""]
+    md = [
+        "# elbolab report tables",
+        "",
+        f"Speed-ups are over `{baseline}` (median of the baseline / median).",
+        "",
+    ]
     md += ["## Summary: who wins", "", to_markdown(display_summary(summary, baseline)), ""]
     md += ["## Every measurement", "", to_markdown(display_table(df))]
     md_path.write_text("\n".join(md))

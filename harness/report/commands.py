@@ -1,0 +1,135 @@
+"""`elbolab report` and `elbolab claims`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import UsageError
+from harness.results import load
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report (plus CSV and Markdown tables) from results files",
+        description="Turn one or more results files into a self-contained HTML page; the CSV and Markdown "
+        "tables are written next to it (NAME.csv, NAME.md).",
+    )
+    p.add_argument(
+        "results", nargs="+", metavar="RUN.json", help="results file(s); several are shown side by side"
+    )
+    p.add_argument(
+        "-o", "--out", default="reports/report.html", metavar="reports/NAME.html", help="output HTML path"
+    )
+    p.add_argument("--baseline", default="numpy", help="backend the speed-ups are over (default: numpy)")
+    p.add_argument("--title", default="elbolab report", help="page title")
+    p.set_defaults(func=cmd_report)
+
+    c = subparsers.add_parser(
+        "claims",
+        help="check the tutorial's published claims against a results file (terminal table)",
+        description="Set each published claim (C1-C9) beside what this machine measured.",
+    )
+    c.add_argument("results", nargs="+", metavar="RUN.json")
+    c.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
+    c.set_defaults(func=cmd_claims)
+
+
+def load_runs(paths: list[str]):
+    from harness.report.tables import Run, run_label
+
+    runs: list[Run] = []
+    for path in paths:
+        doc = load(path)  # ResultsError (a UsageError) on anything unusable
+        runs.append(Run(run_label(doc, path, [r.label for r in runs]), str(path), doc))
+    return runs
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from harness.report.html import build_views, render
+    from harness.report.tables import write_exports
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{out}: the report is HTML; give an output path ending in .html")
+    runs = load_runs(args.results)
+    baseline = args.baseline
+    known = {m["case"].get("backend") for r in runs for m in r.doc["measurements"]}
+    if known and baseline not in known:
+        raise UsageError(
+            f"baseline backend {baseline!r} is not in the results "
+            f"(backends: {', '.join(sorted(map(str, known)))})"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
+    views = build_views(runs, baseline)
+    page = render(views, baseline, args.title)
+    tables = [v.table for v in views if not v.table.empty]
+    df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    summaries = [v.summary for v in views if not v.summary.empty]
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    try:
+        out.write_text(page, encoding="utf-8")
+        written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
+    print(f"report: {out}")
+    for path in written:
+        print(f"tables: {path}")
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from harness.report.claims import check_claims
+    from harness.report.tables import measurement_table
+
+    runs = load_runs(args.results)
+    width = None if sys.stdout.isatty() else 200  # a pipe or a file gets lines a person can still read
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+    payload = []
+    for run in runs:
+        checks = check_claims(measurement_table(run.doc, run=run.label), run.doc)
+        payload.append({"run": run.label, "path": run.path, "claims": [c.to_json() for c in checks]})
+        if args.json:
+            continue
+        table = Table(title=f"Claims check: {run.label} ({run.path})", show_lines=True, expand=True)
+        for name, style in (
+            ("#", "bold"),
+            ("claim", ""),
+            ("published", ""),
+            ("as published, here", ""),
+            ("like for like", ""),
+            ("verdict", "bold"),
+            ("plausibility", ""),
+        ):
+            table.add_column(name, style=style, overflow="fold")
+        for c in checks:
+            color = (
+                "green"
+                if c.verdict.startswith("holds") and "only" not in c.verdict
+                else ("yellow" if "only" in c.verdict or c.verdict.startswith("not measured") else "red")
+            )
+            verdict = c.verdict + ("".join(f"\nto measure: {cmd}" for cmd in c.commands))
+            # markup=False semantics: escape, so a name in brackets from a results file prints as text
+            from rich.markup import escape
+
+            table.add_row(
+                *(escape(x) for x in (c.id, c.claim, c.figure, c.as_published, c.like_for_like)),
+                f"[{color}]{escape(verdict)}[/{color}]",
+                escape(c.plausibility),
+            )
+        console.print(table)
+    if args.json:
+        print(json.dumps(payload, indent=1))
+    return 0

@@ -1,0 +1,410 @@
+"""harness.compare: the statistic, the verdicts, the gate's error rates on simulated noise, rendering.
+
+Nothing here times anything: samples are simulated with fixed seeds, so every number is
+deterministic. The simulation is the realistic-noise proof the gate's defaults rest on.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from rich.console import Console
+
+from harness.case import Case
+from harness.compare import (
+    CompareError,
+    compare,
+    judge,
+    mann_whitney_critical,
+    ratio_ci_rank,
+    render_markdown,
+    render_terminal,
+)
+from harness.gate import balanced_order, merge_rounds
+from harness.results import measurement, new_run, validate
+
+CPU = "Test CPU 9000"
+
+
+# ------------------------------------------------------------------------------ doc builders
+
+
+def make_run(records: list[dict], cpu: str = CPU, run_id: str = "r", commit: str = "abc123") -> dict:
+    doc = new_run(
+        run_id, "2026-01-01T00:00:00+00:00", {"cpu": cpu, "cores": 2}, {"numpy": "2.0"},
+        {"commit": commit, "dirty": False}, {},
+    )  # fmt: skip
+    doc["measurements"] = records
+    validate(doc)
+    return doc
+
+
+def ok(case: Case, per_call_ns, loops: int = 50) -> dict:
+    samples = [max(1, int(round(t * loops))) for t in per_call_ns]
+    return measurement(case, "ok", loops=loops, samples_ns=samples, first_call_ns=1000)
+
+
+def noisy(rng, median_ns: float, n: int = 15, sigma: float = 0.03) -> np.ndarray:
+    return median_ns * np.exp(rng.normal(0.0, sigma, n))
+
+
+ELBO = Case("elbo", "numpy", batch=128)
+GRAD = Case("elbo_grad", "numpy", batch=128)
+VAE = Case("vae_step", "numpy", batch=128)
+
+
+# ------------------------------------------------------------------------ known answers
+
+
+@pytest.mark.parametrize(
+    "m, n, expected",
+    # two-sided 5% critical values of the Mann-Whitney U from published tables
+    [(7, 7, 8), (8, 8, 13), (10, 10, 23), (20, 20, 127), (5, 8, 6), (3, 3, -1)],
+)
+def test_mann_whitney_critical_values_match_tables(m, n, expected):
+    assert mann_whitney_critical(m, n) == expected
+
+
+def test_normal_approximation_agrees_with_exact_at_the_switch():
+    exact = mann_whitney_critical(60, 60)  # 3600 <= 4000: exact
+    approx_mean, sd = 1800, math.sqrt(60 * 60 * 121 / 12)
+    assert abs(exact - (approx_mean - 1.959964 * sd - 0.5)) <= 2
+
+
+def test_rank_interval_covers_the_true_ratio_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(1000):
+        base = np.exp(rng.normal(0, 0.1, 9))
+        head = 1.2 * np.exp(rng.normal(0, 0.1, 11))
+        _, (lo, hi) = ratio_ci_rank(base, head)
+        hits += lo <= 1.2 <= hi
+    assert 0.93 <= hits / 1000 <= 0.98
+
+
+def test_rank_interval_is_exact_for_a_pure_scale_change():
+    base = [100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0]
+    estimate, (lo, hi) = ratio_ci_rank(base, [2 * x for x in base])
+    assert estimate == pytest.approx(2.0)
+    assert lo < 2.0 < hi
+
+
+def test_too_few_samples_give_an_infinite_interval_and_no_verdict():
+    _, ci = ratio_ci_rank([1.0, 1.1, 1.2], [2.0, 2.1, 2.2])
+    assert ci == (0.0, math.inf)
+    assert judge(1.8, ci, 0.10, 0.03) == ("too noisy to tell", False)
+
+
+@pytest.mark.parametrize(
+    "ratio, ci, verdict, regression",
+    [
+        (1.20, (1.12, 1.28), "slower", True),  # confidently slower, beyond the threshold
+        (1.12, (1.04, 1.20), "slower", True),  # CI above the noise band, ratio beyond 10%
+        (1.08, (1.05, 1.12), "slower", False),  # confidently slower, but below the threshold
+        (1.12, (1.01, 1.25), "too noisy to tell", False),  # might be noise
+        (1.02, (0.97, 1.06), "same", False),
+        (1.04, (1.01, 1.07), "same", False),  # a change inside the noise band
+        (0.80, (0.75, 0.86), "faster", False),
+        (1.00, (0.85, 1.18), "too noisy to tell", False),
+    ],
+)
+def test_verdicts(ratio, ci, verdict, regression):
+    assert judge(ratio, ci, 0.10, 0.03) == (verdict, regression)
+
+
+# ------------------------------------------------------------- realistic simulated noise
+
+
+def simulate_ab(rng, slowdown: float, n: int = 15, rounds: int = 3) -> tuple[dict, dict]:
+    """One same-machine A/B gate: `rounds` runs per side in balanced order, pooled as the gate pools.
+
+    Noise: log-normal per-sample spread drawn in 5-15%, 3% outliers 1.3-3x slower, a slow drift
+    over the whole job (a sine of +-3% and a random linear trend of sd 5%), and a per-run offset of
+    sd 2% (memory layout, frequency state) that no within-run interval can see. Each run
+    calibrates its own loop count, as the real timer does.
+    """
+    sigma = rng.uniform(0.05, 0.15)
+    order = balanced_order(rounds)
+    total = len(order) * n
+    phase, period = rng.uniform(0, 2 * np.pi), rng.uniform(0.5, 2.0) * total
+    slope = rng.normal(0, 0.05) / total
+    runs: dict[str, list[dict]] = {"base": [], "head": []}
+    t = 0
+    for k, side in enumerate(order):
+        idx = np.arange(t, t + n)
+        t += n
+        drift = 0.03 * np.sin(2 * np.pi * idx / period + phase) + slope * idx
+        x = 100_000.0 * np.exp(rng.normal(0, sigma, n) + drift + rng.normal(0, 0.02))
+        out = rng.random(n) < 0.03
+        x[out] *= rng.uniform(1.3, 3.0, out.sum())
+        if side == "head":
+            x *= slowdown
+        loops = int(rng.integers(40, 60))
+        runs[side].append(make_run([ok(ELBO, x, loops=loops)], run_id=f"{side}{k}"))
+    return merge_rounds(runs["base"]), merge_rounds(runs["head"])
+
+
+def gate_rate(seed: int, slowdown: float, pairs: int) -> float:
+    rng = np.random.default_rng(seed)
+    failed = 0
+    for _ in range(pairs):
+        base, head = simulate_ab(rng, slowdown)
+        failed += compare(base, head).exit_code == 1
+    return failed / pairs
+
+
+def test_false_alarms_on_simulated_a_a_pairs_stay_under_1_percent():
+    rate = gate_rate(seed=2024, slowdown=1.0, pairs=400)
+    print(f"simulated A/A false-alarm rate: {rate:.2%}")
+    assert rate <= 0.01
+
+
+def test_a_true_20_percent_slowdown_is_caught_95_percent_of_the_time():
+    rate = gate_rate(seed=2025, slowdown=1.20, pairs=300)
+    print(f"simulated +20% detection rate: {rate:.2%}")
+    assert rate >= 0.95
+
+
+def test_a_slowdown_of_half_the_threshold_fails_the_gate_far_less_often():
+    # the ratio estimate must pass +10%: with 5-15% spread a true +5% does so now and then
+    rate = gate_rate(seed=2026, slowdown=1.05, pairs=150)
+    print(f"simulated +5% (half the threshold) gate failures: {rate:.2%}")
+    assert rate <= 0.15
+
+
+# ---------------------------------------------------------------------------- compare()
+
+
+def test_matching_cases_get_ratios_and_a_regression_sets_exit_code_1():
+    rng = np.random.default_rng(0)
+    base = make_run([ok(ELBO, noisy(rng, 100e3)), ok(GRAD, noisy(rng, 150e3))])
+    head = make_run([ok(GRAD, noisy(rng, 150e3)), ok(ELBO, noisy(rng, 130e3))])  # order does not matter
+    report = compare(base, head)
+    assert [c.case for c in report.comparisons] == [ELBO, GRAD]  # regressions first
+    slow, same = report.comparisons
+    assert slow.regression and slow.verdict == "slower" and slow.ratio == pytest.approx(1.3, rel=0.05)
+    assert slow.ci95[0] < slow.ratio < slow.ci95[1]
+    assert not same.regression and same.verdict == "same"
+    assert report.exit_code == 1 and report.regressions == (slow,)
+
+
+def test_identical_runs_pass():
+    rng = np.random.default_rng(1)
+    doc = make_run([ok(ELBO, noisy(rng, 100e3))])
+    report = compare(doc, doc)
+    assert report.exit_code == 0 and report.comparisons[0].ratio == 1.0
+
+
+def test_per_workload_threshold():
+    rng = np.random.default_rng(2)
+    base = make_run([ok(ELBO, noisy(rng, 100e3, 30)), ok(VAE, noisy(rng, 5e6, 30))])
+    head = make_run([ok(ELBO, noisy(rng, 115e3, 30)), ok(VAE, noisy(rng, 5.75e6, 30))])
+    report = compare(base, head, per_workload_thresholds={"vae_step": 0.20})
+    by = {c.case.workload: c for c in report.comparisons}
+    assert by["elbo"].regression and by["elbo"].threshold == 0.10
+    assert not by["vae_step"].regression and by["vae_step"].verdict == "slower"
+    assert by["vae_step"].threshold == 0.20
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"threshold": 0}, "threshold must be a positive"),
+        ({"per_workload_thresholds": {"elbow": 0.2}}, "unknown workload 'elbow'"),
+        ({"noise_band": 0.2}, "noise band"),
+        ({"ci_method": "magic"}, "unknown ci method"),
+    ],
+)
+def test_bad_options_are_compare_errors(kwargs, message):
+    doc = make_run([ok(ELBO, [1e5] * 7)])
+    with pytest.raises(CompareError, match=message):
+        compare(doc, doc, **kwargs)
+
+
+def test_no_cases_in_common_is_an_error():
+    rng = np.random.default_rng(3)
+    with pytest.raises(CompareError, match="no cases in common"):
+        compare(make_run([ok(ELBO, noisy(rng, 1e5))]), make_run([ok(GRAD, noisy(rng, 1e5))]))
+
+
+def test_different_case_sets_need_allow_missing_and_are_then_listed():
+    rng = np.random.default_rng(4)
+    base = make_run([ok(ELBO, noisy(rng, 1e5)), ok(GRAD, noisy(rng, 1e5))])
+    head = make_run([ok(ELBO, noisy(rng, 1e5)), ok(VAE, noisy(rng, 1e6))])
+    with pytest.raises(CompareError, match="case sets differ.*--allow-missing"):
+        compare(base, head)
+    report = compare(base, head, allow_missing=True)
+    assert [c.case for c in report.comparisons] == [ELBO]
+    reasons = {n.case.workload: n.reason for n in report.not_compared}
+    assert reasons == {"elbo_grad": "only in base", "vae_step": "only in head"}
+    assert report.exit_code == 0
+
+
+def test_only_ok_cases_are_compared_and_a_case_that_broke_fails_the_gate():
+    rng = np.random.default_rng(5)
+    skipped = Case("elbo", "numpy", device="cuda")
+    base = make_run(
+        [ok(ELBO, noisy(rng, 1e5)), ok(GRAD, noisy(rng, 1e5)), measurement(skipped, "skipped", "no GPU")]
+    )
+    head = make_run(
+        [
+            ok(ELBO, noisy(rng, 1e5)),
+            measurement(GRAD, "incorrect", "recon off by 1%"),
+            measurement(skipped, "skipped", "no GPU"),
+        ]
+    )
+    report = compare(base, head)
+    assert [c.case for c in report.comparisons] == [ELBO]
+    by = {n.case: n for n in report.not_compared}
+    assert by[GRAD].broken and "head incorrect: recon off by 1%" in by[GRAD].reason
+    assert not by[skipped].broken and by[skipped].reason.startswith("base skipped")
+    assert report.exit_code == 1 and not report.regressions
+
+
+def test_different_machines_are_not_compared_in_absolute_terms():
+    rng = np.random.default_rng(6)
+    base = make_run([ok(ELBO, noisy(rng, 1e5))], cpu="Fast CPU")
+    head = make_run([ok(ELBO, noisy(rng, 2e5))], cpu="Slow CPU")
+    with pytest.raises(CompareError, match="different machines.*--normalize"):
+        compare(base, head)
+
+
+def test_normalize_divides_by_the_numpy_elbo_case_of_the_same_run():
+    rng = np.random.default_rng(7)
+    rust = Case("elbo", "rust", batch=128)
+    rust_grad = Case("elbo_grad", "rust", batch=128)
+    big = Case("elbo", "rust", batch=4096)
+    base = make_run(
+        [ok(ELBO, noisy(rng, 100e3)), ok(rust, noisy(rng, 50e3)), ok(rust_grad, noisy(rng, 60e3)),
+         ok(big, noisy(rng, 1e6))],
+        cpu="Fast CPU",
+    )  # fmt: skip
+    # head's machine is twice as slow; rust elbo_grad also regressed by 30% on top
+    head = make_run(
+        [ok(ELBO, noisy(rng, 200e3)), ok(rust, noisy(rng, 100e3)), ok(rust_grad, noisy(rng, 156e3)),
+         ok(big, noisy(rng, 2e6))],
+        cpu="Slow CPU",
+    )  # fmt: skip
+    report = compare(base, head, normalize=True)
+    by = {c.case: c for c in report.comparisons}
+    assert by[rust].ratio == pytest.approx(1.0, rel=0.05) and not by[rust].regression
+    assert by[rust].base_median == pytest.approx(0.5, rel=0.05)  # in units of the reference
+    assert by[rust_grad].regression and by[rust_grad].ratio == pytest.approx(1.3, rel=0.05)
+    assert by[rust_grad].ci95[0] < 1.3 < by[rust_grad].ci95[1] or by[rust_grad].ci95[0] > 1.03
+    reasons = {n.case: n.reason for n in report.not_compared}
+    assert reasons[ELBO] == "the normalization reference itself"
+    assert reasons[big].startswith("no reference (numpy elbo float64 B=4096)")
+    assert any("different machines" in n for n in report.notices)
+    assert report.exit_code == 1
+
+
+def test_normalize_without_any_reference_is_an_error():
+    rng = np.random.default_rng(8)
+    rust = Case("elbo", "rust", batch=128)
+    base = make_run([ok(rust, noisy(rng, 5e4))], cpu="A")
+    head = make_run([ok(rust, noisy(rng, 5e4))], cpu="B")
+    with pytest.raises(CompareError, match="--normalize needs the numpy elbo case"):
+        compare(base, head, normalize=True)
+
+
+def test_bootstrap_method_agrees_on_a_clear_case():
+    rng = np.random.default_rng(9)
+    base = make_run([ok(ELBO, noisy(rng, 1e5, 20))])
+    head = make_run([ok(ELBO, noisy(rng, 1.3e5, 20))])
+    rank, boot = compare(base, head), compare(base, head, ci_method="bootstrap")
+    assert rank.comparisons[0].ratio == boot.comparisons[0].ratio
+    assert rank.exit_code == boot.exit_code == 1
+
+
+def test_a_large_slowdown_that_is_too_noisy_is_not_a_regression_but_is_flagged():
+    rng = np.random.default_rng(10)
+    base = make_run([ok(ELBO, noisy(rng, 1e5, 7, sigma=0.4))])
+    head = make_run([ok(ELBO, noisy(rng, 1.25e5, 7, sigma=0.4))])
+    report = compare(base, head)
+    c = report.comparisons[0]
+    if c.verdict == "too noisy to tell" and c.ratio > 1.1:
+        assert any("too noisy to tell" in n for n in report.notices)
+    assert not c.regression or c.ci95[0] > 1.03
+
+
+def test_pooled_rounds_that_disagree_are_too_noisy_to_tell():
+    """Runs of one side differing more than the sides do: the machine moved, not the code."""
+    rng = np.random.default_rng(14)
+
+    def side(medians):
+        return merge_rounds([make_run([ok(ELBO, noisy(rng, m, 15, 0.01))], run_id=str(m)) for m in medians])
+
+    # pooled head is 15% slower and tight within each run, but one base round was as slow as head
+    report = compare(side([100e3, 100e3, 130e3]), side([125e3, 125e3, 125e3]))
+    c = report.comparisons[0]
+    assert c.ratio > 1.1 and c.verdict == "too noisy to tell" and not c.regression
+    assert any("not consistently across them" in n for n in report.notices)
+    # the same slowdown seen in every round is a regression
+    report = compare(side([100e3, 101e3, 99e3]), side([125e3, 126e3, 124e3]))
+    assert report.comparisons[0].regression
+
+
+def test_software_differences_are_noticed():
+    rng = np.random.default_rng(11)
+    base = make_run([ok(ELBO, noisy(rng, 1e5))])
+    head = make_run([ok(ELBO, noisy(rng, 1e5))])
+    head["software"] = {"numpy": "2.1"}
+    assert "numpy differs: base 2.0, head 2.1" in compare(base, head).notices
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _report(regress: bool = True):
+    rng = np.random.default_rng(12)
+    broken = Case("iwae", "numpy", batch=128)
+    base = make_run([ok(ELBO, noisy(rng, 100e3)), ok(GRAD, noisy(rng, 1.5e6)), ok(broken, noisy(rng, 1e5))])
+    head = make_run(
+        [ok(ELBO, noisy(rng, 130e3 if regress else 100e3)), ok(GRAD, noisy(rng, 1.5e6)),
+         measurement(broken, "failed", "worker died: SIGSEGV | core dumped")],
+        commit="def456",
+    )  # fmt: skip
+    return compare(base, head)
+
+
+def test_markdown_report():
+    md = render_markdown(_report())
+    lines = md.splitlines()
+    assert lines[0].startswith("### ❌ elbolab gate: FAIL: 1 regression(s) and 1 broken case(s)")
+    assert "| case | base | head | ratio (95% CI) | change | verdict |" in lines
+    assert "|---|--:|--:|--:|--:|---|" in lines
+    row = next(ln for ln in lines if ln.startswith("| elbo numpy"))
+    assert "**REGRESSION**" in row and "+3" in row and "100 µs" in row
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 6
+    assert "1.5 ms" in md
+    assert "<details><summary>Not compared (1)</summary>" in md
+    assert "worker died: SIGSEGV \\| core dumped" in md  # a pipe cannot break the table
+    assert "- base: abc123, run r" in md and "- head: def456, run r" in md
+
+
+def test_markdown_report_of_a_pass():
+    rng = np.random.default_rng(13)
+    doc = make_run([ok(ELBO, noisy(rng, 1e5))])
+    md = render_markdown(compare(doc, doc))
+    assert md.startswith("### ✅ elbolab gate: PASS: no regression in 1 compared case(s) (1 same)")
+    assert "Not compared" not in md
+
+
+def test_terminal_report():
+    console = Console(file=io.StringIO(), record=True, width=200, color_system=None)
+    render_terminal(_report(), console)
+    text = console.export_text()
+    assert "REGRESSION" in text and "BROKEN" in text and "FAIL: 1 regression(s)" in text
+    assert "elbo numpy cpu float64 B=128 t=1" in text
+
+
+def test_report_is_a_frozen_value():
+    report = _report(regress=False)
+    with pytest.raises(AttributeError):
+        report.threshold = 0.5  # type: ignore[misc]
+    assert replace(report, notices=()).comparisons == report.comparisons

@@ -1,0 +1,307 @@
+"""Report tables, claims, HTML and CLI, checked against the fixed fixture tests/data/run_fixture.json."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.errors import UsageError
+from harness.report.claims import NOT_MEASURED, check_claims
+from harness.report.commands import add_commands
+from harness.report.html import build_views, render
+from harness.report.tables import KEY_FIELDS, Run, measurement_table, summary_table, write_exports
+from harness.results import load, save
+from harness.stats import median_ci_ranks, ratio_of_medians
+
+DATA = Path(__file__).parent / "data"
+FIXTURE = DATA / "run_fixture.json"
+EVIL = "<script>alert(1)</script>"
+
+
+def cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_commands(sub)
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def doc() -> dict:
+    return load(FIXTURE)
+
+
+@pytest.fixture(scope="module")
+def table(doc) -> pd.DataFrame:
+    return measurement_table(doc, run="fixture")
+
+
+@pytest.fixture(scope="module")
+def report(doc, tmp_path_factory) -> Path:
+    """The CLI's report of a part of the fixture (elbo and vae_step, plus every case that is not ok),
+    to keep the tests quick; the browser tests render the whole fixture."""
+    part = copy.deepcopy(doc)
+    part["measurements"] = [
+        m
+        for m in part["measurements"]
+        if m["case"]["workload"] in ("elbo", "vae_step") or m["status"] != "ok"
+    ]
+    folder = tmp_path_factory.mktemp("report")
+    save(folder / "part.json", part)
+    out = folder / "fixture.html"
+    assert cli("report", str(folder / "part.json"), "-o", str(out)) == 0
+    return out
+
+
+def raw_per_call(m: dict) -> np.ndarray:
+    return np.asarray(m["samples_ns"], dtype=float) / m["loops"]
+
+
+def test_fixture_is_what_the_generator_writes():
+    spec = importlib.util.spec_from_file_location("make_fixture", DATA / "make_fixture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert json.loads(FIXTURE.read_text()) == json.loads(json.dumps(module.build()))
+
+
+def test_every_measurement_is_a_row_in_file_order(doc, table):
+    assert len(table) == len(doc["measurements"])
+    assert list(table["backend"]) == [m["case"]["backend"] for m in doc["measurements"]]
+
+
+def test_medians_and_cis_equal_statistics_of_the_raw_samples(doc, table):
+    for row in table[table.n > 0].itertuples():
+        x = np.sort(raw_per_call(doc["measurements"][row.index]))
+        lo, hi = median_ci_ranks(x.size)
+        assert row.median_ns == pytest.approx(np.median(x), rel=1e-12)
+        assert (row.ci_lo_ns, row.ci_hi_ns) == pytest.approx((x[lo - 1], x[hi - 1]), rel=1e-12)
+        assert row.min_ns == pytest.approx(x[0])
+
+
+def test_speedups_equal_ratio_of_medians_of_raw_samples(doc, table):
+    checked = 0
+    ms = doc["measurements"]
+    for _, group in table.groupby(list(KEY_FIELDS)):
+        base = group[(group.backend == "numpy") & (group.device == "cpu")]
+        if base.empty or base.iloc[0].status != "ok":
+            continue
+        b = raw_per_call(ms[base.iloc[0]["index"]])
+        for row in group[(group.status == "ok") & (group.backend != "numpy")].itertuples():
+            h = raw_per_call(ms[row.index])
+            assert row.speedup == pytest.approx(np.median(b) / np.median(h), rel=1e-12)
+            r = ratio_of_medians(h, b)
+            assert (row.speedup_lo, row.speedup_hi) == pytest.approx(r.ci95, rel=1e-12)
+            assert row.speedup_lo <= row.speedup <= row.speedup_hi
+            checked += 1
+    assert checked > 300
+
+
+def test_achieved_bandwidth_and_flops_come_from_the_cost_model(doc, table):
+    for row in table[table.n > 0].itertuples():
+        cost = doc["measurements"][row.index]["cost"]
+        assert row.gb_per_s == pytest.approx(cost["bytes"] / row.median_ns, rel=1e-12)
+        assert row.gflop_per_s == pytest.approx(cost["flops"] / row.median_ns, rel=1e-12)
+
+
+def test_failed_incorrect_timeout_skipped_are_shown_with_reasons_and_never_compared(table):
+    bad = table[table.status != "ok"]
+    assert sorted(bad.status) == ["failed", "incorrect", "skipped", "timeout"]
+    assert bad.reason.str.len().min() > 5
+    assert bad.speedup.isna().all()
+    assert (bad.speedup_note.str.contains("not compared")).all()
+    # the incorrect case was timed (and fast): it still has a median but no speed-up
+    incorrect = bad[bad.status == "incorrect"].iloc[0]
+    assert incorrect.n > 0 and math.isnan(incorrect.speedup)
+
+
+def test_no_invalid_or_implausible_backend_ever_wins(doc, table):
+    summary = summary_table(table, {"fixture": doc})
+    invalid = table[(table.status != "ok") | table.implausible]
+    for row in invalid.itertuples():
+        key = summary
+        for f in KEY_FIELDS:
+            key = key[key[f] == getattr(row, f)]
+        assert (key.winner != row.label).all()
+    assert (summary.winner != "").all()
+
+
+def test_baseline_that_is_not_ok_gives_no_speedups(doc):
+    bad = copy.deepcopy(doc)
+    target = next(
+        m for m in bad["measurements"] if m["case"]["backend"] == "numpy" and m["case"]["batch"] == 128
+    )
+    target.update(status="failed", reason="MemoryError", samples_ns=[], loops=0)
+    df = measurement_table(bad)
+    mask = np.ones(len(df), dtype=bool)
+    for f in KEY_FIELDS:
+        mask &= (df[f] == target["case"][f]).to_numpy()
+    group = df[mask]
+    assert len(group) > 2 and group.speedup.isna().all()
+    assert group.speedup_note.str.contains("baseline numpy is failed").all()
+
+
+def test_a_time_beyond_the_measured_bandwidth_is_flagged(table):
+    flagged = table[table.implausible]
+    assert list(flagged.backend) == ["rust-inner"] and list(flagged.batch) == [1]
+    assert "measurement error" in flagged.iloc[0].plausibility
+    assert (table[~table.implausible & (table.device == "cpu")].bw_share.dropna() <= 1.5).all()
+
+
+def test_csv_and_markdown_exports(doc, table, tmp_path):
+    summary = summary_table(table, {"fixture": doc})
+    csv, md = write_exports(table, summary, "numpy", tmp_path / "t")
+    back = pd.read_csv(csv)
+    assert len(back) == len(table)
+    np.testing.assert_allclose(back.median_ns.to_numpy(), table.median_ns.to_numpy(), rtol=1e-12)
+    text = md.read_text()
+    assert "| workload |" in text and "speed-up [95% CI]" in text
+    assert "no result within 120 s" in text  # reasons of the non-ok cases are in the tables
+
+
+def test_claims_cover_c1_to_c9_with_verdicts(doc, table):
+    checks = check_claims(table, doc)
+    assert [c.id for c in checks] == ["C1", "C2", "C3", "C4", "C5", "C6a", "C6b", "C7", "C8", "C9"]
+    by_id = {c.id: c for c in checks}
+    assert all(c.verdict and c.plausibility and c.as_published for c in checks)
+    assert by_id["C4"].plausibility.endswith("a measurement error, not a speed-up")  # 3.6 us for 1.7 MB
+    assert "plausible" in by_id["C1"].plausibility
+    assert by_id["C5"].verdict == "does not hold"
+    assert by_id["C9"].verdict.startswith(NOT_MEASURED)
+
+
+def test_claims_for_cases_missing_from_the_run_say_how_to_measure(doc):
+    partial = copy.deepcopy(doc)
+    partial["measurements"] = [m for m in partial["measurements"] if m["case"]["backend"] == "numpy"]
+    checks = {c.id: c for c in check_claims(measurement_table(partial), partial)}
+    assert checks["C4"].verdict == NOT_MEASURED
+    assert any(
+        cmd.startswith("elbolab run --backend rust-inner --workload elbo") for cmd in checks["C4"].commands
+    )
+    assert checks["C3"].verdict == NOT_MEASURED
+    assert any("--device cuda" in cmd for cmd in checks["C3"].commands)
+
+
+def test_html_escapes_every_string_from_the_results(report):
+    page = report.read_text()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page.lower()  # the page has no script at all
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+
+
+def test_html_is_self_contained(report):
+    page = report.read_text()
+    attrs = re.findall(r"""\b(?:src|href|xlink:href|action|data)\s*=\s*["']([^"']*)["']""", page, flags=re.I)
+    assert attrs, "expected some internal links"
+    assert not [a for a in attrs if not a.startswith("#")], "only in-page links allowed"
+    assert "http" not in " ".join(attrs)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", page), "no CSS fetches"
+    assert "@import" not in page and "<link" not in page.lower() and "<iframe" not in page.lower()
+
+
+def test_html_has_summary_first_plots_claims_training_and_metadata(report):
+    page = report.read_text()
+    order = [
+        page.index(s)
+        for s in (
+            'id="summary"',
+            'id="problems"',
+            'id="claims"',
+            'id="plots"',
+            'id="details"',
+            'id="machine"',
+        )
+    ]
+    assert order == sorted(order)
+    assert page.count("<svg") >= 10
+    assert "Training on sklearn digits 8x8" in page
+    assert "numba not installed" in page  # a failed training entry is shown with its reason
+    assert "rust-inner does not implement workload vae_step" in page
+    assert "0123456789abcdef" in page and "Fixture GPU 80GB" in page
+    assert "C9" in page and "bandwidth bound" in page
+
+
+def test_report_writes_csv_and_markdown_next_to_the_html(report):
+    assert report.with_suffix(".csv").exists() and report.with_suffix(".md").exists()
+
+
+def test_two_results_files_side_by_side(doc, tmp_path):
+    doc = copy.deepcopy(doc)
+    doc["measurements"] = [m for m in doc["measurements"] if m["case"]["workload"] == "elbo_grad"]
+    other = copy.deepcopy(doc)
+    other["machine"] = dict(other["machine"], hostname="second-machine", cpu="Other CPU")
+    other["limits"] = dict(other["limits"], memory_bandwidth_bytes_per_s=60e9)
+    for m in other["measurements"]:
+        m["samples_ns"] = [2 * s for s in m["samples_ns"]]
+    runs = [Run(EVIL, "a.json", doc), Run("second-machine", "b.json", other)]
+    page = render(build_views(runs, with_plots=False))
+    assert "Side by side: the winner in each run" in page
+    assert "second-machine" in page and "Other CPU" in page and "Synthetic CPU" in page
+    assert "60 GB/s" in page and "30 GB/s" in page
+    assert "<script" not in page.lower()
+
+
+def test_cli_report_on_two_files(tmp_path, doc):
+    small = copy.deepcopy(doc)
+    small["measurements"] = [m for m in small["measurements"] if m["case"]["workload"] == "iwae"][:30]
+    save(tmp_path / "a.json", small)
+    small["training"] = []
+    save(tmp_path / "b.json", small)
+    out = tmp_path / "two.html"
+    assert (
+        cli(
+            "report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(out), "--baseline", "rust"
+        )
+        == 0
+    )
+    page = out.read_text()
+    assert "over <strong>rust</strong>" in page and "b.json" in page
+    assert f"{EVIL} (2)" in page.replace("&lt;", "<").replace(
+        "&gt;", ">"
+    )  # same host twice: labels kept apart
+
+
+def test_cli_user_errors_are_usage_errors(tmp_path):
+    with pytest.raises(UsageError, match="no such results file"):
+        cli("report", str(tmp_path / "missing.json"), "-o", str(tmp_path / "r.html"))
+    with pytest.raises(UsageError, match="baseline backend 'nope'"):
+        cli("report", str(FIXTURE), "-o", str(tmp_path / "r.html"), "--baseline", "nope")
+    with pytest.raises(UsageError, match="ending in .html"):
+        cli("report", str(FIXTURE), "-o", str(tmp_path / "r.pdf"))
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(FIXTURE.read_text()[:500])
+    with pytest.raises(UsageError, match="not valid JSON"):
+        cli("claims", str(corrupt))
+
+
+@pytest.fixture(scope="module")
+def claims_file(doc, tmp_path_factory) -> Path:
+    """The fixture at the claims' batch only (what the claims read), to keep the CLI tests quick."""
+    small = copy.deepcopy(doc)
+    small["measurements"] = [m for m in small["measurements"] if m["case"]["batch"] == 128]
+    path = tmp_path_factory.mktemp("claims") / "b128.json"
+    save(path, small)
+    return path
+
+
+def test_cli_claims_prints_the_table(capsys, claims_file):
+    assert cli("claims", str(claims_file)) == 0
+    out = capsys.readouterr().out
+    for cid in ("C1", "C5", "C9"):
+        assert cid in out
+    assert "does not hold" in out
+    assert EVIL in out  # the run label (host name) prints as text, not as markup
+
+
+def test_cli_claims_json(capsys, claims_file):
+    assert cli("claims", str(claims_file), "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["id"] for c in data[0]["claims"]][:2] == ["C1", "C2"]
