@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from harness.backend import discover_with_errors
+from harness.console import stdout_console
 from harness.errors import UsageError
 from harness.results import load, summary_of
 from harness.runner import Plan, now, run_plan
@@ -160,11 +167,6 @@ def _fmt_ns(ns: float | None) -> str:
         if ns >= scale:
             return f"{ns / scale:.3g} {unit}"
     return f"{ns:.3g} ns"
-
-
-def stdout_console() -> Console:
-    """A console for tables: the terminal's width, or wide enough not to fold when piped."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def print_summary(doc: dict, console: Console) -> None:

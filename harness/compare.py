@@ -546,10 +546,11 @@ def _verdict_style(c: CaseComparison) -> str:
 
 def render_terminal(report: Report, console=None) -> None:
     """Print the report as a rich table (to stdout unless a Console is given)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from harness.console import stdout_console
+
+    console = console or stdout_console()
     table = Table(title=f"{report.head.label} vs {report.base.label}", title_justify="left")
     for col, justify in (("case", "left"), (report.base.label, "right"), (report.head.label, "right"),
                          ("ratio (95% CI)", "right"), ("change", "right"), ("verdict", "left")):  # fmt: skip

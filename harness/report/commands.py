@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from harness.errors import UsageError
@@ -88,15 +87,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_claims(args: argparse.Namespace) -> int:
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
+    from harness.console import stdout_console
     from harness.report.claims import check_claims
     from harness.report.tables import measurement_table
 
     runs = load_runs(args.results)
-    width = None if sys.stdout.isatty() else 200  # a pipe or a file gets lines a person can still read
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=False, width=width)
+    console = stdout_console()
     payload = []
     for run in runs:
         checks = check_claims(measurement_table(run.doc, run=run.label), run.doc)
