@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.elbolab-installed
 RUST_STAMP := $(VENV)/.elbolab-rust-installed
 RUST_SRC := $(wildcard backends/rust/src/*.rs) backends/rust/Cargo.toml backends/rust/pyproject.toml
 WHEELS := target/wheels
-RUN    ?= results/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
+RUN    ?= results/scratch/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
 ARGS   ?=
 
 .PHONY: bench quick test setup rust browser lint clean
