@@ -9,11 +9,11 @@ import time
 
 import pytest
 
+from harness.backend import discover
 from harness.case import Case
 from harness.errors import UsageError
 from harness.results import load
 from harness.runner import Plan, plan_cases, run_plan
-from harness.backend import discover
 from tests.fault_backends import FAULT_BATCH
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 
 use crate::par::{Par, row_ranges, take_mut, ELBO_PAR_MIN_ELEMS, RNG_BLOCK};
-use crate::real::{lanes_to_f64, Real, Simd, LANES};
+use crate::real::{lanes_to_f64, Real, Simd};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ElboDims {
@@ -108,112 +108,190 @@ struct Chunk<'a, T> {
     glv: &'a mut [T],
 }
 
+/// Rows per block: the D loop runs over a block's rows, then the latent pass over the block's
+/// `rows*L` latents as one flat stream (mu, logvar, eps, z, grad_mu, grad_logvar are [B, L]
+/// C-contiguous, so a block of rows is one contiguous run of each). Equal to RNG_BLOCK, so a
+/// block is exactly one sampled-eps generator.
+const ROW_BLOCK: usize = RNG_BLOCK;
+/// Latents per call of the flat latent pass (the stack buffer sampled eps are drawn into; float32
+/// KL lanes are summed to f64 after at most this many latents).
+const LAT_PIECE: usize = 256;
+/// Lanes of the D loop: 32 = eight ymm accumulators of f64 (four of f32), enough independent
+/// chains to hide the 4-cycle FMA latency on two FMA ports.
+const DL: usize = 32;
+/// Lanes of the latent pass: 16 = four ymm of f64 per exp polynomial, so the 12 dependent FMAs
+/// of four vectors overlap.
+const LL: usize = 16;
+/// The latent pass catches up with the rows in steps of this many latents (whole LL vectors).
+const LAT_STEP: usize = 4 * LL;
+
 /// Σ over the chunk's rows of Σ_d (x - x_recon)² and of Σ_l (1 + logvar - mu² - exp(logvar)).
+/// The whole row loop sits inside the dispatched (target_feature) function: no per-row dispatch
+/// or call. FMA selects fused multiply-adds (only true when compiled with the `fma` feature).
+///
+/// Rows go in blocks of ROW_BLOCK (one sampled-eps generator each). After each row's D loop the
+/// latent pass advances over the block's flat latents to the last whole LL-vector the rows so far
+/// cover, so the compute-heavy latent work (exp) is interleaved with the memory-bound stream at a
+/// fine grain and stays vectorised whatever L is (the remainder is done at the block's end).
 #[inline(always)]
-fn rows_impl<T: Real, const GRAD: bool>(c: &mut Chunk<'_, T>, simd: Simd) -> (f64, f64) {
+fn rows_impl<T: Real, const GRAD: bool, const FMA: bool>(c: &mut Chunk<'_, T>) -> (f64, f64) {
     let (d, l) = (c.d, c.l);
     let two_inv_b = T::from_f64(2.0 * c.inv_b);
     let neg_inv_b = T::from_f64(-c.inv_b);
     let half_inv_b = T::from_f64(0.5 * c.inv_b);
-    let mut sq_total = 0.0f64;
-    let mut kl_total = 0.0f64;
-    let mut rng: Option<Xoshiro256PlusPlus> = None;
-    for r in 0..c.rows {
-        // ---- the D loop: the memory-bound part (a separate function, see row_sq)
-        let x = &c.x[r * d..(r + 1) * d];
-        let xr = &c.xr[r * d..(r + 1) * d];
-        let gx: &mut [T] = if GRAD { &mut c.gx[r * d..(r + 1) * d] } else { &mut [] };
-        sq_total += row_sq_sel::<T, GRAD>(simd, x, xr, gx, two_inv_b);
-
-        // ---- the L loop: z, KL, latent gradients, 8 lanes at a time with the branch-free exp
-        let lat = r * l..(r + 1) * l;
-        let row = c.first_row + r;
-        if c.eps.is_none() && (rng.is_none() || row % RNG_BLOCK == 0) {
-            rng = Some(block_rng(c.call_seed, row / RNG_BLOCK));
+    // f64 lane totals: each row's (or latent piece's) T lanes are added lane-wise (vectorised),
+    // and the lanes are reduced to one number once per chunk, not once per row
+    let mut sq = SqAcc::default();
+    let mut kl = [0.0f64; LL];
+    let mut lat = Latents { buf: [T::ZERO; LAT_PIECE], rng: None, neg_inv_b, half_inv_b };
+    let mut io = LatIo { mu: c.mu, lv: c.lv, eps: c.eps, z: &mut *c.z, gmu: &mut *c.gmu, glv: &mut *c.glv };
+    let mut r0 = 0;
+    while r0 < c.rows {
+        // blocks end at absolute multiples of ROW_BLOCK (= RNG_BLOCK), so each block is one
+        // generator's rows whatever the chunk's first row
+        let row = c.first_row + r0;
+        let r1 = (r0 + ROW_BLOCK - row % ROW_BLOCK).min(c.rows);
+        if c.eps.is_none() {
+            lat.rng = Some(block_rng(c.call_seed, row / RNG_BLOCK));
         }
-        let eps_row = c.eps.map(|e| &e[lat.clone()]);
-        let kl_row = latent_row::<T, GRAD>(
-            &c.mu[lat.clone()],
-            &c.lv[lat.clone()],
-            eps_row,
-            rng.as_mut(),
-            &mut c.z[lat.clone()],
-            if GRAD { &mut c.gmu[lat.clone()] } else { &mut [] },
-            if GRAD { &mut c.glv[lat] } else { &mut [] },
-            neg_inv_b,
-            half_inv_b,
-        );
-        kl_total += kl_row;
+        let x = &c.x[r0 * d..r1 * d];
+        let xr = &c.xr[r0 * d..r1 * d];
+        let (lo, hi) = (r0 * l, r1 * l);
+        let mut cur = lo;
+        let gx: &mut [T] = if GRAD { &mut c.gx[r0 * d..r1 * d] } else { &mut [] };
+        for i in 0..r1 - r0 {
+            let g: &mut [T] = if GRAD { &mut gx[i * d..(i + 1) * d] } else { &mut [] };
+            sq.row::<T, GRAD, FMA>(&x[i * d..(i + 1) * d], &xr[i * d..(i + 1) * d], g, two_inv_b);
+            let to = lo + ((i + 1) * l) / LAT_STEP * LAT_STEP;
+            if to > cur {
+                lat.range::<GRAD, FMA>(&mut io, cur, to, &mut kl);
+                cur = to;
+            }
+        }
+        if hi > cur {
+            lat.range::<GRAD, FMA>(&mut io, cur, hi, &mut kl);
+        }
+        r0 = r1;
     }
-    (sq_total, kl_total)
+    (sq.total(), kl.iter().sum())
 }
 
-const LL: usize = 8;
+/// The latent pass's state within a chunk: the buffer sampled eps are drawn into, and the
+/// current block's generator (None when eps is given).
+struct LatIo<'a, T> {
+    mu: &'a [T],
+    lv: &'a [T],
+    eps: Option<&'a [T]>,
+    z: &'a mut [T],
+    gmu: &'a mut [T],
+    glv: &'a mut [T],
+}
 
-/// One row's latent part; returns Σ_l (1 + logvar - mu² - exp(logvar)) in f64.
+struct Latents<T> {
+    buf: [T; LAT_PIECE],
+    rng: Option<Xoshiro256PlusPlus>,
+    neg_inv_b: T,
+    half_inv_b: T,
+}
+
+impl<T: Real> Latents<T> {
+    /// Latents [p0, p1) of the chunk, LAT_PIECE at a time; KL lanes added into `kl`.
+    #[inline(always)]
+    fn range<const GRAD: bool, const FMA: bool>(&mut self, c: &mut LatIo<'_, T>, p0: usize, p1: usize, kl: &mut [f64; LL]) {
+        let mut a = p0;
+        while a < p1 {
+            let b = (a + LAT_PIECE).min(p1);
+            let eps: &[T] = match (c.eps, self.rng.as_mut()) {
+                (Some(e), _) => &e[a..b],
+                (None, Some(g)) => {
+                    let v = &mut self.buf[..b - a];
+                    for e in v.iter_mut() {
+                        *e = sample_normal::<T>(g);
+                    }
+                    v
+                }
+                (None, None) => &[],
+            };
+            let (gmu, glv): (&mut [T], &mut [T]) =
+                if GRAD { (&mut c.gmu[a..b], &mut c.glv[a..b]) } else { (&mut [], &mut []) };
+            latent_flat::<T, GRAD, FMA>(&c.mu[a..b], &c.lv[a..b], eps, &mut c.z[a..b], gmu, glv, self.neg_inv_b, self.half_inv_b, kl);
+            a = b;
+        }
+    }
+}
+
+/// The latent part of a flat run of latents (any number of rows, or part of one): z = mu + s·eps
+/// with s = exp(logvar/2), Σ (1 + logvar - mu² - s²) returned in f64, and with GRAD
+/// grad_mu = -mu/B, grad_logvar = (1 - s²)/(2B) (s² = exp(logvar): one exp per latent, not two).
+/// All slices have the same length (eps is never empty here).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn latent_row<T: Real, const GRAD: bool>(
+fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
     mu: &[T],
     lv: &[T],
-    eps: Option<&[T]>,
-    mut rng: Option<&mut Xoshiro256PlusPlus>,
+    eps: &[T],
     z: &mut [T],
     gmu: &mut [T],
     glv: &mut [T],
     neg_inv_b: T,
     half_inv_b: T,
-) -> f64 {
+    kl: &mut [f64; LL],
+) {
     let half = T::from_f64(0.5);
     let (mu_c, mu_t) = mu.as_chunks::<LL>();
     let (lv_c, lv_t) = lv.as_chunks::<LL>();
+    let (e_c, e_t) = eps.as_chunks::<LL>();
     let (z_c, z_t) = z.as_chunks_mut::<LL>();
-    let (gmu_c, gmu_t) = gmu.as_chunks_mut::<LL>();
-    let (glv_c, glv_t) = glv.as_chunks_mut::<LL>();
-    let (eps_c, eps_t): (&[[T; LL]], &[T]) = match eps {
-        Some(e) => e.as_chunks::<LL>(),
-        None => (&[], &[]),
-    };
-    let draw = |rng: &mut Option<&mut Xoshiro256PlusPlus>| match rng.as_deref_mut() {
-        Some(g) => sample_normal::<T>(g),
-        None => T::ZERO,
-    };
     let mut acc = [T::ZERO; LL];
-    for (i, (m, v)) in mu_c.iter().zip(lv_c).enumerate() {
-        let e: [T; LL] = match eps_c.get(i) {
-            Some(e) => *e,
-            None => std::array::from_fn(|_| draw(&mut rng)),
-        };
-        let zr = &mut z_c[i];
-        for j in 0..LL {
-            let s = (half * v[j]).vexp();
-            zr[j] = m[j] + s * e[j];
-            acc[j] += T::ONE + v[j] - m[j] * m[j] - s * s;
-        }
-        if GRAD {
-            let (gm, gl) = (&mut gmu_c[i], &mut glv_c[i]);
+    if GRAD {
+        let (gmu_c, gmu_t) = gmu.as_chunks_mut::<LL>();
+        let (glv_c, glv_t) = glv.as_chunks_mut::<LL>();
+        for ((((m, v), e), zr), (gm, gl)) in
+            mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()).zip(gmu_c.iter_mut().zip(glv_c.iter_mut()))
+        {
             for j in 0..LL {
+                let s = (half * v[j]).vexp_k::<FMA>();
+                let s2 = s * s;
+                zr[j] = s.madd::<FMA>(e[j], m[j]);
+                acc[j] += (T::ONE + v[j]) - m[j].madd::<FMA>(m[j], s2);
                 gm[j] = neg_inv_b * m[j];
-                gl[j] = (T::ONE - v[j].vexp()) * half_inv_b;
+                gl[j] = (T::ONE - s2) * half_inv_b;
             }
         }
-    }
-    let mut kl = lanes_to_f64(&acc);
-    for j in 0..mu_t.len() {
-        let (m, v) = (mu_t[j], lv_t[j]);
-        let e = match eps_t.get(j) {
-            Some(e) => *e,
-            None => draw(&mut rng),
-        };
-        let s = (half * v).vexp();
-        z_t[j] = m + s * e;
-        kl += (T::ONE + v - m * m - s * s).to_f64();
-        if GRAD {
-            gmu_t[j] = neg_inv_b * m;
-            glv_t[j] = (T::ONE - v.vexp()) * half_inv_b;
+        add_lanes(kl, &acc);
+        for (((((m, v), e), zr), gm), gl) in
+            mu_t.iter().zip(lv_t).zip(e_t).zip(z_t.iter_mut()).zip(gmu_t.iter_mut()).zip(glv_t.iter_mut())
+        {
+            let s = (half * *v).vexp_k::<FMA>();
+            let s2 = s * s;
+            *zr = s.madd::<FMA>(*e, *m);
+            kl[0] += ((T::ONE + *v) - m.madd::<FMA>(*m, s2)).to_f64();
+            *gm = neg_inv_b * *m;
+            *gl = (T::ONE - s2) * half_inv_b;
+        }
+    } else {
+        for (((m, v), e), zr) in mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()) {
+            for j in 0..LL {
+                let s = (half * v[j]).vexp_k::<FMA>();
+                zr[j] = s.madd::<FMA>(e[j], m[j]);
+                acc[j] += (T::ONE + v[j]) - m[j].madd::<FMA>(m[j], s * s);
+            }
+        }
+        add_lanes(kl, &acc);
+        for (((m, v), e), zr) in mu_t.iter().zip(lv_t).zip(e_t).zip(z_t.iter_mut()) {
+            let s = (half * *v).vexp_k::<FMA>();
+            *zr = s.madd::<FMA>(*e, *m);
+            kl[0] += ((T::ONE + *v) - m.madd::<FMA>(*m, s * s)).to_f64();
         }
     }
-    kl
+}
+
+/// tot[i] += acc[i] as f64, lane-wise (vectorises: vcvtps2pd/vaddpd).
+#[inline(always)]
+fn add_lanes<T: Real, const N: usize>(tot: &mut [f64; N], acc: &[T; N]) {
+    for i in 0..N {
+        tot[i] += acc[i].to_f64();
+    }
 }
 
 #[inline(always)]
@@ -223,53 +301,78 @@ fn sample_normal<T: Real>(g: &mut Xoshiro256PlusPlus) -> T {
     T::from_f64(v)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn rows_avx2<T: Real, const GRAD: bool>(c: &mut Chunk<'_, T>) -> (f64, f64) {
-    rows_impl::<T, GRAD>(c, Simd::Avx2)
+/// The D loop's running Σ (x - x_recon)² over a chunk's rows: with AVX2 four f64 lanes (a ymm,
+/// see `crate::simd`), kept across rows and reduced once per chunk; otherwise one f64 per row.
+#[derive(Default)]
+struct SqAcc {
+    lanes: [f64; 4],
+    tail: f64,
 }
 
-/// Σ_d (x - x_recon)² of one row (and grad_x_recon = 2/B·(x - x_recon) when GRAD), in LANES
-/// independent accumulators summed in f64 at the end of the row. Kept out of line in its own
-/// target_feature function: inlined into the row loop, LLVM's SLP vectoriser gave up on it
-/// (scalar vsubsd/vsubss in the disassembly); on its own it becomes 4 ymm accumulators
-/// (vsubpd/vmulpd/vaddpd on ymm, checked with objdump on the release .so, see README).
+impl SqAcc {
+    /// One row: Σ_d (x - x_recon)², and with GRAD grad_x_recon = c·(x - x_recon).
+    #[inline(always)]
+    fn row<T: Real, const GRAD: bool, const FMA: bool>(&mut self, x: &[T], y: &[T], g: &mut [T], c: T) {
+        #[cfg(target_arch = "x86_64")]
+        if FMA {
+            // SAFETY: FMA is true only in rows_avx2, which runs only when Simd::detect() saw
+            // avx2 and fma; `lanes` is 4 f64 (one unaligned ymm load/store).
+            unsafe {
+                use std::arch::x86_64::{_mm256_loadu_pd, _mm256_storeu_pd};
+                let mut t = _mm256_loadu_pd(self.lanes.as_ptr());
+                T::row_sq_avx2::<GRAD>(x, y, g, c, &mut t, &mut self.tail);
+                _mm256_storeu_pd(self.lanes.as_mut_ptr(), t);
+            }
+            return;
+        }
+        self.tail += if GRAD { row_sq_grad::<T>(x, y, g, c) } else { row_sq::<T>(x, y) };
+    }
+
+    fn total(&self) -> f64 {
+        (self.lanes[0] + self.lanes[1]) + (self.lanes[2] + self.lanes[3]) + self.tail
+    }
+}
+
+/// Portable Σ_d (x - x_recon)² of one row (the baseline path) in DL independent accumulator
+/// lanes, summed in f64 at the end of the row (float32 rows: f32 lanes, rows in f64).
 #[inline(always)]
-fn row_sq<T: Real, const GRAD: bool>(x: &[T], y: &[T], g: &mut [T], c: T) -> f64 {
-    let (xc, xt) = x.as_chunks::<LANES>();
-    let (yc, yt) = y.as_chunks::<LANES>();
-    let mut acc = [T::ZERO; LANES];
+fn row_sq<T: Real>(x: &[T], y: &[T]) -> f64 {
+    let (xc, xt) = x.as_chunks::<DL>();
+    let (yc, yt) = y.as_chunks::<DL>();
+    let mut acc = [T::ZERO; DL];
+    for (a, b) in xc.iter().zip(yc) {
+        for i in 0..DL {
+            let diff = a[i] - b[i];
+            acc[i] += diff * diff;
+        }
+    }
     let mut tail = 0.0f64;
-    if GRAD {
-        let (gc, gt) = g.as_chunks_mut::<LANES>();
-        for ((a, b), o) in xc.iter().zip(yc).zip(gc.iter_mut()) {
-            let mut dd = [T::ZERO; LANES];
-            for i in 0..LANES {
-                dd[i] = a[i] - b[i];
-            }
-            for i in 0..LANES {
-                acc[i] += dd[i] * dd[i];
-            }
-            for i in 0..LANES {
-                o[i] = c * dd[i];
-            }
+    for (a, b) in xt.iter().zip(yt) {
+        let diff = *a - *b;
+        tail += (diff * diff).to_f64();
+    }
+    lanes_to_f64(&acc) + tail
+}
+
+/// row_sq, also writing grad_x_recon = 2/B·(x - x_recon) in the same pass.
+#[inline(always)]
+fn row_sq_grad<T: Real>(x: &[T], y: &[T], g: &mut [T], c: T) -> f64 {
+    let (xc, xt) = x.as_chunks::<DL>();
+    let (yc, yt) = y.as_chunks::<DL>();
+    let (gc, gt) = g.as_chunks_mut::<DL>();
+    let mut acc = [T::ZERO; DL];
+    for ((a, b), o) in xc.iter().zip(yc).zip(gc.iter_mut()) {
+        for i in 0..DL {
+            let diff = a[i] - b[i];
+            acc[i] += diff * diff;
+            o[i] = c * diff;
         }
-        for ((a, b), o) in xt.iter().zip(yt).zip(gt.iter_mut()) {
-            let diff = *a - *b;
-            tail += (diff * diff).to_f64();
-            *o = c * diff;
-        }
-    } else {
-        for (a, b) in xc.iter().zip(yc) {
-            for i in 0..LANES {
-                let diff = a[i] - b[i];
-                acc[i] += diff * diff;
-            }
-        }
-        for (a, b) in xt.iter().zip(yt) {
-            let diff = *a - *b;
-            tail += (diff * diff).to_f64();
-        }
+    }
+    let mut tail = 0.0f64;
+    for ((a, b), o) in xt.iter().zip(yt).zip(gt.iter_mut()) {
+        let diff = *a - *b;
+        tail += (diff * diff).to_f64();
+        *o = c * diff;
     }
     lanes_to_f64(&acc) + tail
 }
@@ -277,25 +380,16 @@ fn row_sq<T: Real, const GRAD: bool>(x: &[T], y: &[T], g: &mut [T], c: T) -> f64
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline(never)]
-fn row_sq_avx2<T: Real, const GRAD: bool>(x: &[T], y: &[T], g: &mut [T], c: T) -> f64 {
-    row_sq::<T, GRAD>(x, y, g, c)
+fn rows_avx2<T: Real, const GRAD: bool>(c: &mut Chunk<'_, T>) -> (f64, f64) {
+    rows_impl::<T, GRAD, true>(c)
 }
 
 #[inline(never)]
-fn row_sq_base<T: Real, const GRAD: bool>(x: &[T], y: &[T], g: &mut [T], c: T) -> f64 {
-    row_sq::<T, GRAD>(x, y, g, c)
+fn rows_base<T: Real, const GRAD: bool>(c: &mut Chunk<'_, T>) -> (f64, f64) {
+    rows_impl::<T, GRAD, false>(c)
 }
 
-#[inline(always)]
-fn row_sq_sel<T: Real, const GRAD: bool>(simd: Simd, x: &[T], y: &[T], g: &mut [T], c: T) -> f64 {
-    match simd {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Simd::Avx2 is only returned when the CPU reports avx2 and fma.
-        Simd::Avx2 => unsafe { row_sq_avx2::<T, GRAD>(x, y, g, c) },
-        _ => row_sq_base::<T, GRAD>(x, y, g, c),
-    }
-}
-
+/// Dispatch once per chunk (not per row): the whole row loop runs in the chosen function.
 fn run_chunk<T: Real>(c: &mut Chunk<'_, T>, simd: Simd) -> (f64, f64) {
     let grad = !c.gx.is_empty();
     match simd {
@@ -312,9 +406,9 @@ fn run_chunk<T: Real>(c: &mut Chunk<'_, T>, simd: Simd) -> (f64, f64) {
         }
         _ => {
             if grad {
-                rows_impl::<T, true>(c, simd)
+                rows_base::<T, true>(c)
             } else {
-                rows_impl::<T, false>(c, simd)
+                rows_base::<T, false>(c)
             }
         }
     }

@@ -26,6 +26,7 @@ pub mod elbo;
 pub mod iwae;
 pub mod par;
 pub mod real;
+pub mod simd;
 pub mod stream;
 pub mod vae;
 

@@ -8,12 +8,13 @@ use rayon::ThreadPool;
 pub const RNG_BLOCK: usize = 64;
 
 /// elbo / elbo_grad go parallel only when a call touches at least this many elements of the
-/// [B, D] arrays (B*D). Measured on the 2-core dev machine (AMD EPYC Zen 4, KVM, shared with other
-/// jobs) with `python backends/rust/bench.py crossover` (Pool(2, always_parallel=True) vs serial):
-/// forced 2-thread lost at every B from 16 to 512 at D=784 except one noisy tie at 192, and won
-/// 1.19x at B=1024; so the fallback is set conservatively at ~B=1000 for D=784 (never slower by
-/// default). See README.md.
-pub const ELBO_PAR_MIN_ELEMS: usize = 768 * 1024;
+/// [B, D] arrays (B*D). Re-measured after the kernel rewrite (explicit-AVX2 D loop, vectorised
+/// latents) on the 2-core dev machine (AMD EPYC Zen 4, KVM, shared with other jobs) with
+/// `python backends/rust/bench.py crossover` (Pool(2, always_parallel=True) vs serial) plus repeats
+/// at B = 256..448: forced 2-thread lost at B <= 96 (elbo) / <= 192 (elbo_grad), lost once at
+/// B=336 (a 192+144-row split, 0.88x), and won at every B >= 384 (1.3-1.6x). So the fallback is at
+/// B=384 for D=784 (was 768K elements = B~1000 when the serial kernel was 1.7x slower).
+pub const ELBO_PAR_MIN_ELEMS: usize = 384 * 784;
 
 /// iwae goes parallel above this many multiply-adds (K*B*L*D); its work per row is ~L*K times
 /// the elbo's, so the crossover is at a few rows.
