@@ -89,9 +89,41 @@ def train_backend(backend, device: str, dtype: str, threads: int, config_json: d
     return {"status": "ok", "reason": None, "losses": losses, "wall_s": time.perf_counter() - t0}
 
 
-def _peak_rss_bytes() -> int:
-    # ru_maxrss is in KiB on Linux: the worker's peak so far (it serves cases of one backend)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _status_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS to its current RSS (Linux).
+
+    A worker serves many cases, so without this the peak of a small case would be that of the
+    largest case before it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory(reset_ok: bool, baseline: int | None) -> dict:
+    peak = _status_bytes("VmHWM") if reset_ok else None
+    return {
+        # the process's peak RSS during the case (interpreter and libraries included); where the
+        # peak cannot be reset, the worker's peak so far (ru_maxrss), and 'peak_scope' says which
+        "peak_rss_bytes": peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_scope": "case" if peak else "worker",
+        # RSS when the case started: what the interpreter and the backend's libraries hold
+        "baseline_rss_bytes": baseline,
+    }
 
 
 def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
@@ -110,6 +142,8 @@ def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
     if reason:
         return measurement(case, "skipped", reason, cost=cost_json)
 
+    reset_ok = _reset_peak_rss()
+    baseline = _status_bytes("VmRSS")
     inputs = workload.make_inputs(case)
     stage = "prepare"
     try:
@@ -120,6 +154,8 @@ def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
             stage = "reading outputs"
             got = prepared.outputs()
             device_peak = prepared.device_peak_bytes() if prepared.device_peak_bytes else None
+            # read before the reference is computed, whose temporaries are not the backend's
+            memory = dict(_memory(reset_ok, baseline), device_peak_bytes=device_peak)
     except Exception as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -137,7 +173,7 @@ def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
         samples_ns=timing.samples_ns,
         first_call_ns=timing.first_call_ns,
         check=check.to_json(),
-        memory={"peak_rss_bytes": _peak_rss_bytes(), "device_peak_bytes": device_peak},
+        memory=memory,
         cost=cost_json,
         notes=dict(prepared.notes, worker_pid=os.getpid()),
         calibration=timing.calibration,

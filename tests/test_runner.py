@@ -115,3 +115,17 @@ def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
     assert len(keys) == 24 and len(set(keys)) == 24  # nothing lost, nothing twice
     assert doc["finished"] is not None
     assert all(m["status"] == "ok" for m in doc["measurements"])
+
+
+def test_peak_memory_is_per_case_not_per_worker(tmp_path):
+    out = tmp_path / "run.json"
+    plan = Plan(backends=("numpy",), workloads=("elbo",), batches=(8192, 1), dtypes=("float64",), threads=(1,),
+                variants=("eps=given",), quick=True)  # fmt: skip
+    run_plan(plan, out, measure_limits=False)
+    big, small = (m["memory"] for m in load(out)["measurements"])
+    if big["peak_scope"] != "case":
+        pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
+    # 8192 x 784 float64 inputs are 2 x 51 MB; the batch-1 case served next by the same worker
+    # must not inherit that peak
+    assert big["peak_rss_bytes"] - big["baseline_rss_bytes"] > 100e6
+    assert small["peak_rss_bytes"] - small["baseline_rss_bytes"] < 20e6
