@@ -75,6 +75,9 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("show", help="print the summary table of a results file")
     p.add_argument("results", type=Path)
+    for name, kind in (("backend", _names), ("workload", _names), ("batch", _ints), ("dtype", _names),
+                       ("threads", _ints), ("device", _names), ("variant", _names), ("status", _names)):  # fmt: skip
+        p.add_argument(f"--{name}", type=kind, help=f"only these {name} values (comma-separated)")
     p.set_defaults(func=cmd_show)
 
 
@@ -155,8 +158,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOW_FILTERS = ("backend", "workload", "batch", "dtype", "threads", "device", "variant")
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    print_summary(load(args.results), stdout_console())
+    doc = load(args.results)
+
+    def wanted(m: dict) -> bool:
+        if args.status and m["status"] not in args.status:
+            return False
+        return all(getattr(args, f) is None or m["case"][f] in getattr(args, f) for f in SHOW_FILTERS)
+
+    print_summary(dict(doc, measurements=[m for m in doc["measurements"] if wanted(m)]), stdout_console())
     return 0
 
 

@@ -63,6 +63,8 @@ def _kernels(parallel: bool) -> dict:
 def _setup(case: Case, parallel: bool) -> tuple[dict, dict, int]:
     import numba
 
+    kernels = _kernels(parallel)
+    compiled = sum(len(getattr(k, "signatures", ())) for k in kernels.values())
     limit = int(numba.config.NUMBA_NUM_THREADS)
     used = max(1, min(case.threads, limit))
     numba.set_num_threads(used)
@@ -71,13 +73,16 @@ def _setup(case: Case, parallel: bool) -> tuple[dict, dict, int]:
         "numba_threads_requested": case.threads,
         "NUMBA_NUM_THREADS": limit,
         "threading_layer": str(numba.config.THREADING_LAYER),
-        "jit": "cache=False; first call compiles",
+        # a worker serves many cases: a (kernel, dtype) compiled by an earlier case is reused, so
+        # first_call holds the compile time only in the first case of each signature in a worker
+        "jit": "cache=False; the first call compiles unless an earlier case in this worker did",
+        "jit_signatures_compiled_before_case": compiled,
         "fastmath": "reassoc",
         "accumulation": "rows in the case dtype, across rows in float64",
     }
     if used < case.threads:
         notes["threads_clamped"] = f"asked {case.threads}, NUMBA_NUM_THREADS={limit}"
-    return _kernels(parallel), notes, used
+    return kernels, notes, used
 
 
 def _limit_blas(threads: int) -> int:
