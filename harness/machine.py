@@ -60,7 +60,10 @@ def machine_info() -> dict:
 
 def software_info() -> dict:
     blas = [
-        {k: info.get(k) for k in ("internal_api", "version", "threading_layer", "architecture", "num_threads")}
+        {
+            k: info.get(k)
+            for k in ("internal_api", "version", "threading_layer", "architecture", "num_threads")
+        }
         for info in threadpoolctl.threadpool_info()
         if info.get("user_api") == "blas"
     ]

@@ -143,7 +143,9 @@ def load(path: str | os.PathLike) -> dict:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}: not valid JSON, truncated or corrupt ({exc.msg} at line {exc.lineno})") from None
+        raise ResultsError(
+            f"{path}: not valid JSON, truncated or corrupt ({exc.msg} at line {exc.lineno})"
+        ) from None
     validate(doc, str(path))
     return doc
 
@@ -157,7 +159,9 @@ def validate(doc: object, where: str = "results") -> None:
     if schema != SCHEMA:
         version = schema.rsplit("/", 1)[-1]
         if version.isdigit() and int(version) > int(SCHEMA.rsplit("/", 1)[-1]):
-            raise ResultsError(f"{where}: schema {schema} is newer than this elbolab reads ({SCHEMA}); upgrade elbolab")
+            raise ResultsError(
+                f"{where}: schema {schema} is newer than this elbolab reads ({SCHEMA}); upgrade elbolab"
+            )
         raise ResultsError(f"{where}: unknown schema {schema!r} (this elbolab reads {SCHEMA})")
     missing = [k for k in RUN_KEYS if k not in doc]
     if missing:

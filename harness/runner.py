@@ -84,7 +84,9 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
     _check_names(plan.devices, all_devices, "device")
     all_variants = sorted({v for w in WORKLOADS.values() for v in w.variants})
     _check_names(plan.variants, all_variants, "variant")
-    for value, what in [(b, "batch") for b in plan.batches or ()] + [(t, "thread count") for t in plan.threads or ()]:
+    for value, what in [(b, "batch") for b in plan.batches or ()] + [
+        (t, "thread count") for t in plan.threads or ()
+    ]:
         if value < 1:
             raise UsageError(f"{what} must be a positive integer, got {value}")
     for value, what in ((plan.input_dim, "input_dim"), (plan.latent_dim, "latent_dim"),
@@ -116,8 +118,18 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
                     continue
                 cases.append(
                     Case(
-                        wname, bname, device, dtype, batch, plan.input_dim, plan.latent_dim,
-                        plan.hidden_dim, plan.samples, threads, variant, plan.seed,
+                        wname,
+                        bname,
+                        device,
+                        dtype,
+                        batch,
+                        plan.input_dim,
+                        plan.latent_dim,
+                        plan.hidden_dim,
+                        plan.samples,
+                        threads,
+                        variant,
+                        plan.seed,
                     )  # fmt: skip
                 )
     if not cases:
@@ -247,7 +259,9 @@ def execute(
             pending = _serve_group(worker, pending, timer, case_timeout, record)
 
 
-def _serve_group(worker: _Worker, pending: list[Case], timer: TimerConfig, timeout: float, record) -> list[Case]:
+def _serve_group(
+    worker: _Worker, pending: list[Case], timer: TimerConfig, timeout: float, record
+) -> list[Case]:
     """Send cases to one worker until done or until it dies; return the cases still to run."""
     for i, case in enumerate(pending):
         try:

@@ -101,7 +101,9 @@ def time_prepared(prepared: Prepared, config: TimerConfig, clock: Clock = time.p
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing(loops=loops, samples_ns=tuple(samples), first_call_ns=first_call_ns, calibration=tuple(tried))
+    return Timing(
+        loops=loops, samples_ns=tuple(samples), first_call_ns=first_call_ns, calibration=tuple(tried)
+    )
 
 
 def _calibrate(run: Callable[[int], None], config: TimerConfig, clock: Clock) -> tuple[int, list]:

@@ -85,7 +85,12 @@ def train_backend(backend, device: str, dtype: str, threads: int, config_json: d
         with threadpool_limits(limits=threads):
             losses = train(backend, device, dtype, threads, TrainConfig(**config_json))
     except Exception as exc:
-        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}", "losses": [], "wall_s": None}
+        return {
+            "status": "failed",
+            "reason": f"{exc.__class__.__name__}: {exc}",
+            "losses": [],
+            "wall_s": None,
+        }
     return {"status": "ok", "reason": None, "losses": losses, "wall_s": time.perf_counter() - t0}
 
 

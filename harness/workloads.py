@@ -141,9 +141,7 @@ def _iwae_inputs(case: Case) -> dict[str, np.ndarray]:
     )
 
 
-def init_vae_params(
-    d: int, h: int, latent: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def init_vae_params(d: int, h: int, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Glorot-uniform weights, small biases: the same initial VAE for every backend."""
     params = {}
     for name, shape in vae_param_shapes(d, h, latent).items():
@@ -341,7 +339,11 @@ def check_outputs(
         if not np.all(np.isfinite(value)):
             return CheckResult(False, math.inf, tol, name, f"{name}: non-finite values")
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        err = float(np.max(np.abs(value - ref))) / scale if scale > 0 else float(np.max(np.abs(value), initial=0.0))
+        err = (
+            float(np.max(np.abs(value - ref))) / scale
+            if scale > 0
+            else float(np.max(np.abs(value), initial=0.0))
+        )
         if err > worst:
             worst, worst_name = err, name
     ok = worst <= tol
@@ -420,9 +422,9 @@ WORKLOADS: dict[str, Workload] = {
             _vae_inputs,
             vae_reference,
             _vae_cost,
-            lambda case: ("loss",)
-            + tuple(f"grad_{p}" for p in VAE_PARAMS)
-            + tuple(f"new_{p}" for p in VAE_PARAMS),
+            lambda case: (
+                ("loss",) + tuple(f"grad_{p}" for p in VAE_PARAMS) + tuple(f"new_{p}" for p in VAE_PARAMS)
+            ),
         ),
     )
 }

@@ -77,7 +77,9 @@ def time_ab_gate() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per arm in each gate (default 3, as elbolab gate)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per arm in each gate (default 3, as elbolab gate)"
+    )
     parser.add_argument("--batches", default="128,1024")
     parser.add_argument("--time-ab", action="store_true", help="also time a real quick A/B gate against HEAD")
     args = parser.parse_args()

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.slow
 
 
 def _status(doc):
-    return {(m["case"]["backend"], m["case"]["batch"]): (m["status"], m["reason"]) for m in doc["measurements"]}
+    return {
+        (m["case"]["backend"], m["case"]["batch"]): (m["status"], m["reason"]) for m in doc["measurements"]
+    }
 
 
 def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_path, fault_backends):
@@ -37,7 +39,10 @@ def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_p
     assert s[("crashing", FAULT_BATCH)][0] == "failed" and "SIGSEGV" in s[("crashing", FAULT_BATCH)][1]
     assert s[("aborting", FAULT_BATCH)][0] == "failed" and "SIGABRT" in s[("aborting", FAULT_BATCH)][1]
     assert s[("hanging", FAULT_BATCH)][0] == "timeout"
-    assert s[("raising", FAULT_BATCH)][0] == "failed" and "FloatingPointError: kernel exploded" in s[("raising", FAULT_BATCH)][1]
+    assert (
+        s[("raising", FAULT_BATCH)][0] == "failed"
+        and "FloatingPointError: kernel exploded" in s[("raising", FAULT_BATCH)][1]
+    )
     assert s[("lying", FAULT_BATCH)][0] == "incorrect" and "recon" in s[("lying", FAULT_BATCH)][1]
     # every other case ran, including those after the crash on a fresh worker
     others = {k: v for k, v in s.items() if k[1] != FAULT_BATCH or k[0] == "numpy"}
@@ -70,7 +75,13 @@ def test_plan_rejects_bad_input():
 
 def test_plan_is_the_product_of_the_filters():
     cases = plan_cases(
-        Plan(backends=("numpy",), workloads=("elbo", "iwae"), batches=(1, 2), dtypes=("float32",), threads=(1, 2)),
+        Plan(
+            backends=("numpy",),
+            workloads=("elbo", "iwae"),
+            batches=(1, 2),
+            dtypes=("float32",),
+            threads=(1, 2),
+        ),
         discover(),
     )
     # elbo: 2 variants x 2 batches x 2 threads; iwae: 1 variant x 2 x 2

@@ -1,5 +1,6 @@
 """The Rust backend (backends.rust, extension elbolab_rust): agreement with the float64 reference,
-bad input raising Python exceptions, and the rust-inner call_n path. Skips if the extension isn't built."""
+bad input raising Python exceptions, the rust-inner call_n path, and the rust-tutorial backend (the
+tutorial's own ndarray code). Skips if the extension isn't built."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 ext = pytest.importorskip("elbolab_rust", reason="elbolab_rust extension not built: run `make rust`")
 
-from backends.rust import backend, inner_loop_backend  # noqa: E402
+from backends.rust import backend, inner_loop_backend, tutorial_backend  # noqa: E402
 from harness.case import Case  # noqa: E402
 from harness.verify import verify  # noqa: E402
 from harness.workloads import VAE_PARAMS, WORKLOADS, iwae_reference  # noqa: E402
@@ -80,7 +81,9 @@ def test_iwae_survives_weights_that_overflow_a_naive_exp():
     assert not np.isfinite(lw_naive)  # the naive formula fails on these inputs
     for threads in (1, 2):
         for dtype in ("float64", "float32"):
-            c = Case("iwae", "rust", dtype=dtype, batch=16, input_dim=50, latent_dim=4, samples=6, threads=threads)
+            c = Case(
+                "iwae", "rust", dtype=dtype, batch=16, input_dim=50, latent_dim=4, samples=6, threads=threads
+            )
             typed = {k: v.astype(dtype) for k, v in inputs.items()}
             p = backend.prepare(c, typed)
             p.call()
@@ -174,7 +177,16 @@ def test_array_changed_after_prepare_raises():
 def test_partial_gradients_raise():
     a = _elbo_arrays()
     with pytest.raises(ValueError, match="all of grad_x_recon"):
-        ext.ElboPlan(ext.Pool(1), a["x"], a["x_recon"], a["mu"], a["logvar"], a["eps"], a["z"], grad_mu=np.empty((4, 3)))
+        ext.ElboPlan(
+            ext.Pool(1),
+            a["x"],
+            a["x_recon"],
+            a["mu"],
+            a["logvar"],
+            a["eps"],
+            a["z"],
+            grad_mu=np.empty((4, 3)),
+        )
 
 
 @pytest.mark.parametrize("threads", [0, -1, 100000])
@@ -233,3 +245,105 @@ def test_stream_probe():
         ext.stream_probe("bogus", 1 << 20)
     with pytest.raises(ValueError):
         ext.stream_probe("copy", 8)
+
+
+def test_elbo_exp_out_of_fast_range_matches_numpy():
+    """logvar beyond the fast exp's range (|logvar| > 1416, inf, NaN) falls back to the portable
+    path for that piece; values at the edge of the range stay on the fast path."""
+    b, lat = 64, 20
+    a = _elbo_arrays(b=b, d=10, lat=lat)
+    a["eps"] = np.abs(a["eps"]) + 0.5
+    lv = a["logvar"]
+    lv[3, :4] = [1400.0, -1400.0, 1416.0, -1416.0]  # in range: finite
+    want_ok = a["mu"] + np.exp(0.5 * lv) * a["eps"]
+    plan = ext.ElboPlan(ext.Pool(1), a["x"], a["x_recon"], a["mu"], lv, a["eps"], a["z"])
+    plan.run()
+    np.testing.assert_allclose(a["z"], want_ok, rtol=1e-14, atol=1e-15)
+    lv[5, :5] = [2000.0, -2000.0, np.inf, -np.inf, np.nan]
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = a["mu"] + np.exp(0.5 * lv) * a["eps"]
+    plan.run()
+    np.testing.assert_allclose(a["z"], want, rtol=1e-14, atol=1e-15)
+    assert math.isnan(plan.result()[1])
+
+
+# ------------------------------------------------------------------------------- rust-tutorial
+
+TUTORIAL_VARIANTS = WORKLOADS["elbo"].variants
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [1, 7, 128, 1000])
+@pytest.mark.parametrize("variant", TUTORIAL_VARIANTS)
+def test_tutorial_agrees_with_reference(variant, batch, dtype):
+    case = Case("elbo", "rust-tutorial", dtype=dtype, batch=batch, variant=variant)
+    result = verify(tutorial_backend, case)
+    assert result.ok, result.detail
+
+
+@pytest.mark.parametrize("variant", TUTORIAL_VARIANTS)
+def test_tutorial_call_n_loops_inside_rust(variant):
+    from harness.workloads import check_outputs, reference_for
+
+    case = Case("elbo", "rust-tutorial", batch=64, variant=variant, seed=5)
+    wl = WORKLOADS["elbo"]
+    inputs = wl.make_inputs(case)
+    prepared = tutorial_backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
+    assert prepared.call_n is not None
+    prepared.call()
+    first = prepared.outputs()["z"].copy()
+    prepared.call_n(5)
+    check = check_outputs(wl, case, prepared.outputs(), reference_for(wl, inputs, case))
+    assert check.ok, check.detail
+    z = prepared.outputs()["z"]
+    if variant == "eps=sampled":
+        assert not np.array_equal(first, z)  # a fresh eps every iteration
+    else:
+        np.testing.assert_array_equal(first, z)
+    assert "inside Rust" in prepared.notes["timing"]
+
+
+def test_tutorial_backend_describes_itself():
+    assert tutorial_backend.name == "rust-tutorial"
+    assert tutorial_backend.workloads == ("elbo",)
+    assert not tutorial_backend.threaded
+    assert "tutorial" in tutorial_backend.description and "inside Rust" in tutorial_backend.description
+    assert tutorial_backend.skip_reason(Case("elbo_grad", "rust-tutorial")) is not None
+
+
+def _tutorial_plan(**overrides):
+    a = _elbo_arrays()
+    a.update(overrides)
+    return ext.TutorialPlan(a["x"], a["x_recon"], a["mu"], a["logvar"], a["eps"], a["z"])
+
+
+@pytest.mark.parametrize(
+    ("override", "exc", "match"),
+    [
+        ({"x": [[1.0, 2.0]]}, TypeError, "x must be a numpy.ndarray"),
+        ({"x_recon": np.zeros((4, 10), np.float32)}, TypeError, "x_recon has dtype"),
+        ({"x": np.zeros((4, 10), np.int64)}, TypeError, "float32 and float64"),
+        ({"mu": np.zeros((5, 3))}, ValueError, r"mu has shape \(5, 3\), expected \(4, 3\)"),
+        ({"eps": np.zeros((4, 3, 1))}, ValueError, "eps has shape"),
+        ({"x_recon": np.zeros((10, 4)).T}, ValueError, "C-contiguous"),
+        ({"z": np.zeros((0, 3))}, ValueError, "shape"),
+    ],
+)
+def test_tutorial_bad_arrays_raise(override, exc, match):
+    with pytest.raises(exc, match=match):
+        _tutorial_plan(**override)
+
+
+def test_tutorial_bad_outputs_and_n_raise():
+    z = np.empty((4, 3))
+    z.flags.writeable = False
+    with pytest.raises(ValueError, match="output z is read-only"):
+        _tutorial_plan(z=z)
+    a = _elbo_arrays()
+    with pytest.raises(ValueError, match="share memory"):
+        _tutorial_plan(z=a["mu"], mu=a["mu"])
+    plan = _tutorial_plan()
+    with pytest.raises(ValueError, match="n must be"):
+        plan.run_n(0)
+    recon, kl, elbo = plan.run_n(3)
+    assert math.isclose(elbo, recon - kl)

@@ -107,6 +107,8 @@ def test_gc_is_disabled_while_timing_and_restored():
         clock.now += 1_000_000
 
     assert gc.isenabled()
-    time_prepared(Prepared(call=call, outputs=dict), TimerConfig(target_sample_ns=1_000_000, samples=5), clock=clock)
+    time_prepared(
+        Prepared(call=call, outputs=dict), TimerConfig(target_sample_ns=1_000_000, samples=5), clock=clock
+    )
     assert not any(states)
     assert gc.isenabled()

@@ -47,7 +47,10 @@ def test_elbo_reference_matches_the_formula_written_as_loops():
             down[name] = inp[name].copy()
             up[name][idx] += h
             down[name][idx] -= h
-            fd = (float(WORKLOADS["elbo"].reference(up, case)["elbo"]) - float(WORKLOADS["elbo"].reference(down, case)["elbo"])) / (2 * h)
+            fd = (
+                float(WORKLOADS["elbo"].reference(up, case)["elbo"])
+                - float(WORKLOADS["elbo"].reference(down, case)["elbo"])
+            ) / (2 * h)
             assert ref[grad][idx] == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
@@ -143,8 +146,12 @@ def test_sampled_z_checked_by_moments():
     good = {k: ref[k] for k in ("recon", "kl", "elbo")}
     good["z"] = mu + np.exp(lv / 2) * rng.standard_normal(mu.shape)
     assert check_outputs(w, case, good, ref).ok
-    assert not check_outputs(w, case, dict(good, z=mu + np.exp(lv / 2) * 2 * rng.standard_normal(mu.shape)), ref).ok
-    assert not check_outputs(w, case, dict(good, z=mu + 0.5 + np.exp(lv / 2) * rng.standard_normal(mu.shape)), ref).ok
+    assert not check_outputs(
+        w, case, dict(good, z=mu + np.exp(lv / 2) * 2 * rng.standard_normal(mu.shape)), ref
+    ).ok
+    assert not check_outputs(
+        w, case, dict(good, z=mu + 0.5 + np.exp(lv / 2) * rng.standard_normal(mu.shape)), ref
+    ).ok
     assert not check_outputs(w, case, dict(good, z=mu.copy()), ref).ok  # eps forgotten: variance 0
 
 

@@ -129,4 +129,3 @@ backend = Backend(
     versions=_versions,
     threaded=True,  # through BLAS in vae_step
 )
-

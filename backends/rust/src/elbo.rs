@@ -237,6 +237,14 @@ fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
     half_inv_b: T,
     kl: &mut [f64; LL],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: FMA is true only in rows_avx2, which runs only when Simd::detect() saw avx2
+        // and fma. False (nothing added to kl): f32, or a logvar out of the fast exp's range.
+        if unsafe { T::latent_avx2::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, half_inv_b, kl) } {
+            return;
+        }
+    }
     let half = T::from_f64(0.5);
     let (mu_c, mu_t) = mu.as_chunks::<LL>();
     let (lv_c, lv_t) = lv.as_chunks::<LL>();

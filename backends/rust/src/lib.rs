@@ -28,6 +28,7 @@ pub mod par;
 pub mod real;
 pub mod simd;
 pub mod stream;
+pub mod tutorial;
 pub mod vae;
 
 use elbo::{ElboArgs, ElboDims, ElboGrads, ElboResult, Eps};
@@ -430,6 +431,127 @@ impl ElboPlan {
     }
 }
 
+// ------------------------------------------------------------------------- the tutorial's elbo
+
+/// The `elbo` workload computed by the tutorial's own ndarray code (`tutorial.rs`): temporaries
+/// per operation, serial, z copied into the output. Same validation as ElboPlan; eps=None draws
+/// a fresh eps array each call from a StdRng seeded once with `seed`.
+#[pyclass(module = "elbolab_rust")]
+pub struct TutorialPlan {
+    dt: Dt,
+    dims: ElboDims,
+    x: Arr,
+    x_recon: Arr,
+    mu: Arr,
+    logvar: Arr,
+    eps: Option<Arr>,
+    z: Arr,
+    rng: rand::rngs::StdRng,
+    last: ElboResult,
+}
+
+trait TutorialElbo: Sized {
+    #[allow(clippy::too_many_arguments)]
+    fn run(dims: ElboDims, x: &[Self], xr: &[Self], mu: &[Self], lv: &[Self], eps: Option<&[Self]>, rng: &mut rand::rngs::StdRng, z: &mut [Self]) -> Result<ElboResult, String>;
+}
+impl TutorialElbo for f64 {
+    fn run(dims: ElboDims, x: &[f64], xr: &[f64], mu: &[f64], lv: &[f64], eps: Option<&[f64]>, rng: &mut rand::rngs::StdRng, z: &mut [f64]) -> Result<ElboResult, String> {
+        tutorial::elbo_f64(dims, x, xr, mu, lv, eps, rng, z)
+    }
+}
+impl TutorialElbo for f32 {
+    fn run(dims: ElboDims, x: &[f32], xr: &[f32], mu: &[f32], lv: &[f32], eps: Option<&[f32]>, rng: &mut rand::rngs::StdRng, z: &mut [f32]) -> Result<ElboResult, String> {
+        tutorial::elbo_f32(dims, x, xr, mu, lv, eps, rng, z)
+    }
+}
+
+impl TutorialPlan {
+    fn run_t<T: TutorialElbo + Element>(&mut self, py: Python<'_>, n: usize) -> PyResult<ElboResult> {
+        let dims = self.dims;
+        // SAFETY: every array was checked by run_checked in this call, with the GIL held; z does
+        // not overlap any input (checked at construction).
+        let (x, xr, mu, lv) = unsafe { (self.x.slice::<T>(), self.x_recon.slice::<T>(), self.mu.slice::<T>(), self.logvar.slice::<T>()) };
+        let eps = self.eps.as_ref().map(|a| unsafe { a.slice::<T>() });
+        let z = unsafe { self.z.slice_mut::<T>() };
+        let rng = &mut self.rng;
+        py.detach(move || {
+            let mut last = Ok(ElboResult::default());
+            for _ in 0..n {
+                last = T::run(dims, x, xr, mu, lv, eps, rng, &mut *z);
+                if last.is_err() {
+                    break;
+                }
+            }
+            last
+        })
+        .map_err(PyValueError::new_err)
+    }
+
+    fn run_checked(&mut self, py: Python<'_>, n: usize) -> PyResult<(f64, f64, f64)> {
+        for a in [&self.x, &self.x_recon, &self.mu, &self.logvar, &self.z] {
+            a.check(py)?;
+        }
+        if let Some(e) = &self.eps {
+            e.check(py)?;
+        }
+        let r = match self.dt {
+            Dt::F64 => self.run_t::<f64>(py, n)?,
+            Dt::F32 => self.run_t::<f32>(py, n)?,
+        };
+        self.last = r;
+        Ok((r.recon, r.kl, r.elbo))
+    }
+}
+
+#[pymethods]
+impl TutorialPlan {
+    #[new]
+    #[pyo3(signature = (x, x_recon, mu, logvar, eps, z, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        x: &Bound<'_, PyAny>,
+        x_recon: &Bound<'_, PyAny>,
+        mu: &Bound<'_, PyAny>,
+        logvar: &Bound<'_, PyAny>,
+        eps: Option<&Bound<'_, PyAny>>,
+        z: &Bound<'_, PyAny>,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let (dt, xs) = first_array(py, "x", x, 2)?;
+        let (b, d) = (xs[0], xs[1]);
+        let l = ndim_of("mu", mu, 2)?[1];
+        let (bd, bl) = ([b, d], [b, l]);
+        let x = Arr::new(py, "x", x, dt, &bd, false)?;
+        let x_recon = Arr::new(py, "x_recon", x_recon, dt, &bd, false)?;
+        let mu = Arr::new(py, "mu", mu, dt, &bl, false)?;
+        let logvar = Arr::new(py, "logvar", logvar, dt, &bl, false)?;
+        let eps = eps.map(|e| Arr::new(py, "eps", e, dt, &bl, false)).transpose()?;
+        let z = Arr::new(py, "z", z, dt, &bl, true)?;
+        let mut all = vec![&x, &x_recon, &mu, &logvar, &z];
+        all.extend(eps.iter());
+        check_overlaps(&all)?;
+        let dims = ElboDims { batch: b, input_dim: d, latent_dim: l };
+        Ok(TutorialPlan { dt, dims, x, x_recon, mu, logvar, eps, z, rng: tutorial::tutorial_rng(seed), last: ElboResult::default() })
+    }
+
+    /// One call; returns (recon, kl, elbo) and fills z.
+    fn run(&mut self, py: Python<'_>) -> PyResult<(f64, f64, f64)> {
+        self.run_checked(py, 1)
+    }
+
+    /// n calls in a loop inside Rust (the tutorial's timing loop); returns the last result.
+    fn run_n(&mut self, py: Python<'_>, n: i64) -> PyResult<(f64, f64, f64)> {
+        let n = check_n(n)?;
+        self.run_checked(py, n)
+    }
+
+    /// (recon, kl, elbo) of the last call.
+    fn result(&self) -> (f64, f64, f64) {
+        (self.last.recon, self.last.kl, self.last.elbo)
+    }
+}
+
 // ------------------------------------------------------------------------------------ iwae
 
 #[pyclass(module = "elbolab_rust")]
@@ -707,6 +829,7 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     d.set_item("simd", real::Simd::detect().name())?;
     d.set_item("lanes", real::LANES)?;
     d.set_item("rng", "Xoshiro256++ (rand_xoshiro) + ziggurat StandardNormal (rand_distr), f64, one generator per 64 rows per call")?;
+    d.set_item("tutorial_rng", "StdRng (ChaCha12, rand) seeded once per case + StandardNormal (rand_distr) in the case dtype, a fresh array per call")?;
     d.set_item("gemm", "ndarray general_mat_mul -> matrixmultiply (pure Rust, runtime AVX2/FMA dispatch)")?;
     d.set_item("elbo_par_min_elems", par::ELBO_PAR_MIN_ELEMS)?;
     d.set_item("iwae_par_min_macs", par::IWAE_PAR_MIN_MACS)?;
@@ -724,6 +847,7 @@ fn elbolab_rust(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ElboPlan>()?;
     m.add_class::<IwaePlan>()?;
     m.add_class::<VaePlan>()?;
+    m.add_class::<TutorialPlan>()?;
     m.add_function(wrap_pyfunction!(stream_probe, m)?)?;
     m.add_function(wrap_pyfunction!(simd_level, m)?)?;
     m.add_function(wrap_pyfunction!(build_info, m)?)?;

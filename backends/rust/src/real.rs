@@ -50,10 +50,29 @@ pub trait Real:
         tot: &mut std::arch::x86_64::__m256d,
         tail: &mut f64,
     );
+    /// The elbo's latent pass over a flat run with AVX2/FMA intrinsics (`crate::simd::latent_f64`);
+    /// false when this type has none (f32) or the run holds a logvar out of the fast exp's range
+    /// (then nothing was added to `kl` and the caller runs the portable pass).
+    ///
+    /// # Safety
+    /// Only when the CPU has avx2 and fma (`Simd::detect() == Simd::Avx2`).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn latent_avx2<const GRAD: bool>(
+        mu: &[Self],
+        lv: &[Self],
+        eps: &[Self],
+        z: &mut [Self],
+        gmu: &mut [Self],
+        glv: &mut [Self],
+        neg_inv_b: Self,
+        half_inv_b: Self,
+        kl: &mut [f64; 16],
+    ) -> bool;
 }
 
 macro_rules! impl_real {
-    ($t:ty, $vexp:ident, $vexpk:ident, $rowsq:ident) => {
+    ($t:ty, $vexp:ident, $vexpk:ident, $rowsq:ident, $latent:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -107,6 +126,23 @@ macro_rules! impl_real {
                 // SAFETY: the caller guarantees avx2 and fma
                 unsafe { crate::simd::$rowsq::<GRAD>(x, y, g, c, tot, tail) }
             }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[inline]
+            unsafe fn latent_avx2<const GRAD: bool>(
+                mu: &[Self],
+                lv: &[Self],
+                eps: &[Self],
+                z: &mut [Self],
+                gmu: &mut [Self],
+                glv: &mut [Self],
+                neg_inv_b: Self,
+                half_inv_b: Self,
+                kl: &mut [f64; 16],
+            ) -> bool {
+                // SAFETY: the caller guarantees avx2 and fma
+                unsafe { crate::simd::$latent::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, half_inv_b, kl) }
+            }
             #[inline(always)]
             fn madd<const FMA: bool>(self, a: Self, b: Self) -> Self {
                 if FMA {
@@ -119,8 +155,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f64, exp_f64, exp_f64_k, row_sq_f64);
-impl_real!(f32, exp_f32, exp_f32_k, row_sq_f32);
+impl_real!(f64, exp_f64, exp_f64_k, row_sq_f64, latent_f64);
+impl_real!(f32, exp_f32, exp_f32_k, row_sq_f32, latent_f32);
 
 /// Lanes of the multiple-accumulator loops (independent accumulators, so LLVM can keep them in
 /// vector registers without reassociating floating-point sums): 16 = four AVX2 registers of f64,
