@@ -121,6 +121,7 @@ def save(path: Path, doc: dict) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file is for sharing
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=1, allow_nan=True)
             f.flush()
@@ -129,6 +130,12 @@ def save(path: Path, doc: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load(path: str | os.PathLike) -> dict:

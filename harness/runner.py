@@ -111,7 +111,9 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
                 devices,
                 plan.dtypes or scope.get("dtypes", DTYPES),
                 plan.batches or [b for b in batches if b in scope.get("batches", (b,))],
-                plan.threads or scope.get("threads", (1,) if plan.quick else default_threads()),
+                # a backend that runs on one thread whatever it is asked is measured at 1 by default
+                plan.threads
+                or scope.get("threads", (1,) if plan.quick or not backend.threaded else default_threads()),
                 plan.variants and variants or [v for v in variants if v in scope.get("variants", (v,))],
             ):
                 if device not in backend.devices:
