@@ -37,7 +37,8 @@ DEFAULT_BATCHES = {
     "iwae": (1, 128, 1024),
     "vae_step": (1, 128, 1024),
 }
-# --quick (CI): the overhead-bound and a DRAM-bound elbo, the rest at the tutorial's batch, 1 thread
+# --quick (CI): the overhead-bound and a DRAM-bound elbo, the rest at the tutorial's batch; one
+# thread and float64 (every JIT compile counts: a CI machine starts cold)
 QUICK_BATCHES = {"elbo": (1, 128, 4096), "elbo_grad": (128,), "iwae": (128,), "vae_step": (128,)}
 
 
@@ -109,7 +110,7 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
             devices = plan.devices or backend.devices
             for device, dtype, batch, threads, variant in itertools.product(
                 devices,
-                plan.dtypes or scope.get("dtypes", DTYPES),
+                plan.dtypes or scope.get("dtypes", ("float64",) if plan.quick else DTYPES),
                 plan.batches or [b for b in batches if b in scope.get("batches", (b,))],
                 # a backend that runs on one thread whatever it is asked is measured at 1 by default
                 plan.threads
