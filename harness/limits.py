@@ -261,14 +261,21 @@ def bandwidth_limit_for(
     """The fastest bandwidth a kernel touching `working_set_bytes` can plausibly reach here.
 
     Data cannot live in a cache level smaller than it, so the limit is the best figure measured at any
-    probed working set at least as large (DRAM when it is larger than all of them), at any thread count
+    probed working set at least as large (the half-LLC probe counting for anything up to the LLC's
+    size; DRAM when it is larger than all of them), at any thread count
     up to `threads` (all counts when None). Returns (bytes/s, size label) or None without limits.
     """
     sizes = limits.get("bandwidth_by_size") if isinstance(limits, dict) else None
     if not sizes:
         bw = (limits or {}).get("memory_bandwidth_bytes_per_s") if isinstance(limits, dict) else None
         return (float(bw), "dram") if bw else None
-    candidates = [s for s in sizes if s["working_set_bytes"] >= working_set_bytes] or [
+    llc = limits.get("last_level_cache_bytes") or 0
+
+    def capacity(s: dict) -> float:
+        # the half-LLC probe stands for everything that fits in the last-level cache
+        return max(s["working_set_bytes"], llc) if s.get("size_label") == "llc" else s["working_set_bytes"]
+
+    candidates = [s for s in sizes if capacity(s) >= working_set_bytes] or [
         max(sizes, key=lambda s: s["working_set_bytes"])
     ]
     best: tuple[float, str] | None = None

@@ -58,3 +58,17 @@ def test_bandwidth_limit_for_a_working_set():
     assert bandwidth_limit_for(limits, 10**12) == (30e9, "dram")  # larger than every probe
     assert bandwidth_limit_for({"memory_bandwidth_bytes_per_s": 5e9}, 100) == (5e9, "dram")
     assert bandwidth_limit_for({}, 100) is None
+
+
+def test_working_set_between_the_llc_probe_and_the_llc_size_is_held_to_the_llc_figure():
+    from harness.limits import bandwidth_limit_for
+
+    limits = {
+        "last_level_cache_bytes": 32 * 2**20,
+        "bandwidth_by_size": [
+            {"size_label": "llc", "working_set_bytes": 16 * 2**20, "bytes_per_s": {"1": 88e9}},
+            {"size_label": "dram", "working_set_bytes": 256 * 2**20, "bytes_per_s": {"1": 31e9}},
+        ],
+    }
+    assert bandwidth_limit_for(limits, 20e6, threads=1) == (88e9, "llc")  # fits in the 32 MiB LLC
+    assert bandwidth_limit_for(limits, 40e6, threads=1) == (31e9, "dram")
