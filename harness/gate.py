@@ -425,7 +425,7 @@ def ab_gate(args: argparse.Namespace, log: Callable[[str], None] | None = None) 
     if args.save_runs:
         args.save_runs.mkdir(parents=True, exist_ok=True)
         for name, doc in pooled.items():
-            save(args.save_runs / f"{name}.json", doc)
+            save(args.save_runs / f"{name}.json", doc, pretty=True)
     notices.append(f"A/B measuring took {time.perf_counter() - t_start:.0f} s")
     return compare(
         pooled["base"],
