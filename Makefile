@@ -27,10 +27,12 @@ quick: TRAIN_STEPS := 60
 quick: RUN := results/scratch/quick-$(shell date -u +%Y%m%dT%H%M%SZ).json
 quick: bench
 
+# The Rust unit tests first (no doc-tests: the crate has none), pytest last, so the log closes
+# on pytest's summary of the whole suite.
 test: setup browser
-	$(BIN)/python -m pytest -q
-	@if command -v cargo >/dev/null; then cargo test -q --release --manifest-path backends/rust/Cargo.toml; \
+	@if command -v cargo >/dev/null; then cargo test -q --release --lib --manifest-path backends/rust/Cargo.toml; \
 	 else echo "cargo not found: skipping the Rust unit tests"; fi
+	$(BIN)/python -m pytest -q
 
 setup: $(STAMP) $(RUST_STAMP)
 
