@@ -89,10 +89,11 @@ class Lookup:
         self.df, self.doc = df, doc
         self.missing: list[str] = []
 
-    def row(self, spec: Spec, batch: int = 128):
+    def row(self, spec: Spec, batch: int = 128, note_missing: bool = True):
         df = self.df
         if df.empty:
-            self.missing.append(spec.command(batch))
+            if note_missing:
+                self.missing.append(spec.command(batch))
             return None
         sel = df[
             (df.backend == spec.backend)
@@ -105,16 +106,14 @@ class Lookup:
             & (df.latent_dim == SETTING["latent_dim"])
         ]
         if sel.empty:
-            self.missing.append(spec.command(batch))
+            if note_missing:
+                self.missing.append(spec.command(batch))
             return None
         return sel.sort_values("threads").iloc[0]  # the fewest threads: the tutorial's setting
 
     def has(self, spec: Spec, batch: int = 128) -> bool:
         """Whether the run measured `spec` (without noting it as missing)."""
-        missing = list(self.missing)
-        found = self.row(spec, batch) is not None
-        self.missing = missing
-        return found
+        return self.row(spec, batch, note_missing=False) is not None
 
     def samples(self, row) -> list[float]:
         return per_call_samples(self.doc["measurements"][int(row["index"])])
