@@ -13,6 +13,7 @@ import importlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import entry_points
 
 import numpy as np
@@ -56,11 +57,30 @@ def _no_versions() -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Build:
+    """Something a backend needs built from the source tree before it exists (e.g. a Rust extension).
+
+    The A/B gate builds it once per revision it measures; `make` builds it for the working tree.
+    kind: the build tool ("maturin": a PyO3 crate built into an importable wheel)
+    manifest: the build file, relative to the repository root
+    module: the importable module the build produces (what the backend imports)
+    """
+
+    kind: str
+    manifest: str
+    module: str
+
+
+Prepare = Callable[[Case, dict[str, np.ndarray]], Prepared]
+
+
+@dataclass(frozen=True)
 class Backend:
+    """A backend declares the workloads it implements by the preparers it provides."""
+
     name: str
     description: str
-    workloads: tuple[str, ...]
-    prepare: Callable[[Case, dict[str, np.ndarray]], Prepared]
+    preparers: Mapping[str, Prepare]  # workload name -> prepare(case, inputs)
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[str, ...] = ("float64", "float32")
     # Reason this backend cannot run here (library missing, ...) or None. May import the library.
@@ -76,16 +96,30 @@ class Backend:
     # per case): keys among workloads, batches, dtypes, threads, variants. It applies only to the
     # dimensions the user did not filter explicitly, so any case can still be asked for by name.
     default_scope: Mapping[str, tuple] | None = None
+    # What must be built from the source tree for this backend to exist (None: pure Python).
+    build: Build | None = None
+
+    @property
+    def workloads(self) -> tuple[str, ...]:
+        return tuple(self.preparers)
+
+    def prepare(self, case: Case, inputs: dict[str, np.ndarray]) -> Prepared:
+        return self.preparers[case.workload](case, inputs)
 
     def skip_reason(self, case: Case) -> str | None:
         """Why this backend cannot run `case` here, or None if it can."""
-        if case.workload not in self.workloads:
+        if case.workload not in self.preparers:
             return f"{self.name} does not implement workload {case.workload}"
         if case.device not in self.devices:
             return f"{self.name} has no device {case.device}"
         if case.dtype not in self.dtypes:
             return f"{self.name} does not support {case.dtype}"
         return self.unavailable_reason() or self.device_unavailable_reason(case.device)
+
+
+def bind(preparers: Mapping[str, Callable[..., Prepared]], **options) -> dict[str, Prepare]:
+    """The same preparers with keyword options bound: one module serving several backends."""
+    return {workload: partial(prepare, **options) for workload, prepare in preparers.items()}
 
 
 class RegistryError(Exception):
@@ -96,8 +130,8 @@ def _load(spec: str) -> Backend:
     module_name, _, attr = spec.partition(":")
     try:
         obj = getattr(importlib.import_module(module_name), attr or "backend")
-    except (ImportError, AttributeError) as exc:
-        raise RegistryError(f"cannot load backend {spec!r}: {exc}") from exc
+    except Exception as exc:  # a plugin's SyntaxError or import-time crash must not stop the lab
+        raise RegistryError(f"cannot load backend {spec!r}: {exc.__class__.__name__}: {exc}") from exc
     if not isinstance(obj, Backend):
         raise RegistryError(f"{spec!r} is not an elbolab Backend")
     return obj

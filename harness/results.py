@@ -1,131 +1,290 @@
-"""The results file: schema 'elbolab.run/1', one run per JSON document.
+"""The results file: one run per JSON document, schema 'elbolab.run/2', validated, versioned.
 
 A run is written incrementally: after every measurement the whole document is written to a
 temporary file beside the target and renamed over it (os.replace is atomic on POSIX), so the file
 on disk is always complete, valid JSON, and a run killed at any moment keeps every finished case.
+Files are strict JSON (no NaN or Infinity tokens): any JSON parser reads them.
 
-Raw samples are the record; the summary stored beside them is a convenience that `summary_of`
-recomputes from the samples, so any statistic can be recomputed later.
+Versions (as asv does with its api_version): a file states its schema; an older version is migrated
+on load (MIGRATIONS), a newer one is refused with a message saying to upgrade elbolab. Loading
+validates every field (types, ranges, known statuses, no unknown keys in a measurement); a
+violation is one line naming the file and the field.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, field, replace
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from harness.case import Case
+from pydantic import Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from harness.case import STRICT
 from harness.errors import UsageError
-from harness.stats import Summary, summarize
+from harness.measurement import SUMMARY_KEY, FiniteFloat, Measurement, Text
 
-SCHEMA = "elbolab.run/1"
-STATUSES = ("ok", "incorrect", "failed", "timeout", "skipped")
-RUN_KEYS = ("schema", "run_id", "started", "machine", "software", "config", "measurements")
-MEASUREMENT_KEYS = ("case", "status", "reason")
+SCHEMA_PREFIX = "elbolab.run/"
+SCHEMA_VERSION = 2
+SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
 
 
 class ResultsError(UsageError):
     """A results file that cannot be used; the message is one line for the user."""
 
 
-def measurement(
-    case: Case,
-    status: str,
-    reason: str | None = None,
-    *,
-    loops: int = 0,
-    samples_ns: Iterable[int] = (),
-    first_call_ns: int | None = None,
-    check: dict | None = None,
-    memory: dict | None = None,
-    cost: dict | None = None,
-    notes: dict | None = None,
-    calibration: Iterable[tuple[int, int]] = (),
-) -> dict:
-    """One measurement record, as stored in the results file."""
-    if status not in STATUSES:
-        raise ValueError(f"unknown status {status!r}")
-    samples = [int(s) for s in samples_ns]
-    record = {
-        "case": case.to_json(),
-        "status": status,
-        "reason": reason,
-        "loops": loops,
-        "samples_ns": samples,  # each sample is the wall time of `loops` consecutive calls
-        "first_call_ns": first_call_ns,
-        "per_call_ns": summarize([s / loops for s in samples]).to_json() if samples and loops else None,
-        "check": check,
-        "memory": memory or {"peak_rss_bytes": None, "device_peak_bytes": None},
-        "cost": cost,
-        "notes": notes or {},
-        "calibration": [list(c) for c in calibration],
-    }
-    return record
+@dataclass(frozen=True, config=STRICT)
+class Git:
+    commit: str | None = None
+    dirty: bool | None = None
 
 
-def per_call_samples(m: dict) -> list[float]:
-    """Per-call times (ns) of a measurement, from its raw samples."""
-    loops = m.get("loops") or 0
-    return [s / loops for s in m.get("samples_ns", [])] if loops else []
+@dataclass(frozen=True, config=STRICT)
+class TrainingCurve:
+    """The digits VAE trained through one backend's vae_step (harness.train)."""
+
+    backend: Text
+    device: Text
+    dtype: Text
+    status: Literal["ok", "failed", "timeout", "skipped"]
+    threads: Annotated[int, Field(ge=1)] = 1
+    reason: Text | None = None
+    losses: tuple[FiniteFloat, ...] = ()
+    wall_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    dataset: Text | None = None
+    steps: Annotated[int, Field(ge=0)] | None = None
+    batch: Annotated[int, Field(ge=1)] | None = None
+    hidden_dim: Annotated[int, Field(ge=1)] | None = None
+    latent_dim: Annotated[int, Field(ge=1)] | None = None
+    lr: FiniteFloat | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
+    # agreement with NumPy's curve in the same dtype (and with NumPy float64)
+    max_rel_diff_vs_numpy: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    curve_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    curve_agrees: bool | None = None
+    max_rel_diff_vs_numpy_float64: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+
+    def key(self) -> tuple[str, str, str]:
+        return (self.backend, self.device, self.dtype)
+
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
-def summary_of(m: dict) -> Summary | None:
-    samples = per_call_samples(m)
-    return summarize(samples) if samples else None
+@dataclass(frozen=True, config=STRICT)
+class Run:
+    """A results document: what ran where, and every measurement of it."""
+
+    schema: Literal["elbolab.run/2"]
+    run_id: Annotated[str, Field(min_length=1, max_length=200)]
+    started: Text
+    machine: dict[str, Any]
+    software: dict[str, Any]
+    git: Git
+    config: dict[str, Any]
+    finished: Text | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    measurements: tuple[Measurement, ...] = ()
+    training: tuple[TrainingCurve, ...] = ()
+
+    @property
+    def cpu(self) -> str | None:
+        cpu = self.machine.get("cpu")
+        return cpu if isinstance(cpu, str) else None
+
+    def header_json(self) -> dict:
+        """Everything but the measurements and training curves."""
+        return {
+            "schema": self.schema, "run_id": self.run_id, "started": self.started, "finished": self.finished,
+            "machine": self.machine, "software": self.software, "git": asdict(self.git),
+            "config": self.config, "limits": self.limits,
+        }  # fmt: skip
+
+    def to_json(self) -> dict:
+        return dict(
+            self.header_json(),
+            measurements=[m.to_json() for m in self.measurements],
+            training=[t.to_json() for t in self.training],
+        )
 
 
-def case_of(m: dict) -> Case:
-    return Case.from_json(m["case"])
+_RUN = TypeAdapter(Run)
 
 
-@dataclass
-class RunFile:
-    """A run document on disk, rewritten atomically whenever it changes."""
-
-    path: Path
-    doc: dict
-
-    def add(self, record: dict) -> None:
-        self.doc["measurements"].append(record)
-        save(self.path, self.doc)
-
-    def finish(self, finished: str) -> None:
-        self.doc["finished"] = finished
-        save(self.path, self.doc, pretty=True)
-
-    def done_keys(self) -> set[tuple]:
-        """Cases already measured with a final status (what --resume skips)."""
-        return {case_of(m).key() for m in self.doc["measurements"]}
+def new_run(run_id: str, started: str, machine: dict, software: dict, git: dict, config: dict) -> Run:
+    return Run(SCHEMA, run_id, started, machine, software, Git(**git), config)
 
 
-def new_run(run_id: str, started: str, machine: dict, software: dict, git: dict, config: dict) -> dict:
-    return {
-        "schema": SCHEMA,
-        "run_id": run_id,
-        "started": started,
-        "finished": None,
-        "machine": machine,
-        "software": software,
-        "git": git,
-        "config": config,
-        "limits": {},
-        "measurements": [],
-        "training": [],
-    }
+# ------------------------------------------------------------------------------------- migration
 
 
-def save(path: Path, doc: dict, pretty: bool = False) -> None:
-    """Write `doc` to `path` atomically. Compact while a run is in flight (the whole document is
-    rewritten after every case, and indenting costs 3x the time); indented when it is finished."""
+def _v1_to_v2(doc: dict) -> dict:
+    """v1 -> v2: Case.samples became importance_samples; the stored summary 'per_call_ns' became
+    'per_call_summary_ns' (derived, ignored); pooled rounds moved from notes to 'rounds'; a
+    non-finite check error (written as Infinity by v1) became null."""
+    for m in doc.get("measurements") or []:
+        if not isinstance(m, dict):
+            continue
+        case = m.get("case")
+        if isinstance(case, dict) and "samples" in case:
+            case["importance_samples"] = case.pop("samples")
+        m.pop("per_call_ns", None)
+        notes = m.get("notes")
+        if isinstance(notes, dict) and "samples_per_round" in notes:
+            m["rounds"] = notes.pop("samples_per_round")
+            notes.pop("rounds", None)
+        check = m.get("check")
+        if isinstance(check, dict):
+            err = check.get("max_rel_err")
+            if isinstance(err, float) and not math.isfinite(err):
+                check["max_rel_err"] = None
+    doc["schema"] = f"{SCHEMA_PREFIX}2"
+    return doc
+
+
+# version -> function migrating a document of that version to the next one
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+
+
+def schema_version(doc: object, where: str) -> int:
+    if not isinstance(doc, dict):
+        raise ResultsError(f"{where}: not an elbolab run (top level is not an object)")
+    schema = doc.get("schema")
+    if not isinstance(schema, str) or not schema.startswith(SCHEMA_PREFIX):
+        raise ResultsError(f"{where}: not an elbolab run (schema is {str(schema)[:60]!r})")
+    version = schema[len(SCHEMA_PREFIX) :]
+    if not version.isdigit() or int(version) < 1:
+        raise ResultsError(f"{where}: unknown schema {schema[:60]!r} (this elbolab reads {SCHEMA})")
+    if int(version) > SCHEMA_VERSION:
+        raise ResultsError(
+            f"{where}: schema {schema} is newer than this elbolab reads ({SCHEMA}); upgrade elbolab"
+        )
+    return int(version)
+
+
+def migrate(doc: dict, where: str) -> dict:
+    """Bring a document of any older schema version to the current one."""
+    version = schema_version(doc, where)
+    while version < SCHEMA_VERSION:
+        doc = MIGRATIONS[version](doc)
+        version += 1
+    return doc
+
+
+# ---------------------------------------------------------------------------------- validation
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in ("function-after[_consistent()]",) or str(part).startswith(("function-", "json-or-python")):
+            continue
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "document"
+
+
+def one_line(exc: ValidationError, where: str) -> str:
+    """The first error of a validation failure, as 'WHERE: FIELD: message'."""
+    err = exc.errors(include_url=False)[0]
+    msg = err["msg"].replace("\n", " ")
+    value = err.get("input")
+    shown = "" if isinstance(value, (dict, list)) else f" (got {str(value)[:60]!r})"
+    more = len(exc.errors()) - 1
+    tail = f"; and {more} more problem(s)" if more > 0 else ""
+    return f"{where}: {_field_path(err['loc'])}: {msg}{shown}{tail}"
+
+
+def validate(doc: object, where: str = "results") -> Run:
+    """A Run from a JSON-like document of any supported version; ResultsError on any problem."""
+    doc = migrate(doc, where)  # type: ignore[arg-type]
+    for key in ("run_id", "started", "machine", "software", "git", "config"):
+        if key not in doc:
+            raise ResultsError(f"{where}: missing field {key!r}")
+    for m in doc.get("measurements") or []:
+        if isinstance(m, dict):
+            m.pop(SUMMARY_KEY, None)
+    try:
+        return _RUN.validate_json(json.dumps(doc, allow_nan=True))
+    except ValidationError as exc:
+        raise ResultsError(one_line(exc, where)) from None
+
+
+def load(path: str | os.PathLike) -> Run:
+    """Load and validate a run; any problem is a ResultsError with a one-line message."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ResultsError(f"{path}: not a regular file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such results file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
+    nonfinite: list[str] = []
+
+    def constant(token: str) -> float:
+        nonfinite.append(token)
+        return float(token.replace("Infinity", "inf"))
+
+    try:
+        doc = json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as exc:
+        raise ResultsError(
+            f"{path}: not valid JSON, truncated or corrupt ({exc.msg} at line {exc.lineno})"
+        ) from None
+    except RecursionError:
+        raise ResultsError(f"{path}: not valid JSON (nested too deeply)") from None
+    if nonfinite and schema_version(doc, str(path)) >= 2:
+        raise ResultsError(f"{path}: not strict JSON ({nonfinite[0]} is not a JSON number)")
+    return validate(doc, str(path))
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def _strict(value: Any) -> Any:
+    """JSON-able with every non-finite float (a limit that could not be measured) as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def save_json(path: Path, doc: dict, pretty: bool = False) -> None:
+    """Write a JSON document to `path` atomically (temporary file + rename), as strict JSON.
+
+    Compact while a run is in flight (the whole document is rewritten after every case, and
+    indenting costs 3x the time); indented when it is finished.
+    """
+    text = json.dumps(_strict(doc), indent=1 if pretty else None,
+                      separators=None if pretty else (",", ":"), allow_nan=False)  # fmt: skip
+    write_text_atomic(Path(path), text)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace `path` with `text` so that a reader sees the old file or the new one, never a part.
+
+    Only a regular file (or nothing) is replaced: a FIFO, a device or a directory at `path` is
+    refused, so `--out /dev/null` cannot replace a device node.
+    """
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path}: not a regular file; refusing to replace it")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file is for sharing
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(doc, indent=1) if pretty else json.dumps(doc, separators=(",", ":")))
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -134,64 +293,74 @@ def save(path: Path, doc: dict, pretty: bool = False) -> None:
         raise
 
 
+def save(path: Path, run: Run, pretty: bool = True) -> None:
+    save_json(path, run.to_json(), pretty=pretty)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def load(path: str | os.PathLike) -> dict:
-    """Load and validate a run; any problem is a ResultsError with a one-line message."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: no such results file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ResultsError(f"{path}: cannot read ({exc.__class__.__name__}: {exc})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ResultsError(
-            f"{path}: not valid JSON, truncated or corrupt ({exc.msg} at line {exc.lineno})"
-        ) from None
-    validate(doc, str(path))
-    return doc
+class RunFile:
+    """A run being written: the document on disk is rewritten atomically whenever it changes.
+
+    Each measurement is turned into JSON once, when it is added, so rewriting the file after every
+    case costs one json.dumps, not a conversion of every record.
+    """
+
+    def __init__(self, path: Path, run: Run):
+        self.path = Path(path)
+        self._header = run.header_json()
+        self._measurements = list(run.measurements)
+        self._measurement_json = [m.to_json() for m in run.measurements]
+        self._training = list(run.training)
+
+    @property
+    def run(self) -> Run:
+        return Run(**{k: v for k, v in self._header.items() if k != "git"}, git=Git(**self._header["git"]),
+                   measurements=tuple(self._measurements), training=tuple(self._training))  # fmt: skip
+
+    @property
+    def software(self) -> dict:
+        return self._header["software"]
+
+    def save(self, pretty: bool = False) -> None:
+        doc = dict(self._header, measurements=self._measurement_json,
+                   training=[t.to_json() for t in self._training])  # fmt: skip
+        save_json(self.path, doc, pretty=pretty)
+
+    def add(self, m: Measurement) -> None:
+        self._measurements.append(m)
+        self._measurement_json.append(m.to_json())
+        self.save()
+
+    def set_limits(self, limits: dict) -> None:
+        self._header["limits"] = limits
+        self.save()
+
+    def has_limits(self) -> bool:
+        return bool(self._header.get("limits"))
+
+    def put_training(self, curves: Iterable) -> None:
+        """Add training curves, replacing any earlier curve of the same backend, device and dtype."""
+        curves = list(curves)
+        new = {c.key() for c in curves}
+        self._training = [t for t in self._training if t.key() not in new] + curves
+        self.save()
+
+    def unfinish(self) -> None:
+        self._header["finished"] = None
+
+    def finish(self, finished: str) -> None:
+        self._header["finished"] = finished
+        self.save(pretty=True)
+
+    def done_keys(self) -> set[tuple]:
+        """Cases already measured with a final status (what --resume skips)."""
+        return {m.case.key() for m in self._measurements}
 
 
-def validate(doc: object, where: str = "results") -> None:
-    if not isinstance(doc, dict):
-        raise ResultsError(f"{where}: not an elbolab run (top level is not an object)")
-    schema = doc.get("schema")
-    if not isinstance(schema, str) or not schema.startswith("elbolab.run/"):
-        raise ResultsError(f"{where}: not an elbolab run (schema is {schema!r})")
-    if schema != SCHEMA:
-        version = schema.rsplit("/", 1)[-1]
-        if version.isdigit() and int(version) > int(SCHEMA.rsplit("/", 1)[-1]):
-            raise ResultsError(
-                f"{where}: schema {schema} is newer than this elbolab reads ({SCHEMA}); upgrade elbolab"
-            )
-        raise ResultsError(f"{where}: unknown schema {schema!r} (this elbolab reads {SCHEMA})")
-    missing = [k for k in RUN_KEYS if k not in doc]
-    if missing:
-        raise ResultsError(f"{where}: missing fields {missing}")
-    if not isinstance(doc["measurements"], list):
-        raise ResultsError(f"{where}: 'measurements' is not a list")
-    for i, m in enumerate(doc["measurements"]):
-        _validate_measurement(m, f"{where}: measurement {i}")
-
-
-def _validate_measurement(m: object, where: str) -> None:
-    if not isinstance(m, dict) or any(k not in m for k in MEASUREMENT_KEYS):
-        raise ResultsError(f"{where}: needs fields {list(MEASUREMENT_KEYS)}")
-    try:
-        case_of(m)
-    except (TypeError, ValueError) as exc:
-        raise ResultsError(f"{where}: bad case ({exc})") from None
-    if m["status"] not in STATUSES:
-        raise ResultsError(f"{where}: unknown status {m['status']!r}")
-    samples = m.get("samples_ns", [])
-    if not isinstance(samples, list) or not all(isinstance(s, (int, float)) and s > 0 for s in samples):
-        raise ResultsError(f"{where}: samples_ns must be a list of positive numbers")
-    if m["status"] == "ok" and (not samples or not m.get("loops")):
-        raise ResultsError(f"{where}: status ok without samples")
+def replace_measurements(run: Run, measurements: Iterable[Measurement]) -> Run:
+    return replace(run, measurements=tuple(measurements))

@@ -23,7 +23,8 @@ import psutil
 from harness.backend import Backend, discover
 from harness.case import DTYPES, Case
 from harness.errors import UsageError
-from harness.results import RunFile, load, measurement, new_run, save
+from harness.measurement import Measurement, not_measured
+from harness.results import RunFile, TrainingCurve, load, new_run
 from harness.timer import TimerConfig
 from harness.worker import WorkerSpec, serve, thread_env
 from harness.workloads import WORKLOADS
@@ -57,7 +58,7 @@ class Plan:
     input_dim: int = 784
     latent_dim: int = 20
     hidden_dim: int = 400
-    samples: int = 8
+    importance_samples: int = 8
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -91,7 +92,7 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
         if value < 1:
             raise UsageError(f"{what} must be a positive integer, got {value}")
     for value, what in ((plan.input_dim, "input_dim"), (plan.latent_dim, "latent_dim"),
-                        (plan.hidden_dim, "hidden_dim"), (plan.samples, "samples")):  # fmt: skip
+                        (plan.hidden_dim, "hidden_dim"), (plan.importance_samples, "importance_samples")):  # fmt: skip
         if value < 1:
             raise UsageError(f"{what} must be a positive integer, got {value}")
 
@@ -129,7 +130,7 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
                         plan.input_dim,
                         plan.latent_dim,
                         plan.hidden_dim,
-                        plan.samples,
+                        plan.importance_samples,
                         threads,
                         variant,
                         plan.seed,
@@ -227,7 +228,8 @@ def _stop(worker: _Worker) -> None:
     _kill(worker)
 
 
-Progress = Callable[[Case, dict], None]
+# called with each measurement as it is recorded (the CLI draws progress with it)
+OnResult = Callable[[Measurement], None]
 
 
 def execute(
@@ -236,18 +238,18 @@ def execute(
     timer: TimerConfig,
     *,
     case_timeout: float,
-    on_result: Progress | None = None,
+    on_result: OnResult | None = None,
 ) -> None:
-    """Measure every case, appending each record to `run` as it arrives."""
+    """Measure every case, appending each measurement to `run` as it arrives."""
     groups: dict[WorkerSpec, list[Case]] = {}
     for case in cases:
         groups.setdefault(WorkerSpec(case.backend, case.threads), []).append(case)
-    software = run.doc["software"].setdefault("backends", {})
+    software = run.software.setdefault("backends", {})
 
-    def record(rec: dict, case: Case) -> None:
-        run.add(rec)
+    def record(m: Measurement) -> None:
+        run.add(m)
         if on_result:
-            on_result(case, rec)
+            on_result(m)
 
     for spec, group in groups.items():
         pending = list(group)
@@ -256,7 +258,7 @@ def execute(
                 worker = _start_worker(spec, start_timeout=case_timeout)
             except RuntimeError as exc:
                 for case in pending:
-                    record(measurement(case, "failed", str(exc)), case)
+                    record(not_measured(case, "failed", str(exc)))
                 break
             software[spec.backend] = worker.hello.get("versions", {})
             pending = _serve_group(worker, pending, timer, case_timeout, record)
@@ -271,17 +273,29 @@ def _serve_group(
             worker.conn.send(("case", case.to_json(), timer.to_json()))
             if not worker.conn.poll(timeout):
                 _kill(worker)
-                record(measurement(case, "timeout", f"no result within {timeout:.0f} s; worker killed"), case)
+                record(not_measured(case, "timeout", f"no result within {timeout:.0f} s; worker killed"))
                 return pending[i + 1 :]
             _, rec = worker.conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             reason = f"worker died during the case ({_exit_reason(worker.process)})"
             _kill(worker)
-            record(measurement(case, "failed", reason), case)
+            record(not_measured(case, "failed", reason))
             return pending[i + 1 :]
-        record(rec, case)
+        record(_validated(case, rec))
     _stop(worker)
     return []
+
+
+def _validated(case: Case, rec: object) -> Measurement:
+    """The worker's record, validated: a backend that returns garbage becomes a failed case."""
+    try:
+        m = Measurement.from_json(rec)  # type: ignore[arg-type]
+    except (ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()
+        return not_measured(case, "failed", f"the worker sent an invalid record: {' '.join(first[:3])[:300]}")
+    if m.case != case:
+        return not_measured(case, "failed", f"the worker answered for another case ({m.case.label()})")
+    return m
 
 
 def run_training(
@@ -291,9 +305,10 @@ def run_training(
     config,
     *,
     timeout: float = 600,
-    on_result: Callable[[dict], None] | None = None,
+    on_result: Callable[[TrainingCurve], None] | None = None,
 ) -> None:
-    """Train the digits VAE on every backend (one worker each); append curves to run.doc['training']."""
+    """Train the digits VAE on every backend (one worker each); put the curves into `run`,
+    replacing earlier curves of the same backend, device and dtype only."""
     from harness.train import CURVE_TOLERANCE, DATASET, curve_difference
 
     backends = discover()
@@ -310,6 +325,7 @@ def run_training(
     # each curve is judged against NumPy's in the same dtype (float32 vs float64 differ by more
     # than summation order, and that difference is recorded too)
     reference = {e["dtype"]: e["losses"] for e in entries if e["backend"] == "numpy" and e["losses"]}
+    curves = []
     for e in entries:
         if e["dtype"] in reference and e["losses"]:
             e["max_rel_diff_vs_numpy"] = curve_difference(e["losses"], reference[e["dtype"]])
@@ -317,10 +333,12 @@ def run_training(
             e["curve_agrees"] = e["max_rel_diff_vs_numpy"] <= e["curve_tolerance"]
         if "float64" in reference and e["losses"]:
             e["max_rel_diff_vs_numpy_float64"] = curve_difference(e["losses"], reference["float64"])
-        run.doc["training"].append(e)
-        save(run.path, run.doc)
+        e["losses"] = tuple(e["losses"])
+        curve = TrainingCurve(**e)
+        curves.append(curve)
         if on_result:
-            on_result(e)
+            on_result(curve)
+    run.put_training(curves)
 
 
 def _train_in_worker(spec: WorkerSpec, device: str, dtype: str, config, timeout: float) -> dict:
@@ -352,13 +370,13 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, resume: bool) -> RunFile
 
     check_writable(out)
     if resume and out.exists():
-        doc = load(out)
-        doc["finished"] = None
-        return RunFile(out, doc)
+        run = RunFile(out, load(out))
+        run.unfinish()
+        return run
     config = {"plan": plan.to_json(), "timer": timer.to_json()}
-    doc = new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config)
-    save(out, doc)
-    return RunFile(out, doc)
+    run = RunFile(out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config))
+    run.save()
+    return run
 
 
 def run_plan(
@@ -368,7 +386,7 @@ def run_plan(
     resume: bool = False,
     case_timeout: float | None = None,
     measure_limits: bool = True,
-    on_result: Progress | None = None,
+    on_result: OnResult | None = None,
     on_plan: Callable[[int], None] | None = None,
 ) -> RunFile:
     backends = discover()
@@ -379,9 +397,8 @@ def run_plan(
     todo = [c for c in cases if c.key() not in done]
     if on_plan:
         on_plan(len(todo))
-    if measure_limits and not run.doc.get("limits"):
-        run.doc["limits"] = _measure_limits(plan)
-        save(out, run.doc)
+    if measure_limits and not run.has_limits():
+        run.set_limits(_measure_limits(plan))
     execute(todo, run, timer, case_timeout=case_timeout or (120 if plan.quick else 300), on_result=on_result)
     run.finish(now())
     return run

@@ -3,7 +3,9 @@
 The median is the headline (robust to the slow outliers a shared machine produces). Its 95%
 confidence interval is the distribution-free one from order statistics (the binomial method found
 in every nonparametric-statistics table), so no normality is assumed. Ratios between two sets of
-samples (speed-ups, regressions) get a percentile-bootstrap interval on the ratio of medians.
+samples (speed-ups, regressions) get the Hodges-Lehmann estimate of the scale ratio with its exact
+rank-test (Mann-Whitney) interval: see `ratio_interval`. What a ratio *means* (faster, slower, same,
+too noisy to tell) is decided in one place only, harness.verdict.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 import numpy as np
 from scipy import stats as sps
@@ -36,6 +39,7 @@ class Summary:
         return data
 
 
+@lru_cache(maxsize=1024)
 def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
     """1-based ranks (lo, hi) of the order statistics bounding the median with >= `confidence`.
 
@@ -82,36 +86,69 @@ def summarize(samples: Sequence[float]) -> Summary:
 
 
 @dataclass(frozen=True)
-class Ratio:
-    """head / base of the medians, with a 95% bootstrap interval."""
+class RatioEstimate:
+    """head/base time ratio: the Hodges-Lehmann estimate and its 95% rank interval (> 1: head slower)."""
 
     value: float
     ci95: tuple[float, float]
 
-    def to_json(self) -> dict:
-        return {"value": self.value, "ci95": list(self.ci95)}
+    def inverse(self) -> RatioEstimate:
+        """base/head: a speed-up of head over base."""
+        lo, hi = self.ci95
+        return RatioEstimate(1.0 / self.value, (1.0 / hi if hi > 0 else math.inf, 1.0 / lo if lo > 0 else math.inf))
 
 
-def ratio_of_medians(
-    base: Sequence[float], head: Sequence[float], *, resamples: int = 2000, seed: int = 0
-) -> Ratio:
-    """Ratio median(head)/median(base) with a percentile-bootstrap 95% CI.
+@lru_cache(maxsize=512)
+def mann_whitney_critical(m: int, n: int, confidence: float = 0.95) -> int:
+    """Largest c with P(U <= c) <= (1 - confidence)/2 for the Mann-Whitney count U of m and n
+    samples under no difference; -1 when even U = 0 is more likely than that (too few samples).
 
-    Each side is resampled independently (the samples of two cases are independent); the seed is
-    fixed so the same samples always give the same interval.
+    Exact (the distribution of U counted by recursion) while m*n <= 4000, normal approximation
+    with continuity correction beyond. For m = n = 7 at 95% this is 8, as the tables say.
     """
-    a = np.asarray(base, dtype=np.float64)
-    b = np.asarray(head, dtype=np.float64)
+    alpha = (1.0 - confidence) / 2
+    if m < 1 or n < 1:
+        return -1
+    if m * n > 4000:
+        mean, sd = m * n / 2, math.sqrt(m * n * (m + n + 1) / 12)
+        return int(math.floor(mean - sps.norm.ppf(1 - alpha) * sd - 0.5))
+    # counts[k][u]: ways to get U = u with i samples on one side and k on the other
+    prev = [np.ones(1) for _ in range(n + 1)]
+    for i in range(1, m + 1):
+        cur = [np.ones(1)]
+        for k in range(1, n + 1):
+            d = np.zeros(i * k + 1)
+            d[k : k + prev[k].size] += prev[k]  # the largest sample is on the i side: +k
+            d[: cur[k - 1].size] += cur[k - 1]
+            cur.append(d)
+        prev = cur
+    cdf = np.cumsum(prev[n]) / prev[n].sum()
+    return int(np.searchsorted(cdf, alpha + 1e-12, side="right")) - 1
+
+
+def ratio_interval(base: Sequence[float], head: Sequence[float], confidence: float = 0.95) -> RatioEstimate:
+    """Hodges-Lehmann estimate of the scale ratio head/base and its rank-test interval (Bauer 1972).
+
+    On log times: the m*n pairwise differences log(head_j) - log(base_i), their median (the
+    estimate) and the order statistics bounding it by the Mann-Whitney critical value. Why this
+    and not a bootstrap of the ratio of medians:
+
+    - it is exact for any sample count (the count of pairwise differences below the true log ratio
+      follows the Mann-Whitney null distribution whatever the noise), so 7+7 quick samples get an
+      honest interval, where a percentile bootstrap of a median is discrete and too narrow;
+    - it uses every sample, so it is ~20% narrower than the bootstrap interval on log-normal noise;
+    - being rank-based it shrugs off the slow outliers a shared machine produces.
+
+    It assumes head is base scaled by a factor, which is what a change in a kernel does to its
+    time. With too few samples for the confidence asked, the interval is (0, inf).
+    """
+    a = np.log(np.asarray(base, dtype=np.float64))
+    b = np.log(np.asarray(head, dtype=np.float64))
     if a.size == 0 or b.size == 0:
         raise ValueError("need samples on both sides")
-    rng = np.random.default_rng(seed)
-    med_a = np.median(rng.choice(a, size=(resamples, a.size), replace=True), axis=1)
-    med_b = np.median(rng.choice(b, size=(resamples, b.size), replace=True), axis=1)
-    boot = med_b / med_a
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return Ratio(float(np.median(b) / np.median(a)), (float(lo), float(hi)))
-
-
-def geometric_mean(values: Sequence[float]) -> float:
-    v = np.asarray(values, dtype=np.float64)
-    return float(math.exp(np.mean(np.log(v)))) if v.size else math.nan
+    diffs = np.sort((b[None, :] - a[:, None]).ravel())
+    estimate = float(math.exp(np.median(diffs)))
+    c = mann_whitney_critical(a.size, b.size, confidence)
+    if c < 0:
+        return RatioEstimate(estimate, (0.0, math.inf))
+    return RatioEstimate(estimate, (float(math.exp(diffs[c])), float(math.exp(diffs[diffs.size - 1 - c]))))

@@ -23,7 +23,7 @@ class TimerConfig:
     # One sample lasts about this long: 10^4 times the clock's ~1 µs cost and resolution, short
     # enough that the default matrix of ~600 cases measures in a few minutes.
     target_sample_ns: int = 10_000_000
-    samples: int = 15
+    sample_count: int = 15
     warmup: int = 2  # samples run and discarded after calibration
     max_loops: int = 10_000_000
     # Wall-clock budget for a case's samples: a very slow case takes fewer samples (never < 5)
@@ -33,7 +33,7 @@ class TimerConfig:
 
     @classmethod
     def quick(cls) -> TimerConfig:
-        return cls(target_sample_ns=5_000_000, samples=7, warmup=1, budget_ns=1_000_000_000)
+        return cls(target_sample_ns=5_000_000, sample_count=7, warmup=1, budget_ns=1_000_000_000)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -45,10 +45,6 @@ class Timing:
     samples_ns: tuple[int, ...]  # raw: each sample is the time of `loops` calls
     first_call_ns: int
     calibration: tuple[tuple[int, int], ...]  # (loops, ns) tried while calibrating
-
-    @property
-    def per_call_ns(self) -> list[float]:
-        return [s / self.loops for s in self.samples_ns]
 
 
 Clock = Callable[[], int]
@@ -88,7 +84,7 @@ def time_prepared(prepared: Prepared, config: TimerConfig, clock: Clock = time.p
         loops, tried = _calibrate(run, config, clock)
         per_sample = max(tried[-1][1], 1)
         affordable = config.budget_ns // per_sample
-        n_samples = int(max(config.min_samples, min(config.samples, affordable)))
+        n_samples = int(max(config.min_samples, min(config.sample_count, affordable)))
         warmup = config.warmup if affordable > n_samples + config.warmup else 0
 
         samples = []

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from harness.backend import Backend
 from harness.case import Case
-from harness.workloads import WORKLOADS, CheckResult, check_outputs, reference_for
+from harness.measurement import Check
+from harness.workloads import WORKLOADS, check_outputs, reference_for
 
 
-def verify(backend: Backend, case: Case) -> CheckResult:
+def verify(backend: Backend, case: Case) -> Check:
     workload = WORKLOADS[case.workload]
     inputs = workload.make_inputs(case)
     prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})

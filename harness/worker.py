@@ -7,7 +7,7 @@ inherited) that serves cases of one backend at one thread count. Its thread envi
 Messages (tuples over a multiprocessing Connection):
   worker -> runner  ("hello", {"pid": ..., "versions": {...}})
   runner -> worker  ("case", case_json, timer_json)
-  worker -> runner  ("result", measurement_record)
+  worker -> runner  ("result", measurement_json)   (harness.measurement.Measurement.to_json)
   runner -> worker  ("train", device, dtype, threads, train_config_json)
   worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
   runner -> worker  ("stop",)
@@ -20,7 +20,7 @@ import os
 import resource
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 THREAD_ENV_VARS = (
     "OMP_NUM_THREADS",
@@ -46,6 +46,8 @@ class WorkerSpec:
 def serve(conn, spec: WorkerSpec) -> None:
     """Worker process entry point."""
     from harness.backend import discover
+    from harness.case import Case
+    from harness.timer import TimerConfig
 
     backends = discover()
     backend = backends[spec.backend]
@@ -68,10 +70,10 @@ def serve(conn, spec: WorkerSpec) -> None:
             continue
         _, case_json, timer_json = message
         t0 = time.perf_counter_ns()
-        record = measure_case(backend, case_json, timer_json)
+        m = measure_case(backend, Case.from_json(case_json), TimerConfig(**timer_json))
         # the whole case in the worker (inputs, prepare, timing, reference, check): the harness's cost
-        record["notes"]["case_wall_ns"] = time.perf_counter_ns() - t0
-        conn.send(("result", record))
+        m = replace(m, notes=dict(m.notes, case_wall_ns=time.perf_counter_ns() - t0))
+        conn.send(("result", m.to_json()))
 
 
 def train_backend(backend, device: str, dtype: str, threads: int, config_json: dict) -> dict:
@@ -122,33 +124,33 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _memory(reset_ok: bool, baseline: int | None) -> dict:
+def _memory(reset_ok: bool, baseline: int | None, device_peak: int | None):
+    from harness.measurement import Memory
+
     peak = _status_bytes("VmHWM") if reset_ok else None
-    return {
-        # the process's peak RSS during the case (interpreter and libraries included); where the
-        # peak cannot be reset, the worker's peak so far (ru_maxrss), and 'peak_scope' says which
-        "peak_rss_bytes": peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "peak_scope": "case" if peak else "worker",
-        # RSS when the case started: what the interpreter and the backend's libraries hold
-        "baseline_rss_bytes": baseline,
-    }
+    return Memory(
+        # where the peak cannot be reset, the worker's peak so far (ru_maxrss)
+        peak_rss_bytes=peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        peak_scope="case" if peak else "worker",
+        baseline_rss_bytes=baseline,
+        device_peak_bytes=device_peak,
+    )
 
 
-def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
+def measure_case(backend, case, timer):
+    """Measure one case in this process: inputs, prepare, timing, the check. Returns a Measurement
+    (a failure of the backend is a 'failed' measurement with the reason, never an exception)."""
     from threadpoolctl import threadpool_limits
 
-    from harness.case import Case
-    from harness.results import measurement
-    from harness.timer import TimerConfig, time_prepared
+    from harness.measurement import Measurement, not_measured
+    from harness.timer import time_prepared
     from harness.workloads import WORKLOADS, check_outputs, reference_for
 
-    case = Case.from_json(case_json)
     workload = WORKLOADS[case.workload]
     cost = workload.cost(case)
-    cost_json = {"bytes": cost.bytes, "flops": cost.flops}
     reason = backend.skip_reason(case)
     if reason:
-        return measurement(case, "skipped", reason, cost=cost_json)
+        return not_measured(case, "skipped", reason, cost)
 
     reset_ok = _reset_peak_rss()
     baseline = _status_bytes("VmRSS")
@@ -158,31 +160,28 @@ def measure_case(backend, case_json: dict, timer_json: dict) -> dict:
         with threadpool_limits(limits=case.threads):
             prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
             stage = "timing"
-            timing = time_prepared(prepared, TimerConfig(**timer_json))
+            timing = time_prepared(prepared, timer)
             stage = "reading outputs"
             got = prepared.outputs()
             device_peak = prepared.device_peak_bytes() if prepared.device_peak_bytes else None
             # read before the reference is computed, whose temporaries are not the backend's
-            memory = dict(_memory(reset_ok, baseline), device_peak_bytes=device_peak)
+            memory = _memory(reset_ok, baseline, device_peak)
     except Exception as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return measurement(
-            case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost=cost_json
-        )
+        return not_measured(case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost)
 
     check = check_outputs(workload, case, got, reference_for(workload, inputs, case))
-    status, reason = ("ok", None) if check.ok else ("incorrect", check.detail)
-    return measurement(
+    return Measurement(
         case,
-        status,
-        reason,
+        "ok" if check.ok else "incorrect",
+        None if check.ok else check.detail,
         loops=timing.loops,
-        samples_ns=timing.samples_ns,
+        samples_ns=tuple(float(s) for s in timing.samples_ns),
         first_call_ns=timing.first_call_ns,
-        check=check.to_json(),
+        check=check,
         memory=memory,
-        cost=cost_json,
+        cost=cost,
         notes=dict(prepared.notes, worker_pid=os.getpid()),
         calibration=timing.calibration,
     )

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from harness.case import Case
+from harness.measurement import Check, Cost
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -54,32 +55,6 @@ TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
 
 
 @dataclass(frozen=True)
-class Cost:
-    """What one call must do at least: bytes moved to/from memory and floating-point operations."""
-
-    bytes: int
-    flops: int
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    ok: bool
-    max_rel_err: float
-    tolerance: float
-    worst_output: str | None
-    detail: str | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "ok": self.ok,
-            "max_rel_err": self.max_rel_err,
-            "tolerance": self.tolerance,
-            "worst_output": self.worst_output,
-            "detail": self.detail,
-        }
-
-
-@dataclass(frozen=True)
 class Workload:
     name: str
     description: str
@@ -88,12 +63,17 @@ class Workload:
     reference: Callable[[Mapping[str, np.ndarray], Case], dict[str, np.ndarray]]
     cost: Callable[[Case], Cost]
     outputs: Callable[[Case], tuple[str, ...]]
+    # elements of the inputs, outputs and main temporaries of one case
+    elements: Callable[[Case], int]
     # outputs that are random when eps is sampled inside the call: checked by moments, not values
     sampled_outputs: tuple[str, ...] = ()
+    # whether the workload returns gradients (backends with autograd run a backward pass)
+    has_gradients: bool = False
 
     def input_bytes(self, case: Case) -> int:
-        """Bytes the inputs of a case occupy (without making them), to refuse sizes that won't fit."""
-        return _input_elements(case) * np.dtype(case.dtype).itemsize
+        """Bytes the inputs and outputs of a case occupy (without making them), to refuse sizes that
+        won't fit."""
+        return self.elements(case) * np.dtype(case.dtype).itemsize
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -102,7 +82,7 @@ class Workload:
 def _rng(case: Case) -> np.random.Generator:
     # The seed depends on what the data is (workload, sizes, seed), never on backend or dtype, so
     # every backend and both dtypes see the same values (float32 inputs are the float64 ones cast).
-    key = f"{case.workload}|{case.batch}|{case.input_dim}|{case.latent_dim}|{case.hidden_dim}|{case.samples}"
+    key = f"{case.workload}|{case.batch}|{case.input_dim}|{case.latent_dim}|{case.hidden_dim}|{case.importance_samples}"
     return np.random.default_rng([case.seed, zlib.crc32(key.encode())])
 
 
@@ -127,7 +107,7 @@ def _elbo_inputs(case: Case) -> dict[str, np.ndarray]:
 
 def _iwae_inputs(case: Case) -> dict[str, np.ndarray]:
     rng = _rng(case)
-    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.samples
+    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.importance_samples
     return _cast(
         {
             "x": rng.random((b, d)),
@@ -162,13 +142,19 @@ def _vae_inputs(case: Case) -> dict[str, np.ndarray]:
     return _cast(arrays, case.dtype)
 
 
-def _input_elements(case: Case) -> int:
-    b, d, lat, h, k = case.batch, case.input_dim, case.latent_dim, case.hidden_dim, case.samples
-    if case.workload in ("elbo", "elbo_grad"):
-        outputs = b * d if case.workload == "elbo_grad" else 0
-        return 2 * b * d + 4 * b * lat + outputs
-    if case.workload == "iwae":
-        return b * d + 2 * b * lat + k * b * lat + lat * d + d
+def _elbo_elements(case: Case) -> int:
+    b, d, lat = case.batch, case.input_dim, case.latent_dim
+    grads = b * d + 2 * b * lat if WORKLOADS[case.workload].has_gradients else 0
+    return 2 * b * d + 4 * b * lat + grads
+
+
+def _iwae_elements(case: Case) -> int:
+    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.importance_samples
+    return b * d + 2 * b * lat + k * b * lat + lat * d + d
+
+
+def _vae_elements(case: Case) -> int:
+    b, d, lat, h = case.batch, case.input_dim, case.latent_dim, case.hidden_dim
     params = sum(math.prod(s) for s in vae_param_shapes(d, h, lat).values())
     activations = b * (2 * h + 4 * lat + 2 * d)
     return b * d + b * lat + 3 * params + 2 * activations
@@ -191,7 +177,7 @@ def elbo_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np
     recon = -np.sum((x - x_recon) ** 2) / b
     kl = -0.5 * np.sum(1.0 + logvar - mu**2 - np.exp(logvar)) / b
     out.update(recon=np.array(recon), kl=np.array(kl), elbo=np.array(recon - kl))
-    if case.workload == "elbo_grad":
+    if WORKLOADS[case.workload].has_gradients:
         out["grad_x_recon"] = (2.0 / b) * (x - x_recon)
         out["grad_mu"] = -mu / b
         out["grad_logvar"] = (1.0 - np.exp(logvar)) / (2.0 * b)
@@ -283,14 +269,14 @@ def _elbo_cost(case: Case) -> Cost:
     reads = 2 * b * d + 2 * b * lat + eps_reads
     writes = b * lat  # z
     flops = 3 * b * d + 7 * b * lat + 3 * b * lat  # recon; kl (incl. exp); z (incl. exp)
-    if case.workload == "elbo_grad":
+    if WORKLOADS[case.workload].has_gradients:
         writes += b * d + 2 * b * lat
         flops += 2 * b * d + 3 * b * lat
     return Cost(bytes=(reads + writes) * size, flops=flops)
 
 
 def _iwae_cost(case: Case) -> Cost:
-    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.samples
+    b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.importance_samples
     reads = b * d + 2 * b * lat + k * b * lat + lat * d + d
     flops = k * b * (2 * lat * d + 4 * d + 8 * lat) + 4 * k * b
     return Cost(bytes=reads * np.dtype(case.dtype).itemsize, flops=flops)
@@ -312,7 +298,7 @@ def _vae_cost(case: Case) -> Cost:
 
 def check_outputs(
     workload: Workload, case: Case, got: Mapping[str, object], want: Mapping[str, np.ndarray]
-) -> CheckResult:
+) -> Check:
     """Compare a backend's outputs with the reference.
 
     The error of an output is max|got - want| / max|want| (relative to the output's own scale, so
@@ -324,20 +310,20 @@ def check_outputs(
     sampled = case.variant == "eps=sampled"
     for name in workload.outputs(case):
         if name not in got:
-            return CheckResult(False, math.inf, tol, name, f"backend returned no output {name!r}")
+            return Check(False, None, tol, name, f"backend returned no output {name!r}")
         value = np.asarray(got[name], dtype=np.float64)
         if sampled and name in workload.sampled_outputs:
             problem = _check_standard_normal_z(value, case, want)
             if problem:
-                return CheckResult(False, math.inf, tol, name, problem)
+                return Check(False, None, tol, name, problem)
             continue
         ref = want[name]
         if value.shape != ref.shape:
-            return CheckResult(
-                False, math.inf, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}"
+            return Check(
+                False, None, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}"
             )
         if not np.all(np.isfinite(value)):
-            return CheckResult(False, math.inf, tol, name, f"{name}: non-finite values")
+            return Check(False, None, tol, name, f"{name}: non-finite values")
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         err = (
             float(np.max(np.abs(value - ref))) / scale
@@ -348,7 +334,7 @@ def check_outputs(
             worst, worst_name = err, name
     ok = worst <= tol
     detail = None if ok else f"{worst_name}: error {worst:.3g} > tolerance {tol:.0e}"
-    return CheckResult(ok, worst, tol, worst_name, detail)
+    return Check(ok, worst, tol, worst_name, detail)
 
 
 def _check_standard_normal_z(z: np.ndarray, case: Case, ref: Mapping[str, np.ndarray]) -> str | None:
@@ -378,7 +364,7 @@ def reference_for(workload: Workload, inputs: Mapping[str, np.ndarray], case: Ca
 
 def _elbo_outputs(case: Case) -> tuple[str, ...]:
     names = ("z", "recon", "kl", "elbo")
-    if case.workload == "elbo_grad":
+    if WORKLOADS[case.workload].has_gradients:
         names += ("grad_x_recon", "grad_mu", "grad_logvar")
     return names
 
@@ -394,6 +380,7 @@ WORKLOADS: dict[str, Workload] = {
             elbo_reference,
             _elbo_cost,
             _elbo_outputs,
+            _elbo_elements,
             sampled_outputs=("z",),
         ),
         Workload(
@@ -404,7 +391,9 @@ WORKLOADS: dict[str, Workload] = {
             elbo_reference,
             _elbo_cost,
             _elbo_outputs,
+            _elbo_elements,
             sampled_outputs=("z",),
+            has_gradients=True,
         ),
         Workload(
             "iwae",
@@ -414,6 +403,7 @@ WORKLOADS: dict[str, Workload] = {
             iwae_reference,
             _iwae_cost,
             lambda case: ("iwae",),
+            _iwae_elements,
         ),
         Workload(
             "vae_step",
@@ -425,6 +415,7 @@ WORKLOADS: dict[str, Workload] = {
             lambda case: (
                 ("loss",) + tuple(f"grad_{p}" for p in VAE_PARAMS) + tuple(f"new_{p}" for p in VAE_PARAMS)
             ),
+            _vae_elements,
         ),
     )
 }

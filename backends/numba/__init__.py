@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backend import Backend, Prepared
+from harness.backend import Backend, Prepared, bind
 from harness.case import Case
-from harness.workloads import VAE_PARAMS
-
-WORKLOADS = ("elbo", "elbo_grad", "iwae", "vae_step")
+from harness.workloads import VAE_PARAMS, WORKLOADS
 
 _KERNELS: dict[bool, dict] = {}  # compiled dispatchers per parallel flag (lazily built, per process)
 
@@ -103,7 +101,7 @@ def _prepare_elbo(case: Case, inputs: dict, parallel: bool) -> Prepared:
     x, x_recon, mu, logvar = (inputs[n] for n in ("x", "x_recon", "mu", "logvar"))
     nb = x.shape[0]
     t = x.dtype.type
-    with_grad = case.workload == "elbo_grad"
+    with_grad = WORKLOADS[case.workload].has_gradients
     sampled = case.variant == "eps=sampled"
     if sampled:
         from backends.numba.kernels import seed
@@ -195,7 +193,8 @@ def _prepare_vae_step(case: Case, inputs: dict, parallel: bool) -> Prepared:
     return Prepared(call=call, outputs=outputs, notes=notes)
 
 
-_PREPARE = {
+# one module serves two backends: the same preparers, with the option bound
+PREPARERS = {
     "elbo": _prepare_elbo,
     "elbo_grad": _prepare_elbo,
     "iwae": _prepare_iwae,
@@ -203,19 +202,10 @@ _PREPARE = {
 }
 
 
-def prepare(case: Case, inputs: dict) -> Prepared:
-    return _PREPARE[case.workload](case, inputs, False)
-
-
-def prepare_parallel(case: Case, inputs: dict) -> Prepared:
-    return _PREPARE[case.workload](case, inputs, True)
-
-
 backend = Backend(
     name="numba",
     description="Numba @njit, one fused serial pass per workload (BLAS for vae_step's products)",
-    workloads=WORKLOADS,
-    prepare=prepare,
+    preparers=bind(PREPARERS, parallel=False),
     unavailable_reason=_unavailable_reason,
     versions=_versions,
     threaded=True,  # only through BLAS in vae_step
@@ -224,8 +214,7 @@ backend = Backend(
 parallel_backend = Backend(
     name="numba-parallel",
     description="Numba @njit(parallel=True), prange over batch rows, per-row partial sums",
-    workloads=WORKLOADS,
-    prepare=prepare_parallel,
+    preparers=bind(PREPARERS, parallel=True),
     unavailable_reason=_unavailable_reason,
     versions=_versions,
     threaded=True,

@@ -11,7 +11,7 @@ import numpy as np
 
 from harness.backend import Backend, Prepared
 from harness.case import Case
-from harness.workloads import VAE_PARAMS, vae_forward_backward
+from harness.workloads import VAE_PARAMS, WORKLOADS, vae_forward_backward
 
 
 def _elbo_terms(x, x_recon, mu, logvar):
@@ -31,7 +31,7 @@ def _prepare_elbo(case: Case, inputs: dict) -> Prepared:
     grad_mu = np.empty_like(mu)
     grad_logvar = np.empty_like(logvar)
     grad_x_recon = np.empty_like(x)
-    with_grad = case.workload == "elbo_grad"
+    with_grad = WORKLOADS[case.workload].has_gradients
     if case.variant == "eps=sampled":
         # as the tutorial timed NumPy: eps drawn inside the timed call
         rng = np.random.default_rng(case.seed)
@@ -105,18 +105,6 @@ def _prepare_vae_step(case: Case, inputs: dict) -> Prepared:
     return Prepared(call=call, outputs=lambda: out)
 
 
-_PREPARE = {
-    "elbo": _prepare_elbo,
-    "elbo_grad": _prepare_elbo,
-    "iwae": _prepare_iwae,
-    "vae_step": _prepare_vae_step,
-}
-
-
-def prepare(case: Case, inputs: dict) -> Prepared:
-    return _PREPARE[case.workload](case, inputs)
-
-
 def _versions() -> dict[str, str]:
     return {"numpy": np.__version__}
 
@@ -124,8 +112,12 @@ def _versions() -> dict[str, str]:
 backend = Backend(
     name="numpy",
     description="NumPy, vectorised; BLAS for vae_step's matrix products",
-    workloads=tuple(_PREPARE),
-    prepare=prepare,
+    preparers={
+        "elbo": _prepare_elbo,
+        "elbo_grad": _prepare_elbo,
+        "iwae": _prepare_iwae,
+        "vae_step": _prepare_vae_step,
+    },
     versions=_versions,
     threaded=True,  # through BLAS in vae_step
 )

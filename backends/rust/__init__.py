@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from harness.backend import Backend, Prepared
+from harness.backend import Backend, Build, Prepared
 from harness.case import Case
 from harness.workloads import VAE_PARAMS
 
 _NOT_BUILT = "elbolab_rust extension not built: run `make rust`"
+# the A/B gate builds this per revision it measures (harness.ab)
+RUST_BUILD = Build(kind="maturin", manifest="backends/rust/Cargo.toml", module="elbolab_rust")
 
 
 def _ext():
@@ -114,7 +116,7 @@ _PREPARE = {
 }
 
 
-def _make_prepare(inner: bool):
+def _preparers(inner: bool) -> dict:
     def prepare(case: Case, inputs: dict) -> Prepared:
         ext = _ext()
         pool = ext.Pool(case.threads)
@@ -127,14 +129,14 @@ def _make_prepare(inner: bool):
             notes=_notes(ext, case, inner),
         )
 
-    return prepare
+    return dict.fromkeys(_PREPARE, prepare)
 
 
 backend = Backend(
     name="rust",
     description="Rust (PyO3 + ndarray + rayon), fused single-pass kernels, one extension call per iteration",
-    workloads=tuple(_PREPARE),
-    prepare=_make_prepare(inner=False),
+    preparers=_preparers(inner=False),
+    build=RUST_BUILD,
     unavailable_reason=_unavailable,
     versions=_versions,
     threaded=True,
@@ -143,8 +145,8 @@ backend = Backend(
 inner_loop_backend = Backend(
     name="rust-inner",
     description="Rust kernels timed as the tutorial did: n iterations looped inside Rust (call_n)",
-    workloads=tuple(_PREPARE),
-    prepare=_make_prepare(inner=True),
+    preparers=_preparers(inner=True),
+    build=RUST_BUILD,
     unavailable_reason=_unavailable,
     versions=_versions,
     threaded=True,
@@ -185,8 +187,8 @@ tutorial_backend = Backend(
         "from array expressions, eps drawn into a fresh array), single thread; call_n(n) runs the n "
         "iterations in a loop inside Rust, as the tutorial timed it"
     ),
-    workloads=("elbo",),
-    prepare=_prepare_tutorial,
+    preparers={"elbo": _prepare_tutorial},
+    build=RUST_BUILD,
     unavailable_reason=_unavailable,
     versions=_versions,
     threaded=False,

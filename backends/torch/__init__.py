@@ -43,11 +43,10 @@ import shutil
 
 import numpy as np
 
-from harness.backend import Backend, Prepared
+from harness.backend import Backend, Prepared, bind
 from harness.case import Case
-from harness.workloads import VAE_PARAMS
+from harness.workloads import VAE_PARAMS, WORKLOADS
 
-WORKLOADS = ("elbo", "elbo_grad", "iwae", "vae_step")
 SYNC_NOTE = "torch.cuda.synchronize before the clock stops"
 
 
@@ -170,7 +169,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     x, x_recon, mu, logvar = (t[k] for k in ("x", "x_recon", "mu", "logvar"))
-    with_grad = case.workload == "elbo_grad"
+    with_grad = WORKLOADS[case.workload].has_gradients
     fn = _maybe_compile(torch, kernels.elbo_terms, compiled)
 
     if case.variant == "eps=sampled":
@@ -268,7 +267,8 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
     return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak, notes=notes)
 
 
-_PREPARE = {
+# one module serves two backends: the same preparers, with the option bound
+PREPARERS = {
     "elbo": _prepare_elbo,
     "elbo_grad": _prepare_elbo,
     "iwae": _prepare_iwae,
@@ -276,19 +276,10 @@ _PREPARE = {
 }
 
 
-def prepare(case: Case, inputs: dict) -> Prepared:
-    return _PREPARE[case.workload](case, inputs, False)
-
-
-def prepare_compiled(case: Case, inputs: dict) -> Prepared:
-    return _PREPARE[case.workload](case, inputs, True)
-
-
 backend = Backend(
     name="torch",
     description="PyTorch eager; autograd for gradients (the tutorial's PyTorch)",
-    workloads=WORKLOADS,
-    prepare=prepare,
+    preparers=bind(PREPARERS, compiled=False),
     devices=("cpu", "cuda"),
     unavailable_reason=_unavailable_reason,
     device_unavailable_reason=_device_unavailable_reason,
@@ -299,8 +290,7 @@ backend = Backend(
 compiled_backend = Backend(
     name="torch-compile",
     description="PyTorch through torch.compile (default mode, Inductor); compile time is first_call",
-    workloads=WORKLOADS,
-    prepare=prepare_compiled,
+    preparers=bind(PREPARERS, compiled=True),
     devices=("cpu", "cuda"),
     unavailable_reason=_compile_unavailable_reason,
     device_unavailable_reason=_compile_device_unavailable_reason,

@@ -19,13 +19,12 @@ from markupsafe import Markup
 
 from harness.report import plots
 from harness.report.claims import check_claims
+from harness.report.format import fmt_ns, fmt_x
 from harness.report.tables import (
     KEY_FIELDS,
-    Run,
+    LoadedRun,
     display_summary,
     display_table,
-    fmt_ns,
-    fmt_x,
     measurement_table,
     summary_table,
 )
@@ -35,7 +34,7 @@ TEMPLATES = Path(__file__).with_name("templates")
 
 @dataclass
 class RunView:
-    run: Run
+    run: LoadedRun
     table: pd.DataFrame
     summary: pd.DataFrame
     claims: list = field(default_factory=list)
@@ -57,7 +56,7 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
 
 
 def _figures(view: RunView, baseline: str) -> list[tuple[str, Markup]]:
-    df, doc = view.table, view.run.doc
+    df, run = view.table, view.run.run
     figs: list[tuple[str, str | None]] = []
     if df.empty:
         return []
@@ -70,12 +69,12 @@ def _figures(view: RunView, baseline: str) -> list[tuple[str, Markup]]:
         figs.append(
             (
                 f"bandwidth: {workload} {variant}",
-                plots.bandwidth_vs_batch(df, workload, variant, doc.get("limits")),
+                plots.bandwidth_vs_batch(df, workload, variant, run.limits),
             )
         )
-    figs.append(("roofline", plots.roofline(df, doc.get("limits"))))
-    figs.append(("noise", plots.distributions(df, doc)))
-    figs.append(("training", plots.training_losses(doc.get("training"))))
+    figs.append(("roofline", plots.roofline(df, run.limits)))
+    figs.append(("noise", plots.distributions(df)))
+    figs.append(("training", plots.training_losses(run.training)))
     return [(title, Markup(svg)) for title, svg in figs if svg]
 
 
@@ -129,11 +128,15 @@ def side_by_side(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
 def _meta_rows(views: list[RunView], section: str) -> tuple[list[str], list[list[str]]]:
     keys: list[str] = []
     for v in views:
-        for k in v.run.doc.get(section) or {}:
+        for k in _section(v, section):
             if k not in keys:
                 keys.append(k)
     header = [section] + [v.run.label for v in views]
-    return header, [[k] + [_plain((v.run.doc.get(section) or {}).get(k)) for v in views] for k in keys]
+    return header, [[k] + [_plain(_section(v, section).get(k)) for v in views] for k in keys]
+
+
+def _section(view: RunView, section: str) -> dict:
+    return view.run.run.header_json().get(section) or {}
 
 
 def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
@@ -152,11 +155,11 @@ def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
         ("peak flops float64, 1 thread", "peak_flops_single_thread", gf),
     ]
     rows = [
-        [label] + [fn((v.run.doc.get("limits") or {}).get(key)) for v in views] for label, key, fn in names
+        [label] + [fn((v.run.run.limits).get(key)) for v in views] for label, key, fn in names
     ]
     sizes: list[str] = []
     for v in views:
-        for s in (v.run.doc.get("limits") or {}).get("bandwidth_by_size") or []:
+        for s in (v.run.run.limits).get("bandwidth_by_size") or []:
             label = f"bandwidth at {s['size_label']} ({s['working_set_bytes'] / 2**20:.3g} MiB), by threads"
             if label not in sizes:
                 sizes.append(label)
@@ -164,12 +167,12 @@ def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
         row = [label]
         for v in views:
             cell = ""
-            for s in (v.run.doc.get("limits") or {}).get("bandwidth_by_size") or []:
+            for s in (v.run.run.limits).get("bandwidth_by_size") or []:
                 if label.startswith(f"bandwidth at {s['size_label']} "):
                     cell = ", ".join(f"t={t}: {b / 1e9:.3g} GB/s" for t, b in s["bytes_per_s"].items())
             row.append(cell)
         rows.append(row)
-    method = [(v.run.doc.get("limits") or {}).get("method") for v in views]
+    method = [(v.run.run.limits).get("method") for v in views]
     rows.append(["how measured"] + [_plain(m) if m else "" for m in method])
     return ["limit"] + [v.run.label for v in views], rows
 
@@ -178,13 +181,13 @@ def _case_text(r) -> str:
     return f"{r.workload} {r.variant} {r.dtype} B={r.batch} t={r.threads} {r.backend} ({r.device})"
 
 
-def build_views(runs: list[Run], baseline: str = "numpy", with_plots: bool = True) -> list[RunView]:
+def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool = True) -> list[RunView]:
     views = []
     for run in runs:
-        table = measurement_table(run.doc, baseline=baseline, run=run.label)
-        summary = summary_table(table, {run.label: run.doc}, baseline) if not table.empty else pd.DataFrame()
+        table = measurement_table(run.run, baseline=baseline, label=run.label)
+        summary = summary_table(table, baseline) if not table.empty else pd.DataFrame()
         view = RunView(run, table, summary)
-        view.claims = check_claims(table, run.doc)
+        view.claims = check_claims(table, run.run)
         if with_plots:
             view.figures = _figures(view, baseline)
         views.append(view)
@@ -211,9 +214,9 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
             {
                 "label": v.run.label,
                 "path": v.run.path,
-                "run_id": _plain(v.run.doc.get("run_id")),
-                "started": _plain(v.run.doc.get("started")),
-                "finished": _plain(v.run.doc.get("finished")) or "not finished (partial run)",
+                "run_id": v.run.run.run_id,
+                "started": v.run.run.started,
+                "finished": v.run.run.finished or "not finished (partial run)",
                 "headlines": headlines(v.summary, baseline),
                 "summary_header": list(summary.columns),
                 "summary_rows": _rows(summary),
@@ -241,7 +244,7 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
                 "figures": v.figures,
                 "training": [
                     {
-                        k: _plain(t.get(k))
+                        k: _plain(getattr(t, k))
                         for k in (
                             "backend",
                             "device",
@@ -255,9 +258,8 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
                             "dataset",
                         )
                     }
-                    | {"final": _plain(t["losses"][-1]) if t.get("losses") else ""}
-                    for t in v.run.doc.get("training") or []
-                    if isinstance(t, dict)
+                    | {"final": _plain(t.losses[-1]) if t.losses else ""}
+                    for t in v.run.run.training
                 ],
             }
         )

@@ -20,8 +20,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from harness.results import per_call_samples  # noqa: E402
-
 RC = {
     "svg.fonttype": "none",
     "font.size": 8,
@@ -246,7 +244,7 @@ def bandwidth_vs_batch(df: pd.DataFrame, workload: str, variant: str, limits: di
         return _svg(fig, f"bw-{workload}-{variant}")
 
 
-def distributions(df: pd.DataFrame, doc: dict, batch: int = 128) -> str | None:
+def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
     """Box plots of per-call samples (relative to their median) for every backend, one panel per
     workload, at the batch closest to `batch`, first dtype, fewest threads: how noisy is each?"""
     ok = df[(df.n > 0) & df.timed_ok]
@@ -268,7 +266,7 @@ def distributions(df: pd.DataFrame, doc: dict, batch: int = 128) -> str | None:
             cell = cell[(cell.batch == near) & (cell.dtype == dtype) & (cell.threads == t)]
             data, labels = [], []
             for _, r in cell.iterrows():
-                samples = np.asarray(per_call_samples(doc["measurements"][int(r["index"])]))
+                samples = r["m"].per_call_ns
                 data.append(samples / np.median(samples))
                 labels.append(r["label"])
             ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
@@ -317,20 +315,18 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
         return _svg(fig, "roofline")
 
 
-def training_losses(training: list) -> str | None:
-    curves = [t for t in training or [] if isinstance(t, dict) and t.get("losses")]
+def training_losses(training) -> str | None:
+    curves = [t for t in training if t.losses]
     if not curves:
         return None
     with plt.rc_context(RC):
         fig, ax = plt.subplots(figsize=(8, 3.4))
         fig.subplots_adjust(left=0.08, right=0.7, bottom=0.14, top=0.9)
         for k, t in enumerate(curves):
-            label = _t(
-                f"{t.get('backend')} {t.get('device', 'cpu')} {t.get('dtype', '')} t={t.get('threads', '')}"
-            )
+            label = _t(f"{t.backend} {t.device} {t.dtype} t={t.threads}")
             ax.plot(
-                np.arange(1, len(t["losses"]) + 1),
-                t["losses"],
+                np.arange(1, len(t.losses) + 1),
+                t.losses,
                 lw=1,
                 color=COLORS[k % len(COLORS)],
                 label=label,
@@ -341,8 +337,7 @@ def training_losses(training: list) -> str | None:
         ax.set_ylabel("loss (negative ELBO per example)")
         ax.set_title(
             _t(
-                f"Training on {first.get('dataset', '?')}: "
-                f"batch {first.get('batch', '?')}, lr {first.get('lr', '?')}"
+                f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}"
             )
         )
         fig.legend(loc="center right", frameon=False)

@@ -19,15 +19,15 @@ fn main() {
     let mut rng = tutorial_rng(1);
     let e = if sampled { None } else { Some(&eps[..]) };
     for _ in 0..100 {
-        std::hint::black_box(elbo_f64(dims, &x, &xr, &mu, &lv, e, &mut rng, &mut z).unwrap());
+        std::hint::black_box(elbo_f64(dims, &x, &xr, &mu, &lv, e, &mut rng, &mut z, None).unwrap());
     }
     let t0 = Instant::now();
     for _ in 0..iters {
-        std::hint::black_box(elbo_f64(dims, &x, &xr, &mu, &lv, e, &mut rng, &mut z).unwrap());
+        std::hint::black_box(elbo_f64(dims, &x, &xr, &mu, &lv, e, &mut rng, &mut z, None).unwrap());
     }
     let tut = t0.elapsed().as_secs_f64() / iters as f64;
     let run = |z: &mut Vec<f64>, k: u64| {
-        let eps = if sampled { Eps::Sampled { call_seed: k } } else { Eps::Given(&eps) };
+        let eps = if sampled { Eps::Sampled { call_seed: k, out: None } } else { Eps::Given(&eps) };
         let args = ElboArgs { x: &x, x_recon: &xr, mu: &mu, logvar: &lv, eps, z, grads: None };
         std::hint::black_box(elbo(Par::serial(), dims, args).unwrap());
     };

@@ -1,9 +1,15 @@
 //! `elbo` and `elbo_grad`: one fused pass over the rows, no temporaries.
 //!
-//! Per row b: the D loop reads x and x_recon once (16 independent accumulator lanes, so LLVM keeps
-//! them in vector registers; with `elbo_grad` it also writes grad_x_recon in the same pass); the L
-//! loop computes s = exp(logvar/2), z = mu + s*eps, the KL term with exp(logvar) = s*s, and the
-//! latent gradients. Each row's lanes are summed in f64 and rows are accumulated in f64.
+//! Per row b: the D loop reads x and x_recon once (independent accumulator lanes; with
+//! `elbo_grad` it also writes grad_x_recon in the same pass); the latent pass computes
+//! s = exp(logvar/2), z = mu + s*eps, the KL summand and the latent gradients. Sums are kept in
+//! f64 lanes across rows.
+//!
+//! KL = (1/2B)·Σ (mu² + (e^logvar - 1 - logvar)): every summand is ≥ 0, so the sum cannot cancel,
+//! and e^v - 1 - v comes out of the same polynomial as s with full relative accuracy near v = 0
+//! (`real::exph_kl_f64_k`, `simd::latent_f64`). The textbook form -(1/2B)·Σ (1 + logvar - mu² -
+//! e^logvar) is the same number, but its summands are O(1) while their sum can be O(1e-13): it
+//! loses ~8 digits of a small KL to cancellation.
 
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::rand_core::SeedableRng;
@@ -21,12 +27,23 @@ pub struct ElboDims {
 }
 
 /// Where eps comes from: the caller's [B, L] array, or drawn inside the call.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub enum Eps<'a, T> {
     Given(&'a [T]),
     /// Standard normals from Xoshiro256++ (rand_xoshiro) through rand_distr's ziggurat
     /// StandardNormal; rows [k*64, (k+1)*64) use a generator seeded with `call_seed ^ k*φ`.
-    Sampled { call_seed: u64 },
+    /// `out` ([B, L]) receives every eps drawn: they are drawn straight into it (instead of a
+    /// stack buffer), so it costs one [B, L] write stream and nothing else.
+    Sampled { call_seed: u64, out: Option<&'a mut [T]> },
+}
+
+/// The seed of the `counter`-th sampled call of a plan seeded with `seed` (SplitMix64 of both):
+/// successive calls draw different eps, and a case's eps are reproducible from its seed.
+pub fn call_seed(seed: u64, counter: u64) -> u64 {
+    let mut z = seed ^ counter.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 pub struct ElboGrads<'a, T> {
@@ -76,8 +93,10 @@ impl<T> ElboArgs<'_, T> {
         check_len("x_recon", self.x_recon.len(), b * d)?;
         check_len("mu", self.mu.len(), b * l)?;
         check_len("logvar", self.logvar.len(), b * l)?;
-        if let Eps::Given(e) = self.eps {
-            check_len("eps", e.len(), b * l)?;
+        match &self.eps {
+            Eps::Given(e) => check_len("eps", e.len(), b * l)?,
+            Eps::Sampled { out: Some(o), .. } => check_len("eps_out", o.len(), b * l)?,
+            Eps::Sampled { out: None, .. } => {}
         }
         check_len("z", self.z.len(), b * l)?;
         if let Some(g) = &self.grads {
@@ -102,6 +121,8 @@ struct Chunk<'a, T> {
     lv: &'a [T],
     eps: Option<&'a [T]>,
     call_seed: u64,
+    /// sampled eps are drawn into this (the chunk's rows of eps_out), or empty
+    eps_out: &'a mut [T],
     z: &'a mut [T],
     gx: &'a mut [T],
     gmu: &'a mut [T],
@@ -125,7 +146,7 @@ const LL: usize = 16;
 /// The latent pass catches up with the rows in steps of this many latents (whole LL vectors).
 const LAT_STEP: usize = 4 * LL;
 
-/// Σ over the chunk's rows of Σ_d (x - x_recon)² and of Σ_l (1 + logvar - mu² - exp(logvar)).
+/// Σ over the chunk's rows of Σ_d (x - x_recon)² and of Σ_l (mu² + (e^logvar - 1 - logvar)).
 /// The whole row loop sits inside the dispatched (target_feature) function: no per-row dispatch
 /// or call. FMA selects fused multiply-adds (only true when compiled with the `fma` feature).
 ///
@@ -144,7 +165,7 @@ fn rows_impl<T: Real, const GRAD: bool, const FMA: bool>(c: &mut Chunk<'_, T>) -
     let mut sq = SqAcc::default();
     let mut kl = [0.0f64; LL];
     let mut lat = Latents { buf: [T::ZERO; LAT_PIECE], rng: None, neg_inv_b, half_inv_b };
-    let mut io = LatIo { mu: c.mu, lv: c.lv, eps: c.eps, z: &mut *c.z, gmu: &mut *c.gmu, glv: &mut *c.glv };
+    let mut io = LatIo { mu: c.mu, lv: c.lv, eps: c.eps, eps_out: &mut *c.eps_out, z: &mut *c.z, gmu: &mut *c.gmu, glv: &mut *c.glv };
     let mut r0 = 0;
     while r0 < c.rows {
         // blocks end at absolute multiples of ROW_BLOCK (= RNG_BLOCK), so each block is one
@@ -176,17 +197,19 @@ fn rows_impl<T: Real, const GRAD: bool, const FMA: bool>(c: &mut Chunk<'_, T>) -
     (sq.total(), kl.iter().sum())
 }
 
-/// The latent pass's state within a chunk: the buffer sampled eps are drawn into, and the
-/// current block's generator (None when eps is given).
+/// The chunk's latent arrays (eps_out: empty unless sampled eps are to be kept).
 struct LatIo<'a, T> {
     mu: &'a [T],
     lv: &'a [T],
     eps: Option<&'a [T]>,
+    eps_out: &'a mut [T],
     z: &'a mut [T],
     gmu: &'a mut [T],
     glv: &'a mut [T],
 }
 
+/// The latent pass's state within a chunk: the buffer sampled eps are drawn into (when they are
+/// not kept in eps_out), and the current block's generator (None when eps is given).
 struct Latents<T> {
     buf: [T; LAT_PIECE],
     rng: Option<Xoshiro256PlusPlus>,
@@ -204,7 +227,7 @@ impl<T: Real> Latents<T> {
             let eps: &[T] = match (c.eps, self.rng.as_mut()) {
                 (Some(e), _) => &e[a..b],
                 (None, Some(g)) => {
-                    let v = &mut self.buf[..b - a];
+                    let v: &mut [T] = if c.eps_out.is_empty() { &mut self.buf[..b - a] } else { &mut c.eps_out[a..b] };
                     for e in v.iter_mut() {
                         *e = sample_normal::<T>(g);
                     }
@@ -221,9 +244,9 @@ impl<T: Real> Latents<T> {
 }
 
 /// The latent part of a flat run of latents (any number of rows, or part of one): z = mu + s·eps
-/// with s = exp(logvar/2), Σ (1 + logvar - mu² - s²) returned in f64, and with GRAD
-/// grad_mu = -mu/B, grad_logvar = (1 - s²)/(2B) (s² = exp(logvar): one exp per latent, not two).
-/// All slices have the same length (eps is never empty here).
+/// with s = exp(logvar/2), Σ (mu² + (e^logvar - 1 - logvar)) added into `kl` (f64 lanes), and with
+/// GRAD grad_mu = -mu/B, grad_logvar = (1 - s²)/(2B) (one exp polynomial per latent gives s and
+/// the KL summand: `Real::exph_kl`). All slices have the same length (eps is never empty here).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
@@ -245,7 +268,6 @@ fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
             return;
         }
     }
-    let half = T::from_f64(0.5);
     let (mu_c, mu_t) = mu.as_chunks::<LL>();
     let (lv_c, lv_t) = lv.as_chunks::<LL>();
     let (e_c, e_t) = eps.as_chunks::<LL>();
@@ -258,38 +280,36 @@ fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
             mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()).zip(gmu_c.iter_mut().zip(glv_c.iter_mut()))
         {
             for j in 0..LL {
-                let s = (half * v[j]).vexp_k::<FMA>();
-                let s2 = s * s;
+                let (s, f) = v[j].exph_kl::<FMA>();
                 zr[j] = s.madd::<FMA>(e[j], m[j]);
-                acc[j] += (T::ONE + v[j]) - m[j].madd::<FMA>(m[j], s2);
+                acc[j] += m[j].madd::<FMA>(m[j], f);
                 gm[j] = neg_inv_b * m[j];
-                gl[j] = (T::ONE - s2) * half_inv_b;
+                gl[j] = (T::ONE - s * s) * half_inv_b;
             }
         }
         add_lanes(kl, &acc);
         for (((((m, v), e), zr), gm), gl) in
             mu_t.iter().zip(lv_t).zip(e_t).zip(z_t.iter_mut()).zip(gmu_t.iter_mut()).zip(glv_t.iter_mut())
         {
-            let s = (half * *v).vexp_k::<FMA>();
-            let s2 = s * s;
+            let (s, f) = v.exph_kl::<FMA>();
             *zr = s.madd::<FMA>(*e, *m);
-            kl[0] += ((T::ONE + *v) - m.madd::<FMA>(*m, s2)).to_f64();
+            kl[0] += m.madd::<FMA>(*m, f).to_f64();
             *gm = neg_inv_b * *m;
-            *gl = (T::ONE - s2) * half_inv_b;
+            *gl = (T::ONE - s * s) * half_inv_b;
         }
     } else {
         for (((m, v), e), zr) in mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()) {
             for j in 0..LL {
-                let s = (half * v[j]).vexp_k::<FMA>();
+                let (s, f) = v[j].exph_kl::<FMA>();
                 zr[j] = s.madd::<FMA>(e[j], m[j]);
-                acc[j] += (T::ONE + v[j]) - m[j].madd::<FMA>(m[j], s * s);
+                acc[j] += m[j].madd::<FMA>(m[j], f);
             }
         }
         add_lanes(kl, &acc);
         for (((m, v), e), zr) in mu_t.iter().zip(lv_t).zip(e_t).zip(z_t.iter_mut()) {
-            let s = (half * *v).vexp_k::<FMA>();
+            let (s, f) = v.exph_kl::<FMA>();
             *zr = s.madd::<FMA>(*e, *m);
-            kl[0] += ((T::ONE + *v) - m.madd::<FMA>(*m, s * s)).to_f64();
+            kl[0] += m.madd::<FMA>(*m, f).to_f64();
         }
     }
 }
@@ -424,19 +444,24 @@ fn run_chunk<T: Real>(c: &mut Chunk<'_, T>, simd: Simd) -> (f64, f64) {
 
 /// The elbo (and with `grads`, elbo_grad) of one batch. Serial when `pool` is None, has one
 /// thread, or the batch is below ELBO_PAR_MIN_ELEMS; otherwise rows are split over the pool.
-pub fn elbo<T: Real>(
-    par: Par<'_>,
-    dims: ElboDims,
-    args: ElboArgs<'_, T>,
-) -> Result<ElboResult, String> {
+pub fn elbo<T: Real>(par: Par<'_>, dims: ElboDims, args: ElboArgs<'_, T>) -> Result<ElboResult, String> {
+    elbo_on(par, dims, args, Simd::detect())
+}
+
+/// `elbo` on a given instruction set (tests run both; `Simd::Avx2` only where the CPU has it).
+pub(crate) fn elbo_on<T: Real>(par: Par<'_>, dims: ElboDims, args: ElboArgs<'_, T>, simd: Simd) -> Result<ElboResult, String> {
     args.validate(dims)?;
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx2 && Simd::detect() != Simd::Avx2 {
+        return Err("this CPU has no avx2+fma".into());
+    }
     let ElboDims { batch: b, input_dim: d, latent_dim: l } = dims;
-    let simd = Simd::detect();
     let inv_b = 1.0 / b as f64;
-    let (eps, call_seed) = match args.eps {
-        Eps::Given(e) => (Some(e), 0),
-        Eps::Sampled { call_seed } => (None, call_seed),
+    let (eps, call_seed, mut eps_out): (_, _, &mut [T]) = match args.eps {
+        Eps::Given(e) => (Some(e), 0, &mut []),
+        Eps::Sampled { call_seed, out } => (None, call_seed, out.unwrap_or_default()),
     };
+    let keep_eps = !eps_out.is_empty();
     let (mut gx, mut gmu, mut glv): (&mut [T], &mut [T], &mut [T]) = match args.grads {
         Some(g) => (g.x_recon, g.mu, g.logvar),
         None => (&mut [], &mut [], &mut []),
@@ -458,6 +483,7 @@ pub fn elbo<T: Real>(
                 lv: args.logvar,
                 eps,
                 call_seed,
+                eps_out,
                 z,
                 gx,
                 gmu,
@@ -482,6 +508,7 @@ pub fn elbo<T: Real>(
                     lv: &args.logvar[r0 * l..r1 * l],
                     eps: eps.map(|e| &e[r0 * l..r1 * l]),
                     call_seed,
+                    eps_out: if keep_eps { take_mut(&mut eps_out, n * l) } else { &mut [] },
                     z: take_mut(&mut z, n * l),
                     gx: if grad { take_mut(&mut gx, n * d) } else { &mut [] },
                     gmu: if grad { take_mut(&mut gmu, n * l) } else { &mut [] },
@@ -497,7 +524,7 @@ pub fn elbo<T: Real>(
         }
     };
     let recon = -sq * inv_b;
-    let kl = -0.5 * klsum * inv_b;
+    let kl = 0.5 * klsum * inv_b;
     Ok(ElboResult { recon, kl, elbo: recon - kl })
 }
 
@@ -600,7 +627,7 @@ mod tests {
         let mut zs = Vec::new();
         for p in [Par::serial(), Par::on(&pool), Par { pool: Some(&pool), always: true }] {
             let mut z = vec![0.0; b * l];
-            let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 7 }, z: &mut z, grads: None };
+            let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 7, out: None }, z: &mut z, grads: None };
             elbo(p, dims, args).unwrap();
             zs.push(z);
         }

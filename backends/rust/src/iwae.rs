@@ -169,8 +169,15 @@ fn run_rows<T: Real>(a: &IwaeArgs<'_, T>, dims: IwaeDims, r0: usize, r1: usize, 
 
 /// The IWAE bound of one batch (serial below IWAE_PAR_MIN_MACS or with one thread).
 pub fn iwae<T: Real>(par: Par<'_>, dims: IwaeDims, args: IwaeArgs<'_, T>) -> Result<f64, String> {
+    iwae_on(par, dims, args, Simd::detect())
+}
+
+/// `iwae` on a given instruction set (tests run both; `Simd::Avx2` only where the CPU has it).
+pub(crate) fn iwae_on<T: Real>(par: Par<'_>, dims: IwaeDims, args: IwaeArgs<'_, T>, simd: Simd) -> Result<f64, String> {
     args.validate(dims)?;
-    let simd = Simd::detect();
+    if simd == Simd::Avx2 && Simd::detect() != Simd::Avx2 {
+        return Err("this CPU has no avx2+fma".into());
+    }
     let b = dims.batch;
     let work = dims.samples * b * dims.latent_dim * dims.input_dim;
     let total = match par.pool_for(work, IWAE_PAR_MIN_MACS) {

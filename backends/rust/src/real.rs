@@ -23,11 +23,11 @@ pub trait Real:
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
     fn exp(self) -> Self;
-    /// exp without a libm call: branch-free, so a loop of it vectorises (≤ 2 ulp; see exp_f64).
-    fn vexp(self) -> Self;
-    /// vexp with its polynomial and range reduction in fused multiply-adds when FMA (same rule
-    /// as `madd`: FMA = true only inside `fma` target-feature code).
-    fn vexp_k<const FMA: bool>(self) -> Self;
+    /// (exp(self/2), e^self - 1 - self) without a libm call, branch-free, so a loop of it
+    /// vectorises: the elbo's s = exp(logvar/2) (≤ 2 ulp) and its KL summand (see exph_kl_f64_k).
+    /// FMA: polynomial and range reduction in fused multiply-adds (same rule as `madd`: true
+    /// only inside `fma` target-feature code).
+    fn exph_kl<const FMA: bool>(self) -> (Self, Self);
     fn ln_1p(self) -> Self;
     fn abs(self) -> Self;
     fn max(self, other: Self) -> Self;
@@ -72,7 +72,7 @@ pub trait Real:
 }
 
 macro_rules! impl_real {
-    ($t:ty, $vexp:ident, $vexpk:ident, $rowsq:ident, $latent:ident) => {
+    ($t:ty, $exphkl:ident, $rowsq:ident, $latent:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -89,12 +89,8 @@ macro_rules! impl_real {
                 <$t>::exp(self)
             }
             #[inline(always)]
-            fn vexp(self) -> Self {
-                $vexp(self)
-            }
-            #[inline(always)]
-            fn vexp_k<const FMA: bool>(self) -> Self {
-                $vexpk::<FMA>(self)
+            fn exph_kl<const FMA: bool>(self) -> (Self, Self) {
+                $exphkl::<FMA>(self)
             }
             #[inline(always)]
             fn ln_1p(self) -> Self {
@@ -155,8 +151,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f64, exp_f64, exp_f64_k, row_sq_f64, latent_f64);
-impl_real!(f32, exp_f32, exp_f32_k, row_sq_f32, latent_f32);
+impl_real!(f64, exph_kl_f64_k, row_sq_f64, latent_f64);
+impl_real!(f32, exph_kl_f32_k, row_sq_f32, latent_f32);
 
 /// Lanes of the multiple-accumulator loops (independent accumulators, so LLVM can keep them in
 /// vector registers without reassociating floating-point sums): 16 = four AVX2 registers of f64,
@@ -203,18 +199,27 @@ pub fn lanes_to_f64<T: Real, const N: usize>(acc: &[T; N]) -> f64 {
 }
 
 /// exp(x) in f64, branch-free: x = n·ln2 + r with |r| ≤ ln2/2 (Cody–Waite, n by the 1.5·2^52
-/// rounding trick, so no round() call), e^r by its degree-12 Taylor polynomial (truncation error
-/// < 2e-16 relative), times 2^n built in the exponent bits. Overflow gives +inf, x < -708 gives 0
+/// rounding trick, so no round() call), e^r by its degree-13 Taylor polynomial (truncation error
+/// < 2e-18 relative), times 2^n built in the exponent bits. Overflow gives +inf, x < -708 gives 0
 /// (a flushed subnormal), NaN stays NaN. Every step is a select or an arithmetic op, so LLVM
 /// vectorises loops of it (the libm call does not).
 #[inline(always)]
 pub fn exp_f64(x: f64) -> f64 {
-    exp_f64_k::<false>(x)
+    exp_parts_f64::<false>(x).0
 }
 
 /// exp_f64, with every multiply-add fused when FMA (only inside `fma` target-feature code).
 #[inline(always)]
 pub fn exp_f64_k<const FMA: bool>(x: f64) -> f64 {
+    exp_parts_f64::<FMA>(x).0
+}
+
+/// e^x and the pieces of its evaluation: (e^x, n, r, q, t1) with x = n·ln2 + r and
+/// e^r = 1 + r·t1, t1 = 1 + r·q, q = Σ_{k≥2} r^(k-2)/k! (Taylor, to r^11/13!): the constant and
+/// linear terms are exact, so r·t1 = e^r - 1 and r²·q = e^r - 1 - r keep full relative accuracy
+/// however small r is (q's truncation is < 1e-16 relative at |r| = ln2/2).
+#[inline(always)]
+fn exp_parts_f64<const FMA: bool>(x: f64) -> (f64, f64, f64, f64, f64) {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
     const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
@@ -224,27 +229,50 @@ pub fn exp_f64_k<const FMA: bool>(x: f64) -> f64 {
     let t = xc.madd::<FMA>(LOG2E, SHIFT);
     let n = t - SHIFT;
     let r = (-n).madd::<FMA>(LN2_LO, (-n).madd::<FMA>(LN2_HI, xc));
-    let mut p = 1.0 / 479_001_600.0;
-    for c in [39_916_800.0, 3_628_800.0, 362_880.0, 40_320.0, 5_040.0, 720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
-        p = p.madd::<FMA>(r, 1.0 / c);
+    let mut q = 1.0 / 6_227_020_800.0;
+    for c in [479_001_600.0, 39_916_800.0, 3_628_800.0, 362_880.0, 40_320.0, 5_040.0, 720.0, 120.0, 24.0, 6.0, 2.0] {
+        q = q.madd::<FMA>(r, 1.0 / c);
     }
+    let t1 = q.madd::<FMA>(r, 1.0);
+    let p = t1.madd::<FMA>(r, 1.0);
     let k = (t.to_bits() as i64).wrapping_sub(SHIFT_BITS);
     let scale = f64::from_bits((k.wrapping_add(1023) as u64) << 52);
     let y = p * scale;
     let y = if x > 709.782_712_893_384 { f64::INFINITY } else { y };
     let y = if x < -708.0 { 0.0 } else { y };
-    if x.is_nan() { x } else { y }
+    (if x.is_nan() { x } else { y }, n, r, q, t1)
+}
+
+/// (exp(v/2), e^v - 1 - v) in f64, branch-free (selects only). With h = v/2 = n·ln2 + r: where
+/// n = 0 (|v| < ln2), r = h exactly and e^v - 1 - v = (e^h - 1)² + 2(e^h - 1 - h) = r²·(t1² + 2q),
+/// a product of positive factors, so it is accurate to a few ulps however close v is to 0 (the
+/// form 1 + v - e^v loses all its digits there); elsewhere s² - 1 - v, which cancels by at most a
+/// factor e^|v|/(e^v - 1 - v) < 7. v = ±inf and NaN give what e^v - 1 - v gives in IEEE
+/// arithmetic (NaN, +inf, NaN).
+#[inline(always)]
+pub fn exph_kl_f64_k<const FMA: bool>(v: f64) -> (f64, f64) {
+    let (s, n, r, q, t1) = exp_parts_f64::<FMA>(0.5 * v);
+    let small = (r * r) * t1.madd::<FMA>(t1, q + q);
+    let large = s.madd::<FMA>(s, -1.0 - v);
+    (s, if n == 0.0 { small } else { large })
 }
 
 /// exp(x) in f32, as exp_f64 with a degree-7 polynomial (truncation < 6e-9 relative).
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    exp_f32_k::<false>(x)
+    exp_parts_f32::<false>(x).0
 }
 
 /// exp_f32, with every multiply-add fused when FMA (only inside `fma` target-feature code).
 #[inline(always)]
 pub fn exp_f32_k<const FMA: bool>(x: f32) -> f32 {
+    exp_parts_f32::<FMA>(x).0
+}
+
+/// exp_parts_f64 in f32 (q to r^5/7!: its truncation, < 8e-8 relative at |r| = ln2/2, is
+/// under one f32 ulp).
+#[inline(always)]
+fn exp_parts_f32<const FMA: bool>(x: f32) -> (f32, f32, f32, f32, f32) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_375;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -254,16 +282,27 @@ pub fn exp_f32_k<const FMA: bool>(x: f32) -> f32 {
     let t = xc.madd::<FMA>(LOG2E, SHIFT);
     let n = t - SHIFT;
     let r = (-n).madd::<FMA>(LN2_LO, (-n).madd::<FMA>(LN2_HI, xc));
-    let mut p = 1.0 / 5_040.0;
-    for c in [720.0, 120.0, 24.0, 6.0, 2.0, 1.0, 1.0] {
-        p = p.madd::<FMA>(r, 1.0 / c);
+    let mut q = 1.0 / 5_040.0;
+    for c in [720.0, 120.0, 24.0, 6.0, 2.0] {
+        q = q.madd::<FMA>(r, 1.0 / c);
     }
+    let t1 = q.madd::<FMA>(r, 1.0);
+    let p = t1.madd::<FMA>(r, 1.0);
     let k = (t.to_bits() as i32).wrapping_sub(SHIFT_BITS);
     let scale = f32::from_bits((k.wrapping_add(127) as u32) << 23);
     let y = p * scale;
     let y = if x > 88.722_83 { f32::INFINITY } else { y };
     let y = if x < -87.0 { 0.0 } else { y };
-    if x.is_nan() { x } else { y }
+    (if x.is_nan() { x } else { y }, n, r, q, t1)
+}
+
+/// exph_kl_f64_k in f32.
+#[inline(always)]
+pub fn exph_kl_f32_k<const FMA: bool>(v: f32) -> (f32, f32) {
+    let (s, n, r, q, t1) = exp_parts_f32::<FMA>(0.5 * v);
+    let small = (r * r) * t1.madd::<FMA>(t1, q + q);
+    let large = s.madd::<FMA>(s, -1.0 - v);
+    (s, if n == 0.0 { small } else { large })
 }
 
 #[cfg(test)]

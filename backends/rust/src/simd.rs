@@ -114,22 +114,26 @@ pub unsafe fn hsum(v: __m256d) -> f64 {
     _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
 }
 
-/// Coefficients of e^r on |r| ≤ ln2/2 (degree 11, Chebyshev fit in 60-digit arithmetic by
-/// mpmath.chebyfit, max error 3.2e-18 before rounding to f64: the result's error is the f64
-/// evaluation's, ≤ 2 ulp), each divided by 2^k because the polynomial is evaluated in
-/// r' = 2r = logvar - 2n·ln2 (so exp(logvar/2) needs no multiply by 1/2; scaling by 2^k is exact).
-/// Highest degree first.
+/// e^h = 1 + h + h²·G(h) on |h| ≤ ln2/2, with G(h) = (e^h - 1 - h)/h² = 1/2 + h/6 + h²/24 + ...
+/// fitted by a degree-9 polynomial (Chebyshev fit of G itself, by mpmath.chebyfit in 60-digit
+/// arithmetic on |h| ≤ 1.0005·ln2/2: max error 1.1e-16 absolute, 2.4e-16 relative to G). Fitting G
+/// rather than e^h keeps the constant and linear terms exact (1 and 1), so the same Horner chain
+/// also gives e^h - 1 - h = h²·G and e^h - 1 = h·(1 + h·G) with small *relative* error near 0,
+/// which the KL term needs (`latent_f64`). The polynomial is evaluated in r' = 2h = logvar -
+/// 2n·ln2 (exp(logvar/2) needs no multiply by 1/2), so G's coefficient of h^j is stored divided
+/// by 2^(j+2) (exact scalings): Q(r') = Σ EXP_HALF_C[9-j]·r'^j = G(h)/4, t1 = Q·r' + 1/2,
+/// p = t1·r' + 1 = e^h. Highest degree first; the same number of FMAs as a degree-11 fit of e^h.
 const EXP_HALF_C: [f64; 12] = [
-    2.511015364692893e-08 / 2048.0,
-    2.763279054211718e-07 / 1024.0,
-    2.7557240604663896e-06 / 512.0,
-    2.4801485074105115e-05 / 256.0,
-    0.00019841269890340666 / 128.0,
-    0.0013888888952696516 / 64.0,
-    0.00833333333331949 / 32.0,
-    0.04166666666648666 / 16.0,
-    0.1666666666666668 / 8.0,
-    0.5000000000000019 / 4.0,
+    2.510042415700506678761872e-8 / 2048.0,
+    2.762013871973399556875513e-7 / 1024.0,
+    2.755726837868419287266893e-6 / 512.0,
+    2.480152119021772765081745e-5 / 256.0,
+    1.984126986310596874839245e-4 / 128.0,
+    1.388888891728179330750049e-3 / 64.0,
+    8.333333333330051346371714e-3 / 32.0,
+    4.166666666662399151588709e-2 / 16.0,
+    0.1666666666666666745588458 / 8.0,
+    0.500000000000000102620922 / 4.0,
     0.5,
     1.0,
 ];
@@ -140,15 +144,21 @@ const EXP_HALF_C: [f64; 12] = [
 /// back to the portable path, which handles them as libm does.
 pub const EXP_HALF_MAX: f64 = 1416.0;
 
-/// exp(v/2) for |v| ≤ EXP_HALF_MAX: n = round(v/2·log2 e) by the 1.5·2^52 shift trick, r' = v -
-/// 2n·ln2 in two FMAs (Cody–Waite; ln2_hi has 21 trailing zero bits, so n·ln2_hi is exact),
-/// p = e^(r'/2) by the degree-11 polynomial, then 2^n added into p's exponent bits (vpsllq +
-/// vpaddq: t's low bits are n, and the shift constant's bits vanish in the shift by 52).
-/// 2 + 2 + 11 FMA/add + 2 integer ops per 4 lanes; no selects, no clamp.
+/// exp(v/2) for |v| ≤ EXP_HALF_MAX, and KL's e^v - 1 - v, 4 lanes.
+///
+/// s = exp(v/2): n = round(v/2·log2 e) by the 1.5·2^52 shift trick, r' = v - 2n·ln2 in two FMAs
+/// (Cody–Waite; ln2_hi has 21 trailing zero bits, so n·ln2_hi is exact), p = e^(r'/2) by the
+/// polynomial (EXP_HALF_C: Q, t1, p), then 2^n added into p's exponent bits (vpsllq + vpaddq: t's
+/// low bits are n, and the shift constant's bits vanish in the shift by 52). No selects, no clamp.
+///
+/// f = e^v - 1 - v ≥ 0 (the KL summand without mu²): where n = 0 (|v| < ln2), r' = v exactly
+/// and with h = v/2, e^h - 1 = r'·t1 and e^h - 1 - h = Q·r'², so f = (e^h - 1)² + 2(e^h - 1 - h)
+/// = r'²·(t1² + 2Q), a product of positive factors: no cancellation however small v is. Elsewhere
+/// f = s² - 1 - v (= fma(s, s, -1 - v)), which cancels by at most a factor e^|v|/f(v) < 7 there.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::excessive_precision)]
-unsafe fn exp_half(v: __m256d) -> __m256d {
+unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d) {
     const HALF_LOG2E: f64 = 0.5 * std::f64::consts::LOG2_E;
     const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     const TWO_LN2_HI: f64 = 2.0 * 6.931_471_803_691_238_164_9e-1;
@@ -157,18 +167,25 @@ unsafe fn exp_half(v: __m256d) -> __m256d {
     let n = _mm256_sub_pd(t, _mm256_set1_pd(SHIFT));
     let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TWO_LN2_HI), v);
     let r = _mm256_fnmadd_pd(n, _mm256_set1_pd(TWO_LN2_LO), r);
-    let mut p = _mm256_set1_pd(EXP_HALF_C[0]);
-    for c in &EXP_HALF_C[1..] {
-        p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(*c));
+    let mut q = _mm256_set1_pd(EXP_HALF_C[0]);
+    for c in &EXP_HALF_C[1..10] {
+        q = _mm256_fmadd_pd(q, r, _mm256_set1_pd(*c));
     }
+    let t1 = _mm256_fmadd_pd(q, r, _mm256_set1_pd(EXP_HALF_C[10]));
+    let p = _mm256_fmadd_pd(t1, r, _mm256_set1_pd(EXP_HALF_C[11]));
     let k = _mm256_slli_epi64::<52>(_mm256_castpd_si256(t));
-    _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), k))
+    let s = _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), k));
+    let small = _mm256_mul_pd(_mm256_mul_pd(r, r), _mm256_fmadd_pd(t1, t1, _mm256_add_pd(q, q)));
+    let large = _mm256_fmadd_pd(s, s, _mm256_sub_pd(_mm256_set1_pd(-1.0), v));
+    let f = _mm256_blendv_pd(large, small, _mm256_cmp_pd::<_CMP_EQ_OQ>(n, _mm256_setzero_pd()));
+    (s, f)
 }
 
 /// The elbo's latent pass over a flat run of f64 latents, 4 lanes per step: s = exp(logvar/2)
-/// (`exp_half`), z = mu + s·eps, and Σ (1 + logvar - mu² - s²) kept as three lane sums
-/// (Σ logvar, Σ mu², Σ s²; the 1s are counted), added into `kl` at the end; with GRAD also
-/// grad_mu = -mu/B and grad_logvar = (1 - s²)/(2B). Remainder (< 4 latents) in scalars.
+/// and f = e^logvar - 1 - logvar (`exp_half_kl`), z = mu + s·eps, and the KL sum Σ (mu² + f)
+/// (every summand ≥ 0, so nothing cancels) kept as two lane sums (Σ mu², Σ f) added into `kl` at
+/// the end; with GRAD also grad_mu = -mu/B and grad_logvar = (1 - s²)/(2B). Remainder (< 4
+/// latents) in scalars (`real::exph_kl_f64_k`).
 ///
 /// Returns false, having added nothing to `kl`, when some |logvar| exceeds EXP_HALF_MAX or is
 /// NaN (one and + compare + or per step, tested once at the end): the caller then redoes the
@@ -198,7 +215,7 @@ pub unsafe fn latent_f64<const GRAD: bool>(
     let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
     let lim = _mm256_set1_pd(EXP_HALF_MAX);
     let (nib, hib) = (_mm256_set1_pd(neg_inv_b), _mm256_set1_pd(half_inv_b));
-    let (mut sv, mut sm, mut ss, mut bad) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut sm, mut sf, mut bad) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
     let mut i = 0;
     // SAFETY (all loads/stores): i + 4 <= n, resp. i < n, and n is within every slice used.
     while i + 4 <= n {
@@ -206,43 +223,38 @@ pub unsafe fn latent_f64<const GRAD: bool>(
         let m = _mm256_loadu_pd(pm.add(i));
         // NLE_UQ: true for |v| > lim and for NaN
         bad = _mm256_or_pd(bad, _mm256_cmp_pd::<_CMP_NLE_UQ>(_mm256_and_pd(v, abs), lim));
-        let s = exp_half(v);
+        let (s, f) = exp_half_kl(v);
         _mm256_storeu_pd(pz.add(i), _mm256_fmadd_pd(s, _mm256_loadu_pd(pe.add(i)), m));
-        sv = _mm256_add_pd(sv, v);
         sm = _mm256_fmadd_pd(m, m, sm);
+        sf = _mm256_add_pd(sf, f);
         if GRAD {
             let s2 = _mm256_mul_pd(s, s);
-            ss = _mm256_add_pd(ss, s2);
             _mm256_storeu_pd(pgm.add(i), _mm256_mul_pd(nib, m));
             _mm256_storeu_pd(pgl.add(i), _mm256_fnmadd_pd(s2, hib, hib));
-        } else {
-            ss = _mm256_fmadd_pd(s, s, ss);
         }
         i += 4;
     }
     if _mm256_movemask_pd(bad) != 0 {
         return false;
     }
-    let nv = i;
     let mut tail = 0.0;
     while i < n {
         let (m, v) = (*pm.add(i), *pv.add(i));
-        let s = crate::real::exp_f64_k::<true>(0.5 * v);
-        let s2 = s * s;
+        let (s, f) = crate::real::exph_kl_f64_k::<true>(v);
         *pz.add(i) = s.mul_add(*pe.add(i), m);
-        tail += (1.0 + v) - m.mul_add(m, s2);
+        tail += m.mul_add(m, f);
         if GRAD {
             *pgm.add(i) = neg_inv_b * m;
-            *pgl.add(i) = (1.0 - s2) * half_inv_b;
+            *pgl.add(i) = (1.0 - s * s) * half_inv_b;
         }
         i += 1;
     }
     let mut lanes = [0.0f64; 4];
-    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_sub_pd(_mm256_sub_pd(sv, sm), ss));
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(sm, sf));
     for (k, v) in kl.iter_mut().zip(lanes) {
         *k += v;
     }
-    kl[4] += nv as f64 + tail;
+    kl[4] += tail;
     true
 }
 

@@ -19,6 +19,13 @@
 //! rand 0.9, so it is written out here rather than pulling in a second rand), with rand_distr's
 //! StandardNormal (ziggurat) in the case dtype and rand's `StdRng` (ChaCha12, the generator
 //! behind `rand::rng()` / `thread_rng()`, which `Array::random` uses), seeded once per case.
+//! The lab adds one thing outside the tutorial's code: with `eps_out`, the drawn array is copied
+//! out (one [B,L] copy per call) so the lab can check z exactly.
+//!
+//! The KL term is the tutorial's `-0.5 * (1 + logvar - mu² - exp(logvar)).sum() / B`, kept as
+//! written although it cancels: near KL = 0 its summands are O(1) and their sum O(KL), so it loses
+//! ~8 digits there (the fused kernels use the nonnegative form, see `crate::elbo`). That is the
+//! tutorial code's own accuracy, which the lab records, not a bug of the lab's.
 
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::rngs::StdRng;
@@ -50,8 +57,9 @@ macro_rules! tutorial_elbo {
     ($name:ident, $t:ty) => {
         /// The tutorial's ELBO in
         #[doc = stringify!($t)]
-        /// : eps given (`Some`) or drawn from `rng` into a fresh array (`None`); z is written
-        /// into `z_out`. Errors (never panics) on inconsistent lengths.
+        /// : eps given (`Some`) or drawn from `rng` into a fresh array (`None`, then copied into
+        /// `eps_out` when given); z is written into `z_out`. Errors (never panics) on
+        /// inconsistent lengths.
         #[allow(clippy::too_many_arguments)]
         pub fn $name(
             dims: ElboDims,
@@ -62,6 +70,7 @@ macro_rules! tutorial_elbo {
             eps: Option<&[$t]>,
             rng: &mut StdRng,
             z_out: &mut [$t],
+            eps_out: Option<&mut [$t]>,
         ) -> Result<ElboResult, String> {
             let ElboDims { batch: b, latent_dim: l, .. } = dims;
             if b == 0 || dims.input_dim == 0 || l == 0 {
@@ -69,6 +78,10 @@ macro_rules! tutorial_elbo {
             }
             let [x, x_recon, mu, logvar] = views(dims, x, x_recon, mu, logvar)?;
             let mut z_out = ArrayViewMut2::from_shape((b, l), z_out).map_err(|e| format!("z: {e}"))?;
+            let mut eps_out = match eps_out {
+                Some(o) => Some(ArrayViewMut2::from_shape((b, l), o).map_err(|e| format!("eps_out: {e}"))?),
+                None => None,
+            };
             let batch = b as $t;
 
             // --- the tutorial's kernel, as written ---
@@ -80,6 +93,9 @@ macro_rules! tutorial_elbo {
                 }
                 None => {
                     let eps: Array2<$t> = Array2::from_shape_simple_fn((b, l), || StandardNormal.sample(&mut *rng));
+                    if let Some(o) = eps_out.as_mut() {
+                        o.assign(&eps); // the lab's addition: expose the eps drawn
+                    }
                     &mu + &(&std * &eps)
                 }
             };
@@ -109,7 +125,7 @@ mod tests {
         let (x, xr, mu, lv, eps) = (f(b * d, 0.3), f(b * d, 0.7), f(b * l, 0.1), f(b * l, 0.2), f(b * l, 0.5));
         let mut rng = tutorial_rng(1);
         let mut z = vec![0.0; b * l];
-        let r = elbo_f64(dims, &x, &xr, &mu, &lv, Some(&eps), &mut rng, &mut z).unwrap();
+        let r = elbo_f64(dims, &x, &xr, &mu, &lv, Some(&eps), &mut rng, &mut z, None).unwrap();
         let sq: f64 = x.iter().zip(&xr).map(|(a, c)| (a - c) * (a - c)).sum();
         let kl: f64 = mu.iter().zip(&lv).map(|(m, v)| 1.0 + v - m * m - v.exp()).sum();
         assert!((r.recon + sq / b as f64).abs() < 1e-12);
@@ -125,8 +141,8 @@ mod tests {
         let (x, xr, mu, lv) = (g(b * 3, 0.3), g(b * 3, 0.7), g(b * l, 0.1), g(b * l, 0.2));
         let mut z1 = vec![0f32; b * l];
         let mut z2 = vec![0f32; b * l];
-        elbo_f32(dims, &x, &xr, &mu, &lv, None, &mut rng, &mut z1).unwrap();
-        elbo_f32(dims, &x, &xr, &mu, &lv, None, &mut rng, &mut z2).unwrap();
+        elbo_f32(dims, &x, &xr, &mu, &lv, None, &mut rng, &mut z1, None).unwrap();
+        elbo_f32(dims, &x, &xr, &mu, &lv, None, &mut rng, &mut z2, None).unwrap();
         assert_ne!(z1, z2);
         let e: Vec<f64> = (0..b * l).map(|i| ((z1[i] - mu[i]) / (0.5 * lv[i]).exp()) as f64).collect();
         let n = e.len() as f64;
@@ -140,9 +156,9 @@ mod tests {
         let dims = ElboDims { batch: 2, input_dim: 3, latent_dim: 2 };
         let mut rng = tutorial_rng(0);
         let mut z = vec![0.0; 4];
-        let e = elbo_f64(dims, &[0.0; 5], &[0.0; 6], &[0.0; 4], &[0.0; 4], None, &mut rng, &mut z).unwrap_err();
+        let e = elbo_f64(dims, &[0.0; 5], &[0.0; 6], &[0.0; 4], &[0.0; 4], None, &mut rng, &mut z, None).unwrap_err();
         assert!(e.contains("x"), "{e}");
         let mut z = vec![0.0; 3];
-        assert!(elbo_f64(dims, &[0.0; 6], &[0.0; 6], &[0.0; 4], &[0.0; 4], Some(&[0.0; 4]), &mut rng, &mut z).is_err());
+        assert!(elbo_f64(dims, &[0.0; 6], &[0.0; 6], &[0.0; 4], &[0.0; 4], Some(&[0.0; 4]), &mut rng, &mut z, None).is_err());
     }
 }

@@ -1,7 +1,7 @@
-"""The `elbolab` command.
+"""The `elbolab` command: argparse and terminal output, over the library (which never prints).
 
-Each area of the lab adds its own sub-commands (`add_commands(subparsers)` in its module), so this
-file only wires them together and turns a UsageError into one line on stderr and exit code 2.
+Each area adds its sub-commands (`add_commands(subparsers)` in its module); this file wires them
+together and turns a UsageError into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,20 +12,19 @@ import sys
 from harness.errors import UsageError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
         self.exit(2, f"elbolab: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import commands, gate
-    from harness.report import commands as report_commands
+    from harness.cli import gating, measure, reports
 
-    parser = _Parser(prog="elbolab", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    commands.add_commands(sub)
-    report_commands.add_commands(sub)
-    gate.add_commands(sub)
+    parser = Parser(prog="elbolab", description="A performance lab for ELBO kernels.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    measure.add_commands(sub)
+    reports.add_commands(sub)
+    gating.add_commands(sub)
     return parser
 
 
@@ -40,7 +39,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("elbolab: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`elbolab list`, `elbolab run` and `elbolab show`: the measuring side of the CLI."""
+"""`elbolab list`, `run`, `train` and `show`: the measuring side of the command line."""
 
 from __future__ import annotations
 
@@ -17,32 +17,35 @@ from rich.progress import (
 from rich.table import Table
 
 from harness.backend import discover_with_errors
-from harness.console import stdout_console
+from harness.case import Case
+from harness.cli.console import stdout_console
+from harness.cli.render import print_run_table
 from harness.errors import UsageError
-from harness.results import load, summary_of
+from harness.measurement import Measurement
+from harness.results import TrainingCurve, load, replace_measurements
 from harness.runner import Plan, now, run_plan
 
 
-def _names(text: str) -> tuple[str, ...]:
+def names(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def ints(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(p) for p in _names(text))
+        return tuple(int(p) for p in names(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def add_run_filters(p: argparse.ArgumentParser) -> None:
     """The case filters shared by `run` and `gate --base`."""
-    p.add_argument("--backend", type=_names, help="comma-separated, e.g. numpy,rust (default: all)")
-    p.add_argument("--workload", type=_names, help="elbo, elbo_grad, iwae, vae_step (default: all)")
-    p.add_argument("--batch", type=_ints, help="batch sizes, e.g. 1,128,8192 (default: per workload)")
-    p.add_argument("--dtype", type=_names, help="float64,float32 (default: both)")
-    p.add_argument("--threads", type=_ints, help="thread counts (default: 1 and all cores)")
-    p.add_argument("--device", type=_names, help="cpu,cuda (default: every device of each backend)")
-    p.add_argument("--variant", type=_names, help="eps=given,eps=sampled (default: all of each workload)")
+    p.add_argument("--backend", type=names, help="comma-separated, e.g. numpy,rust (default: all)")
+    p.add_argument("--workload", type=names, help="elbo, elbo_grad, iwae, vae_step (default: all)")
+    p.add_argument("--batch", type=ints, help="batch sizes, e.g. 1,128,8192 (default: per workload)")
+    p.add_argument("--dtype", type=names, help="float64,float32 (default: both)")
+    p.add_argument("--threads", type=ints, help="thread counts (default: 1 and all cores)")
+    p.add_argument("--device", type=names, help="cpu,cuda (default: every device of each backend)")
+    p.add_argument("--variant", type=names, help="eps=given,eps=sampled (default: all of each workload)")
     p.add_argument("--quick", action="store_true", help="small matrix and short samples (CI)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -67,21 +70,23 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train the digits VAE on every backend; record the loss curves")
-    p.add_argument("--backend", type=_names, help="comma-separated (default: all but torch-compile)")
-    p.add_argument("--dtype", type=_names, default=("float64", "float32"))
+    p.add_argument("--backend", type=names, help="comma-separated (default: all but torch-compile)")
+    p.add_argument("--dtype", type=names, default=("float64", "float32"))
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--out", type=Path, required=True, help="results file (added to it if it exists)")
+    p.add_argument("--out", type=Path, required=True, help="results file (the curves are added to it if it exists)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("show", help="print the summary table of a results file")
     p.add_argument("results", type=Path)
-    for name, kind in (("backend", _names), ("workload", _names), ("batch", _ints), ("dtype", _names),
-                       ("threads", _ints), ("device", _names), ("variant", _names), ("status", _names)):  # fmt: skip
+    for name, kind in SHOW_FILTERS.items():
         p.add_argument(f"--{name}", type=kind, help=f"only these {name} values (comma-separated)")
+    p.add_argument("--status", type=names, help="only these statuses (comma-separated)")
     p.set_defaults(func=cmd_show)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
     table = Table(title="elbolab backends")
     for col in ("backend", "devices", "workloads", "status"):
         table.add_column(col)
@@ -89,18 +94,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, backend in backends.items():
         reason = backend.unavailable_reason()
         if reason:
-            devices, status = ", ".join(backend.devices), f"[red]unavailable[/]: {reason}"
+            devices, status = ", ".join(backend.devices), f"[red]unavailable[/]: {escape(reason)}"
         else:
             parts = []
             for device in backend.devices:
                 why = backend.device_unavailable_reason(device)
                 parts.append(device if not why else f"{device} (no: {why})")
             devices, status = ", ".join(parts), "[green]available[/]"
-        table.add_row(name, devices, ", ".join(backend.workloads), status)
+        table.add_row(escape(name), escape(devices), escape(", ".join(backend.workloads)), status)
     console = stdout_console()
     console.print(table)
     for error in errors:
-        console.print(f"[red]not loaded[/]: {error}")
+        console.print(f"[red]not loaded[/]: {escape(error)}")
     return 0
 
 
@@ -121,14 +126,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         def on_plan(n: int) -> None:
             progress.update(task, total=n, description="limits")
 
-        def on_result(case, rec) -> None:
-            progress.update(task, advance=1, description=f"{case.label()}: {rec['status']}")
+        def on_result(m: Measurement) -> None:
+            progress.update(task, advance=1, description=f"{m.case.label()}: {m.status}")
 
         run = run_plan(
             plan, out, resume=args.resume, case_timeout=args.timeout,
             measure_limits=not args.no_limits, on_result=on_result, on_plan=on_plan,
         )  # fmt: skip
-    print_summary(run.doc, stdout_console())
+    print_run_table(run.run, stdout_console())
     Console(stderr=True).print(f"results: {out}")
     return 0
 
@@ -147,62 +152,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         for name, b in discover_with_errors()[0].items()
         if "vae_step" in (b.default_scope or {}).get("workloads", b.workloads)
     )
-    run = open_run(args.out, Plan(), TimerConfig(), resume=args.out.exists())
-    run.doc["training"] = [e for e in run.doc.get("training", []) if e["backend"] not in backends]
+    # an existing file gets the curves added; the run's own finish time is kept
+    append = args.out.exists()
+    run = open_run(args.out, Plan(), TimerConfig(), resume=append)
+    finished = run.run.finished
     console = Console(stderr=True)
 
-    def on_result(e: dict) -> None:
-        final = f"final loss {e['losses'][-1]:.4f}" if e["losses"] else e["reason"]
-        agree = e.get("curve_agrees")
+    def on_result(c: TrainingCurve) -> None:
+        final = f"final loss {c.losses[-1]:.4f}" if c.losses else c.reason
+        agree = c.curve_agrees
         verdict = "" if agree is None else (" [green]agrees[/]" if agree else " [red]DISAGREES[/]")
-        console.print(f"train {e['backend']} {e['device']} {e['dtype']}: {e['status']}, {final}{verdict}")
+        console.print(f"train {c.backend} {c.device} {c.dtype}: {c.status}, {final}{verdict}", highlight=False)
 
     run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)
-    run.finish(run.doc.get("finished") or now())  # keeps a measured run's own finish time
+    run.finish(finished or now())
     console.print(f"results: {args.out}")
     return 0
 
 
-SHOW_FILTERS = ("backend", "workload", "batch", "dtype", "threads", "device", "variant")
+SHOW_FILTERS = {"backend": names, "workload": names, "batch": ints, "dtype": names,
+                "threads": ints, "device": names, "variant": names}  # fmt: skip
+
+
+def _wanted(args: argparse.Namespace, m: Measurement) -> bool:
+    if args.status and m.status not in args.status:
+        return False
+    case: Case = m.case
+    return all(getattr(args, f) is None or getattr(case, f) in getattr(args, f) for f in SHOW_FILTERS)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    doc = load(args.results)
-
-    def wanted(m: dict) -> bool:
-        if args.status and m["status"] not in args.status:
-            return False
-        return all(getattr(args, f) is None or m["case"][f] in getattr(args, f) for f in SHOW_FILTERS)
-
-    print_summary(dict(doc, measurements=[m for m in doc["measurements"] if wanted(m)]), stdout_console())
+    run = load(args.results)
+    print_run_table(replace_measurements(run, (m for m in run.measurements if _wanted(args, m))), stdout_console())
     return 0
-
-
-def _fmt_ns(ns: float | None) -> str:
-    if ns is None:
-        return "-"
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if ns >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.3g} ns"
-
-
-def print_summary(doc: dict, console: Console) -> None:
-    table = Table(title=f"run {doc['run_id']} on {doc['machine'].get('cpu', '?')}")
-    for col in ("workload", "backend", "device", "dtype", "batch", "threads", "variant"):
-        table.add_column(col)
-    for col in ("per call (median)", "95% CI", "first call", "GB/s", "status"):
-        table.add_column(col, justify="right" if col != "status" else "left")
-    for m in doc["measurements"]:
-        c = m["case"]
-        s = summary_of(m)
-        cost = m.get("cost") or {}
-        gbps = f"{cost['bytes'] / s.median:.2f}" if s and cost.get("bytes") else "-"
-        status = m["status"] if m["status"] == "ok" else f"{m['status']}: {m['reason']}"
-        table.add_row(
-            c["workload"], c["backend"], c["device"], c["dtype"], str(c["batch"]), str(c["threads"]),
-            c["variant"], _fmt_ns(s.median if s else None),
-            f"{_fmt_ns(s.ci95[0])} – {_fmt_ns(s.ci95[1])}" if s else "-",
-            _fmt_ns(m.get("first_call_ns")), gbps, status,
-        )  # fmt: skip
-    console.print(table)

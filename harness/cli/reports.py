@@ -1,4 +1,4 @@
-"""`elbolab report` and `elbolab claims`."""
+"""`elbolab report` and `elbolab claims`: results files to an HTML page, tables and the claims check."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ def add_commands(subparsers) -> None:
 
 
 def load_runs(paths: list[str]):
-    from harness.report.tables import Run, run_label
+    from harness.report.tables import LoadedRun, run_label
 
-    runs: list[Run] = []
+    runs: list[LoadedRun] = []
     for path in paths:
-        doc = load(path)  # ResultsError (a UsageError) on anything unusable
-        runs.append(Run(run_label(doc, path, [r.label for r in runs]), str(path), doc))
+        run = load(path)  # ResultsError (a UsageError) on anything unusable
+        runs.append(LoadedRun(run_label(run, path, [r.label for r in runs]), str(path), run))
     return runs
 
 
@@ -51,13 +51,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from harness.report.html import build_views, render
     from harness.report.tables import write_exports
+    from harness.results import write_text_atomic
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"{out}: the report is HTML; give an output path ending in .html")
     runs = load_runs(args.results)
     baseline = args.baseline
-    known = {m["case"].get("backend") for r in runs for m in r.doc["measurements"]}
+    known = {m.case.backend for r in runs for m in r.run.measurements}
     if known and baseline not in known:
         raise UsageError(
             f"baseline backend {baseline!r} is not in the results "
@@ -74,7 +75,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     summaries = [v.summary for v in views if not v.summary.empty]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     try:
-        out.write_text(page, encoding="utf-8")
+        write_text_atomic(out, page)
         written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
     except OSError as exc:
         raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
@@ -89,15 +90,15 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
     from rich.table import Table
 
-    from harness.console import stdout_console
-    from harness.report.claims import check_claims
+    from harness.cli.console import stdout_console
+    from harness.report.claims import Outcome, check_claims
     from harness.report.tables import measurement_table
 
     runs = load_runs(args.results)
     console = stdout_console()
     payload = []
     for run in runs:
-        checks = check_claims(measurement_table(run.doc, run=run.label), run.doc)
+        checks = check_claims(measurement_table(run.run, label=run.label), run.run)
         payload.append({"run": run.label, "path": run.path, "claims": [c.to_json() for c in checks]})
         if args.json:
             continue
@@ -113,11 +114,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
         ):
             table.add_column(name, style=style, overflow="fold")
         for c in checks:
-            color = (
-                "green"
-                if c.verdict.startswith("holds") and "only" not in c.verdict
-                else ("yellow" if "only" in c.verdict or c.verdict.startswith("not measured") else "red")
-            )
+            color = {Outcome.HOLDS: "green", Outcome.DOES_NOT_HOLD: "red"}.get(c.outcome, "yellow")
             verdict = c.verdict + ("".join(f"\nto measure: {cmd}" for cmd in c.commands))
             # markup=False semantics: escape, so a name in brackets from a results file prints as text
             from rich.markup import escape

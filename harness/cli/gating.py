@@ -1,0 +1,161 @@
+"""`elbolab compare` and `elbolab gate`: two runs (or a git revision and the working tree) to a
+verdict and an exit code.
+
+    elbolab compare BASE.json HEAD.json [--markdown PATH] [--json]
+    elbolab gate BASE.json HEAD.json [--threshold 0.10] [--threshold-for WORKLOAD=0.2 ...]
+                 [--allow-missing] [--normalize [--reference numpy:elbo]] [--markdown PATH] [--json]
+    elbolab gate --base GIT_REF [run filters: --backend numpy --workload elbo --batch 128 --quick ...]
+                 [--rounds 3]
+
+`gate` exits 1 on a confident regression (or a case that broke), 0 otherwise, 2 on bad input.
+The comparison is harness.compare, the A/B measuring harness.ab, the verdict harness.verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harness.ab import RUN_FILTERS, ABConfig, measure_ab
+from harness.cli.console import stdout_console
+from harness.cli.measure import add_run_filters
+from harness.cli.render import print_compare
+from harness.compare import Reference, Report, compare
+from harness.errors import UsageError
+from harness.report import markdown
+from harness.results import load, save
+from harness.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
+
+
+def _threshold_for(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WORKLOAD=FRACTION such as vae_step=0.2, got {text!r}") from None
+
+
+def _add_compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%%)")  # fmt: skip
+    p.add_argument("--threshold-for", type=_threshold_for, action="append", default=[], metavar="WORKLOAD=T",
+                   help="a different threshold for one workload, e.g. vae_step=0.2 (repeatable)")  # fmt: skip
+    p.add_argument("--noise-band", type=float, default=DEFAULT_NOISE_BAND,
+                   help="a confident change smaller than this is noise (default 0.03)")  # fmt: skip
+    p.add_argument("--allow-missing", action="store_true",
+                   help="compare the cases in common when the case sets differ (others are listed)")  # fmt: skip
+    p.add_argument("--normalize", action="store_true",
+                   help="divide each time by a reference case of the same run (runs from different machines)")  # fmt: skip
+    p.add_argument("--reference", default="numpy:elbo", metavar="BACKEND[:WORKLOAD[:VARIANT]]",
+                   help="the normalization reference (default numpy:elbo, eps given, cpu)")  # fmt: skip
+    p.add_argument("--markdown", type=Path, metavar="PATH",
+                   help="also append the report as Markdown to PATH (e.g. $GITHUB_STEP_SUMMARY)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema elbolab.compare/1)")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("compare", help="compare two results files case by case (ratios with 95%% CI)")
+    p.add_argument("base", type=Path, metavar="BASE.json")
+    p.add_argument("head", type=Path, metavar="HEAD.json")
+    _add_compare_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "gate", help="fail (exit 1) when HEAD is confidently slower than BASE; or A/B against a git ref with --base"
+    )
+    p.add_argument("files", nargs="*", type=Path, metavar="BASE.json HEAD.json")
+    _add_compare_options(p)
+    ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
+    ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
+    ab.add_argument("--rounds", type=int, default=3, help="interleaved runs per side (default 3)")
+    ab.add_argument("--save-runs", type=Path, metavar="DIR", help="keep the pooled base.json and head.json here")
+    ab.add_argument("--timeout", type=float, help="seconds per case (passed to each run)")
+    add_run_filters(ab)
+    p.set_defaults(func=cmd_gate)
+
+
+def _rule(args: argparse.Namespace) -> Rule:
+    return Rule.of(args.threshold, args.noise_band, dict(args.threshold_for))
+
+
+def _reference(args: argparse.Namespace) -> Reference | None:
+    return Reference.parse(args.reference) if args.normalize else None
+
+
+def _write_markdown(path: Path | None, text: str) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n\n")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the Markdown report ({exc.strerror or exc})") from None
+
+
+def _compare_files(args: argparse.Namespace, base: Path, head: Path) -> Report:
+    return compare(load(base), load(head), rule=_rule(args), allow_missing=args.allow_missing,
+                   reference=_reference(args))  # fmt: skip
+
+
+def _emit(report: Report, args: argparse.Namespace, title: str) -> None:
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1, allow_nan=False, default=str))
+    else:
+        print_compare(report, stdout_console())
+    _write_markdown(args.markdown, markdown.compare_report(report, title=title))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    _emit(_compare_files(args, args.base, args.head), args, "elbolab compare")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    try:
+        if args.base is not None:
+            if args.files:
+                raise UsageError("give either BASE.json HEAD.json or --base GIT_REF, not both")
+            report = _ab_gate(args)
+        else:
+            if len(args.files) != 2:
+                raise UsageError(f"gate needs BASE.json and HEAD.json (or --base GIT_REF), got {len(args.files)} file(s)")
+            _no_run_filters(args)
+            report = _compare_files(args, *args.files)
+    except UsageError as exc:
+        _write_markdown(args.markdown, f"### ⚠️ elbolab gate could not compare\n\n{markdown.md(exc)}")
+        raise
+    _emit(report, args, "elbolab gate")
+    return 1 if report.failed else 0
+
+
+def _no_run_filters(args: argparse.Namespace) -> None:
+    given = [f"--{name}" for name in RUN_FILTERS if getattr(args, name, None)]
+    given += ["--quick"] if args.quick else []
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --base GIT_REF (they choose what to measure)")
+
+
+def _ab_gate(args: argparse.Namespace) -> Report:
+    config = ABConfig(
+        base_ref=args.base,
+        rounds=args.rounds,
+        run_filters=tuple((name, getattr(args, name)) for name in RUN_FILTERS if getattr(args, name, None)),
+        quick=args.quick,
+        seed=args.seed,
+        case_timeout=args.timeout,
+    )
+    rule, reference = _rule(args), _reference(args)  # bad options fail before minutes of measuring
+    result = measure_ab(config, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))
+    if args.save_runs:
+        try:
+            args.save_runs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{args.save_runs}: cannot create ({exc.strerror})") from None
+        save(args.save_runs / "base.json", result.base)
+        save(args.save_runs / "head.json", result.head)
+    return compare(result.base, result.head, rule=rule, allow_missing=args.allow_missing, reference=reference,
+                   base_label=result.base_label, head_label=result.head_label, notices=result.notices)  # fmt: skip

@@ -1,0 +1,207 @@
+"""One measurement as a frozen, typed, validated value: what was measured, the raw samples, and what
+became of it. Everything else (per-call times, the summary, pooled rounds) is derived here, once.
+
+As in pyperf's `Run` and torch.utils.benchmark's `Measurement`: the raw per-sample times and the
+loop count are the record; statistics are computed from them, never stored instead of them. The
+summary written beside the samples in a results file is for a person reading the JSON; it is
+recomputed, not read back.
+
+The models are pydantic dataclasses in strict mode, so a results file is validated field by field
+on load (a "loops": "3", a negative sample, a NaN, an unknown status or key is refused with the
+path of the field) and construction in code is checked the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import field, replace
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field, TypeAdapter, model_validator
+from pydantic.dataclasses import dataclass
+
+from harness.case import STRICT, Case
+from harness.stats import Summary, summarize
+
+Status = Literal["ok", "incorrect", "failed", "timeout", "skipped"]
+STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
+BROKEN_STATUSES = ("failed", "incorrect", "timeout")
+
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Text = Annotated[str, Field(max_length=20_000)]
+
+
+@dataclass(frozen=True, config=STRICT)
+class Cost:
+    """What one call must do at least: bytes moved to/from memory and floating-point operations."""
+
+    bytes: NonNegInt
+    flops: NonNegInt
+
+
+@dataclass(frozen=True, config=STRICT)
+class Check:
+    """The outputs against the float64 reference: the error, the bound it was held to, the verdict."""
+
+    ok: bool
+    max_rel_err: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None  # None: not finite
+    tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    worst_output: Text | None = None
+    detail: Text | None = None
+
+
+@dataclass(frozen=True, config=STRICT)
+class Memory:
+    # the process's peak RSS during the case ('case') or the worker's so far ('worker')
+    peak_rss_bytes: NonNegInt | None = None
+    peak_scope: Literal["case", "worker"] | None = None
+    # RSS when the case started: what the interpreter and the backend's libraries hold
+    baseline_rss_bytes: NonNegInt | None = None
+    device_peak_bytes: NonNegInt | None = None
+
+
+@dataclass(frozen=True, config=STRICT)
+class Measurement:
+    case: Case
+    status: Status
+    reason: Text | None = None
+    loops: NonNegInt = 0
+    # raw: each sample is the wall time of `loops` consecutive calls
+    samples_ns: tuple[PositiveTime, ...] = ()
+    first_call_ns: NonNegInt | None = None
+    check: Check | None = None
+    memory: Memory = field(default_factory=Memory)
+    cost: Cost | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+    # (loops, ns) tried while calibrating
+    calibration: tuple[tuple[NonNegInt, NonNegInt], ...] = ()
+    # samples per round when pooled from interleaved rounds (the A/B gate); () for one run
+    rounds: tuple[Annotated[int, Field(ge=1)], ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Measurement:
+        if self.samples_ns and self.loops < 1:
+            raise ValueError("samples_ns given with loops < 1")
+        if self.status == "ok":
+            if not self.samples_ns:
+                raise ValueError("status ok without samples")
+            if self.check is not None and not self.check.ok:
+                raise ValueError("status ok but the check failed")
+        if self.rounds and sum(self.rounds) != len(self.samples_ns):
+            raise ValueError(f"rounds {list(self.rounds)} do not add up to {len(self.samples_ns)} samples")
+        return self
+
+    # ------------------------------------------------------------------------------ derived
+
+    @cached_property
+    def per_call_ns(self) -> np.ndarray:
+        """Per-call times (ns) from the raw samples."""
+        if not self.samples_ns:
+            return np.empty(0)
+        return np.asarray(self.samples_ns, dtype=np.float64) / self.loops
+
+    @cached_property
+    def summary(self) -> Summary | None:
+        return summarize(self.per_call_ns) if self.samples_ns else None
+
+    @property
+    def median_ns(self) -> float:
+        return self.summary.median if self.summary else math.nan
+
+    @property
+    def timed_ok(self) -> bool:
+        """Correct and timed: the only measurements that may enter a speed-up or a comparison."""
+        return self.status == "ok" and bool(self.samples_ns)
+
+    @cached_property
+    def round_medians(self) -> tuple[float, ...] | None:
+        """Median per-call time of each pooled round, or None for a single run."""
+        if len(self.rounds) < 2:
+            return None
+        bounds = np.cumsum([0, *self.rounds])
+        x = self.per_call_ns
+        return tuple(float(np.median(x[i:j])) for i, j in zip(bounds[:-1], bounds[1:], strict=True))
+
+    def with_status(self, status: str, reason: str | None) -> Measurement:
+        return replace(self, status=status, reason=reason)
+
+    # ------------------------------------------------------------------------------ pooling
+
+    @classmethod
+    def pool(cls, rounds: Sequence[Measurement]) -> Measurement:
+        """One measurement pooling the per-call samples of one case over several runs.
+
+        Each run calibrates its own loop count, so the pooled record stores per-call times with
+        loops = 1 and the sample count of each round in `rounds`. It is ok only if every round was
+        ok; otherwise its first non-ok round stands (named in the reason), so a flaky failure is
+        seen, not averaged away.
+        """
+        if not rounds:
+            raise ValueError("nothing to pool")
+        keys = {m.case.key() for m in rounds}
+        if len(keys) != 1:
+            raise ValueError("can only pool rounds of one case")
+        for i, m in enumerate(rounds):
+            if not m.timed_ok:
+                return replace(m, reason=f"round {i + 1} of {len(rounds)}: {m.reason or m.status}")
+        first = rounds[0]
+        return replace(
+            first,
+            loops=1,
+            samples_ns=tuple(float(s) for m in rounds for s in m.per_call_ns),
+            rounds=tuple(n for m in rounds for n in (m.rounds or (len(m.samples_ns),))),
+            notes=dict(first.notes, loops_per_round=[m.loops for m in rounds]),
+        )
+
+    # --------------------------------------------------------------------------------- JSON
+
+    def to_json(self) -> dict:
+        # by hand, not dataclasses.asdict: that deep-copies every note and costs 10x (the whole
+        # file is rewritten after every case)
+        return {
+            "case": self.case.to_json(),
+            "status": self.status,
+            "reason": self.reason,
+            "loops": self.loops,
+            "samples_ns": [_plain_number(s) for s in self.samples_ns],
+            "rounds": list(self.rounds),
+            "first_call_ns": self.first_call_ns,
+            "check": _fields(self.check),
+            "memory": _fields(self.memory),
+            "cost": _fields(self.cost),
+            "notes": self.notes,
+            "calibration": [list(c) for c in self.calibration],
+            # derived, for a person reading the file; ignored on load
+            SUMMARY_KEY: self.summary.to_json() if self.summary else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Measurement:
+        """Validate one record (raises pydantic.ValidationError, a ValueError)."""
+        data = {k: v for k, v in data.items() if k != SUMMARY_KEY}
+        return _MEASUREMENT.validate_json(json.dumps(data, allow_nan=True))
+
+
+SUMMARY_KEY = "per_call_summary_ns"
+_MEASUREMENT = TypeAdapter(Measurement)
+
+
+def _fields(value: object) -> dict | None:
+    """A flat dataclass of scalars as a dict."""
+    return None if value is None else dict(value.__dict__)
+
+
+def _plain_number(x: float) -> int | float:
+    """Whole nanoseconds as ints (the timer's samples), fractions as floats (pooled per-call times)."""
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def not_measured(case: Case, status: str, reason: str, cost: Cost | None = None) -> Measurement:
+    """A case that produced no samples: failed, timed out or skipped, with the reason."""
+    return Measurement(case, status, reason, cost=cost)
