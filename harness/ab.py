@@ -98,7 +98,9 @@ def git(repo: Path, *argv: str, check: bool = True) -> subprocess.CompletedProce
 
 def repo_root() -> Path:
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+        )
     except (FileNotFoundError, subprocess.CalledProcessError):
         raise UsageError("--base needs to run inside a git checkout of elbolab") from None
     return Path(out.stdout.strip())

@@ -60,7 +60,8 @@ class Reference:
         r = m.case
         return (
             m.timed_ok
-            and (r.backend, r.workload, r.variant, r.device) == (self.backend, self.workload, self.variant, self.device)
+            and (r.backend, r.workload, r.variant, r.device)
+            == (self.backend, self.workload, self.variant, self.device)
             and (r.dtype, r.batch, r.input_dim, r.latent_dim, r.seed)
             == (case.dtype, case.batch, case.input_dim, case.latent_dim, case.seed)
         )
@@ -268,7 +269,9 @@ def compare(
     """
     for w, _ in rule.per_workload:
         if w not in WORKLOADS:
-            raise CompareError(f"unknown workload {w!r} in per-workload thresholds (known: {', '.join(WORKLOADS)})")
+            raise CompareError(
+                f"unknown workload {w!r} in per-workload thresholds (known: {', '.join(WORKLOADS)})"
+            )
     all_notices = list(notices) + _machine_notices(base_run, head_run, reference)
     base, head = _by_key(base_run, base_label, all_notices), _by_key(head_run, head_label, all_notices)
 
@@ -306,7 +309,9 @@ def compare(
                 continue
             if refs[0] is None or refs[1] is None:
                 where = base_label if refs[0] is None else head_label
-                skipped.append(NotCompared(case, "ok", "ok", f"no reference ({reference.label(case)}) in {where}"))
+                skipped.append(
+                    NotCompared(case, "ok", "ok", f"no reference ({reference.label(case)}) in {where}")
+                )
                 continue
             ref_estimate = ratio_interval(refs[0].per_call_ns, refs[1].per_call_ns)
             estimate = _normalized(estimate, ref_estimate)
@@ -318,7 +323,11 @@ def compare(
             CaseComparison(case, base_med, head_med, mb.per_call_ns.size, mh.per_call_ns.size, judgement)
         )
 
-    if reference is not None and not comparisons and any(n.reason.startswith("no reference") for n in skipped):
+    if (
+        reference is not None
+        and not comparisons
+        and any(n.reason.startswith("no reference") for n in skipped)
+    ):
         raise CompareError(
             f"--normalize needs the {reference.backend} {reference.workload} case ({reference.variant}, "
             f"{reference.device}) at the same batch and dtype in both runs; none was found"

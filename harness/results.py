@@ -184,7 +184,9 @@ def _field_path(loc: tuple) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in ("function-after[_consistent()]",) or str(part).startswith(("function-", "json-or-python")):
+        elif part in ("function-after[_consistent()]",) or str(part).startswith(
+            ("function-", "json-or-python")
+        ):
             continue
         else:
             path += f".{part}" if path else str(part)

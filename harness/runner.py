@@ -374,7 +374,9 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, resume: bool) -> RunFile
         run.unfinish()
         return run
     config = {"plan": plan.to_json(), "timer": timer.to_json()}
-    run = RunFile(out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config))
+    run = RunFile(
+        out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config)
+    )
     run.save()
     return run
 

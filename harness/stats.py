@@ -95,7 +95,9 @@ class RatioEstimate:
     def inverse(self) -> RatioEstimate:
         """base/head: a speed-up of head over base."""
         lo, hi = self.ci95
-        return RatioEstimate(1.0 / self.value, (1.0 / hi if hi > 0 else math.inf, 1.0 / lo if lo > 0 else math.inf))
+        return RatioEstimate(
+            1.0 / self.value, (1.0 / hi if hi > 0 else math.inf, 1.0 / lo if lo > 0 else math.inf)
+        )
 
 
 @lru_cache(maxsize=512)

@@ -68,12 +68,17 @@ class Rule:
     per_workload: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        for name, t in [("threshold", self.threshold), *((f"threshold for {w}", t) for w, t in self.per_workload)]:
+        for name, t in [
+            ("threshold", self.threshold),
+            *((f"threshold for {w}", t) for w, t in self.per_workload),
+        ]:
             if not (isinstance(t, (int, float)) and math.isfinite(t) and 0 < t < 10):
                 raise RuleError(f"{name} must be a positive fraction such as 0.1, got {t!r}")
         smallest = min([self.threshold, *(t for _, t in self.per_workload)])
         if not (isinstance(self.noise_band, (int, float)) and 0 <= self.noise_band < smallest):
-            raise RuleError(f"noise band must be at least 0 and below every threshold, got {self.noise_band!r}")
+            raise RuleError(
+                f"noise band must be at least 0 and below every threshold, got {self.noise_band!r}"
+            )
 
     @classmethod
     def of(cls, threshold: float = DEFAULT_THRESHOLD, noise_band: float = DEFAULT_NOISE_BAND,
@@ -91,7 +96,11 @@ class Rule:
         )
 
     def to_json(self) -> dict:
-        return {"threshold": self.threshold, "noise_band": self.noise_band, "per_workload": dict(self.per_workload)}
+        return {
+            "threshold": self.threshold,
+            "noise_band": self.noise_band,
+            "per_workload": dict(self.per_workload),
+        }
 
 
 DEFAULT_RULE = Rule()
@@ -137,7 +146,10 @@ def verdict_of(ci: tuple[float, float], threshold: float, noise_band: float) -> 
 
 
 def rounds_agree(
-    base_rounds: Sequence[float] | None, head_rounds: Sequence[float] | None, verdict: Verdict, noise_band: float
+    base_rounds: Sequence[float] | None,
+    head_rounds: Sequence[float] | None,
+    verdict: Verdict,
+    noise_band: float,
 ) -> bool | None:
     """Whether every round median of head is beyond every round median of base in the verdict's
     direction (None when either side was not pooled from two or more rounds)."""

@@ -319,9 +319,7 @@ def check_outputs(
             continue
         ref = want[name]
         if value.shape != ref.shape:
-            return Check(
-                False, None, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}"
-            )
+            return Check(False, None, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}")
         if not np.all(np.isfinite(value)):
             return Check(False, None, tol, name, f"{name}: non-finite values")
         scale = float(np.max(np.abs(ref))) if ref.size else 0.0

@@ -36,15 +36,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.compare import compare  # noqa: E402
-from harness.gate import merge_rounds  # noqa: E402
-from harness.results import load, per_call_samples  # noqa: E402
+from harness.compare import compare, pool_rounds  # noqa: E402
+from harness.results import Run, load  # noqa: E402
 
 ARMS = {"a": 0.0, "b": 0.0, "c": 0.0, "s10": 0.10, "s25": 0.25}
 GATES = (("A/A", "b"), ("A/A", "c"), ("+10%", "s10"), ("+25%", "s25"))
 
 
-def run_arm(extra: float, out: Path, batches: str) -> dict:
+def run_arm(extra: float, out: Path, batches: str) -> Run:
     env = dict(
         os.environ,
         ELBOLAB_BACKENDS="tests.slow_backend:backend",
@@ -93,22 +92,24 @@ def main() -> int:
     names = list(ARMS)
     with tempfile.TemporaryDirectory(prefix="elbolab-gate-exp-") as tmp:
         for cycle in range(args.cycles):
-            runs: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+            runs: dict[str, list[Run]] = {arm: [] for arm in ARMS}
             for r in range(args.rounds):
                 shift = (cycle * args.rounds + r) % len(names)
                 for arm in names[shift:] + names[:shift]:
                     runs[arm].append(run_arm(ARMS[arm], Path(tmp) / f"{cycle}_{r}_{arm}.json", args.batches))
-            merged = {arm: merge_rounds(docs) for arm, docs in runs.items()}
-            for arm, doc in merged.items():
-                for m in doc["measurements"]:
-                    pooled[arm].setdefault(m["case"]["batch"], []).extend(per_call_samples(m))
+            merged = {arm: pool_rounds(arm_runs) for arm, arm_runs in runs.items()}
+            for arm, run in merged.items():
+                for m in run.measurements:
+                    pooled[arm].setdefault(m.case.batch, []).extend(m.per_call_ns)
             line = []
             for kind, arm in GATES:
                 report = compare(merged["a"], merged[arm])
-                fired[kind].append(report.exit_code)
+                fired[kind].append(int(report.failed))
                 case_fired[kind] += [int(c.regression) for c in report.comparisons]
                 worst = max(report.comparisons, key=lambda c: c.ratio)
-                line.append(f"{arm} vs a: exit {report.exit_code} (max ratio {worst.ratio:.3f})")
+                line.append(
+                    f"{arm} vs a: {'FAIL' if report.failed else 'pass'} (max ratio {worst.ratio:.3f})"
+                )
             elapsed = time.perf_counter() - t_start
             eta = elapsed / (cycle + 1) * (args.cycles - cycle - 1)
             print(f"cycle {cycle + 1}/{args.cycles} [{elapsed:.0f} s, ~{eta:.0f} s left]: " + "; ".join(line))

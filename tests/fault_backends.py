@@ -25,7 +25,10 @@ def _wrapping(name: str, fault) -> Backend:
             return prepared
         return fault(prepared)
 
-    return replace(numpy_backend, name=name, description=f"test backend: {name}", prepare=prepare)
+    return replace(
+        numpy_backend, name=name, description=f"test backend: {name}",
+        preparers=dict.fromkeys(numpy_backend.workloads, prepare),
+    )  # fmt: skip
 
 
 def _segfault(prepared: Prepared) -> Prepared:

@@ -69,6 +69,5 @@ backend: Backend = replace(
     numpy_backend,
     name="numpy-slow",
     description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK of its main pass",
-    workloads=("elbo", "elbo_grad"),
-    prepare=prepare,
+    preparers={"elbo": prepare, "elbo_grad": prepare},
 )

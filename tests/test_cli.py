@@ -61,15 +61,15 @@ def test_run_show_and_list_end_to_end(tmp_path):
         "--threads", "1", "--quick", "--out", str(out),
     )  # fmt: skip
     assert code == 0, err
-    doc = load(out)
-    assert doc["finished"] and len(doc["measurements"]) == 4  # 2 batches x 2 variants
-    assert all(m["status"] == "ok" and m["check"]["ok"] for m in doc["measurements"])
-    m = doc["measurements"][0]
-    assert len(m["samples_ns"]) >= 5 and m["loops"] >= 1 and m["first_call_ns"] > 0
-    assert m["memory"]["peak_rss_bytes"] > 0 and m["cost"]["bytes"] > 0
-    assert doc["machine"]["cores"] >= 1 and doc["software"]["numpy"]
-    assert "numpy" in doc["software"]["backends"]
-    assert doc["limits"].get("memory_bandwidth_bytes_per_s", 0) > 0
+    run = load(out)
+    assert run.finished and len(run.measurements) == 4  # 2 batches x 2 variants
+    assert all(m.status == "ok" and m.check.ok for m in run.measurements)
+    m = run.measurements[0]
+    assert len(m.samples_ns) >= 5 and m.loops >= 1 and m.first_call_ns > 0
+    assert m.memory.peak_rss_bytes > 0 and m.cost.bytes > 0
+    assert run.machine["cores"] >= 1 and run.software["numpy"]
+    assert "numpy" in run.software["backends"]
+    assert run.limits.get("memory_bandwidth_bytes_per_s", 0) > 0
     assert "elbo" in stdout and "numpy" in stdout  # the summary table
 
     code, stdout, _ = _run_cli("show", str(out))
@@ -83,10 +83,10 @@ def test_train_records_agreeing_curves(tmp_path):
     out = tmp_path / "t.json"
     code, _, err = _run_cli("train", "--backend", "numpy", "--steps", "40", "--out", str(out))
     assert code == 0, err
-    training = load(out)["training"]
-    assert {(e["backend"], e["dtype"]) for e in training} == {("numpy", "float64"), ("numpy", "float32")}
+    training = load(out).training
+    assert {(e.backend, e.dtype) for e in training} == {("numpy", "float64"), ("numpy", "float32")}
     for e in training:
-        assert e["status"] == "ok" and len(e["losses"]) == 40
-        assert e["losses"][-1] < e["losses"][0]  # it learns
-        assert e["curve_agrees"]
-    json.dumps(training)
+        assert e.status == "ok" and len(e.losses) == 40
+        assert e.losses[-1] < e.losses[0]  # it learns
+        assert e.curve_agrees
+    json.dumps([e.to_json() for e in training])

@@ -12,18 +12,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.ab import balanced_order, build_maturin
+from harness.backend import Build
 from harness.case import Case
 from harness.cli import main
-from harness.gate import balanced_order, merge_rounds
-from harness.results import measurement, per_call_samples, save
-from tests.test_compare import ELBO, GRAD, make_run, noisy, ok
+from harness.compare import pool_rounds
+from harness.measurement import Measurement
+from harness.results import save
+from tests.builders import make_run, noisy, ok
+from tests.test_compare import ELBO, GRAD
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def write(tmp_path: Path, name: str, doc: dict) -> str:
+def write(tmp_path: Path, name: str, run) -> str:
     path = tmp_path / name
-    save(path, doc)
+    save(path, run)
     return str(path)
 
 
@@ -90,7 +94,7 @@ def test_compare_reports_but_exits_0_on_a_regression(pair, capsys):
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, message, pair, tmp_path, capsys):
-    (tmp_path / "corrupt.json").write_text('{"schema": "elbolab.run/1", "measurements": [')
+    (tmp_path / "corrupt.json").write_text('{"schema": "elbolab.run/2", "measurements": [')
     rng = np.random.default_rng(1)
     save(tmp_path / "disjoint.json", make_run([ok(Case("iwae", "numpy"), noisy(rng, 1e5))]))
     save(tmp_path / "subset.json", make_run([ok(ELBO, noisy(rng, 1e5))]))
@@ -125,7 +129,7 @@ def test_normalize_compares_runs_from_different_machines(tmp_path, capsys):
 
 def test_a_case_that_broke_fails_the_gate(pair, tmp_path, capsys):
     rng = np.random.default_rng(4)
-    head = make_run([ok(ELBO, noisy(rng, 1e5)), measurement(GRAD, "timeout", "killed after 300 s")])
+    head = make_run([ok(ELBO, noisy(rng, 1e5)), Measurement(GRAD, "timeout", "killed after 300 s")])
     code, out, _ = run_main(["gate", pair["base"], write(tmp_path, "h.json", head)], capsys)
     assert code == 1 and "BROKEN" in out
 
@@ -158,15 +162,16 @@ def test_balanced_order_alternates_who_goes_first():
     assert balanced_order(3) == ["base", "head", "head", "base", "base", "head"]
 
 
-def test_merge_rounds_pools_per_call_samples_across_loop_counts():
+def test_pool_rounds_pools_per_call_samples_across_loop_counts():
     r1 = make_run([ok(ELBO, [100.0, 110.0], loops=10), ok(GRAD, [5.0, 6.0], loops=3)], run_id="a")
-    r2 = make_run([ok(ELBO, [120.0], loops=40), measurement(GRAD, "timeout", "killed")], run_id="b")
-    merged = merge_rounds([r1, r2])
-    assert merged["run_id"] == "a+b" and merged["config"]["rounds"] == 2
-    elbo, grad = merged["measurements"]
-    assert elbo["loops"] == 1 and per_call_samples(elbo) == pytest.approx([100.0, 110.0, 120.0])
-    assert elbo["notes"]["loops_per_round"] == [10, 40] and elbo["per_call_ns"]["median"] == 110.0
-    assert grad["status"] == "timeout" and grad["reason"] == "round 2 of 2: killed"
+    r2 = make_run([ok(ELBO, [120.0], loops=40), Measurement(GRAD, "timeout", "killed")], run_id="b")
+    merged = pool_rounds([r1, r2])
+    assert merged.run_id == "a+b" and merged.config["rounds"] == 2
+    elbo, grad = merged.measurements
+    assert elbo.loops == 1 and list(elbo.per_call_ns) == pytest.approx([100.0, 110.0, 120.0])
+    assert elbo.notes["loops_per_round"] == [10, 40] and elbo.summary.median == 110.0
+    assert elbo.rounds == (2, 1)
+    assert grad.status == "timeout" and grad.reason == "round 2 of 2: killed"
 
 
 def test_slow_backend_does_extra_work_and_stays_correct(monkeypatch):
@@ -211,9 +216,7 @@ def test_ab_gate_against_head_in_this_repo(tmp_path):
         pytest.skip("harness/runner.py does not exist yet: nothing can run `elbolab run`")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
-    if not _head_has(
-        "harness/runner.py", "harness/gate.py", "harness/commands.py", "harness/report/commands.py"
-    ):
+    if not _head_has("harness/runner.py", "harness/cli/__init__.py", "harness/ab.py"):
         pytest.skip(
             "HEAD does not have the runner and CLI yet, so the base revision cannot run `elbolab run`"
         )
@@ -226,7 +229,7 @@ def test_ab_gate_against_head_in_this_repo(tmp_path):
     assert "elbo numpy cpu float64 B=128 t=1" in proc.stdout
     assert "elbolab gate" in summary.read_text()
     base = json.loads((tmp_path / "runs" / "base.json").read_text())
-    assert base["config"]["rounds"] == 2 and base["measurements"][0]["notes"]["rounds"] == 2
+    assert base["config"]["rounds"] == 2 and len(base["measurements"][0]["rounds"]) == 2
     worktrees = subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True
     ).stdout
@@ -275,10 +278,9 @@ def test_ab_gate_catches_a_slowed_kernel_in_the_working_tree(tmp_path):
 
 
 def test_a_rust_build_that_fails_is_one_line_not_an_exception(tmp_path):
-    from harness.gate import build_rust
-
     (tmp_path / "backends" / "rust").mkdir(parents=True)
     (tmp_path / "backends" / "rust" / "Cargo.toml").write_text("this is not toml [")
-    error = build_rust(tmp_path, tmp_path / "site", lambda msg: None, tmp_path / "target")
+    build = Build("maturin", "backends/rust/Cargo.toml", "elbolab_rust")
+    error = build_maturin(tmp_path, build, tmp_path / "site", lambda msg: None, tmp_path / "target")
     assert error and "\n" not in error
     assert not (tmp_path / "site").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.report.commands import add_commands
+from harness.cli.reports import add_commands
 
 pytestmark = pytest.mark.browser
 

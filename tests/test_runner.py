@@ -19,10 +19,8 @@ from tests.fault_backends import FAULT_BATCH
 pytestmark = pytest.mark.slow
 
 
-def _status(doc):
-    return {
-        (m["case"]["backend"], m["case"]["batch"]): (m["status"], m["reason"]) for m in doc["measurements"]
-    }
+def _status(run):
+    return {(m.case.backend, m.case.batch): (m.status, m.reason) for m in run.measurements}
 
 
 def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_path, fault_backends):
@@ -55,8 +53,8 @@ def test_unavailable_backend_cases_are_skipped_with_reason(tmp_path, fault_backe
     plan = Plan(backends=("gone",), workloads=("elbo",), batches=(1,), dtypes=("float64",), threads=(1,),
                 variants=("eps=given",), quick=True)  # fmt: skip
     run_plan(plan, out, measure_limits=False)
-    (m,) = load(out)["measurements"]
-    assert m["status"] == "skipped" and m["reason"] == "gonelib not installed"
+    (m,) = load(out).measurements
+    assert m.status == "skipped" and m.reason == "gonelib not installed"
 
 
 def test_plan_rejects_bad_input():
@@ -114,18 +112,18 @@ def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
             break
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker, mid-run
     proc.wait()
-    doc = load(out)
-    done = len(doc["measurements"])
-    assert 3 <= done < 24 and doc["finished"] is None
+    run = load(out)
+    done = len(run.measurements)
+    assert 3 <= done < 24 and run.finished is None
 
     proc = _cli(*args, "--resume")
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    doc = load(out)
-    keys = [tuple(sorted(m["case"].items())) for m in doc["measurements"]]
+    run = load(out)
+    keys = [m.case.key() for m in run.measurements]
     assert len(keys) == 24 and len(set(keys)) == 24  # nothing lost, nothing twice
-    assert doc["finished"] is not None
-    assert all(m["status"] == "ok" for m in doc["measurements"])
+    assert run.finished is not None
+    assert all(m.status == "ok" for m in run.measurements)
 
 
 def test_peak_memory_is_per_case_not_per_worker(tmp_path):
@@ -133,10 +131,10 @@ def test_peak_memory_is_per_case_not_per_worker(tmp_path):
     plan = Plan(backends=("numpy",), workloads=("elbo",), batches=(8192, 1), dtypes=("float64",), threads=(1,),
                 variants=("eps=given",), quick=True)  # fmt: skip
     run_plan(plan, out, measure_limits=False)
-    big, small = (m["memory"] for m in load(out)["measurements"])
-    if big["peak_scope"] != "case":
+    big, small = (m.memory for m in load(out).measurements)
+    if big.peak_scope != "case":
         pytest.skip("this kernel cannot reset the peak RSS (/proc/self/clear_refs)")
     # 8192 x 784 float64 inputs are 2 x 51 MB; the batch-1 case served next by the same worker
     # must not inherit that peak
-    assert big["peak_rss_bytes"] - big["baseline_rss_bytes"] > 100e6
-    assert small["peak_rss_bytes"] - small["baseline_rss_bytes"] < 20e6
+    assert big.peak_rss_bytes - big.baseline_rss_bytes > 100e6
+    assert small.peak_rss_bytes - small.baseline_rss_bytes < 20e6

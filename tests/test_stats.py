@@ -1,9 +1,11 @@
 """Statistics on fixed samples with known answers."""
 
+import math
+
 import numpy as np
 import pytest
 
-from harness.stats import median_ci_ranks, ratio_of_medians, summarize
+from harness.stats import mann_whitney_critical, median_ci_ranks, ratio_interval, summarize
 
 
 @pytest.mark.parametrize(
@@ -46,25 +48,52 @@ def test_summary_is_order_independent():
     assert summarize(x) == summarize(rng.permutation(x))
 
 
-def test_ratio_of_medians_is_deterministic_and_brackets_truth():
-    rng = np.random.default_rng(7)
-    base = rng.lognormal(np.log(100), 0.05, 40)
-    head = rng.lognormal(np.log(120), 0.05, 40)
-    r1 = ratio_of_medians(base, head)
-    r2 = ratio_of_medians(base, head)
-    assert r1 == r2
-    assert r1.ci95[0] < 1.2 < r1.ci95[1]
-    assert r1.ci95[0] > 1.1  # clearly slower
-    assert r1.value == pytest.approx(np.median(head) / np.median(base))
+@pytest.mark.parametrize(
+    "m, n, expected",
+    # two-sided 5% critical values of the Mann-Whitney U from published tables
+    [(7, 7, 8), (8, 8, 13), (10, 10, 23), (20, 20, 127), (5, 8, 6), (3, 3, -1)],
+)
+def test_mann_whitney_critical_values_match_tables(m, n, expected):
+    assert mann_whitney_critical(m, n) == expected
 
 
-def test_ratio_of_identical_constant_samples_is_exactly_one():
-    r = ratio_of_medians([5.0] * 10, [5.0] * 10)
+def test_normal_approximation_agrees_with_exact_at_the_switch():
+    exact = mann_whitney_critical(60, 60)  # 3600 <= 4000: exact
+    approx_mean, sd = 1800, math.sqrt(60 * 60 * 121 / 12)
+    assert abs(exact - (approx_mean - 1.959964 * sd - 0.5)) <= 2
+
+
+def test_rank_interval_covers_the_true_ratio_95_percent_of_the_time():
+    rng = np.random.default_rng(1)
+    hits = 0
+    for _ in range(1000):
+        base = np.exp(rng.normal(0, 0.1, 9))
+        head = 1.2 * np.exp(rng.normal(0, 0.1, 11))
+        lo, hi = ratio_interval(base, head).ci95
+        hits += lo <= 1.2 <= hi
+    assert 0.93 <= hits / 1000 <= 0.98
+
+
+def test_rank_interval_is_exact_for_a_pure_scale_change_and_inverts():
+    base = [100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0]
+    r = ratio_interval(base, [2 * x for x in base])
+    assert r.value == pytest.approx(2.0)
+    assert r.ci95[0] < 2.0 < r.ci95[1]
+    inv = r.inverse()
+    assert inv.value == pytest.approx(0.5) and inv.ci95 == pytest.approx((1 / r.ci95[1], 1 / r.ci95[0]))
+
+
+def test_rank_interval_of_identical_constant_samples_is_exactly_one():
+    r = ratio_interval([5.0] * 10, [5.0] * 10)
     assert r.value == 1.0 and r.ci95 == (1.0, 1.0)
+
+
+def test_too_few_samples_give_an_infinite_interval():
+    assert ratio_interval([1.0, 1.1, 1.2], [2.0, 2.1, 2.2]).ci95 == (0.0, math.inf)
 
 
 def test_empty_samples_rejected():
     with pytest.raises(ValueError):
         summarize([])
     with pytest.raises(ValueError):
-        ratio_of_medians([], [1.0])
+        ratio_interval([], [1.0])

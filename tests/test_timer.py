@@ -28,12 +28,12 @@ def fake_kernel(clock: FakeClock, per_call_ns: int, first_call_ns: int | None = 
 def test_calibrates_loops_so_a_sample_lasts_the_target():
     clock = FakeClock()
     call, _ = fake_kernel(clock, per_call_ns=1_000)
-    cfg = TimerConfig(target_sample_ns=1_000_000, samples=9, warmup=2)
+    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=9, warmup=2)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert 500 <= t.loops <= 1_100  # a sample of ~1 ms of 1 µs calls
     assert len(t.samples_ns) == 9
     assert all(s == t.loops * 1_000 for s in t.samples_ns)
-    assert t.per_call_ns == [1_000.0] * 9
+    assert [s / t.loops for s in t.samples_ns] == [1_000.0] * 9
 
 
 def test_first_call_is_reported_apart_and_not_in_samples():
@@ -41,13 +41,13 @@ def test_first_call_is_reported_apart_and_not_in_samples():
     call, _ = fake_kernel(clock, per_call_ns=2_000, first_call_ns=5_000_000_000)  # a 5 s "JIT"
     t = time_prepared(Prepared(call=call, outputs=dict), TimerConfig(target_sample_ns=100_000), clock=clock)
     assert t.first_call_ns == 5_000_000_000
-    assert max(t.per_call_ns) == 2_000
+    assert max(t.samples_ns) / t.loops == 2_000
 
 
 def test_warmup_samples_are_run_but_discarded():
     clock = FakeClock()
     call, calls = fake_kernel(clock, per_call_ns=10_000_000)  # slower than the target: loops = 1
-    cfg = TimerConfig(target_sample_ns=1_000_000, samples=5, warmup=3, budget_ns=10**12)
+    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=5, warmup=3, budget_ns=10**12)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert t.loops == 1
     # first call + one calibration run + 3 warm-up + 5 samples
@@ -58,7 +58,7 @@ def test_warmup_samples_are_run_but_discarded():
 def test_slow_case_takes_fewer_samples_within_budget():
     clock = FakeClock()
     call, _ = fake_kernel(clock, per_call_ns=2_000_000_000)  # 2 s a call
-    cfg = TimerConfig(target_sample_ns=1_000_000, samples=15, budget_ns=4_000_000_000, min_samples=5)
+    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=15, budget_ns=4_000_000_000, min_samples=5)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert len(t.samples_ns) == 5  # never below min_samples, far below 15
 
@@ -74,9 +74,9 @@ def test_sync_runs_before_the_clock_stops_in_every_sample():
         clock.now += 1_000 * len(pending)
         pending.clear()
 
-    cfg = TimerConfig(target_sample_ns=100_000, samples=5, warmup=0)
+    cfg = TimerConfig(target_sample_ns=100_000, sample_count=5, warmup=0)
     t = time_prepared(Prepared(call=call, outputs=dict, sync=sync), cfg, clock=clock)
-    assert t.per_call_ns == [1_000.0] * 5  # without sync the samples would read 0
+    assert [s / t.loops for s in t.samples_ns] == [1_000.0] * 5  # without sync the samples would read 0
 
 
 def test_call_n_replaces_the_python_loop():
@@ -90,10 +90,10 @@ def test_call_n_replaces_the_python_loop():
     def call():
         raise AssertionError("call() must not be looped when call_n exists")
 
-    cfg = TimerConfig(target_sample_ns=1_000_000, samples=5, warmup=1)
+    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=5, warmup=1)
     t = time_prepared(Prepared(call=call, outputs=dict, call_n=call_n), cfg, clock=clock)
     assert seen[0] == 1  # the first call
-    assert t.loops >= 5_000 and t.per_call_ns == [100.0] * 5
+    assert t.loops >= 5_000 and [s / t.loops for s in t.samples_ns] == [100.0] * 5
 
 
 def test_gc_is_disabled_while_timing_and_restored():
@@ -108,7 +108,9 @@ def test_gc_is_disabled_while_timing_and_restored():
 
     assert gc.isenabled()
     time_prepared(
-        Prepared(call=call, outputs=dict), TimerConfig(target_sample_ns=1_000_000, samples=5), clock=clock
+        Prepared(call=call, outputs=dict),
+        TimerConfig(target_sample_ns=1_000_000, sample_count=5),
+        clock=clock,
     )
     assert not any(states)
     assert gc.isenabled()

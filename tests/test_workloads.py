@@ -55,7 +55,7 @@ def test_elbo_reference_matches_the_formula_written_as_loops():
 
 
 def test_iwae_reference_matches_direct_densities_and_is_stable():
-    case = Case("iwae", "numpy", batch=4, input_dim=5, latent_dim=3, samples=6)
+    case = Case("iwae", "numpy", batch=4, input_dim=5, latent_dim=3, importance_samples=6)
     inp = WORKLOADS["iwae"].make_inputs(case)
     ref = float(WORKLOADS["iwae"].reference(inp, case)["iwae"])
     x, mu, lv, eps, w, b = (inp[k] for k in ("x", "mu", "logvar", "eps", "dec_w", "dec_b"))

@@ -36,7 +36,9 @@ def _threshold_for(text: str) -> tuple[str, float]:
             raise ValueError
         return name.strip(), float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WORKLOAD=FRACTION such as vae_step=0.2, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected WORKLOAD=FRACTION such as vae_step=0.2, got {text!r}"
+        ) from None
 
 
 def _add_compare_options(p: argparse.ArgumentParser) -> None:
@@ -65,14 +67,17 @@ def add_commands(sub) -> None:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
-        "gate", help="fail (exit 1) when HEAD is confidently slower than BASE; or A/B against a git ref with --base"
+        "gate",
+        help="fail (exit 1) when HEAD is confidently slower than BASE; or A/B against a git ref with --base",
     )
     p.add_argument("files", nargs="*", type=Path, metavar="BASE.json HEAD.json")
     _add_compare_options(p)
     ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
     ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
     ab.add_argument("--rounds", type=int, default=3, help="interleaved runs per side (default 3)")
-    ab.add_argument("--save-runs", type=Path, metavar="DIR", help="keep the pooled base.json and head.json here")
+    ab.add_argument(
+        "--save-runs", type=Path, metavar="DIR", help="keep the pooled base.json and head.json here"
+    )
     ab.add_argument("--timeout", type=float, help="seconds per case (passed to each run)")
     add_run_filters(ab)
     p.set_defaults(func=cmd_gate)
@@ -122,7 +127,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
             report = _ab_gate(args)
         else:
             if len(args.files) != 2:
-                raise UsageError(f"gate needs BASE.json and HEAD.json (or --base GIT_REF), got {len(args.files)} file(s)")
+                raise UsageError(
+                    f"gate needs BASE.json and HEAD.json (or --base GIT_REF), got {len(args.files)} file(s)"
+                )
             _no_run_filters(args)
             report = _compare_files(args, *args.files)
     except UsageError as exc:

@@ -73,7 +73,9 @@ def add_commands(sub) -> None:
     p.add_argument("--backend", type=names, help="comma-separated (default: all but torch-compile)")
     p.add_argument("--dtype", type=names, default=("float64", "float32"))
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--out", type=Path, required=True, help="results file (the curves are added to it if it exists)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="results file (the curves are added to it if it exists)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("show", help="print the summary table of a results file")
@@ -162,7 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         final = f"final loss {c.losses[-1]:.4f}" if c.losses else c.reason
         agree = c.curve_agrees
         verdict = "" if agree is None else (" [green]agrees[/]" if agree else " [red]DISAGREES[/]")
-        console.print(f"train {c.backend} {c.device} {c.dtype}: {c.status}, {final}{verdict}", highlight=False)
+        console.print(
+            f"train {c.backend} {c.device} {c.dtype}: {c.status}, {final}{verdict}", highlight=False
+        )
 
     run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)
     run.finish(finished or now())
@@ -183,5 +187,7 @@ def _wanted(args: argparse.Namespace, m: Measurement) -> bool:
 
 def cmd_show(args: argparse.Namespace) -> int:
     run = load(args.results)
-    print_run_table(replace_measurements(run, (m for m in run.measurements if _wanted(args, m))), stdout_console())
+    print_run_table(
+        replace_measurements(run, (m for m in run.measurements if _wanted(args, m))), stdout_console()
+    )
     return 0

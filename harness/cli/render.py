@@ -63,4 +63,6 @@ def print_compare(report: Report, console: Console) -> None:
     for notice in report.notices:
         console.print(f"[yellow]note[/]: {escape(notice)}", highlight=False)
     console.print(escape(report.rule.describe()), style="dim", highlight=False)
-    console.print(report.headline(), style="bold red" if report.failed else "bold green", highlight=False, markup=False)
+    console.print(
+        report.headline(), style="bold red" if report.failed else "bold green", highlight=False, markup=False
+    )

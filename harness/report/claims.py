@@ -192,7 +192,9 @@ class Lookup:
             return None, f"{spec.label()}: {row['status']} ({row['reason']})"
         ci = f"[{fmt_ns(row['ci_lo_ns'])}, {fmt_ns(row['ci_hi_ns'])}]"
         flag = " — IMPLAUSIBLE: " + row["plausibility"] if row["implausible"] else ""
-        return float(row["median_ns"]), f"{spec.label()}: {fmt_ns(row['median_ns'])} {ci} (t={row['threads']}){flag}"
+        return float(
+            row["median_ns"]
+        ), f"{spec.label()}: {fmt_ns(row['median_ns'])} {ci} (t={row['threads']}){flag}"
 
     def speedup(self, slow: Spec, fast: Spec, batch: int = 128) -> RatioEstimate | None:
         """How many times faster `fast` is than `slow`, with its interval (harness.verdict's estimate)."""
@@ -277,7 +279,10 @@ def plausibility(limits: dict, spec: Spec, claimed_ns: float, what: str = "") ->
         verdict = "at or beyond the limit: suspicious"
     else:
         verdict = "plausible"
-    return head + f", {share:.2g}x the measured one-thread {lim[0] / 1e9:.3g} GB/s ({lim[1]} working set): {verdict}"
+    return (
+        head
+        + f", {share:.2g}x the measured one-thread {lim[0] / 1e9:.3g} GB/s ({lim[1]} working set): {verdict}"
+    )
 
 
 # ------------------------------------------------------------------------------------- evaluators
@@ -336,7 +341,10 @@ def _cuda(c: Claim, look: Lookup, limits: dict) -> Evaluated:
     elif holds_t and holds_r:
         outcome, verdict = Outcome.HOLDS, "holds"
     elif holds_r:
-        outcome, verdict = Outcome.HOLDS_ONLY_WHEN, f"holds only for the ratio (2.75x); time: {time_words(t_pub, c.published)}"
+        outcome, verdict = (
+            Outcome.HOLDS_ONLY_WHEN,
+            f"holds only for the ratio (2.75x); time: {time_words(t_pub, c.published)}",
+        )
     elif holds_t:
         ratio = fmt_x(r_pub.value, *r_pub.ci95) if r_pub else NOT_MEASURED
         outcome, verdict = Outcome.HOLDS_ONLY_WHEN, f"holds only for the time; ratio over CPU {ratio}"
@@ -362,7 +370,9 @@ def _memory(c: Claim, look: Lookup, limits: dict) -> Evaluated:
         outcome, verdict = Outcome.HOLDS, "holds"
     else:
         outcome = Outcome.DOES_NOT_HOLD
-        verdict = f"does not hold: {ratio:.2g}x — both are Python processes (the Rust kernel is called from Python)"
+        verdict = (
+            f"does not hold: {ratio:.2g}x — both are Python processes (the Rust kernel is called from Python)"
+        )
     if npm.baseline_rss_bytes and rsm.baseline_rss_bytes:
         own_np = (npm.peak_rss_bytes - npm.baseline_rss_bytes) / 1e6
         own_rs = (rsm.peak_rss_bytes - rsm.baseline_rss_bytes) / 1e6
@@ -390,7 +400,10 @@ def _profile(c: Claim, look: Lookup, limits: dict) -> Evaluated:
     if abs(share - c.published) <= SHARE_POINTS:
         outcome, verdict = Outcome.HOLDS, "holds for randn"
     else:
-        outcome, verdict = Outcome.DOES_NOT_HOLD, f"does not hold: randn is {100 * share:.0f}% here, not 45.6%"
+        outcome, verdict = (
+            Outcome.DOES_NOT_HOLD,
+            f"does not hold: randn is {100 * share:.0f}% here, not 45.6%",
+        )
     plaus = f"randn of 2,560 normals costs {fmt_ns(t_s - t_g)} here ({(t_s - t_g) / (128 * 20):.3g} ns per normal)"
     return pub, like, outcome, verdict, plaus
 

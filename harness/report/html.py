@@ -154,9 +154,7 @@ def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
         ("peak flops float32 (matmul)", "peak_flops_float32", gf),
         ("peak flops float64, 1 thread", "peak_flops_single_thread", gf),
     ]
-    rows = [
-        [label] + [fn((v.run.run.limits).get(key)) for v in views] for label, key, fn in names
-    ]
+    rows = [[label] + [fn((v.run.run.limits).get(key)) for v in views] for label, key, fn in names]
     sizes: list[str] = []
     for v in views:
         for s in (v.run.run.limits).get("bandwidth_by_size") or []:

@@ -1,8 +1,8 @@
 """Markdown output (GitHub-flavoured): tables, and the comparison report for a CI job summary.
 
 Every cell is escaped: a results file can carry any string (a backend name, a failure reason), and
-GitHub renders inline HTML in Markdown, so '<', '>' and '&' become entities, '|' is escaped and
-newlines become spaces.
+GitHub renders inline HTML in Markdown, so '<', '>' and '&' become entities; '|', '*' and '`' are
+escaped, no link can be formed, and newlines become spaces.
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from harness.report.format import fmt_change, fmt_interval, fmt_time, missing
 def md(value) -> str:
     text = "" if missing(value) else str(value)
     text = html.escape(text, quote=False)
-    for ch in "\\`*_[]|":
+    text = text.replace("\\", "\\\\")
+    for ch in "`*|":  # code spans, emphasis and table cells; brackets and underscores stay readable
         text = text.replace(ch, "\\" + ch)
+    text = text.replace("](", "]\\(")  # no links from a results file
     return text.replace("\r", " ").replace("\n", " ")
 
 
@@ -40,17 +42,27 @@ def compare_report(report: Report, title: str = "elbolab gate") -> str:
     """The report as Markdown (for $GITHUB_STEP_SUMMARY or a PR comment)."""
     icon = "❌" if report.failed else "✅"
     lines = [f"### {icon} {md(title)}: {md(report.headline())}", ""]
-    lines += [f"- {md(report.base.describe())}", f"- {md(report.head.describe())}", f"- {md(report.rule.describe())}", ""]
+    lines += [
+        f"- {md(report.base.describe())}",
+        f"- {md(report.head.describe())}",
+        f"- {md(report.rule.describe())}",
+        "",
+    ]
     if report.comparisons:
         rows = [
             (c.case.label(), fmt_time(c.base_median, report.normalized), fmt_time(c.head_median, report.normalized),
              f"{c.ratio:.3f} ({fmt_interval(c.ci95)})", fmt_change(c.ratio), c.word)
             for c in report.comparisons
         ]  # fmt: skip
-        lines.append(table(["case", report.base.label, report.head.label, "ratio (95% CI)", "change", "verdict"], rows))
+        lines.append(
+            table(["case", report.base.label, report.head.label, "ratio (95% CI)", "change", "verdict"], rows)
+        )
     if report.not_compared:
         lines += [f"<details><summary>Not compared ({len(report.not_compared)})</summary>", ""]
-        lines += [f"- {'**broken** ' if n.broken else ''}{md(n.case.label())}: {md(n.reason)}" for n in report.not_compared]
+        lines += [
+            f"- {'**broken** ' if n.broken else ''}{md(n.case.label())}: {md(n.reason)}"
+            for n in report.not_compared
+        ]
         lines += ["", "</details>", ""]
     lines += [f"> {md(notice)}" for notice in report.notices]
     return "\n".join(lines) + "\n"

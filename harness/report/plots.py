@@ -336,9 +336,7 @@ def training_losses(training) -> str | None:
         ax.set_xlabel("step")
         ax.set_ylabel("loss (negative ELBO per example)")
         ax.set_title(
-            _t(
-                f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}"
-            )
+            _t(f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}")
         )
         fig.legend(loc="center right", frameon=False)
         return _svg(fig, "training")

@@ -104,7 +104,13 @@ def measurement_table(run: Run, *, baseline: str = "numpy", label: str = "") -> 
     rows = []
     for m in run.measurements:
         case = m.case
-        row: dict = {"run": label, "run_id": run.run_id, "commit": run.git.commit, "started": run.started, "m": m}
+        row: dict = {
+            "run": label,
+            "run_id": run.run_id,
+            "commit": run.git.commit,
+            "started": run.started,
+            "m": m,
+        }
         row.update({k: getattr(case, k) for k in KEY_FIELDS})
         row["backend"], row["device"] = case.backend, case.device
         row["status"], row["reason"] = m.status, m.reason

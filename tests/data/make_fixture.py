@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from harness.case import Case
-from harness.results import measurement, new_run
+from harness.measurement import Check, Measurement, Memory
+from harness.results import TrainingCurve, new_run
 from harness.workloads import WORKLOADS
 
 OUT = Path(__file__).with_name("run_fixture.json")
@@ -86,21 +88,20 @@ def per_call_ns(case: Case) -> float:
     return t
 
 
-def samples_for(rng: np.random.Generator, t: float) -> tuple[int, list[int]]:
+def samples_for(rng: np.random.Generator, t: float) -> tuple[int, tuple[float, ...]]:
     loops = max(1, int(1e6 / t))
     noise = rng.lognormal(0.0, 0.03, N_SAMPLES)
     noise[rng.random(N_SAMPLES) < 0.1] *= 1.5  # a few slow outliers, as a shared machine gives
-    return loops, [max(1, int(round(loops * t * v))) for v in noise]
+    return loops, tuple(float(max(1, int(round(loops * t * v)))) for v in noise)
 
 
-def ok_check(case: Case) -> dict:
-    return {
-        "ok": True,
-        "max_rel_err": 3e-13 if case.dtype == "float64" else 4e-6,
-        "tolerance": 1e-9 if case.dtype == "float64" else 2e-4,
-        "worst_output": "elbo",
-        "detail": None,
-    }
+def ok_check(case: Case) -> Check:
+    return Check(
+        ok=True,
+        max_rel_err=3e-13 if case.dtype == "float64" else 4e-6,
+        tolerance=1e-9 if case.dtype == "float64" else 2e-4,
+        worst_output="elbo",
+    )
 
 
 def build() -> dict:
@@ -113,7 +114,7 @@ def build() -> dict:
             "cores": 2,
             "memory_bytes": 8 * 2**30,
             "os": "Linux (fixture)",
-            "gpus": ["Fixture GPU 80GB"],
+            "gpus": [{"name": "Fixture GPU 80GB"}],
             "hostname": EVIL,
         },
         software={
@@ -127,8 +128,8 @@ def build() -> dict:
         git={"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
         config={"quick": False, "samples": N_SAMPLES, "note": "synthetic fixture for the report tests"},
     )
-    doc["finished"] = "2024-06-01T12:30:00+00:00"
-    doc["limits"] = LIMITS
+    doc = replace(doc, finished="2024-06-01T12:30:00+00:00", limits=LIMITS)
+    measurements = []
     cases: list[Case] = []
     for workload, variant in WORKLOAD_VARIANTS:
         for dtype in DTYPES:
@@ -153,18 +154,17 @@ def build() -> dict:
     }
     for case in cases:
         cost = WORKLOADS[case.workload].cost(case)
-        cost_json = {"bytes": cost.bytes, "flops": cost.flops}
-        memory = {
-            "peak_rss_bytes": int(48e6 + 5e5 * case.batch * (1 + (case.dtype == "float64"))),
-            "device_peak_bytes": int(2e6 * case.batch) if case.device == "cuda" else None,
-        }
+        memory = Memory(
+            peak_rss_bytes=int(48e6 + 5e5 * case.batch * (1 + (case.dtype == "float64"))),
+            device_peak_bytes=int(2e6 * case.batch) if case.device == "cuda" else None,
+        )
         status = special.get(case, "ok")
         t = per_call_ns(case)
         if case == Case("elbo", "rust-inner", "cpu", "float64", 1, threads=1):
             t = 20.0  # 12.6 KB in 20 ns = 630 GB/s: more than the machine can move -> flagged
         if status == "ok":
             loops, samples = samples_for(rng, t)
-            m = measurement(
+            m = Measurement(
                 case,
                 "ok",
                 loops=loops,
@@ -172,18 +172,12 @@ def build() -> dict:
                 first_call_ns=first_call(case, t),
                 check=ok_check(case),
                 memory=memory,
-                cost=cost_json,
+                cost=cost,
             )
         elif status == "incorrect":
             loops, samples = samples_for(rng, t * 0.5)  # timed, fast, and wrong: must not count
-            check = {
-                "ok": False,
-                "max_rel_err": 3.1e-3,
-                "tolerance": 2e-4,
-                "worst_output": "grad_x_recon",
-                "detail": "grad_x_recon: error 0.0031 > tolerance 2e-04",
-            }
-            m = measurement(
+            check = Check(False, 3.1e-3, 2e-4, "grad_x_recon", "grad_x_recon: error 0.0031 > tolerance 2e-04")
+            m = Measurement(
                 case,
                 "incorrect",
                 "grad_x_recon: error 0.0031 > tolerance 2e-04",
@@ -192,58 +186,35 @@ def build() -> dict:
                 first_call_ns=first_call(case, t),
                 check=check,
                 memory=memory,
-                cost=cost_json,
+                cost=cost,
             )
         elif status == "failed":
-            m = measurement(
+            m = Measurement(
                 case,
                 "failed",
                 "ValueError: eps has shape (8, 1024, 20), expected float32 array",
-                cost=cost_json,
+                cost=cost,
             )
         elif status == "timeout":
-            m = measurement(case, "timeout", "no result within 120 s (worker killed)", cost=cost_json)
+            m = Measurement(case, "timeout", "no result within 120 s (worker killed)", cost=cost)
         else:
-            m = measurement(
-                case, "skipped", "rust-inner does not implement workload vae_step", cost=cost_json
-            )
-        doc["measurements"].append(m)
+            m = Measurement(case, "skipped", "rust-inner does not implement workload vae_step", cost=cost)
+        measurements.append(m)
 
     steps = 300
     x = np.arange(steps)
+    training = []
     for backend, offset in (("numpy", 0.0), ("torch", 1e-6), ("rust", -1e-6)):
         losses = 45.0 * np.exp(-x / 60.0) + 28.0 + 0.5 * np.sin(x / 7.0) * np.exp(-x / 150.0) + offset
-        doc["training"].append(
-            {
-                "backend": backend,
-                "device": "cpu",
-                "dtype": "float64",
-                "threads": 1,
-                "status": "ok",
-                "reason": None,
-                "steps": steps,
-                "batch": 64,
-                "lr": 0.05,
-                "dataset": "sklearn digits 8x8",
-                "losses": [round(float(v), 6) for v in losses],
-            }
-        )
-    doc["training"].append(
-        {
-            "backend": "numba",
-            "device": "cpu",
-            "dtype": "float64",
-            "threads": 1,
-            "status": "failed",
-            "reason": "numba not installed",
-            "steps": 0,
-            "batch": 64,
-            "lr": 0.05,
-            "dataset": "sklearn digits 8x8",
-            "losses": [],
-        }
-    )
-    return doc
+        training.append(
+            TrainingCurve(backend, "cpu", "float64", "ok", steps=steps, batch=64, lr=0.05,
+                          dataset="sklearn digits 8x8", losses=tuple(round(float(v), 6) for v in losses))
+        )  # fmt: skip
+    training.append(
+        TrainingCurve("numba", "cpu", "float64", "failed", reason="numba not installed", steps=steps,
+                      batch=64, lr=0.05, dataset="sklearn digits 8x8")
+    )  # fmt: skip
+    return replace(doc, measurements=tuple(measurements), training=tuple(training)).to_json()
 
 
 def first_call(case: Case, t: float) -> int:

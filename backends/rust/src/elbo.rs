@@ -651,4 +651,111 @@ mod tests {
         let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Given(&dt.eps), z: &mut z, grads: None };
         assert!(elbo(Par::serial(), ElboDims { batch: 0, input_dim: 10, latent_dim: 3 }, args).is_err());
     }
+
+    fn simds() -> Vec<Simd> {
+        let mut v = vec![Simd::Baseline];
+        if Simd::detect() == Simd::Avx2 {
+            v.push(Simd::Avx2);
+        }
+        v
+    }
+
+    /// mu ≈ ±1e-7, logvar ≈ ±1e-6: KL ~ 1e-13, where the textbook form's O(1) summands cancel.
+    /// The kernel's nonnegative form must keep ≥ 12 correct digits (float64) against a compensated
+    /// sum of a series evaluation; the textbook form, evaluated the plain way in float64 on the
+    /// same data, must not (so the test data do exercise the cancellation).
+    #[test]
+    fn kl_near_zero_keeps_12_digits() {
+        use crate::testutil::{expm1mx_ref, rel, sum_comp, Lcg};
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for &(b, d, l) in &[(128usize, 7usize, 20usize), (1000, 3, 33), (1, 1, 1), (5, 9, 3)] {
+            let mut g = Lcg(b as u64 * 31 + l as u64);
+            let x = g.vec(b * d, |g| g.next());
+            let xr = g.vec(b * d, |g| g.next());
+            let mu = g.vec(b * l, |g| g.signed(0.0, 1e-7));
+            let lv = g.vec(b * l, |g| g.signed(1e-8, 1e-6));
+            let eps = g.vec(b * l, |g| g.signed(0.5, 2.0));
+            let want = 0.5 * sum_comp(mu.iter().zip(&lv).map(|(m, v)| m * m + expm1mx_ref(*v))) / b as f64;
+            assert!(want > 0.0 && want < 1e-11, "{want}");
+            let textbook = -0.5 * mu.iter().zip(&lv).map(|(m, v)| 1.0 + v - m * m - v.exp()).sum::<f64>() / b as f64;
+            if b * l >= 20 {
+                assert!(rel(textbook, want) > 1e-9, "the textbook form should lose digits here: {textbook} vs {want}");
+            }
+            let dims = ElboDims { batch: b, input_dim: d, latent_dim: l };
+            for simd in simds() {
+                for p in [Par::serial(), Par { pool: Some(&pool), always: true }] {
+                    let mut z = vec![0.0; b * l];
+                    let (mut gx, mut gm, mut gl) = (vec![0.0; b * d], vec![0.0; b * l], vec![0.0; b * l]);
+                    for grad in [false, true] {
+                        let grads = grad.then(|| ElboGrads { x_recon: &mut gx[..], mu: &mut gm[..], logvar: &mut gl[..] });
+                        let args = ElboArgs { x: &x, x_recon: &xr, mu: &mu, logvar: &lv, eps: Eps::Given(&eps), z: &mut z, grads };
+                        let r = elbo_on(p, dims, args, simd).unwrap();
+                        let e = rel(r.kl, want);
+                        eprintln!("KL near 0, B={b} L={l} {simd:?} grad={grad}: {:.17e} vs {want:.17e}, relative error {e:.1e} (textbook form: {:.1e})", r.kl, rel(textbook, want));
+                        assert!(e < 1e-12, "{simd:?} grad={grad}: kl {} vs {want} ({e:e})", r.kl);
+                    }
+                }
+            }
+            // float32: the same data rounded to f32, against the reference on those values
+            let f = |v: &Vec<f64>| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let (x32, xr32, mu32, lv32, eps32) = (f(&x), f(&xr), f(&mu), f(&lv), f(&eps));
+            let want32 = 0.5 * sum_comp(mu32.iter().zip(&lv32).map(|(m, v)| (*m as f64).powi(2) + expm1mx_ref(*v as f64))) / b as f64;
+            for simd in simds() {
+                let mut z = vec![0f32; b * l];
+                let args = ElboArgs { x: &x32, x_recon: &xr32, mu: &mu32, logvar: &lv32, eps: Eps::Given(&eps32), z: &mut z, grads: None };
+                let r = elbo_on(Par::serial(), dims, args, simd).unwrap();
+                assert!(rel(r.kl, want32) < 2e-6, "f32 {simd:?}: kl {} vs {want32}", r.kl);
+            }
+        }
+    }
+
+    /// eps_out receives exactly the eps behind z, the same on every path and thread count, and
+    /// keeping them changes nothing else.
+    #[test]
+    fn sampled_eps_out_is_the_eps_of_z() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let (b, d, l) = (300, 9, 7); // 5 RNG blocks, the last partial; odd L
+        let dt = data(b, d, l);
+        let dims = ElboDims { batch: b, input_dim: d, latent_dim: l };
+        let mut first: Option<Vec<f64>> = None;
+        for simd in simds() {
+            for p in [Par::serial(), Par::on(&pool), Par { pool: Some(&pool), always: true }] {
+                let mut z = vec![f64::NAN; b * l];
+                let mut eps = vec![f64::NAN; b * l];
+                let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 9, out: Some(&mut eps) }, z: &mut z, grads: None };
+                let r1 = elbo_on(p, dims, args, simd).unwrap();
+                for i in 0..b * l {
+                    let want = dt.mu[i] + (0.5 * dt.lv[i]).exp() * eps[i];
+                    assert!((z[i] - want).abs() <= 4.0 * f64::EPSILON * (dt.mu[i].abs() + (want - dt.mu[i]).abs()), "z[{i}] {} vs {want}", z[i]);
+                }
+                match &first {
+                    None => first = Some(eps.clone()),
+                    Some(f) => assert_eq!(f, &eps, "eps depend on the path"),
+                }
+                let mut z2 = vec![0.0; b * l];
+                let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 9, out: None }, z: &mut z2, grads: None };
+                let r2 = elbo_on(p, dims, args, simd).unwrap();
+                assert_eq!((z2, r2), (z, r1));
+            }
+        }
+        let mut other = vec![0.0; b * l];
+        let mut z = vec![0.0; b * l];
+        let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 10, out: Some(&mut other) }, z: &mut z, grads: None };
+        elbo(Par::serial(), dims, args).unwrap();
+        let same = first.unwrap().iter().zip(&other).filter(|(a, c)| a == c).count();
+        assert_eq!(same, 0, "another call seed must draw other eps");
+        let mut short = vec![0.0; b * l - 1];
+        let args = ElboArgs { x: &dt.x, x_recon: &dt.xr, mu: &dt.mu, logvar: &dt.lv, eps: Eps::Sampled { call_seed: 1, out: Some(&mut short) }, z: &mut z, grads: None };
+        assert!(elbo(Par::serial(), dims, args).unwrap_err().contains("eps_out"));
+    }
+
+    #[test]
+    fn call_seeds_differ_between_calls_and_seeds() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in [0u64, 1, 2, 12345] {
+            for k in 1..=1000u64 {
+                assert!(seen.insert(call_seed(seed, k)), "repeated call seed at seed {seed}, call {k}");
+            }
+        }
+    }
 }

@@ -17,6 +17,8 @@ mod py;
 
 #[cfg(test)]
 mod odd_sizes;
+#[cfg(test)]
+mod testutil;
 
 use pyo3::prelude::*;
 

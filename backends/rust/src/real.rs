@@ -368,4 +368,70 @@ mod tests {
         assert_eq!(sp64, [1.0, f64::INFINITY, 0.0]);
         assert_eq!(sp32, [f32::INFINITY, 0.0]);
     }
+
+    /// The portable KL summand e^v - 1 - v (and s = exp(v/2)) against the high-precision
+    /// reference: worst relative error for |v| < ln2 (no cancellation at all) and overall.
+    fn kl_worst<const FMA: bool>() -> (f64, f64, f64, f64) {
+        use crate::testutil::{expm1mx_ref, rel};
+        let mut v: Vec<f64> = Vec::new();
+        for e in -150..=2 {
+            for m in [1.0, 1.234567, 3.3, 5.9, 9.99] {
+                v.push(m * 10f64.powi(e));
+                v.push(-m * 10f64.powi(e));
+            }
+        }
+        v.extend((0..100_001).map(|i| -5.0 + 10.0 * i as f64 / 100_000.0));
+        v.extend((0..10_001).map(|i| -700.0 + 1400.0 * i as f64 / 10_000.0));
+        let (mut small, mut all, mut s32, mut a32) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for x in v {
+            let (s, f) = exph_kl_f64_k::<FMA>(x);
+            let e = rel(f, expm1mx_ref(x));
+            all = all.max(e);
+            assert!(rel(s, (0.5 * x).exp()) < 5e-16, "s at {x}");
+            if x.abs() < std::f64::consts::LN_2 {
+                small = small.max(e);
+            }
+            // f32: inputs representable as f32 and results in f32's normal range
+            let xf = x as f32;
+            if (xf as f64).abs() > 1e-18 && xf.abs() < 80.0 {
+                let (_, f32v) = exph_kl_f32_k::<FMA>(xf);
+                let e = rel(f32v as f64, expm1mx_ref(xf as f64));
+                a32 = a32.max(e);
+                if xf.abs() < 0.69 {
+                    s32 = s32.max(e);
+                }
+            }
+        }
+        (small, all, s32, a32)
+    }
+
+    #[test]
+    fn kl_summand_is_accurate() {
+        let (small, all, s32, a32) = kl_worst::<false>();
+        eprintln!("portable e^v-1-v: f64 {small:e} (|v| < ln2) / {all:e}; f32 {s32:e} / {a32:e}");
+        assert!(small < 1e-15 && all < 4e-15, "{small} {all}");
+        assert!(s32 < 5e-7 && a32 < 2e-6, "{s32} {a32}");
+        assert_eq!(exph_kl_f64_k::<false>(0.0), (1.0, 0.0));
+        assert_eq!(exph_kl_f64_k::<false>(f64::NEG_INFINITY), (0.0, f64::INFINITY));
+        assert!(exph_kl_f64_k::<false>(f64::NAN).1.is_nan());
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn kl_worst_fma() -> (f64, f64, f64, f64) {
+        kl_worst::<true>()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn kl_summand_fma_is_accurate() {
+        if Simd::detect() != Simd::Avx2 {
+            return;
+        }
+        // SAFETY: the CPU has avx2 and fma (checked above)
+        let (small, all, s32, a32) = unsafe { kl_worst_fma() };
+        eprintln!("portable+fma e^v-1-v: f64 {small:e} (|v| < ln2) / {all:e}; f32 {s32:e} / {a32:e}");
+        assert!(small < 1e-15 && all < 4e-15, "{small} {all}");
+        assert!(s32 < 5e-7 && a32 < 2e-6, "{s32} {a32}");
+    }
 }

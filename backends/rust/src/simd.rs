@@ -280,6 +280,7 @@ pub unsafe fn latent_f32<const GRAD: bool>(
 mod tests {
     use super::*;
     use crate::real::Simd;
+    use crate::testutil::{expm1mx_ref, rel};
 
     /// z = 0 + exp(v/2)·1 through latent_f64, over a grid of v (a multiple of 4 long).
     fn exp_half_via_latent(v: &[f64]) -> Option<(Vec<f64>, f64)> {
@@ -290,6 +291,21 @@ mod tests {
         // SAFETY: the caller checked avx2 and fma
         let ok = unsafe { latent_f64::<false>(&mu, v, &eps, &mut z, &mut [], &mut [], 0.0, 0.0, &mut kl) };
         ok.then(|| (z, kl.iter().sum()))
+    }
+
+    /// (exp(v/2), e^v - 1 - v) of each v, 4 lanes at a time (v.len() a multiple of 4).
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_half_kl_each(v: &[f64]) -> (Vec<f64>, Vec<f64>) {
+        let (mut s, mut f) = (vec![0.0; v.len()], vec![0.0; v.len()]);
+        for ((vc, sc), fc) in v.chunks_exact(4).zip(s.chunks_exact_mut(4)).zip(f.chunks_exact_mut(4)) {
+            // SAFETY: 4-element chunks; avx2+fma enabled on this function, checked by the caller
+            unsafe {
+                let (a, b) = exp_half_kl(_mm256_loadu_pd(vc.as_ptr()));
+                _mm256_storeu_pd(sc.as_mut_ptr(), a);
+                _mm256_storeu_pd(fc.as_mut_ptr(), b);
+            }
+        }
+        (s, f)
     }
 
     #[test]
@@ -309,13 +325,53 @@ mod tests {
         eprintln!("exp_half worst relative error {worst:e}");
         assert!(worst < 4.5e-16, "rel err {worst}");
         assert!(kl.is_infinite()); // s² overflows at the top of the range, as exp(logvar) does
-        // kl = Σ (1 + v - 0 - s²) on a moderate range
+        // kl = Σ (0 + e^v - 1 - v) on a moderate range, against the high-precision reference
         let v: Vec<f64> = (0..4000).map(|i| -20.0 + 0.01 * i as f64).collect();
-        let (z, kl) = exp_half_via_latent(&v).expect("all in range");
-        let want: f64 = v.iter().zip(&z).map(|(x, s)| 1.0 + x - s * s).sum();
-        assert!((kl - want).abs() <= 1e-12 * want.abs().max(1.0), "{kl} {want}");
+        let (_, kl) = exp_half_via_latent(&v).expect("all in range");
+        let want: f64 = v.iter().map(|x| expm1mx_ref(*x)).sum();
+        assert!(rel(kl, want) <= 1e-14, "{kl} {want}");
         for bad in [EXP_HALF_MAX * 1.0001, -2000.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             assert!(exp_half_via_latent(&[0.0, 1.0, bad, 2.0]).is_none(), "{bad}");
         }
+    }
+
+    /// The KL summand e^v - 1 - v from the vector polynomial, element by element, against a
+    /// series/compensated reference: near 0 (down to 1e-150, below which v²/2 is subnormal; where the textbook 1 + v - e^v is
+    /// all cancellation), across the n = 0 / n ≠ 0 boundary at |v| = ln2, and out to ±700.
+    #[test]
+    fn kl_summand_is_accurate_everywhere() {
+        if Simd::detect() != Simd::Avx2 {
+            return;
+        }
+        let mut v: Vec<f64> = Vec::new();
+        for e in -150..=2 {
+            for m in [1.0, 1.234567, 3.3, 5.9, 9.99] {
+                v.push(m * 10f64.powi(e));
+                v.push(-m * 10f64.powi(e));
+            }
+        }
+        v.extend((0..200_000).map(|i| -5.0 + 10.0 * i as f64 / 199_999.0));
+        v.extend((0..20_000).map(|i| 0.69 + 0.01 * i as f64 / 19_999.0));
+        v.extend((0..20_000).map(|i| -0.70 + 0.01 * i as f64 / 19_999.0));
+        v.extend((0..20_000).map(|i| -700.0 + 1400.0 * i as f64 / 19_999.0));
+        while v.len() % 4 != 0 {
+            v.push(0.5);
+        }
+        // SAFETY: avx2 and fma checked above
+        let (_, f) = unsafe { exp_half_kl_each(&v) };
+        let (mut worst_small, mut worst_all) = (0.0f64, 0.0f64);
+        for (x, got) in v.iter().zip(&f) {
+            let e = rel(*got, expm1mx_ref(*x));
+            worst_all = worst_all.max(e);
+            if x.abs() < std::f64::consts::LN_2 {
+                worst_small = worst_small.max(e);
+            }
+        }
+        eprintln!("vector e^v-1-v: worst relative error {worst_small:e} for |v| < ln2, {worst_all:e} overall");
+        assert!(worst_small < 1e-15, "{worst_small}");
+        assert!(worst_all < 4e-15, "{worst_all}");
+        // SAFETY: as above
+        let (s, f) = unsafe { exp_half_kl_each(&[1e-300, -1e-300, 0.0, -0.0]) };
+        assert_eq!((s, f), (vec![1.0; 4], vec![0.0; 4])); // v²/2 underflows to 0, as it should
     }
 }

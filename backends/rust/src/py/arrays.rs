@@ -198,10 +198,6 @@ impl Arr {
         })
     }
 
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Inputs: clear NPY_ARRAY_WRITEABLE for as long as this Arr lives (shared with other plans
     /// holding the same array object; restored by the last one, and only if a plan cleared it).
     pub(crate) fn guard(&mut self, py: Python<'_>) {

@@ -58,10 +58,6 @@ impl<K: Kernel> Plan<K> {
     pub(crate) fn last(&self) -> K::Out {
         self.last
     }
-
-    pub(crate) fn kernel(&self) -> &K {
-        &self.kernel
-    }
 }
 
 /// n as given to `run_n`: at least 1.
