@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -367,30 +367,27 @@ def _elbo_outputs(case: Case) -> tuple[str, ...]:
     return names
 
 
+ELBO = Workload(
+    "elbo",
+    "the tutorial's kernel: reparameterised z, reconstruction and KL terms (forward only)",
+    ("eps=given", "eps=sampled"),
+    _elbo_inputs,
+    elbo_reference,
+    _elbo_cost,
+    _elbo_outputs,
+    _elbo_elements,
+    sampled_outputs=("z",),
+)
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
-        Workload(
-            "elbo",
-            "the tutorial's kernel: reparameterised z, reconstruction and KL terms (forward only)",
-            ("eps=given", "eps=sampled"),
-            _elbo_inputs,
-            elbo_reference,
-            _elbo_cost,
-            _elbo_outputs,
-            _elbo_elements,
-            sampled_outputs=("z",),
-        ),
-        Workload(
-            "elbo_grad",
-            "elbo plus its gradients w.r.t. x_recon, mu and logvar",
-            ("eps=given", "eps=sampled"),
-            _elbo_inputs,
-            elbo_reference,
-            _elbo_cost,
-            _elbo_outputs,
-            _elbo_elements,
-            sampled_outputs=("z",),
+        ELBO,
+        # the same inputs and terms, plus the gradients (its outputs, cost and reference branch on it)
+        replace(
+            ELBO,
+            name="elbo_grad",
+            description="elbo plus its gradients w.r.t. x_recon, mu and logvar",
             has_gradients=True,
         ),
         Workload(

@@ -1,10 +1,14 @@
-"""The Rust backend (backends.rust, extension elbolab_rust): agreement with the float64 reference,
-bad input raising Python exceptions, the rust-inner call_n path, and the rust-tutorial backend (the
+"""The Rust backend (backends.rust, extension elbolab_rust): agreement with the float64 reference
+(also at odd sizes that exercise every vector tail), bad input raising Python exceptions, the GIL
+contract (inputs read-only while a plan holds them, plans keeping their arrays alive), the eps a
+sampled call drew (eps_out), the rust-inner call_n path, and the rust-tutorial backend (the
 tutorial's own ndarray code). Skips if the extension isn't built."""
 
 from __future__ import annotations
 
+import gc
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -15,6 +19,26 @@ from backends.rust import backend, inner_loop_backend, tutorial_backend  # noqa:
 from harness.case import Case  # noqa: E402
 from harness.verify import verify  # noqa: E402
 from harness.workloads import VAE_PARAMS, WORKLOADS, iwae_reference  # noqa: E402
+
+
+def _case(
+    workload,
+    backend_name="rust",
+    *,
+    dtype="float64",
+    batch=128,
+    input_dim=784,
+    latent_dim=20,
+    hidden_dim=400,
+    samples=8,
+    threads=1,
+    variant="eps=given",
+    seed=0,
+) -> Case:
+    """A Case built positionally (the field holding K is being renamed in harness.case)."""
+    fields = (dtype, batch, input_dim, latent_dim, hidden_dim, samples, threads, variant, seed)
+    return Case(workload, backend_name, "cpu", *fields)
+
 
 CASES = [
     (workload, variant)
@@ -71,7 +95,7 @@ def test_sampled_eps_changes_every_call_and_is_independent_of_threads():
 
 
 def test_iwae_survives_weights_that_overflow_a_naive_exp():
-    case = Case("iwae", "rust", batch=16, input_dim=50, latent_dim=4, samples=6)
+    case = _case("iwae", batch=16, input_dim=50, latent_dim=4, samples=6)
     inputs = WORKLOADS["iwae"].make_inputs(case)
     inputs["x"] = inputs["x"] * 300.0  # log w ~ -1e6: exp underflows to 0 for every sample
     want = float(iwae_reference(inputs, case)["iwae"])
@@ -81,9 +105,7 @@ def test_iwae_survives_weights_that_overflow_a_naive_exp():
     assert not np.isfinite(lw_naive)  # the naive formula fails on these inputs
     for threads in (1, 2):
         for dtype in ("float64", "float32"):
-            c = Case(
-                "iwae", "rust", dtype=dtype, batch=16, input_dim=50, latent_dim=4, samples=6, threads=threads
-            )
+            c = _case("iwae", dtype=dtype, batch=16, input_dim=50, latent_dim=4, samples=6, threads=threads)
             typed = {k: v.astype(dtype) for k, v in inputs.items()}
             p = backend.prepare(c, typed)
             p.call()
@@ -259,9 +281,11 @@ def test_elbo_exp_out_of_fast_range_matches_numpy():
     plan = ext.ElboPlan(ext.Pool(1), a["x"], a["x_recon"], a["mu"], lv, a["eps"], a["z"])
     plan.run()
     np.testing.assert_allclose(a["z"], want_ok, rtol=1e-14, atol=1e-15)
+    del plan  # logvar is read-only while the plan holds it
     lv[5, :5] = [2000.0, -2000.0, np.inf, -np.inf, np.nan]
     with np.errstate(over="ignore", invalid="ignore"):
         want = a["mu"] + np.exp(0.5 * lv) * a["eps"]
+    plan = ext.ElboPlan(ext.Pool(1), a["x"], a["x_recon"], a["mu"], lv, a["eps"], a["z"])
     plan.run()
     np.testing.assert_allclose(a["z"], want, rtol=1e-14, atol=1e-15)
     assert math.isnan(plan.result()[1])
@@ -347,3 +371,233 @@ def test_tutorial_bad_outputs_and_n_raise():
         plan.run_n(0)
     recon, kl, elbo = plan.run_n(3)
     assert math.isclose(elbo, recon - kl)
+
+
+# ------------------------------------------------------------------- odd sizes through the shim
+
+# (B, D, L, H, K): every SIMD tail (D, L not multiples of 4/8/16/32), a partial 64-row RNG/row
+# block, B=1, and one case above the elbo's parallel threshold at 2 threads
+ODD_SIZES = [(1, 1, 1, 1, 1), (7, 3, 5, 3, 3), (7, 17, 33, 5, 1), (65, 9, 7, 15, 3), (400, 783, 33, 17, 3)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("size", ODD_SIZES, ids=lambda s: "B{}-D{}-L{}-H{}-K{}".format(*s))
+@pytest.mark.parametrize("workload", ["elbo", "elbo_grad", "iwae", "vae_step"])
+def test_odd_sizes_agree_with_reference(workload, size, dtype, threads):
+    b, d, lat, h, k = size
+    case = _case(
+        workload, dtype=dtype, batch=b, input_dim=d, latent_dim=lat, hidden_dim=h, samples=k, threads=threads
+    )
+    wl = WORKLOADS[workload]
+    inputs = wl.make_inputs(case)
+    want = wl.reference({k: v.copy() for k, v in inputs.items()}, case)
+    prepared = backend.prepare(case, inputs)
+    prepared.call()
+    got = prepared.outputs()
+    tol = 1e-12 if dtype == "float64" else 1e-4
+    for name, ref in want.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        value = np.asarray(got[name], dtype=np.float64)
+        assert value.shape == ref.shape, name
+        scale = max(float(np.max(np.abs(ref))), 1e-300)
+        err = float(np.max(np.abs(value - ref))) / scale
+        assert err <= tol, f"{name}: error {err:.3g} > {tol:g}"
+
+
+# ------------------------------------------------------------------------------ the GIL contract
+
+
+def _plans_of_every_kind():
+    """(kind, plan, inputs, outputs) for each plan class, on fresh arrays."""
+    a = _elbo_arrays()
+    ins = {k: a[k] for k in ("x", "x_recon", "mu", "logvar", "eps")}
+    yield "elbo", _plan(**a), ins, {"z": a["z"]}
+    a = _elbo_arrays()
+    ins = {k: a[k] for k in ("x", "x_recon", "mu", "logvar", "eps")}
+    yield "tutorial", _tutorial_plan(**a), ins, {"z": a["z"]}
+    rng = np.random.default_rng(1)
+    ins = {
+        "x": rng.random((4, 10)),
+        "mu": rng.random((4, 3)),
+        "logvar": rng.random((4, 3)),
+        "eps": rng.random((2, 4, 3)),
+        "dec_w": rng.random((3, 10)),
+        "dec_b": rng.random(10),
+    }
+    yield "iwae", ext.IwaePlan(ext.Pool(1), *ins.values()), ins, {}
+    case = _case("vae_step", batch=3, input_dim=6, hidden_dim=5, latent_dim=2)
+    v = WORKLOADS["vae_step"].make_inputs(case)
+    params = [v[p] for p in VAE_PARAMS]
+    grads = [np.empty_like(p) for p in params]
+    news = [np.empty_like(p) for p in params]
+    plan = ext.VaePlan(ext.Pool(1), v["x"], v["eps"], params, 0.1, grads, news)
+    ins = {"x": v["x"], "eps": v["eps"], **{p: v[p] for p in VAE_PARAMS}}
+    yield "vae", plan, ins, {"grad_enc_w": grads[0], "new_out_b": news[9]}
+
+
+def test_inputs_are_read_only_while_a_plan_holds_them():
+    for kind, plan, ins, outs in _plans_of_every_kind():
+        plan.run()
+        for name, arr in ins.items():
+            assert not arr.flags.writeable, f"{kind}: input {name} writeable while the plan lives"
+            with pytest.raises(ValueError, match="read-only"):
+                arr[...] = 0.0
+            with pytest.raises(ValueError, match="read-only"):
+                np.copyto(arr, 1.0)
+        for name, arr in outs.items():
+            assert arr.flags.writeable, f"{kind}: output {name}"
+            arr[...] = 0.0  # outputs stay writeable (between calls)
+        plan.run()
+        del plan
+        gc.collect()
+        for name, arr in ins.items():
+            assert arr.flags.writeable, f"{kind}: input {name} not writeable again after del plan"
+            arr[...] = 0.5
+
+
+def test_read_only_guard_is_shared_and_restores_only_what_it_cleared():
+    a = _elbo_arrays()
+    frozen = a["x_recon"]
+    frozen.flags.writeable = False  # read-only before any plan: must stay so
+    first = _plan(**a)
+    second = _plan(**{**a, "z": np.empty_like(a["z"])})
+    del first
+    gc.collect()
+    assert not a["mu"].flags.writeable  # the second plan still holds mu
+    second.run()
+    del second
+    gc.collect()
+    assert a["mu"].flags.writeable and a["x"].flags.writeable
+    assert not frozen.flags.writeable
+
+
+def test_making_an_input_writeable_again_is_refused_at_the_next_call():
+    a = _elbo_arrays()
+    plan = _plan(**a)
+    plan.run()
+    a["logvar"].flags.writeable = True  # numpy allows it (the array owns its data)
+    with pytest.raises(ValueError, match="input logvar was made writeable"):
+        plan.run()
+    a["logvar"].flags.writeable = False
+    plan.run()
+
+
+def test_a_plan_keeps_its_arrays_alive():
+    def make():
+        a = _elbo_arrays(b=6, d=9, lat=5)
+        recon = -float(np.sum((a["x"] - a["x_recon"]) ** 2)) / 6
+        z = a["mu"] + np.exp(0.5 * a["logvar"]) * a["eps"]
+        return _plan(**a), recon, z
+
+    plan, recon, z = make()  # every array's only other reference is gone
+    gc.collect()
+    np.ones((1 << 16,))  # reuse freed memory if anything was freed
+    got = plan.run()
+    assert math.isclose(got[0], recon, rel_tol=1e-13)
+    # through the shim: drop inputs and the dict, keep only the Prepared
+    case = _case("elbo_grad", batch=5, input_dim=7, latent_dim=3)
+    inputs = WORKLOADS["elbo_grad"].make_inputs(case)
+    want = WORKLOADS["elbo_grad"].reference({k: v.copy() for k, v in inputs.items()}, case)
+    prepared = backend.prepare(case, inputs)
+    del inputs
+    gc.collect()
+    prepared.call()
+    out = prepared.outputs()
+    np.testing.assert_allclose(out["z"], want["z"], rtol=1e-14)
+    np.testing.assert_allclose(out["grad_x_recon"], want["grad_x_recon"], rtol=1e-14)
+
+
+def test_held_arrays_cannot_be_resized():
+    a = _elbo_arrays()
+    plan = _plan(**a)
+    with pytest.raises(ValueError):
+        a["z"].resize((5, 3))  # an output: refused by numpy's refcheck (the plan holds a reference)
+    with pytest.raises(ValueError):
+        a["x"].resize((5, 10))  # an input: read-only and referenced
+    plan.run()
+
+
+def test_a_plan_is_exclusive_during_a_call():
+    a = _elbo_arrays(b=1024, d=784, lat=20)
+    plan = _plan(**a)
+    collisions = []
+
+    def long_run():
+        try:
+            plan.run_n(400)
+        except RuntimeError as exc:
+            collisions.append(str(exc))
+
+    t = threading.Thread(target=long_run)
+    t.start()
+    while t.is_alive():
+        try:
+            plan.run()
+        except RuntimeError as exc:
+            collisions.append(str(exc))
+            break
+    t.join()
+    assert collisions and all("borrow" in c.lower() for c in collisions), collisions
+
+
+# ------------------------------------------------------------------------------- eps drawn (eps_out)
+
+EPS_BACKENDS = [("rust", "elbo"), ("rust", "elbo_grad"), ("rust-inner", "elbo"), ("rust-tutorial", "elbo")]
+_BY_NAME = {b.name: b for b in (backend, inner_loop_backend, tutorial_backend)}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize(("name", "workload"), EPS_BACKENDS)
+def test_sampled_eps_is_exposed_and_gives_z_exactly(name, workload, dtype):
+    be = _BY_NAME[name]
+    case = _case(
+        workload, name, dtype=dtype, batch=70, input_dim=9, latent_dim=7, variant="eps=sampled", seed=4
+    )
+    inputs = WORKLOADS[workload].make_inputs(case)
+    mu, logvar = (inputs[k].astype(np.float64) for k in ("mu", "logvar"))
+    prepared = be.prepare(case, inputs)
+    ulp = float(np.finfo(dtype).eps)
+    previous = None
+    for call in range(3):
+        prepared.call() if call != 1 or prepared.call_n is None else prepared.call_n(3)
+        out = prepared.outputs()
+        eps = out["eps"]
+        assert eps.shape == mu.shape and eps.dtype == np.dtype(dtype) and np.all(np.isfinite(eps))
+        z = np.asarray(out["z"], dtype=np.float64)
+        s_eps = np.exp(0.5 * logvar) * eps.astype(np.float64)
+        err = np.abs(z - (mu + s_eps)) / (np.abs(mu) + np.abs(s_eps))
+        assert float(np.max(err)) <= 4 * ulp, f"z is not mu + exp(logvar/2)*eps: {np.max(err):.3g}"
+        if previous is not None:
+            assert not np.any(eps == previous), "successive calls must draw different eps"
+        previous = eps.copy()
+    assert abs(float(previous.mean())) < 6 / math.sqrt(previous.size)
+
+
+def test_eps_out_bad_use_raises():
+    a = _elbo_arrays()
+    with pytest.raises(ValueError, match="eps_out is for eps drawn inside the call"):
+        ext.ElboPlan(
+            ext.Pool(1),
+            a["x"],
+            a["x_recon"],
+            a["mu"],
+            a["logvar"],
+            a["eps"],
+            a["z"],
+            eps_out=np.empty((4, 3)),
+        )
+    with pytest.raises(ValueError, match="eps_out has shape"):
+        ext.ElboPlan(
+            ext.Pool(1), a["x"], a["x_recon"], a["mu"], a["logvar"], None, a["z"], eps_out=np.empty((4, 4))
+        )
+    with pytest.raises(ValueError, match="share memory"):
+        ext.ElboPlan(ext.Pool(1), a["x"], a["x_recon"], a["mu"], a["logvar"], None, a["z"], eps_out=a["z"])
+    with pytest.raises(TypeError, match="eps_out has dtype"):
+        ext.TutorialPlan(
+            a["x"], a["x_recon"], a["mu"], a["logvar"], None, a["z"], eps_out=np.empty((4, 3), np.float32)
+        )
+    with pytest.raises(TypeError):
+        ext.ElboPlan(
+            ext.Pool(1), a["x"], a["x_recon"], a["mu"], a["logvar"], None, a["z"], None, None, None, 0, a["z"]
+        )

@@ -26,6 +26,8 @@ numba is missing); its docstring has the details. In short:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from harness.backend import Backend, Prepared, bind
@@ -194,12 +196,7 @@ def _prepare_vae_step(case: Case, inputs: dict, parallel: bool) -> Prepared:
 
 
 # one module serves two backends: the same preparers, with the option bound
-PREPARERS = {
-    "elbo": _prepare_elbo,
-    "elbo_grad": _prepare_elbo,
-    "iwae": _prepare_iwae,
-    "vae_step": _prepare_vae_step,
-}
+PREPARERS = dict(elbo=_prepare_elbo, elbo_grad=_prepare_elbo, iwae=_prepare_iwae, vae_step=_prepare_vae_step)
 
 
 backend = Backend(
@@ -211,11 +208,9 @@ backend = Backend(
     threaded=True,  # only through BLAS in vae_step
 )
 
-parallel_backend = Backend(
+parallel_backend = replace(
+    backend,
     name="numba-parallel",
     description="Numba @njit(parallel=True), prange over batch rows, per-row partial sums",
     preparers=bind(PREPARERS, parallel=True),
-    unavailable_reason=_unavailable_reason,
-    versions=_versions,
-    threaded=True,
 )

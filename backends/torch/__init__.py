@@ -40,6 +40,7 @@ Where it cannot work the backend says why: no C++ compiler for cpu, no Triton/CU
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 
@@ -268,12 +269,7 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
 
 # one module serves two backends: the same preparers, with the option bound
-PREPARERS = {
-    "elbo": _prepare_elbo,
-    "elbo_grad": _prepare_elbo,
-    "iwae": _prepare_iwae,
-    "vae_step": _prepare_vae_step,
-}
+PREPARERS = dict(elbo=_prepare_elbo, elbo_grad=_prepare_elbo, iwae=_prepare_iwae, vae_step=_prepare_vae_step)
 
 
 backend = Backend(
@@ -287,15 +283,13 @@ backend = Backend(
     threaded=True,
 )
 
-compiled_backend = Backend(
+compiled_backend = replace(
+    backend,
     name="torch-compile",
     description="PyTorch through torch.compile (default mode, Inductor); compile time is first_call",
     preparers=bind(PREPARERS, compiled=True),
-    devices=("cpu", "cuda"),
     unavailable_reason=_compile_unavailable_reason,
     device_unavailable_reason=_compile_device_unavailable_reason,
-    versions=_versions,
-    threaded=True,
     # every case compiles anew (2 s with a warm Inductor cache, ~20 s cold on 2 cores): by default
     # only the tutorial's kernel at a cache-sized and a DRAM-sized batch, one thread
     default_scope={
