@@ -48,6 +48,7 @@ class ABConfig:
     quick: bool = False
     seed: int = 0
     case_timeout: float | None = None
+    sizes: tuple[tuple[str, int], ...] = ()  # (flag, value) sizes other than the defaults
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -199,6 +200,8 @@ def run_argv(config: ABConfig, out: Path, leave_out: set[str], backends: Sequenc
         argv.append("--quick")
     if config.seed:
         argv += ["--seed", str(config.seed)]
+    for flag, value in config.sizes:
+        argv += [f"--{flag}", str(value)]
     if config.case_timeout:
         argv += ["--timeout", str(config.case_timeout)]
     return argv

@@ -34,6 +34,7 @@ BROKEN_STATUSES = ("failed", "incorrect", "timeout")
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Text = Annotated[str, Field(max_length=20_000)]
 
 
@@ -47,13 +48,27 @@ class Cost:
 
 @dataclass(frozen=True, config=STRICT)
 class Check:
-    """The outputs against the float64 reference: the error, the bound it was held to, the verdict."""
+    """The outputs against the float64 reference (harness.accuracy): the error of the worst output
+    in roundoff units, the bound it was held to, what careful arithmetic achieves, the verdict."""
 
     ok: bool
-    max_rel_err: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None  # None: not finite
-    tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     worst_output: Text | None = None
     detail: Text | None = None
+    rel_err: NonNegFloat | None = None  # max |got - ref| / max |ref| of the worst output
+    error_units: NonNegFloat | None = None  # max |got - ref| / (u * magnitude of the terms)
+    bound_units: NonNegFloat | None = None  # beyond this the arithmetic cannot explain it: incorrect
+    expected_units: NonNegFloat | None = None  # careful summation stays within this
+    digits: NonNegFloat | None = None  # correct decimal digits of the worst output
+    rel_tolerance: NonNegFloat | None = None  # schema 1 only: the flat relative tolerance of old
+    # valid, but less accurate than careful arithmetic gets (a naive float32 running sum; a formula
+    # that cancels, like 1 + lv - e^lv near lv = 0)
+    less_accurate: bool = False
+
+    def describe(self) -> str:
+        if self.error_units is None or self.bound_units is None:
+            return "" if self.rel_err is None else f"relative error {self.rel_err:.2g}"
+        text = f"{self.error_units:.3g} u (bound {self.bound_units:.3g} u) in {self.worst_output}"
+        return text + (", less accurate than careful summation" if self.less_accurate else "")
 
 
 @dataclass(frozen=True, config=STRICT)

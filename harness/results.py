@@ -125,8 +125,9 @@ def new_run(run_id: str, started: str, machine: dict, software: dict, git: dict,
 
 def _v1_to_v2(doc: dict) -> dict:
     """v1 -> v2: Case.samples became importance_samples; the stored summary 'per_call_ns' became
-    'per_call_summary_ns' (derived, ignored); pooled rounds moved from notes to 'rounds'; a
-    non-finite check error (written as Infinity by v1) became null."""
+    'per_call_summary_ns' (derived, ignored); pooled rounds moved from notes to 'rounds'; the check's
+    max_rel_err became rel_err (null where v1 wrote Infinity) and its flat tolerance rel_tolerance
+    (v2 checks hold errors to bounds derived from the arithmetic: error_units, bound_units)."""
     for m in doc.get("measurements") or []:
         if not isinstance(m, dict):
             continue
@@ -140,9 +141,9 @@ def _v1_to_v2(doc: dict) -> dict:
             notes.pop("rounds", None)
         check = m.get("check")
         if isinstance(check, dict):
-            err = check.get("max_rel_err")
-            if isinstance(err, float) and not math.isfinite(err):
-                check["max_rel_err"] = None
+            err = check.pop("max_rel_err", None)
+            check["rel_err"] = err if not (isinstance(err, float) and not math.isfinite(err)) else None
+            check["rel_tolerance"] = check.pop("tolerance", None)
     doc["schema"] = f"{SCHEMA_PREFIX}2"
     return doc
 

@@ -28,6 +28,18 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from harness.accuracy import (
+    Tracked,
+    check,
+    exp,
+    expm1,
+    logsumexp,
+    masked,
+    relu,
+    sigmoid,
+    softplus,
+    unit_roundoff,
+)
 from harness.case import Case
 from harness.measurement import Check, Cost
 
@@ -49,23 +61,19 @@ def vae_param_shapes(d: int, h: int, latent: int) -> dict[str, tuple[int, ...]]:
     }  # fmt: skip
 
 
-# Tolerances on the normalised error max|a - r| / max|r| of each output (see check_outputs).
-# float64 kernels differ from the reference only in summation order; float32 kernels in rounding.
-TOLERANCE = {"float64": 1e-9, "float32": 2e-4}
-
-
 @dataclass(frozen=True)
 class Workload:
     name: str
     description: str
     variants: tuple[str, ...]
     make_inputs: Callable[[Case], dict[str, np.ndarray]]
-    reference: Callable[[Mapping[str, np.ndarray], Case], dict[str, np.ndarray]]
+    reference: Callable[[Mapping[str, np.ndarray], Case], dict[str, Tracked]]
     cost: Callable[[Case], Cost]
     outputs: Callable[[Case], tuple[str, ...]]
     # elements of the inputs, outputs and main temporaries of one case
     elements: Callable[[Case], int]
-    # outputs that are random when eps is sampled inside the call: checked by moments, not values
+    # outputs that depend on eps, which a backend draws itself when eps is sampled inside the call
+    # (it then also returns the 'eps' it drew, and these are checked against that draw)
     sampled_outputs: tuple[str, ...] = ()
     # whether the workload returns gradients (backends with autograd run a backward pass)
     has_gradients: bool = False
@@ -112,7 +120,8 @@ def _iwae_inputs(case: Case) -> dict[str, np.ndarray]:
         {
             "x": rng.random((b, d)),
             "mu": rng.standard_normal((b, lat)),
-            "logvar": 0.5 * rng.standard_normal((b, lat)),
+            # a trained encoder's posterior is narrower than the prior: log-variances below 0
+            "logvar": -1.0 + 0.5 * rng.standard_normal((b, lat)),
             "eps": rng.standard_normal((k, b, lat)),
             "dec_w": rng.standard_normal((lat, d)) / math.sqrt(lat),
             "dec_b": 0.5 + 0.1 * rng.standard_normal(d),
@@ -161,102 +170,99 @@ def _vae_elements(case: Case) -> int:
 
 
 # ------------------------------------------------------------------------------------ references
+#
+# The references are float64 and written with harness.accuracy.Tracked values, so every output
+# carries the magnitude and rounding depth its tolerance is derived from. They share no code with
+# any backend (the NumPy backend has its own kernels); the tests check them against finite
+# differences and against a higher-precision (long double / math.fsum) evaluation.
 
 
-def _f64(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v, dtype=np.float64) for k, v in inputs.items()}
+def _tracked(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, Tracked]:
+    """The inputs (exact in the case dtype) as float64 values tracked in the case dtype's arithmetic."""
+    u = unit_roundoff(case.dtype)
+    return {k: Tracked(np.asarray(v, dtype=np.float64), u=u) for k, v in inputs.items()}
 
 
-def elbo_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
-    a = _f64(inputs)
+def half_excess(lv: Tracked) -> Tracked:
+    """e^lv - 1 - lv, which is >= 0: the KL term without the cancellation of 1 + lv - e^lv.
+
+    Careful arithmetic computes it as expm1(lv) - lv; near lv = 0 the plain 1 + lv - e^lv loses
+    most digits: valid, but flagged as less accurate (harness.accuracy)."""
+    return expm1(lv) - lv
+
+
+def elbo_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, Tracked]:
+    a = _tracked(inputs, case)
     x, x_recon, mu, logvar = a["x"], a["x_recon"], a["mu"], a["logvar"]
     b = x.shape[0]
-    out: dict[str, np.ndarray] = {}
-    if "eps" in a:
-        out["z"] = mu + np.exp(0.5 * logvar) * a["eps"]
-    recon = -np.sum((x - x_recon) ** 2) / b
-    kl = -0.5 * np.sum(1.0 + logvar - mu**2 - np.exp(logvar)) / b
-    out.update(recon=np.array(recon), kl=np.array(kl), elbo=np.array(recon - kl))
+    out: dict[str, Tracked] = {}
+    if "eps" in a:  # given, or the backend's own draw when eps is sampled inside the call
+        out["z"] = mu + exp(0.5 * logvar) * a["eps"]
+    diff = x - x_recon
+    recon = -(diff * diff).sum() * (1.0 / b)
+    kl = (mu * mu + half_excess(logvar)).sum() * (0.5 / b)
+    out.update(recon=recon, kl=kl, elbo=recon - kl)
     if WORKLOADS[case.workload].has_gradients:
-        out["grad_x_recon"] = (2.0 / b) * (x - x_recon)
-        out["grad_mu"] = -mu / b
-        out["grad_logvar"] = (1.0 - np.exp(logvar)) / (2.0 * b)
+        out["grad_x_recon"] = diff * (2.0 / b)
+        out["grad_mu"] = mu * (-1.0 / b)
+        out["grad_logvar"] = -expm1(logvar) * (0.5 / b)
     return out
 
 
-def iwae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
-    a = _f64(inputs)
+def iwae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, Tracked]:
+    a = _tracked(inputs, case)
     x, mu, logvar, eps, w, bias = a["x"], a["mu"], a["logvar"], a["eps"], a["dec_w"], a["dec_b"]
-    k, b, lat = eps.shape
+    k, _, lat = eps.shape
     d = x.shape[1]
-    z = mu[None] + np.exp(0.5 * logvar)[None] * eps  # [K,B,L]
-    mean = z @ w + bias  # [K,B,D]
-    log_px = -0.5 * np.sum((x[None] - mean) ** 2, axis=2) - 0.5 * d * LOG_2PI
-    log_pz = -0.5 * np.sum(z**2, axis=2) - 0.5 * lat * LOG_2PI
+    z = mu[None] + exp(0.5 * logvar)[None] * eps  # [K,B,L]
+    resid = x[None] - (z @ w + bias)  # [K,B,D]
+    log_px = (resid * resid).sum(axis=2) * -0.5 - 0.5 * d * LOG_2PI
+    log_pz = (z * z).sum(axis=2) * -0.5 - 0.5 * lat * LOG_2PI
     # (z - mu)/sigma is eps exactly; the reference uses that identity, as every backend may
-    log_qz = -0.5 * np.sum(eps**2, axis=2) - 0.5 * np.sum(logvar, axis=1)[None] - 0.5 * lat * LOG_2PI
-    log_w = log_px + log_pz - log_qz  # [K,B]
-    top = log_w.max(axis=0)
-    lse = top + np.log(np.sum(np.exp(log_w - top[None]), axis=0))
-    return {"iwae": np.array(np.mean(lse - math.log(k)))}
+    log_qz = (eps * eps).sum(axis=2) * -0.5 - logvar.sum(axis=1)[None] * 0.5 - 0.5 * lat * LOG_2PI
+    lse = logsumexp(log_px + log_pz - log_qz, axis=0)  # [B]
+    return {"iwae": (lse - math.log(k)).mean()}
 
 
-def softplus(v: np.ndarray) -> np.ndarray:
-    """log(1 + e^v) without overflow."""
-    return np.logaddexp(0.0, v)
-
-
-def vae_forward_backward(
-    x: np.ndarray, eps: np.ndarray, p: Mapping[str, np.ndarray]
-) -> tuple[float, dict[str, np.ndarray]]:
-    """Loss and gradients of one VAE step, hand-written backprop, in the arrays' own dtype.
-
-    This is both the reference (called on float64) and the NumPy backend's kernel; the reference's
-    gradients are themselves checked by finite differences in the tests.
-    """
+def vae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, Tracked]:
+    """One SGD step of the MLP VAE with hand-written backprop (checked by finite differences and
+    against torch.autograd in the tests)."""
+    a = _tracked(inputs, case)
+    x, eps = a["x"], a["eps"]
+    p = {name: a[name] for name in VAE_PARAMS}
     b = x.shape[0]
     h1_pre = x @ p["enc_w"] + p["enc_b"]
-    h1 = np.maximum(h1_pre, 0)
+    h1 = relu(h1_pre)
     mu = h1 @ p["mu_w"] + p["mu_b"]
     logvar = h1 @ p["logvar_w"] + p["logvar_b"]
-    std = np.exp(0.5 * logvar)
+    std = exp(0.5 * logvar)
     z = mu + std * eps
     h3_pre = z @ p["dec_w"] + p["dec_b"]
-    h3 = np.maximum(h3_pre, 0)
+    h3 = relu(h3_pre)
     logits = h3 @ p["out_w"] + p["out_b"]
+    rec = (x * logits - softplus(logits)).sum()
+    kl = (mu * mu + half_excess(logvar)).sum() * 0.5
+    out = {"loss": (kl - rec) * (1.0 / b)}
 
-    rec = np.sum(x * logits - softplus(logits))
-    kl = -0.5 * np.sum(1 + logvar - mu * mu - std * std)
-    loss = (kl - rec) / b
-
-    inv_b = x.dtype.type(1.0 / b)
-    d_logits = (1.0 / (1.0 + np.exp(-logits)) - x) * inv_b
+    d_logits = (sigmoid(logits) - x) * (1.0 / b)
     g = {"out_w": h3.T @ d_logits, "out_b": d_logits.sum(axis=0)}
-    d_h3 = (d_logits @ p["out_w"].T) * (h3_pre > 0)
+    d_h3 = masked(d_logits @ p["out_w"].T, h3_pre)
     g["dec_w"] = z.T @ d_h3
     g["dec_b"] = d_h3.sum(axis=0)
     d_z = d_h3 @ p["dec_w"].T
-    d_mu = d_z + mu * inv_b
-    d_logvar = d_z * (0.5 * std * eps) + 0.5 * (std * std - 1) * inv_b
+    d_mu = d_z + mu * (1.0 / b)
+    d_logvar = d_z * std * eps * 0.5 + expm1(logvar) * (0.5 / b)
     g["mu_w"] = h1.T @ d_mu
     g["mu_b"] = d_mu.sum(axis=0)
     g["logvar_w"] = h1.T @ d_logvar
     g["logvar_b"] = d_logvar.sum(axis=0)
-    d_h1 = (d_mu @ p["mu_w"].T + d_logvar @ p["logvar_w"].T) * (h1_pre > 0)
+    d_h1 = masked(d_mu @ p["mu_w"].T + d_logvar @ p["logvar_w"].T, h1_pre)
     g["enc_w"] = x.T @ d_h1
     g["enc_b"] = d_h1.sum(axis=0)
-    return float(loss), g
-
-
-def vae_reference(inputs: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
-    a = _f64(inputs)
-    params = {name: a[name] for name in VAE_PARAMS}
-    loss, grads = vae_forward_backward(a["x"], a["eps"], params)
-    out = {"loss": np.array(loss)}
-    lr = float(a["lr"])
+    lr = a["lr"]
     for name in VAE_PARAMS:
-        out[f"grad_{name}"] = grads[name]
-        out[f"new_{name}"] = params[name] - lr * grads[name]
+        out[f"grad_{name}"] = g[name]
+        out[f"new_{name}"] = p[name] - lr * g[name]
     return out
 
 
@@ -297,71 +303,56 @@ def _vae_cost(case: Case) -> Cost:
 
 
 def check_outputs(
-    workload: Workload, case: Case, got: Mapping[str, object], want: Mapping[str, np.ndarray]
+    workload: Workload, case: Case, inputs: Mapping[str, np.ndarray], got: Mapping[str, object],
+    next_eps: np.ndarray | None = None,
 ) -> Check:
-    """Compare a backend's outputs with the reference.
+    """A backend's outputs against the reference, every element held to the bound its arithmetic
+    can give (harness.accuracy).
 
-    The error of an output is max|got - want| / max|want| (relative to the output's own scale, so
-    elements near zero don't blow it up). Random outputs (eps sampled inside the call) are checked
-    by the moments of the implied standard normals instead.
+    With eps drawn inside the call the backend returns the eps it drew: the reference is computed
+    with that eps, so z is checked exactly like every other output, and the draw itself must be
+    finite standard normals (6-sigma moment tests), and differ from the next call's (`next_eps`).
     """
-    tol = TOLERANCE[case.dtype]
-    worst, worst_name = 0.0, None
-    sampled = case.variant == "eps=sampled"
-    for name in workload.outputs(case):
-        if name not in got:
-            return Check(False, None, tol, name, f"backend returned no output {name!r}")
-        value = np.asarray(got[name], dtype=np.float64)
-        if sampled and name in workload.sampled_outputs:
-            problem = _check_standard_normal_z(value, case, want)
-            if problem:
-                return Check(False, None, tol, name, problem)
-            continue
-        ref = want[name]
-        if value.shape != ref.shape:
-            return Check(False, None, tol, name, f"{name}: shape {value.shape}, expected {ref.shape}")
-        if not np.all(np.isfinite(value)):
-            return Check(False, None, tol, name, f"{name}: non-finite values")
-        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-        err = (
-            float(np.max(np.abs(value - ref))) / scale
-            if scale > 0
-            else float(np.max(np.abs(value), initial=0.0))
-        )
-        if err > worst:
-            worst, worst_name = err, name
-    ok = worst <= tol
-    detail = None if ok else f"{worst_name}: error {worst:.3g} > tolerance {tol:.0e}"
-    return Check(ok, worst, tol, worst_name, detail)
+    problems: list[str] = []
+    if case.variant == "eps=sampled" and workload.sampled_outputs:
+        eps = got.get("eps")
+        problem = _check_draw(eps, next_eps, (case.batch, case.latent_dim))
+        if problem:
+            problems.append(problem)
+            got = {k: v for k, v in got.items() if k not in workload.sampled_outputs}
+        else:
+            inputs = dict(inputs, eps=np.asarray(eps, dtype=case.dtype))
+    expected = workload.reference(inputs, case)
+    if problems:
+        expected = {k: v for k, v in expected.items() if k not in workload.sampled_outputs}
+    return check(got, expected, case.dtype, problems)
 
 
-def _check_standard_normal_z(z: np.ndarray, case: Case, ref: Mapping[str, np.ndarray]) -> str | None:
-    """z = mu + exp(logvar/2)*eps with eps drawn by the backend: recover eps, test its moments."""
-    inputs = ref["_inputs"]
-    mu, logvar = (np.asarray(inputs[k], dtype=np.float64) for k in ("mu", "logvar"))
-    if z.shape != mu.shape:
-        return f"z: shape {z.shape}, expected {mu.shape}"
-    eps = ((z - mu) / np.exp(0.5 * logvar)).ravel()
+def _check_draw(eps, next_eps, shape: tuple[int, int]) -> str | None:
+    """eps drawn by the backend: present, the right shape, finite, standard normal, fresh per call."""
+    if eps is None:
+        return "eps: the backend did not return the eps it drew (output 'eps')"
+    eps = np.asarray(eps, dtype=np.float64)
+    if eps.shape != shape:
+        return f"eps: shape {eps.shape}, expected {shape}"
+    if not np.all(np.isfinite(eps)):
+        return "eps: non-finite values in the draw"
     n = eps.size
-    # 6-sigma bounds: a correct RNG fails this about once in 10^8 cases
+    # 6-sigma bounds: a correct generator fails this about once in 10^8 cases
     if abs(eps.mean()) > 6 / math.sqrt(n):
-        return f"z: implied eps has mean {eps.mean():.3g}, not 0"
+        return f"eps: mean {eps.mean():.3g} over {n} draws, not 0"
     if n > 1 and abs(eps.var() - 1) > 6 * math.sqrt(2 / n) + 1 / n:
-        return f"z: implied eps has variance {eps.var():.3g}, not 1"
+        return f"eps: variance {eps.var():.3g} over {n} draws, not 1"
+    if next_eps is not None and np.array_equal(eps, np.asarray(next_eps, dtype=np.float64)):
+        return "eps: two calls drew the same eps"
     return None
-
-
-def reference_for(workload: Workload, inputs: Mapping[str, np.ndarray], case: Case) -> dict:
-    ref = workload.reference(inputs, case)
-    ref["_inputs"] = inputs  # the sampled-z check needs mu and logvar
-    return ref
 
 
 # -------------------------------------------------------------------------------------- registry
 
 
 def _elbo_outputs(case: Case) -> tuple[str, ...]:
-    names = ("z", "recon", "kl", "elbo")
+    names = ("z", "recon", "kl", "elbo") + (("eps",) if case.variant == "eps=sampled" else ())
     if WORKLOADS[case.workload].has_gradients:
         names += ("grad_x_recon", "grad_mu", "grad_logvar")
     return names

@@ -1,4 +1,5 @@
-"""The references themselves: formulas, stability, gradients by finite differences, the checker."""
+"""The references themselves (formulas, stability, gradients, a higher-precision evaluation) and the
+checker's rules (bounds from the arithmetic, non-finite values, eps drawn inside the call)."""
 
 import math
 
@@ -6,14 +7,15 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
+from harness.accuracy import Tracked, unit_roundoff
 from harness.case import Case
-from harness.workloads import (
-    VAE_PARAMS,
-    WORKLOADS,
-    check_outputs,
-    reference_for,
-    vae_forward_backward,
-)
+from harness.workloads import VAE_PARAMS, WORKLOADS, check_outputs, init_vae_params
+
+
+def ref_values(case, inputs=None):
+    w = WORKLOADS[case.workload]
+    inputs = w.make_inputs(case) if inputs is None else inputs
+    return inputs, {k: v.value for k, v in w.reference(inputs, case).items()}
 
 
 def test_inputs_are_identical_for_every_backend_and_cast_per_dtype():
@@ -27,37 +29,61 @@ def test_inputs_are_identical_for_every_backend_and_cast_per_dtype():
     assert "eps" not in WORKLOADS["elbo"].make_inputs(Case("elbo", "numpy", batch=5, variant="eps=sampled"))
 
 
-def test_elbo_reference_matches_the_formula_written_as_loops():
-    case = Case("elbo_grad", "numpy", batch=3, input_dim=4, latent_dim=2)
+# ------------------------------------------------------------- the references, independently
+
+
+def _elbo_in_long_double(inp, b, d, lat):
+    """The elbo terms as loops in numpy's long double (80-bit extended on x86) with math.fsum."""
+    ld = np.longdouble
+    x, xr, mu, lv = (inp[k].astype(ld) for k in ("x", "x_recon", "mu", "logvar"))
+    recon = -math.fsum(float((x[i, j] - xr[i, j]) ** 2) for i in range(b) for j in range(d)) / b
+    kl_terms = []
+    for i in range(b):
+        for j in range(lat):
+            v = lv[i, j]
+            # e^v - 1 - v from its series where it cancels, in long double
+            t = sum(v**n / math.factorial(n) for n in range(2, 30)) if abs(v) < 0.5 else np.exp(v) - 1 - v
+            kl_terms.append(float(mu[i, j] ** 2 + t))
+    kl = math.fsum(kl_terms) / (2 * b)
+    return recon, kl
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6])
+def test_elbo_reference_matches_a_higher_precision_evaluation(scale):
+    """Also near zero KL (mu and logvar ~ 1e-6), where 1 + lv - e^lv would lose every digit."""
+    b, d, lat = 5, 7, 3
+    case = Case("elbo_grad", "numpy", batch=b, input_dim=d, latent_dim=lat)
     inp = WORKLOADS["elbo_grad"].make_inputs(case)
+    inp["mu"], inp["logvar"] = inp["mu"] * scale, inp["logvar"] * scale
     ref = WORKLOADS["elbo_grad"].reference(inp, case)
+    recon, kl = _elbo_in_long_double(inp, b, d, lat)
+    assert float(ref["recon"].value) == pytest.approx(recon, rel=1e-15)
+    assert float(ref["kl"].value) == pytest.approx(kl, rel=1e-14)
+    # and the reference is within its own bound of the higher-precision value
+    for name, exact in (("recon", recon), ("kl", kl)):
+        t = ref[name]
+        assert abs(float(t.value) - exact) <= float(t.careful) * 2.0**-53
     x, xr, mu, lv, eps = (inp[k] for k in ("x", "x_recon", "mu", "logvar", "eps"))
-    recon = -sum((x[b, d] - xr[b, d]) ** 2 for b in range(3) for d in range(4)) / 3
-    kl = -sum(1 + lv[b, j] - mu[b, j] ** 2 - math.exp(lv[b, j]) for b in range(3) for j in range(2)) / 6
-    assert float(ref["recon"]) == pytest.approx(recon, rel=1e-14)
-    assert float(ref["kl"]) == pytest.approx(kl, rel=1e-14)
-    assert float(ref["elbo"]) == pytest.approx(recon - kl, rel=1e-14)
-    assert np.allclose(ref["z"], mu + np.exp(lv / 2) * eps)
-    # gradients of elbo = recon - kl, by finite differences
+    assert np.allclose(ref["z"].value, mu + np.exp(lv / 2) * eps, rtol=1e-15)
+
+
+def test_elbo_gradients_match_finite_differences():
+    case = Case("elbo_grad", "numpy", batch=3, input_dim=4, latent_dim=2)
+    inp, ref = ref_values(case)
     h = 1e-6
     for name, grad in (("x_recon", "grad_x_recon"), ("mu", "grad_mu"), ("logvar", "grad_logvar")):
         for idx in np.ndindex(inp[name].shape):
             up, down = dict(inp), dict(inp)
-            up[name] = inp[name].copy()
-            down[name] = inp[name].copy()
+            up[name], down[name] = inp[name].copy(), inp[name].copy()
             up[name][idx] += h
             down[name][idx] -= h
-            fd = (
-                float(WORKLOADS["elbo"].reference(up, case)["elbo"])
-                - float(WORKLOADS["elbo"].reference(down, case)["elbo"])
-            ) / (2 * h)
+            fd = (float(ref_values(case, up)[1]["elbo"]) - float(ref_values(case, down)[1]["elbo"])) / (2 * h)
             assert ref[grad][idx] == pytest.approx(fd, rel=1e-6, abs=1e-9)
 
 
 def test_iwae_reference_matches_direct_densities_and_is_stable():
     case = Case("iwae", "numpy", batch=4, input_dim=5, latent_dim=3, importance_samples=6)
-    inp = WORKLOADS["iwae"].make_inputs(case)
-    ref = float(WORKLOADS["iwae"].reference(inp, case)["iwae"])
+    inp, ref = ref_values(case)
     x, mu, lv, eps, w, b = (inp[k] for k in ("x", "mu", "logvar", "eps", "dec_w", "dec_b"))
     from scipy.stats import multivariate_normal as mvn
 
@@ -72,87 +98,167 @@ def test_iwae_reference_matches_direct_densities_and_is_stable():
                 - mvn.logpdf(z, mu[i], np.diag(np.exp(lv[i])))
             )
         total += logsumexp(logw) - math.log(6)
-    assert ref == pytest.approx(total / 4, rel=1e-12)
+    assert float(ref["iwae"]) == pytest.approx(total / 4, rel=1e-12)
 
     # x far from the decoder mean: log w ~ -1e6, where exp underflows to 0 and a naive log(mean(exp))
-    # gives -inf; the stable reference stays finite and equal to scipy's logsumexp
+    # gives -inf; the stable reference stays finite
     far = dict(inp, x=inp["x"] + 1000.0)
-    val = float(WORKLOADS["iwae"].reference(far, case)["iwae"])
+    val = float(ref_values(case, far)[1]["iwae"])
     assert np.isfinite(val) and val < -1e5
+
+
+def test_vae_reference_matches_torch_autograd():
+    """An independent oracle for the hand-written backprop: torch.autograd in float64."""
+    torch = pytest.importorskip("torch")
+    case = Case("vae_step", "numpy", batch=6, input_dim=9, latent_dim=3, hidden_dim=5)
+    inp, ref = ref_values(case)
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=k in VAE_PARAMS) for k, v in inp.items()}
+    h1 = torch.relu(t["x"] @ t["enc_w"] + t["enc_b"])
+    mu, lv = h1 @ t["mu_w"] + t["mu_b"], h1 @ t["logvar_w"] + t["logvar_b"]
+    z = mu + torch.exp(0.5 * lv) * t["eps"]
+    logits = torch.relu(z @ t["dec_w"] + t["dec_b"]) @ t["out_w"] + t["out_b"]
+    rec = (t["x"] * logits - torch.nn.functional.softplus(logits, threshold=1e9)).sum()
+    kl = -0.5 * (1 + lv - mu**2 - torch.exp(lv)).sum()
+    loss = (kl - rec) / 6
+    loss.backward()
+    assert float(ref["loss"]) == pytest.approx(float(loss), rel=1e-12)
+    for name in VAE_PARAMS:
+        np.testing.assert_allclose(ref[f"grad_{name}"], t[name].grad.numpy(), rtol=1e-9, atol=1e-13)
 
 
 def test_vae_gradients_match_finite_differences():
     rng = np.random.default_rng(3)
-    from harness.workloads import init_vae_params
-
     d, h, lat, b = 6, 5, 3, 4
-    params = init_vae_params(d, h, lat, rng)
-    x = rng.random((b, d))
-    eps = rng.standard_normal((b, lat))
-    _, grads = vae_forward_backward(x, eps, params)
+    case = Case("vae_step", "numpy", batch=b, input_dim=d, latent_dim=lat, hidden_dim=h)
+    inp = dict(init_vae_params(d, h, lat, rng), x=rng.random((b, d)), eps=rng.standard_normal((b, lat)))
+    inp["lr"] = np.array(0.05)
+    _, ref = ref_values(case, inp)
     step = 1e-6
     for name in VAE_PARAMS:
-        for idx in np.ndindex(params[name].shape):
-            up = {k: v.copy() for k, v in params.items()}
-            down = {k: v.copy() for k, v in params.items()}
+        for idx in np.ndindex(inp[name].shape):
+            up, down = dict(inp), dict(inp)
+            up[name], down[name] = inp[name].copy(), inp[name].copy()
             up[name][idx] += step
             down[name][idx] -= step
-            fd = (vae_forward_backward(x, eps, up)[0] - vae_forward_backward(x, eps, down)[0]) / (2 * step)
-            assert grads[name][idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, idx)
+            fd = (float(ref_values(case, up)[1]["loss"]) - float(ref_values(case, down)[1]["loss"])) / (2 * step)
+            assert ref[f"grad_{name}"][idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, idx)
+            assert ref[f"new_{name}"][idx] == pytest.approx(inp[name][idx] - 0.05 * ref[f"grad_{name}"][idx])
 
 
-def test_vae_reference_update_is_sgd():
-    case = Case("vae_step", "numpy", batch=4, input_dim=8, latent_dim=2, hidden_dim=5)
-    inp = WORKLOADS["vae_step"].make_inputs(case)
-    ref = WORKLOADS["vae_step"].reference(inp, case)
-    lr = float(inp["lr"])
-    for name in VAE_PARAMS:
-        assert np.allclose(ref[f"new_{name}"], inp[name] - lr * ref[f"grad_{name}"])
-    assert np.isfinite(float(ref["loss"])) and float(ref["loss"]) > 0
+# ---------------------------------------------------------------------------- the checker
 
 
-def _checked(case, mutate):
+def _checked(case, mutate, dtype_cast=None):
+    """The reference's own values (optionally rounded to the case dtype), mutated, then checked."""
     w = WORKLOADS[case.workload]
     inp = w.make_inputs(case)
-    ref = reference_for(w, inp, case)
-    got = {k: np.array(v, copy=True) for k, v in ref.items() if k != "_inputs"}
+    got = {k: np.array(v.value, copy=True) for k, v in w.reference(inp, case).items()}
+    if dtype_cast:
+        got = {k: v.astype(dtype_cast) for k, v in got.items()}
     mutate(got)
-    return check_outputs(w, case, got, ref)
+    return check_outputs(w, case, inp, got)
 
 
-def test_checker_accepts_reference_and_rejects_wrong_answers():
+def test_checker_accepts_the_reference_and_rejects_wrong_answers():
     case = Case("elbo_grad", "numpy", batch=16)
-    assert _checked(case, lambda g: None).ok
-    bad = _checked(case, lambda g: g.__setitem__("kl", g["kl"] * (1 + 1e-6)))
-    assert not bad.ok and bad.worst_output == "kl"
+    good = _checked(case, lambda g: None)
+    assert good.ok and good.error_units == 0 and good.digits == 17.0
+    bad = _checked(case, lambda g: g.__setitem__("kl", g["kl"] * (1 + 1e-9)))
+    assert not bad.ok and bad.worst_output == "kl" and "what the arithmetic can give" in bad.detail
     assert not _checked(case, lambda g: g.pop("grad_mu")).ok
     assert not _checked(case, lambda g: g.__setitem__("z", g["z"][:, :3])).ok
     assert not _checked(case, lambda g: g["grad_x_recon"].__setitem__((0, 0), np.nan)).ok
+    flip = _checked(case, lambda g: g["grad_mu"].__setitem__((3, 1), -g["grad_mu"][3, 1]))
+    assert not flip.ok and flip.worst_output == "grad_mu"
 
 
-def test_float32_tolerance_accepts_float32_rounding_only():
+def test_float32_rounding_is_within_the_bound_and_a_wrong_sum_is_not():
     case = Case("elbo", "numpy", batch=64, dtype="float32")
-    assert _checked(case, lambda g: g.update({k: v.astype(np.float32) for k, v in g.items()})).ok
-    assert not _checked(case, lambda g: g.__setitem__("recon", g["recon"] * 1.001)).ok
+    rounded = _checked(case, lambda g: None, dtype_cast=np.float32)
+    assert rounded.ok and rounded.error_units <= 1.0  # one rounding to float32
+    assert not _checked(case, lambda g: g.__setitem__("recon", g["recon"] * 1.01)).ok
+    # 50,176 float32 additions can be off by up to 50,176 u = 0.3% in the worst case: a 0.1% error
+    # in the sum alone is within what the arithmetic can give (the elementwise outputs catch more)
+    assert _checked(case, lambda g: g.__setitem__("recon", g["recon"] * 1.001)).ok
+    # in float64 the same sum is held to 50,176 u = 6e-12
+    assert not _checked(Case("elbo", "numpy", batch=64), lambda g: g.__setitem__("recon", g["recon"] * (1 + 1e-10))).ok
 
 
-def test_sampled_z_checked_by_moments():
+def test_bounds_grow_with_the_number_of_terms():
+    small = WORKLOADS["elbo"].reference(WORKLOADS["elbo"].make_inputs(c := Case("elbo", "numpy", batch=4)), c)
+    big_case = Case("elbo", "numpy", batch=512)
+    big = WORKLOADS["elbo"].reference(WORKLOADS["elbo"].make_inputs(big_case), big_case)
+    # in units of u relative to the value: grows with the number of terms for a sum ...
+    assert float(small["recon"].worst / abs(small["recon"].value)) < float(big["recon"].worst / abs(big["recon"].value))
+    # ... but not for an elementwise output (relative to the size of its terms, mu and sigma * eps)
+    for ref, c in ((small, Case("elbo", "numpy", batch=4)), (big, big_case)):
+        inp = WORKLOADS["elbo"].make_inputs(c)
+        terms = np.abs(inp["mu"]) + np.abs(np.exp(inp["logvar"] / 2) * inp["eps"])
+        assert np.max(ref["z"].worst / terms) < 10
+
+
+def test_a_naive_float32_running_sum_is_valid_but_flagged_less_accurate():
+    case = Case("elbo", "numpy", batch=8192, dtype="float32")
+    inp = WORKLOADS["elbo"].make_inputs(case)
+    diff = (inp["x"] - inp["x_recon"]).ravel()
+    naive = np.cumsum(diff * diff, dtype=np.float32)[-1]  # one float32 accumulator, in order
+    check = _checked(case, lambda g: g.__setitem__("recon", np.float32(-naive / np.float32(8192))))
+    assert check.ok and check.less_accurate and check.worst_output == "recon"
+    assert check.expected_units < check.error_units < check.bound_units
+
+
+def test_near_zero_kl_the_cancelling_formula_is_flagged_and_the_accurate_one_is_not():
+    case = Case("elbo", "numpy", batch=64)
+    w = WORKLOADS["elbo"]
+    inp = w.make_inputs(case)
+    inp["mu"], inp["logvar"] = inp["mu"] * 0.0, inp["logvar"] * 1e-6  # KL ~ 1e-12
+    ref = {k: v.value for k, v in w.reference(inp, case).items()}
+    mu, lv = inp["mu"], inp["logvar"]
+    cancelling = -0.5 * np.sum(1.0 + lv - mu * mu - np.exp(lv)) / 64
+    accurate = 0.5 * np.sum(mu * mu + (np.expm1(lv) - lv)) / 64
+    assert check_outputs(w, case, inp, dict(ref, kl=accurate, elbo=ref["recon"] - accurate)).less_accurate is False
+    old = check_outputs(w, case, inp, dict(ref, kl=cancelling, elbo=ref["recon"] - cancelling))
+    assert old.ok and old.less_accurate and old.worst_output == "kl"
+
+
+def test_non_finite_values_match_only_the_same_non_finite_reference():
+    case = Case("elbo", "numpy", batch=8)
+    w = WORKLOADS["elbo"]
+    inp = w.make_inputs(case)
+    inp["mu"][0, 0] = 1e200  # mu^2 overflows: the KL is +inf, the ELBO -inf, z stays finite
+    ref = {k: v.value for k, v in w.reference(inp, case).items()}
+    assert ref["kl"] == np.inf and ref["elbo"] == -np.inf
+    assert check_outputs(w, case, inp, dict(ref)).ok  # a correct inf is correct
+    assert not check_outputs(w, case, inp, dict(ref, kl=np.float64(1e300))).ok  # finite garbage vs inf
+    assert not check_outputs(w, case, inp, dict(ref, elbo=np.inf)).ok  # the wrong sign
+    assert not check_outputs(w, case, inp, dict(ref, recon=np.nan)).ok  # nan where the reference is finite
+
+
+def test_sampled_eps_is_checked_exactly_against_the_backends_own_draw():
     case = Case("elbo", "numpy", batch=256, variant="eps=sampled")
     w = WORKLOADS["elbo"]
     inp = w.make_inputs(case)
-    ref = reference_for(w, inp, case)
     rng = np.random.default_rng(0)
+    eps = rng.standard_normal((256, 20))
     mu, lv = inp["mu"], inp["logvar"]
-    good = {k: ref[k] for k in ("recon", "kl", "elbo")}
-    good["z"] = mu + np.exp(lv / 2) * rng.standard_normal(mu.shape)
-    assert check_outputs(w, case, good, ref).ok
-    assert not check_outputs(
-        w, case, dict(good, z=mu + np.exp(lv / 2) * 2 * rng.standard_normal(mu.shape)), ref
-    ).ok
-    assert not check_outputs(
-        w, case, dict(good, z=mu + 0.5 + np.exp(lv / 2) * rng.standard_normal(mu.shape)), ref
-    ).ok
-    assert not check_outputs(w, case, dict(good, z=mu.copy()), ref).ok  # eps forgotten: variance 0
+    ref = {k: v.value for k, v in w.reference(dict(inp, eps=eps), case).items()}
+    good = dict(ref, eps=eps)
+    assert check_outputs(w, case, inp, good, next_eps=rng.standard_normal((256, 20))).ok
+    assert not check_outputs(w, case, inp, dict(good, z=mu + np.exp(lv) * eps)).ok  # wrong scale
+    assert not check_outputs(w, case, inp, dict(good, z=np.zeros_like(mu))).ok  # z never written
+    assert not check_outputs(w, case, inp, dict(good, z=np.full_like(mu, np.nan))).ok
+    assert not check_outputs(w, case, inp, {k: v for k, v in good.items() if k != "eps"}).ok
+    assert not check_outputs(w, case, inp, dict(good, eps=eps * 2, z=mu + np.exp(lv / 2) * eps * 2)).ok
+    repeated = check_outputs(w, case, inp, good, next_eps=eps.copy())
+    assert not repeated.ok and "same eps" in repeated.detail
+
+
+def test_running_error_bounds_follow_the_rules():
+    assert unit_roundoff("float64") == 2.0**-53 and unit_roundoff("float32") == 2.0**-24
+    t = Tracked([1.0, -2.0]) * Tracked([3.0, 4.0]) + 1.0  # exact inputs: one rounding per operation
+    assert list(t.value) == [4.0, -7.0] and list(t.worst) == [3.0 + 4.0, 8.0 + 7.0]
+    s = Tracked(np.ones(100)).sum()
+    assert float(s.worst) == 99 * 100 and float(s.careful) == pytest.approx(6 * 10 * 100)
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))

@@ -109,7 +109,7 @@ def _prepare_elbo(case: Case, inputs: dict, parallel: bool) -> Prepared:
         from backends.numba.kernels import seed
 
         seed(case.seed)
-        eps = np.zeros((1, 1), dtype=x.dtype)  # unused
+        eps = np.empty_like(mu)  # the kernel writes each draw here
         notes["eps"] = "np.random.standard_normal inside the kernel (Numba's generator, seeded in prepare)"
     else:
         eps = inputs["eps"]
@@ -134,6 +134,8 @@ def _prepare_elbo(case: Case, inputs: dict, parallel: bool) -> Prepared:
     def outputs():
         res = {"z": z, "recon": np.array(out["recon"]), "kl": np.array(out["kl"])}
         res["elbo"] = np.array(out["recon"] - out["kl"])
+        if sampled:
+            res["eps"] = eps
         if with_grad:
             res.update(grad_x_recon=g_xr, grad_mu=g_mu, grad_logvar=g_lv)
         return res

@@ -173,20 +173,21 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
     with_grad = WORKLOADS[case.workload].has_gradients
     fn = _maybe_compile(torch, kernels.elbo_terms, compiled)
 
+    state: dict = {}
     if case.variant == "eps=sampled":
         gen = torch.Generator(device=device)
         gen.manual_seed(case.seed)
         notes["eps"] = "torch.randn on the device inside the call, torch.Generator seeded with case.seed"
 
         def draw_eps():
-            return torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+            state["eps"] = torch.randn(mu.shape, generator=gen, device=device, dtype=mu.dtype)
+            return state["eps"]
     else:
         eps = t["eps"]
 
         def draw_eps():
             return eps
 
-    state: dict = {}
     if with_grad:
         leaves = (x_recon.requires_grad_(True), mu.requires_grad_(True), logvar.requires_grad_(True))
         notes["autograd"] = "elbo.backward(); gradients are the leaves' .grad, set to None each call"
@@ -208,6 +209,8 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
     def outputs():
         z, recon, kl, elbo = state["out"]
         res = {"z": _np(z), "recon": _np(recon), "kl": _np(kl), "elbo": _np(elbo)}
+        if "eps" in state:
+            res["eps"] = _np(state["eps"])
         if with_grad:
             res.update(grad_x_recon=_np(x_recon.grad), grad_mu=_np(mu.grad), grad_logvar=_np(logvar.grad))
         return res

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from harness.ab import RUN_FILTERS, ABConfig, measure_ab
 from harness.cli.console import stdout_console
-from harness.cli.measure import add_run_filters
+from harness.cli.measure import SIZE_FLAGS, add_run_filters
 from harness.cli.render import print_compare
 from harness.compare import Reference, Report, compare
 from harness.errors import UsageError
@@ -142,6 +142,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def _no_run_filters(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in RUN_FILTERS if getattr(args, name, None)]
     given += ["--quick"] if args.quick else []
+    given += [f"--{flag}" for flag, default, _ in SIZE_FLAGS if getattr(args, flag.replace("-", "_")) != default]
     if given:
         raise UsageError(f"{', '.join(given)} only apply with --base GIT_REF (they choose what to measure)")
 
@@ -154,6 +155,11 @@ def _ab_gate(args: argparse.Namespace) -> Report:
         quick=args.quick,
         seed=args.seed,
         case_timeout=args.timeout,
+        sizes=tuple(
+            (flag, getattr(args, flag.replace("-", "_")))
+            for flag, default, _ in SIZE_FLAGS
+            if getattr(args, flag.replace("-", "_")) != default
+        ),
     )
     rule, reference = _rule(args), _reference(args)  # bad options fail before minutes of measuring
     result = measure_ab(config, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))

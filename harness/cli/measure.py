@@ -47,13 +47,27 @@ def add_run_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=names, help="cpu,cuda (default: every device of each backend)")
     p.add_argument("--variant", type=names, help="eps=given,eps=sampled (default: all of each workload)")
     p.add_argument("--quick", action="store_true", help="small matrix and short samples (CI)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    sizes = p.add_argument_group("sizes (the tutorial's MNIST VAE by default)")
+    for flag, default, what in SIZE_FLAGS:
+        sizes.add_argument(f"--{flag}", type=int, default=default, metavar="N", help=f"{what} (default {default})")
+
+
+# the size flags: (flag, default, what it is); Plan and Case name them with underscores
+SIZE_FLAGS = (
+    ("input-dim", 784, "D, the input dimension"),
+    ("latent-dim", 20, "L, the latent dimension"),
+    ("hidden-dim", 400, "H, vae_step's hidden width"),
+    ("importance-samples", 8, "K, iwae's importance samples"),
+)
 
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     return Plan(
         backends=args.backend, workloads=args.workload, batches=args.batch, dtypes=args.dtype,
         threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick, seed=args.seed,
+        input_dim=args.input_dim, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
+        importance_samples=args.importance_samples,
     )  # fmt: skip
 
 
