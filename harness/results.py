@@ -51,7 +51,7 @@ class TrainingCurve:
     backend: Text
     device: Text
     dtype: Text
-    status: Literal["ok", "failed", "timeout", "skipped"]
+    status: Literal["ok", "incorrect", "failed", "timeout", "skipped"]
     threads: Annotated[int, Field(ge=1)] = 1
     reason: Text | None = None
     losses: tuple[FiniteFloat, ...] = ()
@@ -63,11 +63,19 @@ class TrainingCurve:
     latent_dim: Annotated[int, Field(ge=1)] | None = None
     lr: FiniteFloat | None = None
     seed: Annotated[int, Field(ge=0)] | None = None
-    # agreement with NumPy's curve in the same dtype (and with NumPy float64)
+    # every step checked against the reference: the largest share of its bound any output used,
+    # and how many steps were valid but less accurate than careful arithmetic
+    max_bound_used: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    less_accurate_steps: Annotated[int, Field(ge=0)] | None = None
+    # learning: the final loss against the best model that ignores its input
+    bias_only_loss: FiniteFloat | None = None
+    learned: bool | None = None
+    # for the record: how far the curve is from NumPy's in the same dtype (and NumPy float64)
     max_rel_diff_vs_numpy: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    max_rel_diff_vs_numpy_float64: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    # schema 1 only: agreement with NumPy's curve within a flat tolerance
     curve_tolerance: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
     curve_agrees: bool | None = None
-    max_rel_diff_vs_numpy_float64: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
 
     def key(self) -> tuple[str, str, str]:
         return (self.backend, self.device, self.dtype)

@@ -1,9 +1,18 @@
 """A short real training run: the VAE of `vae_step` on scikit-learn's handwritten digits.
 
 Every backend trains from the same initial weights on the same batches with the same eps, each step
-through the backend's own `vae_step` kernel (the one that is timed), so the loss curves must agree;
-how closely is part of the record. The digits (8x8, 1797 images) ship with scikit-learn: no
-download.
+through the backend's own `vae_step` kernel (the one that is timed). What is held to account:
+
+- every step: the backend's loss, gradients and updated weights against the float64 reference on
+  the same inputs (its own current weights), with the bounds of harness.accuracy, so a float32
+  curve is judged by what float32 arithmetic can give at each step, not by a flat tolerance on how
+  far a chaotic trajectory drifted from another backend's;
+- the end: that it learned, i.e. the final loss is below that of the best model that ignores its
+  input (a decoder with constant logits, the per-pixel log-odds of the data, and no KL): the
+  bias-only negative ELBO of the data;
+- and, for the record, how far each curve is from NumPy's in the same dtype.
+
+The digits (8x8, 1797 images) ship with scikit-learn: no download.
 """
 
 from __future__ import annotations
@@ -18,11 +27,6 @@ from harness.case import Case
 from harness.workloads import VAE_PARAMS, init_vae_params
 
 DATASET = "sklearn digits 8x8, scaled to [0,1]"
-# How far a backend's curve may be from NumPy's in the same dtype (max relative difference over the
-# steps). Backends differ only in summation order and libm, but over hundreds of steps the
-# differences compound (a ReLU that flips changes the path), more so in float32: NumPy float32
-# itself drifts 2.6% from NumPy float64 within 300 steps, and torch on CUDA 1.7% from NumPy float32.
-CURVE_TOLERANCE = {"float64": 1e-6, "float32": 5e-2}
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,27 @@ def batches(cfg: TrainConfig, data: np.ndarray) -> Iterator[tuple[np.ndarray, np
         pos += cfg.batch
 
 
-def train(backend: Backend, device: str, dtype: str, threads: int, cfg: TrainConfig) -> list[float]:
-    """Loss before each SGD step, using the backend's vae_step kernel."""
+@dataclass(frozen=True)
+class Trained:
+    losses: list[float]  # the loss before each SGD step
+    # the largest share of its error bound any step's output used (> 1: that step was incorrect)
+    max_bound_used: float
+    incorrect_step: str | None  # the first step whose outputs failed the check, and why
+    less_accurate_steps: int  # steps whose outputs were valid but less accurate than careful arithmetic
+
+
+def bias_only_loss(data: np.ndarray) -> float:
+    """Negative ELBO per example of the best model that ignores its input: Bernoulli pixels with
+    constant probabilities p_d = mean x_d (no latent, so no KL)."""
+    p = np.clip(data.mean(axis=0), 1e-12, 1 - 1e-12)
+    nll = -(data * np.log(p) + (1 - data) * np.log1p(-p)).sum(axis=1)
+    return float(nll.mean())
+
+
+def train(backend: Backend, device: str, dtype: str, threads: int, cfg: TrainConfig) -> Trained:
+    """Train with the backend's vae_step kernel, checking every step against the reference."""
+    from harness.workloads import WORKLOADS, check_outputs
+
     data = digits()
     d = data.shape[1]
     params = init_vae_params(d, cfg.hidden_dim, cfg.latent_dim, np.random.default_rng([cfg.seed, 2]))
@@ -66,19 +89,27 @@ def train(backend: Backend, device: str, dtype: str, threads: int, cfg: TrainCon
         "vae_step", backend.name, device, dtype, cfg.batch, d, cfg.latent_dim, cfg.hidden_dim,
         threads=threads, seed=cfg.seed,
     )  # fmt: skip
-    losses = []
+    losses: list[float] = []
+    worst, incorrect, loose = 0.0, None, 0
     lr = np.array(cfg.lr, dtype=dtype)
     for x, eps in batches(cfg, data):
         inputs = {"x": x.astype(dtype), "eps": eps.astype(dtype), "lr": lr, **params}
-        prepared = backend.prepare(case, inputs)
+        prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
         prepared.call()
+        if prepared.sync:
+            prepared.sync()
         out = prepared.outputs()
+        check = check_outputs(WORKLOADS["vae_step"], case, inputs, out)
+        if not check.ok and incorrect is None:
+            incorrect = f"step {len(losses)}: {check.detail}"
+        loose += check.less_accurate
+        worst = max(worst, (check.error_units or 0.0) / check.bound_units if check.bound_units else 0.0)
         loss = float(np.asarray(out["loss"]))
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss became {loss} at step {len(losses)}")
         losses.append(loss)
         params = {p: np.array(out[f"new_{p}"], dtype=dtype, order="C") for p in VAE_PARAMS}
-    return losses
+    return Trained(losses, worst, incorrect, loose)
 
 
 def curve_difference(curve: list[float], reference: list[float]) -> float:

@@ -84,19 +84,21 @@ def train_backend(backend, device: str, dtype: str, threads: int, config_json: d
 
     reason = backend.skip_reason(Case("vae_step", backend.name, device, dtype))
     if reason:
-        return {"status": "skipped", "reason": reason, "losses": [], "wall_s": None}
+        return {"status": "skipped", "reason": reason}
     t0 = time.perf_counter()
     try:
         with threadpool_limits(limits=threads):
-            losses = train(backend, device, dtype, threads, TrainConfig(**config_json))
+            trained = train(backend, device, dtype, threads, TrainConfig(**config_json))
     except Exception as exc:
-        return {
-            "status": "failed",
-            "reason": f"{exc.__class__.__name__}: {exc}",
-            "losses": [],
-            "wall_s": None,
-        }
-    return {"status": "ok", "reason": None, "losses": losses, "wall_s": time.perf_counter() - t0}
+        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}"}
+    return {
+        "status": "incorrect" if trained.incorrect_step else "ok",
+        "reason": trained.incorrect_step,
+        "losses": trained.losses,
+        "max_bound_used": trained.max_bound_used,
+        "less_accurate_steps": trained.less_accurate_steps,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 def _status_bytes(field: str) -> int | None:

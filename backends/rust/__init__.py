@@ -8,10 +8,12 @@ A third runs other code:
                  operation (elbo only), timed as the tutorial did, call_n(n) looping inside Rust;
                  the baseline for claims C4 and C9
 
-prepare() allocates every output (z, gradients, new parameters) once and builds a *plan* in Rust
-that validates the arrays once; each call then only re-checks them cheaply, releases the GIL and
-runs the kernel on a per-case rayon pool of exactly `case.threads` threads (serial code when 1, and
-below a measured batch threshold). The extension is imported lazily, so the registry loads without it.
+prepare() allocates every output (z, gradients, new parameters; with eps=sampled also `eps`, the
+eps each call drew) once and builds a *plan* in Rust that validates the arrays once; each call then
+only re-checks them cheaply, releases the GIL and runs the kernel on a per-case rayon pool of exactly
+`case.threads` threads (serial code when 1, and below a measured batch threshold). While a plan
+lives its input arrays are read-only (a write raises; see the GIL contract in backends/rust/README.md).
+The extension is imported lazily, so the registry loads without it.
 """
 
 from __future__ import annotations
@@ -63,14 +65,30 @@ def _notes(ext, case: Case, inner: bool) -> dict:
         notes["parallel_threshold_elems"] = info["elbo_par_min_elems"]
         if case.variant == "eps=sampled":
             notes["rng"] = info["rng"]
+            notes["eps"] = "drawn straight into the output 'eps' (one [B,L] write per call)"
     elif case.workload == "vae_step":
         notes["gemm"] = info["gemm"]
     return notes
 
 
+def _eps_arrays(case: Case, inputs: dict) -> tuple[np.ndarray | None, dict]:
+    """(eps to pass, {"eps": eps_out} or {}): sampled eps are drawn in the call and kept in eps_out."""
+    if case.variant == "eps=sampled":
+        return None, {"eps": np.empty_like(inputs["mu"])}
+    return inputs["eps"], {}
+
+
+def _elbo_outputs(plan, z: np.ndarray, extra: dict):
+    def outputs():
+        recon, kl, elbo = plan.result()
+        return {"z": z, "recon": np.array(recon), "kl": np.array(kl), "elbo": np.array(elbo), **extra}
+
+    return outputs
+
+
 def _prepare_elbo(ext, pool, case: Case, inputs: dict):
     x, x_recon, mu, logvar = (inputs[k] for k in ("x", "x_recon", "mu", "logvar"))
-    eps = inputs.get("eps") if case.variant != "eps=sampled" else None
+    eps, drawn = _eps_arrays(case, inputs)
     z = np.empty_like(mu)
     grads = {}
     if case.workload == "elbo_grad":
@@ -79,13 +97,10 @@ def _prepare_elbo(ext, pool, case: Case, inputs: dict):
             "grad_mu": np.empty_like(mu),
             "grad_logvar": np.empty_like(logvar),
         }
-    plan = ext.ElboPlan(pool, x, x_recon, mu, logvar, eps, z, **grads, seed=case.seed)
-
-    def outputs():
-        recon, kl, elbo = plan.result()
-        return {"z": z, "recon": np.array(recon), "kl": np.array(kl), "elbo": np.array(elbo), **grads}
-
-    return plan, outputs
+    plan = ext.ElboPlan(
+        pool, x, x_recon, mu, logvar, eps, z, **grads, seed=case.seed, eps_out=drawn.get("eps")
+    )
+    return plan, _elbo_outputs(plan, z, {**grads, **drawn})
 
 
 def _prepare_iwae(ext, pool, case: Case, inputs: dict):
@@ -159,13 +174,10 @@ inner_loop_backend = Backend(
 def _prepare_tutorial(case: Case, inputs: dict) -> Prepared:
     ext = _ext()
     x, x_recon, mu, logvar = (inputs[k] for k in ("x", "x_recon", "mu", "logvar"))
-    eps = inputs.get("eps") if case.variant != "eps=sampled" else None
+    eps, drawn = _eps_arrays(case, inputs)
     z = np.empty_like(mu)
-    plan = ext.TutorialPlan(x, x_recon, mu, logvar, eps, z, seed=case.seed)
-
-    def outputs():
-        recon, kl, elbo = plan.result()
-        return {"z": z, "recon": np.array(recon), "kl": np.array(kl), "elbo": np.array(elbo)}
+    plan = ext.TutorialPlan(x, x_recon, mu, logvar, eps, z, seed=case.seed, eps_out=drawn.get("eps"))
+    outputs = _elbo_outputs(plan, z, drawn)
 
     notes = {
         "timing": "n iterations looped inside Rust (call_n), as the tutorial timed its 10,000-iteration loop",
@@ -176,6 +188,7 @@ def _prepare_tutorial(case: Case, inputs: dict) -> Prepared:
     }
     if case.variant == "eps=sampled":
         notes["rng"] = ext.build_info()["tutorial_rng"]
+        notes["eps"] = "the eps of each call are copied out of the tutorial's fresh array (output 'eps')"
     return Prepared(call=plan.run, outputs=outputs, call_n=plan.run_n, notes=notes)
 
 

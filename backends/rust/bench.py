@@ -1,46 +1,55 @@
 """Quick measurements of the Rust backend (not the lab's runner): per-call overhead, GB/s against
-the STREAM-like probe at the same working set, threads 1 vs 2, and the serial/parallel crossover.
+the STREAM-like probe at the same working set, threads 1 vs 2, the serial/parallel crossover, the
+tutorial's code vs the fused kernel, and what keeping the sampled eps (eps_out) costs.
 
-    .venv/bin/python backends/rust/bench.py [overhead|bandwidth|threads|crossover|tutorial|all]
+    .venv/bin/python backends/rust/bench.py [overhead|bandwidth|threads|crossover|tutorial|eps_out|all]
+
+Every time here comes from the lab's own timer (harness.timer.time_prepared: calibrated loop
+count, warm-up, GC off) and statistics (harness.stats.summarize: the median per call); a plan's
+run_n is timed as the lab times rust-inner (Prepared.call_n). There is no second timer.
 
 tutorial: rust-tutorial (the tutorial's ndarray code) vs rust-inner (fused kernel), both timed with the
-loop inside Rust (run_n), interleaved, medians; the ratio is claim C9's test.
+loop inside Rust (run_n), interleaved (one sample of each in turn), medians; the ratio is claim C9's test.
 """
 
 from __future__ import annotations
 
-import statistics
+import dataclasses
 import sys
-import time
 
 import elbolab_rust as ext
 import numpy as np
 
+from harness.backend import Prepared
 from harness.case import Case
+from harness.stats import summarize
+from harness.timer import TimerConfig, time_prepared
 from harness.workloads import WORKLOADS
 
 
-def per_call_ns(fn, min_s=0.2, samples=7) -> float:
-    """Median over samples of the time per call, loop count calibrated to ~min_s/samples each."""
-    loops = 1
-    while True:
-        t0 = time.perf_counter_ns()
-        for _ in range(loops):
-            fn()
-        dt = time.perf_counter_ns() - t0
-        if dt > min_s * 1e9 / samples:
-            break
-        loops *= 2
-    out = []
-    for _ in range(samples):
-        t0 = time.perf_counter_ns()
-        for _ in range(loops):
-            fn()
-        out.append((time.perf_counter_ns() - t0) / loops)
-    return statistics.median(out)
+def timer_config(count: int | None = None, **kw) -> TimerConfig:
+    """A TimerConfig; `count` is the number of samples (the field's name is changing in harness.timer)."""
+    if count is not None:
+        names = {f.name for f in dataclasses.fields(TimerConfig)}
+        kw["sample_count" if "sample_count" in names else "samples"] = count
+    return TimerConfig(**kw)
 
 
-def plan_for(workload, batch, threads=1, dtype="float64", variant="eps=given", always=False):
+# ~7 samples of ~30 ms, as this script measured before it used the lab's timer
+CONFIG = timer_config(count=7, target_sample_ns=30_000_000, warmup=1)
+
+
+def per_call_ns(call, call_n=None, config: TimerConfig = CONFIG) -> float:
+    """Median time per call (ns) by harness.timer; with call_n, n calls run inside Rust per sample."""
+    return summarize(per_call(time_prepared(Prepared(call=call, outputs=dict, call_n=call_n), config))).median
+
+
+def per_call(timing) -> list[float]:
+    """A harness.timer.Timing's raw samples (each the time of `loops` calls) as ns per call."""
+    return [s / timing.loops for s in timing.samples_ns]
+
+
+def plan_for(workload, batch, threads=1, dtype="float64", variant="eps=given", always=False, eps_out=False):
     case = Case(workload, "rust", dtype=dtype, batch=batch, threads=threads, variant=variant)
     inputs = WORKLOADS[workload].make_inputs(case)
     pool = ext.Pool(threads, always_parallel=always)
@@ -52,7 +61,9 @@ def plan_for(workload, batch, threads=1, dtype="float64", variant="eps=given", a
             "grad_mu": np.empty_like(mu),
             "grad_logvar": np.empty_like(mu),
         }
-    plan = ext.ElboPlan(pool, x, xr, mu, lv, inputs.get("eps"), np.empty_like(mu), **grads)
+    kept = {"eps_out": np.empty_like(mu)} if eps_out else {}
+    # eps=sampled: make_inputs gives no eps, so the plan draws its own
+    plan = ext.ElboPlan(pool, x, xr, mu, lv, inputs.get("eps"), np.empty_like(mu), **grads, seed=1, **kept)
     return plan, case, inputs
 
 
@@ -60,7 +71,7 @@ def overhead():
     plan, _, _ = plan_for("elbo", 1)
     noop = per_call_ns(lambda: None)
     run = per_call_ns(plan.run)
-    inner = per_call_ns(lambda: plan.run_n(10000)) / 10000
+    inner = per_call_ns(plan.run, plan.run_n)
     print(
         f"batch 1 elbo f64: plan.run {run:.0f} ns/call from Python (a Python no-op lambda costs {noop:.0f} ns);"
         f" run_n inner loop {inner:.0f} ns/iter; per-call overhead ~{run - inner:.0f} ns"
@@ -68,7 +79,7 @@ def overhead():
     for b in (128, 1024, 8192):
         plan, _, _ = plan_for("elbo", b)
         r = per_call_ns(plan.run)
-        i = per_call_ns(lambda plan=plan: plan.run_n(100)) / 100
+        i = per_call_ns(plan.run, plan.run_n)
         print(f"batch {b}: run {r / 1e3:.2f} us, run_n {i / 1e3:.2f} us")
 
 
@@ -113,21 +124,22 @@ def crossover():
             )
 
 
-def tutorial(batches=(1, 128, 1024, 8192), samples=9):
+def interleaved(plans: dict, rounds: int, target_ns: int) -> dict[str, float]:
+    """Median ns per call of each plan's run_n loop, one sample of each plan in turn per round."""
+    config = timer_config(count=1, target_sample_ns=target_ns, warmup=0, min_samples=1)
+    samples: dict[str, list[float]] = {name: [] for name in plans}
+    for _ in range(rounds):
+        for name, p in plans.items():
+            samples[name] += per_call(
+                time_prepared(Prepared(call=p.run, outputs=dict, call_n=p.run_n), config)
+            )
+    return {name: summarize(v).median for name, v in samples.items()}
+
+
+def tutorial(batches=(1, 128, 1024, 8192), rounds=9):
     for variant in ("eps=given", "eps=sampled"):
         for b in batches:
             plan, case, inputs = plan_for("elbo", b, variant=variant)
-            if variant == "eps=sampled":  # plan_for passes eps; the sampled plan must draw its own
-                plan = ext.ElboPlan(
-                    ext.Pool(1),
-                    inputs["x"],
-                    inputs["x_recon"],
-                    inputs["mu"],
-                    inputs["logvar"],
-                    None,
-                    np.empty_like(inputs["mu"]),
-                    seed=1,
-                )
             tut = ext.TutorialPlan(
                 inputs["x"],
                 inputs["x_recon"],
@@ -138,22 +150,28 @@ def tutorial(batches=(1, 128, 1024, 8192), samples=9):
                 seed=1,
             )
             nbytes = WORKLOADS["elbo"].cost(case).bytes
-            # iterations per sample: ~20 ms of the slower (tutorial) code
-            t0 = time.perf_counter_ns()
-            tut.run_n(3)
-            n = max(3, int(20e6 / ((time.perf_counter_ns() - t0) / 3)))
-            times = {"inner": [], "tutorial": []}
-            for _ in range(samples):
-                for name, p in (("inner", plan), ("tutorial", tut)):
-                    p.run_n(1)
-                    t0 = time.perf_counter_ns()
-                    p.run_n(n)
-                    times[name].append((time.perf_counter_ns() - t0) / n)
-            med = {k: statistics.median(v) for k, v in times.items()}
+            # each sample ~20 ms of run_n
+            med = interleaved({"inner": plan, "tutorial": tut}, rounds, 20_000_000)
             print(
                 f"elbo f64 {variant} B={b:5d}: rust-inner {med['inner'] / 1e3:8.2f} us ({nbytes / med['inner']:5.1f} GB/s),"
                 f" rust-tutorial {med['tutorial'] / 1e3:8.2f} us ({nbytes / med['tutorial']:5.1f} GB/s);"
-                f" tutorial/inner = {med['tutorial'] / med['inner']:.2f}x  (n={n}, {samples} interleaved samples)"
+                f" tutorial/inner = {med['tutorial'] / med['inner']:.2f}x  ({rounds} interleaved samples)"
+            )
+
+
+def eps_out(batches=(128, 1024), rounds=15):
+    """What keeping the sampled eps costs: the same sampled plan with and without eps_out."""
+    for workload in ("elbo", "elbo_grad"):
+        for b in batches:
+            plans = {
+                "kept": plan_for(workload, b, variant="eps=sampled", eps_out=True)[0],
+                "not kept": plan_for(workload, b, variant="eps=sampled")[0],
+            }
+            med = interleaved(plans, rounds, 10_000_000)
+            print(
+                f"{workload} f64 eps=sampled B={b} D=784 L=20: with eps_out {med['kept'] / 1e3:.2f} us, without"
+                f" {med['not kept'] / 1e3:.2f} us: {100 * (med['kept'] / med['not kept'] - 1):+.1f}%"
+                f" ({b * 20 * 8 / 1e3:.1f} KB more written per call; {rounds} interleaved samples)"
             )
 
 
@@ -165,6 +183,7 @@ if __name__ == "__main__":
         ("threads", threads),
         ("crossover", crossover),
         ("tutorial", tutorial),
+        ("eps_out", eps_out),
     ]:
         if what in (name, "all"):
             fn()

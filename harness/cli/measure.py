@@ -175,12 +175,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
 
     def on_result(c: TrainingCurve) -> None:
-        final = f"final loss {c.losses[-1]:.4f}" if c.losses else c.reason
-        agree = c.curve_agrees
-        verdict = "" if agree is None else (" [green]agrees[/]" if agree else " [red]DISAGREES[/]")
+        head = f"train {c.backend} {c.device} {c.dtype}: "
+        if not c.losses:
+            console.print(head + f"{c.status}, {c.reason}", highlight=False, markup=False)
+            return
+        learned = "learned" if c.learned else "did NOT learn"
+        steps = "every step within its bound" if c.status == "ok" else f"INCORRECT at {c.reason}"
         console.print(
-            f"train {c.backend} {c.device} {c.dtype}: {c.status}, {final}{verdict}", highlight=False
-        )
+            head + f"final loss {c.losses[-1]:.4f} ({learned}: bias-only {c.bias_only_loss:.2f}); {steps}",
+            highlight=False, markup=False,
+        )  # fmt: skip
 
     run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)
     run.finish(finished or now())

@@ -219,6 +219,7 @@ pub fn exp_f64_k<const FMA: bool>(x: f64) -> f64 {
 /// linear terms are exact, so r·t1 = e^r - 1 and r²·q = e^r - 1 - r keep full relative accuracy
 /// however small r is (q's truncation is < 1e-16 relative at |r| = ln2/2).
 #[inline(always)]
+#[allow(clippy::excessive_precision, clippy::manual_clamp)]
 fn exp_parts_f64<const FMA: bool>(x: f64) -> (f64, f64, f64, f64, f64) {
     const LOG2E: f64 = std::f64::consts::LOG2_E;
     const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
@@ -272,6 +273,7 @@ pub fn exp_f32_k<const FMA: bool>(x: f32) -> f32 {
 /// exp_parts_f64 in f32 (q to r^5/7!: its truncation, < 8e-8 relative at |r| = ln2/2, is
 /// under one f32 ulp).
 #[inline(always)]
+#[allow(clippy::excessive_precision, clippy::manual_clamp)]
 fn exp_parts_f32<const FMA: bool>(x: f32) -> (f32, f32, f32, f32, f32) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_375;

@@ -17,6 +17,9 @@ use std::arch::x86_64::*;
 
 /// Σ (x - y)² of one f64 row into `tot` (4 lanes) and `tail` (the scalar remainder); with GRAD
 /// also g = c·(x - y).
+///
+/// # Safety
+/// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn row_sq_f64<const GRAD: bool>(x: &[f64], y: &[f64], g: &mut [f64], c: f64, tot: &mut __m256d, tail: &mut f64) {
@@ -62,6 +65,9 @@ pub unsafe fn row_sq_f64<const GRAD: bool>(x: &[f64], y: &[f64], g: &mut [f64], 
 
 /// The f32 row: 8 f32 lanes per register, the row's lanes summed in f32, then widened and added
 /// into the f64 lanes `tot`; the scalar remainder's squares are added to `tail` in f64.
+///
+/// # Safety
+/// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn row_sq_f32<const GRAD: bool>(x: &[f32], y: &[f32], g: &mut [f32], c: f32, tot: &mut __m256d, tail: &mut f64) {
@@ -107,6 +113,9 @@ pub unsafe fn row_sq_f32<const GRAD: bool>(x: &[f32], y: &[f32], g: &mut [f32], 
 }
 
 /// The 4 f64 lanes summed.
+///
+/// # Safety
+/// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub unsafe fn hsum(v: __m256d) -> f64 {
@@ -123,6 +132,7 @@ pub unsafe fn hsum(v: __m256d) -> f64 {
 /// 2n·ln2 (exp(logvar/2) needs no multiply by 1/2), so G's coefficient of h^j is stored divided
 /// by 2^(j+2) (exact scalings): Q(r') = Σ EXP_HALF_C[9-j]·r'^j = G(h)/4, t1 = Q·r' + 1/2,
 /// p = t1·r' + 1 = e^h. Highest degree first; the same number of FMAs as a degree-11 fit of e^h.
+#[allow(clippy::excessive_precision)]
 const EXP_HALF_C: [f64; 12] = [
     2.510042415700506678761872e-8 / 2048.0,
     2.762013871973399556875513e-7 / 1024.0,
@@ -188,7 +198,9 @@ unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d) {
 /// latents) in scalars (`real::exph_kl_f64_k`).
 ///
 /// Returns false, having added nothing to `kl`, when some |logvar| exceeds EXP_HALF_MAX or is
-/// NaN (one and + compare + or per step, tested once at the end): the caller then redoes the
+/// NaN (an and + an unsigned 32-bit max of |logvar|'s bits per step, tested once at the end; the
+/// high 32 bits decide, so |logvar| up to ~1e-3 above EXP_HALF_MAX may pass, still in range):
+/// the caller then redoes the
 /// run with the portable code, overwriting the outputs written here.
 ///
 /// # Safety
@@ -213,16 +225,18 @@ pub unsafe fn latent_f64<const GRAD: bool>(
     }
     let (pm, pv, pe, pz, pgm, pgl) = (mu.as_ptr(), lv.as_ptr(), eps.as_ptr(), z.as_mut_ptr(), gmu.as_mut_ptr(), glv.as_mut_ptr());
     let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
-    let lim = _mm256_set1_pd(EXP_HALF_MAX);
     let (nib, hib) = (_mm256_set1_pd(neg_inv_b), _mm256_set1_pd(half_inv_b));
-    let (mut sm, mut sf, mut bad) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+    let (mut sm, mut sf) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+    // the largest high 32 bits of |logvar| seen (unsigned max per 32-bit lane; only the odd,
+    // high lanes are read): above EXP_HALF_MAX's, |logvar| > EXP_HALF_MAX (by at most 1e-3, still
+    // in the polynomial's range) or inf or NaN
+    let mut top = _mm256_setzero_si256();
     let mut i = 0;
     // SAFETY (all loads/stores): i + 4 <= n, resp. i < n, and n is within every slice used.
     while i + 4 <= n {
         let v = _mm256_loadu_pd(pv.add(i));
         let m = _mm256_loadu_pd(pm.add(i));
-        // NLE_UQ: true for |v| > lim and for NaN
-        bad = _mm256_or_pd(bad, _mm256_cmp_pd::<_CMP_NLE_UQ>(_mm256_and_pd(v, abs), lim));
+        top = _mm256_max_epu32(top, _mm256_castpd_si256(_mm256_and_pd(v, abs)));
         let (s, f) = exp_half_kl(v);
         _mm256_storeu_pd(pz.add(i), _mm256_fmadd_pd(s, _mm256_loadu_pd(pe.add(i)), m));
         sm = _mm256_fmadd_pd(m, m, sm);
@@ -234,7 +248,10 @@ pub unsafe fn latent_f64<const GRAD: bool>(
         }
         i += 4;
     }
-    if _mm256_movemask_pd(bad) != 0 {
+    let mut tops = [0u32; 8];
+    _mm256_storeu_si256(tops.as_mut_ptr().cast(), top);
+    let lim = (EXP_HALF_MAX.to_bits() >> 32) as u32;
+    if tops[1] > lim || tops[3] > lim || tops[5] > lim || tops[7] > lim {
         return false;
     }
     let mut tail = 0.0;
@@ -259,6 +276,9 @@ pub unsafe fn latent_f64<const GRAD: bool>(
 }
 
 /// float32 has no intrinsics latent pass (yet): the portable, auto-vectorised one runs.
+///
+/// # Safety
+/// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
@@ -354,7 +374,7 @@ mod tests {
         v.extend((0..20_000).map(|i| 0.69 + 0.01 * i as f64 / 19_999.0));
         v.extend((0..20_000).map(|i| -0.70 + 0.01 * i as f64 / 19_999.0));
         v.extend((0..20_000).map(|i| -700.0 + 1400.0 * i as f64 / 19_999.0));
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0.5);
         }
         // SAFETY: avx2 and fma checked above

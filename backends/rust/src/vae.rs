@@ -115,7 +115,7 @@ fn gemm<T: VaeReal>(par: Par<'_>, a: ArrayView2<'_, T>, b: ArrayView2<'_, T>, be
 fn col_sums<T: Real>(m: &[T], cols: usize, acc: &mut [f64], out: &mut [T]) {
     let acc = &mut acc[..cols];
     acc.iter_mut().for_each(|a| *a = 0.0);
-    for row in m.chunks_exact(cols).skip(1) {
+    for row in m.chunks_exact(cols) {
         for (a, v) in acc.iter_mut().zip(row) {
             *a += v.to_f64();
         }

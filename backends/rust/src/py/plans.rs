@@ -107,7 +107,7 @@ impl ElboKernel {
                     Eps::Sampled { call_seed: call_seed(self.seed, self.calls), out: eps_out.as_deref_mut() }
                 }
             };
-            let g = grads.as_mut().map(|(a, b, c)| ElboGrads { x_recon: &mut **a, mu: &mut **b, logvar: &mut **c });
+            let g = grads.as_mut().map(|(a, b, c)| ElboGrads { x_recon: a, mu: b, logvar: c });
             last = elbo::elbo(par, self.dims, ElboArgs { x, x_recon: xr, mu, logvar: lv, eps, z: &mut *z, grads: g })?;
         }
         Ok(triple(last))

@@ -1,0 +1,188 @@
+"""Backends with one realistic bug each, to prove the checker's power (tests/test_mutations.py).
+
+Registered through ELBOLAB_BACKENDS ("tests.mutants:z_scale,..."), so they run through the real
+runner in worker processes like any plugin. Each is a small NumPy kernel written the way a fused
+kernel is (a row loop's bounds, a vector tail, an accumulator's dtype), with one thing wrong:
+
+  z_scale          z = mu + exp(logvar) * eps: the 1/2 of the standard deviation dropped
+  z_zero           eps drawn, z never written (left at its initial zeros)
+  z_nan            z computed from an uninitialised buffer: NaN
+  exp_poly4        exp by a degree-4 Taylor polynomial (fast, and wrong beyond a few digits)
+  tail_skip        the last element of a row skipped when D is not a multiple of the vector width 8
+  row_skip         the row loop stops one row short (its z, gradients and terms never computed)
+  f32_accumulation float64 case, each row's 8 vector lanes accumulated in float32
+  grad_sign        one gradient element with the wrong sign (the last of grad_logvar)
+  iwae_drop_logvar IWAE's log q(z|x) without its -0.5 * sum(logvar) term
+  vae_shared       vae_step with std = exp(logvar) in the helper shared by forward and backward
+
+and one that is correct but sloppy, which must stay `ok` and be flagged less accurate:
+
+  naive_sum        recon summed by one running float32 accumulator, in order
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from backends.numpy import backend as numpy_backend
+from harness.backend import Backend, Prepared
+from harness.case import Case
+from harness.workloads import VAE_PARAMS, WORKLOADS
+
+VECTOR = 8  # the SIMD width whose tail `tail_skip` gets wrong
+
+
+def _exp(v, bug):
+    if bug == "exp_poly4":
+        return 1 + v + v * v / 2 + v**3 / 6 + v**4 / 24
+    return np.exp(v)
+
+
+def _prepare_elbo(case: Case, inputs: dict, bug: str) -> Prepared:
+    x, xr, mu, lv = (inputs[k] for k in ("x", "x_recon", "mu", "logvar"))
+    dt = x.dtype.type
+    b, d = x.shape
+    rows = b - 1 if bug == "row_skip" else b
+    cols = d - 1 if bug == "tail_skip" and d % VECTOR else d
+    grads = WORKLOADS[case.workload].has_gradients
+    sampled = case.variant == "eps=sampled"
+    rng = np.random.default_rng(case.seed)
+    z = np.zeros_like(mu)
+    g_xr, g_mu, g_lv = np.zeros_like(x), np.zeros_like(mu), np.zeros_like(lv)
+    out: dict = {"eps": inputs.get("eps")}
+
+    def call():
+        if sampled:
+            out["eps"] = rng.standard_normal(mu.shape).astype(x.dtype)
+        eps = out["eps"]
+        if bug == "z_nan":
+            z[:] = np.nan
+        elif bug != "z_zero":
+            sd = _exp(lv[:rows] if bug == "z_scale" else dt(0.5) * lv[:rows], bug)
+            z[:rows] = mu[:rows] + sd * eps[:rows]
+        diff = x[:rows, :cols] - xr[:rows, :cols]
+        sq = diff * diff
+        if bug == "f32_accumulation" and cols % VECTOR == 0:
+            # a vector kernel whose 8 lane accumulators were declared float32: each lane sums its
+            # column stripe in order, then the lanes are added
+            lanes = np.cumsum(sq.reshape(rows, -1, VECTOR).astype(np.float32), axis=1, dtype=np.float32)[:, -1]
+            row_sums = lanes.sum(axis=1, dtype=np.float32).astype(np.float64)
+        elif bug == "naive_sum":
+            row_sums = np.cumsum(sq.ravel(), dtype=np.float32)[-1:]
+        else:
+            row_sums = sq.sum(axis=1)
+        out["recon"] = -np.sum(row_sums) / b
+        m, v = mu[:rows], lv[:rows]
+        out["kl"] = 0.5 * np.sum(m * m + (np.expm1(v) - v)) / b
+        if grads:
+            g_xr[:rows, :cols] = diff * dt(2.0 / b)
+            g_mu[:rows] = m * dt(-1.0 / b)
+            g_lv[:rows] = -np.expm1(v) * dt(0.5 / b)
+            if bug == "grad_sign":
+                g_lv[-1, -1] = -g_lv[-1, -1]
+
+    def outputs():
+        res = {"z": z, "recon": out["recon"], "kl": out["kl"], "elbo": out["recon"] - out["kl"]}
+        if sampled:
+            res["eps"] = out["eps"]
+        if grads:
+            res.update(grad_x_recon=g_xr, grad_mu=g_mu, grad_logvar=g_lv)
+        return res
+
+    return Prepared(call=call, outputs=outputs)
+
+
+def _prepare_iwae(case: Case, inputs: dict, bug: str) -> Prepared:
+    x, mu, lv, eps, w, bias = (inputs[k] for k in ("x", "mu", "logvar", "eps", "dec_w", "dec_b"))
+    k, _, _ = eps.shape
+    out: dict = {}
+
+    def call():
+        z = mu + np.exp(0.5 * lv) * eps
+        resid = x - (z @ w + bias)
+        log_q = -0.5 * (eps * eps).sum(-1) - (0 if bug == "iwae_drop_logvar" else 0.5 * lv.sum(-1))
+        log_w = -0.5 * (resid * resid).sum(-1) - 0.5 * (z * z).sum(-1) - log_q - 0.5 * x.shape[1] * np.log(2 * np.pi)
+        top = log_w.max(axis=0)
+        out["iwae"] = np.mean(top + np.log(np.exp(log_w - top).sum(axis=0))) - np.log(k)
+
+    return Prepared(call=call, outputs=lambda: {"iwae": np.array(out["iwae"])})
+
+
+def _std(logvar):
+    """The helper forward and backward share: the standard deviation, with the 1/2 dropped."""
+    return np.exp(logvar)
+
+
+def _vae_with_shared_bug(x, eps, p: dict) -> tuple[float, dict]:
+    """The NumPy backend's forward and backward, with std from the shared (wrong) helper."""
+    b = x.shape[0]
+    h1_pre = x @ p["enc_w"] + p["enc_b"]
+    h1 = np.maximum(h1_pre, 0)
+    mu, logvar = h1 @ p["mu_w"] + p["mu_b"], h1 @ p["logvar_w"] + p["logvar_b"]
+    std = _std(logvar)
+    z = mu + std * eps
+    h3_pre = z @ p["dec_w"] + p["dec_b"]
+    h3 = np.maximum(h3_pre, 0)
+    logits = h3 @ p["out_w"] + p["out_b"]
+    loss = (0.5 * np.sum(mu * mu + np.expm1(logvar) - logvar) - np.sum(x * logits - np.logaddexp(0, logits))) / b
+    d_logits = (1 / (1 + np.exp(-logits)) - x) / b
+    g = {"out_w": h3.T @ d_logits, "out_b": d_logits.sum(0)}
+    d_h3 = (d_logits @ p["out_w"].T) * (h3_pre > 0)
+    g["dec_w"], g["dec_b"] = z.T @ d_h3, d_h3.sum(0)
+    d_z = d_h3 @ p["dec_w"].T
+    d_mu = d_z + mu / b
+    d_logvar = 0.5 * (d_z * std * eps + np.expm1(logvar) / b)
+    g["mu_w"], g["mu_b"] = h1.T @ d_mu, d_mu.sum(0)
+    g["logvar_w"], g["logvar_b"] = h1.T @ d_logvar, d_logvar.sum(0)
+    d_h1 = (d_mu @ p["mu_w"].T + d_logvar @ p["logvar_w"].T) * (h1_pre > 0)
+    g["enc_w"], g["enc_b"] = x.T @ d_h1, d_h1.sum(0)
+    return float(loss), g
+
+
+def _prepare_vae(case: Case, inputs: dict, bug: str) -> Prepared:
+    x, eps, lr = inputs["x"], inputs["eps"], inputs["lr"].dtype.type(inputs["lr"])
+    params = {p: inputs[p] for p in VAE_PARAMS}
+    out: dict = {}
+
+    def call():
+        loss, grads = _vae_with_shared_bug(x, eps, params)
+        out["loss"] = np.array(loss)
+        out.update({f"grad_{p}": grads[p] for p in VAE_PARAMS})
+        out.update({f"new_{p}": params[p] - lr * grads[p] for p in VAE_PARAMS})
+
+    return Prepared(call=call, outputs=lambda: dict(out))
+
+
+def _mutant(bug: str, workloads: tuple[str, ...]) -> Backend:
+    preparers = {"elbo": _prepare_elbo, "elbo_grad": _prepare_elbo, "iwae": _prepare_iwae, "vae_step": _prepare_vae}
+
+    def bound(prepare):
+        return lambda case, inputs: prepare(case, inputs, bug)
+
+    return replace(
+        numpy_backend,
+        name=f"mutant-{bug.replace('_', '-')}",
+        description=f"test backend with one bug: {bug}",
+        preparers={w: bound(preparers[w]) for w in workloads},
+        threaded=False,
+    )
+
+
+ELBOS = ("elbo", "elbo_grad")
+z_scale = _mutant("z_scale", ELBOS)
+z_zero = _mutant("z_zero", ELBOS)
+z_nan = _mutant("z_nan", ELBOS)
+exp_poly4 = _mutant("exp_poly4", ELBOS)
+tail_skip = _mutant("tail_skip", ELBOS)
+row_skip = _mutant("row_skip", ELBOS)
+f32_accumulation = _mutant("f32_accumulation", ("elbo",))
+grad_sign = _mutant("grad_sign", ("elbo_grad",))
+iwae_drop_logvar = _mutant("iwae_drop_logvar", ("iwae",))
+vae_shared = _mutant("vae_shared", ("vae_step",))
+naive_sum = _mutant("naive_sum", ("elbo",))
+correct = _mutant("correct", ("elbo", "elbo_grad", "iwae"))  # the same kernels without a bug
+
+ALL = ("z_scale", "z_zero", "z_nan", "exp_poly4", "tail_skip", "row_skip", "f32_accumulation",
+       "grad_sign", "iwae_drop_logvar", "vae_shared", "naive_sum", "correct")  # fmt: skip
