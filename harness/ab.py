@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -208,8 +209,19 @@ def run_argv(config: ABConfig, out: Path, leave_out: set[str], backends: Sequenc
 
 
 def run_side(side: Side, argv: list[str], out: Path) -> Run:
-    """Run one side's `elbolab run`; a results file that loads is kept even if the run exited non-zero."""
-    proc = subprocess.run(argv, cwd=side.tree, env=side.env(), capture_output=True, text=True)
+    """Run one side's `elbolab run`; a results file that loads is kept even if the run exited non-zero.
+
+    The run gets its own process group: if the gate is interrupted (Ctrl-C, SIGTERM) the run is
+    sent SIGTERM too, so it stops its workers and leaves a valid file, instead of being SIGKILLed
+    and orphaning them."""
+    proc = subprocess.Popen(argv, cwd=side.tree, env=side.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate()
+    except BaseException:
+        _stop_group(proc)
+        raise
+    proc = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
     if out.exists():
         try:
             return load(out)
@@ -219,6 +231,19 @@ def run_side(side: Side, argv: list[str], out: Path) -> Run:
     raise UsageError(
         f"the {side.name} run failed (exit {proc.returncode}): {lines[-1].strip() if lines else 'no output'}"
     )
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def balanced_order(rounds: int) -> list[str]:

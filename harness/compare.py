@@ -175,8 +175,32 @@ class Report:
         return tuple(n for n in self.not_compared if n.broken)
 
     @property
+    def unmeasured(self) -> tuple[NotCompared, ...]:
+        """Cases measured ok in base that head did not measure (skipped there, or absent)."""
+        return tuple(n for n in self.not_compared if n.base_status == "ok" and n.head_status in (None, "skipped"))
+
+    @property
+    def noisy(self) -> tuple[CaseComparison, ...]:
+        return tuple(c for c in self.comparisons if c.verdict is Verdict.NOISY)
+
+    @property
     def failed(self) -> bool:
         return bool(self.regressions or self.broken)
+
+    def gate(self, allow_missing: bool = False, fail_on_noisy: bool = False) -> tuple[int, str]:
+        """The gate's exit code and its one-line outcome. A gate that compared nothing, or could
+        not measure in head what base measured, has not passed (2, unless missing cases are allowed)."""
+        if self.failed:
+            return 1, self.headline()
+        if not self.comparisons:
+            return 2, "NOT PASSED: nothing was compared (no case measured ok on both sides)"
+        if self.unmeasured and not allow_missing:
+            n = len(self.unmeasured)
+            return 2, (f"NOT PASSED: {n} case(s) measured in base were not measured in head "
+                       f"(e.g. {self.unmeasured[0].case.label()}); --allow-missing to gate the rest")  # fmt: skip
+        if self.noisy and fail_on_noisy:
+            return 1, f"FAIL: {len(self.noisy)} case(s) too noisy to tell (--fail-on-noisy)"
+        return 0, self.headline()
 
     def count(self, verdict: Verdict) -> int:
         return sum(1 for c in self.comparisons if c.verdict is verdict)
@@ -191,7 +215,7 @@ class Report:
                 parts.append(f"{len(self.broken)} broken case(s)")
             return f"FAIL: {' and '.join(parts)} in {n} compared case(s)"
         counts = ", ".join(f"{self.count(v)} {v}" for v in Verdict if self.count(v))
-        return f"PASS: no regression in {n} compared case(s) ({counts})"
+        return f"PASS: no regression in {n} compared case(s) ({counts})" if n else "nothing compared"
 
     def to_json(self) -> dict:
         return {

@@ -13,6 +13,8 @@ violation is one line naming the file and the field.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -287,11 +289,16 @@ def write_text_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so that a reader sees the old file or the new one, never a part.
 
     Only a regular file (or nothing) is replaced: a FIFO, a device or a directory at `path` is
-    refused, so `--out /dev/null` cannot replace a device node.
+    refused, so `--out /dev/null` cannot replace a device node. A full disk or a read-only folder
+    is one line (a UsageError) and leaves the old file as it was.
     """
+    path = Path(path)
     if path.exists() and not path.is_file():
         raise UsageError(f"{path}: not a regular file; refusing to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a results file is for sharing
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -299,9 +306,80 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc))
+        kept = "; the previous version is kept" if path.exists() else ""
+        raise UsageError(f"cannot write {path}: {what}{kept}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete '.NAME.*.tmp' files beside `path` left by a writer that was killed mid-save (only call
+    with the file's lock held: a live writer's temporary is never stale then)."""
+    removed = []
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+        try:
+            tmp.unlink()
+            removed.append(tmp)
+        except OSError:
+            pass
+    return removed
+
+
+class FileLock:
+    """An exclusive lock on the sidecar file '.NAME.lock' beside a results file, held while a run or
+    a training writes it, so a second writer gets one clear line instead of losing cases.
+
+    flock locks belong to the open file and die with the process, so a killed run leaves no lock
+    behind. The sidecar is removed on release; a writer that locked a sidecar just removed (its
+    inode is no longer the one at the path) tries again.
+    """
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+        self.path = self.target.with_name(f".{self.target.name}.lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> FileLock:
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+            except OSError as exc:
+                raise UsageError(f"cannot write {self.target}: {exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise UsageError(
+                    f"{self.target} is being written by another elbolab (pid {holder}); wait for it or use another --out"
+                ) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, str(os.getpid()).encode())
+                self.fd = fd
+                return self
+            os.close(fd)
+        raise UsageError(f"cannot lock {self.target}: its lock file keeps changing")
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> FileLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def save(path: Path, run: Run, pretty: bool = True) -> None:
@@ -321,8 +399,9 @@ class RunFile:
     case costs one json.dumps, not a conversion of every record.
     """
 
-    def __init__(self, path: Path, run: Run):
+    def __init__(self, path: Path, run: Run, lock: FileLock | None = None):
         self.path = Path(path)
+        self.lock = lock
         self._header = run.header_json()
         self._measurements = list(run.measurements)
         self._measurement_json = [m.to_json() for m in run.measurements]
@@ -371,6 +450,16 @@ class RunFile:
     def done_keys(self) -> set[tuple]:
         """Cases already measured with a final status (what --resume skips)."""
         return {m.case.key() for m in self._measurements}
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunFile:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def replace_measurements(run: Run, measurements: Iterable[Measurement]) -> Run:

@@ -24,7 +24,7 @@ from harness.backend import Backend, discover
 from harness.case import DTYPES, Case
 from harness.errors import UsageError
 from harness.measurement import Measurement, not_measured
-from harness.results import RunFile, TrainingCurve, load, new_run
+from harness.results import FileLock, Run, RunFile, TrainingCurve, load, new_run, remove_stale_temporaries
 from harness.timer import TimerConfig
 from harness.worker import WorkerSpec, serve, thread_env
 from harness.workloads import WORKLOADS
@@ -70,7 +70,7 @@ def default_threads() -> tuple[int, ...]:
     return (1,) if cores == 1 else (1, cores)
 
 
-def _check_names(given: Iterable[str] | None, known: Iterable[str], what: str) -> None:
+def check_names(given: Iterable[str] | None, known: Iterable[str], what: str) -> None:
     known = list(known)
     for name in given or ():
         if name not in known:
@@ -79,13 +79,13 @@ def _check_names(given: Iterable[str] | None, known: Iterable[str], what: str) -
 
 def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
     """The case matrix of a plan, validated; raises UsageError on bad input."""
-    _check_names(plan.backends, backends, "backend")
-    _check_names(plan.workloads, WORKLOADS, "workload")
-    _check_names(plan.dtypes, DTYPES, "dtype")
+    check_names(plan.backends, backends, "backend")
+    check_names(plan.workloads, WORKLOADS, "workload")
+    check_names(plan.dtypes, DTYPES, "dtype")
     all_devices = sorted({d for b in backends.values() for d in b.devices})
-    _check_names(plan.devices, all_devices, "device")
+    check_names(plan.devices, all_devices, "device")
     all_variants = sorted({v for w in WORKLOADS.values() for v in w.variants})
-    _check_names(plan.variants, all_variants, "variant")
+    check_names(plan.variants, all_variants, "variant")
     for value, what in [(b, "batch") for b in plan.batches or ()] + [
         (t, "thread count") for t in plan.threads or ()
     ]:
@@ -154,11 +154,39 @@ def _check_memory(cases: Sequence[Case]) -> None:
 
 
 def check_writable(path: Path) -> None:
+    """The results file can be written: a regular file or nothing, in a folder made if missing."""
+    if not str(path) or str(path) == ".":
+        raise UsageError("--out needs a file name")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"cannot write {path}: not a regular file")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write {path}: directory {parent} does not exist")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: cannot create {parent} ({exc.strerror or exc})") from None
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise UsageError(f"cannot write {path}: permission denied")
+
+
+# what makes two runs' measurements the same kind of thing: the machine they ran on ...
+MACHINE_KEYS = ("cpu", "logical_cpus", "memory_bytes", "hostname")
+
+
+def machine_differences(file_machine: dict, here: dict) -> list[str]:
+    return [
+        f"machine {k}: file {file_machine.get(k)!r}, here {here.get(k)!r}"
+        for k in MACHINE_KEYS
+        if file_machine.get(k) != here.get(k)
+    ]
+
+
+def config_differences(file_config: dict, config: dict) -> list[str]:
+    """... and how they were measured (the plan and the timer)."""
+    out = []
+    for section in ("plan", "timer"):
+        a, b = file_config.get(section) or {}, config.get(section) or {}
+        out += [f"{section} {k}: file {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return out
 
 
 # --------------------------------------------------------------------------------------- execution
@@ -312,8 +340,8 @@ def run_training(
     from harness.train import DATASET, bias_only_loss, curve_difference, digits
 
     backends = discover()
-    _check_names(backend_names, backends, "backend")
-    _check_names(dtypes, DTYPES, "dtype")
+    check_names(backend_names, backends, "backend")
+    check_names(dtypes, DTYPES, "dtype")
     entries = []
     for name in backend_names:
         for device in backends[name].devices:
@@ -366,46 +394,71 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def open_run(out: Path, plan: Plan, timer: TimerConfig, resume: bool) -> RunFile:
-    """A new run document at `out`, or the existing one when resuming."""
+def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> RunFile:
+    """The run document at `out`, locked for writing.
+
+    mode  new        `out` must not exist (a results file is never replaced by accident)
+          overwrite  replace whatever results file is there
+          resume     finish the run in `out`: same machine, same plan and timer
+          append     add to the run in `out` (training curves): same machine
+    """
     from harness.machine import git_info, machine_info, software_info
 
     check_writable(out)
-    if resume and out.exists():
-        run = RunFile(out, load(out))
-        run.unfinish()
-        return run
-    config = {"plan": plan.to_json(), "timer": timer.to_json()}
-    run = RunFile(
-        out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config)
-    )
-    run.save()
-    return run
+    exists = out.exists()
+    if mode == "new" and exists:
+        raise UsageError(f"{out} exists; pass --resume to finish its missing cases or --overwrite to replace it")
+    if mode == "resume" and not exists:
+        raise UsageError(f"--resume: {out} does not exist")
+    lock = FileLock(out).acquire()
+    try:
+        remove_stale_temporaries(out)
+        config = {"plan": plan.to_json(), "timer": timer.to_json()}
+        if mode in ("resume", "append") and exists:
+            run = load(out)
+            different = machine_differences(run.machine, machine_info())
+            if mode == "resume":
+                different += config_differences(run.config, config)
+            if different:
+                raise UsageError(f"{out} was measured differently ({'; '.join(different[:3])}); use a new --out")
+            rf = RunFile(out, run, lock)
+            if mode == "resume":
+                rf.unfinish()
+            return rf
+        if exists:
+            load(out)  # --overwrite replaces a results file, never some other file
+        rf = RunFile(out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config), lock)
+        rf.save()
+        return rf
+    except BaseException:
+        lock.release()
+        raise
 
 
 def run_plan(
     plan: Plan,
     out: Path,
     *,
-    resume: bool = False,
+    mode: str = "new",
     case_timeout: float | None = None,
     measure_limits: bool = True,
     on_result: OnResult | None = None,
     on_plan: Callable[[int], None] | None = None,
-) -> RunFile:
+) -> Run:
     backends = discover()
     cases = plan_cases(plan, backends)
     timer = TimerConfig.quick() if plan.quick else TimerConfig()
-    run = open_run(out, plan, timer, resume)
-    done = run.done_keys()
-    todo = [c for c in cases if c.key() not in done]
-    if on_plan:
-        on_plan(len(todo))
-    if measure_limits and not run.has_limits():
-        run.set_limits(_measure_limits(plan))
-    execute(todo, run, timer, case_timeout=case_timeout or (120 if plan.quick else 300), on_result=on_result)
-    run.finish(now())
-    return run
+    with open_run(out, plan, timer, mode) as run:
+        done = run.done_keys()
+        todo = [c for c in cases if c.key() not in done]
+        if on_plan:
+            on_plan(len(todo))
+        if measure_limits and not run.has_limits():
+            run.set_limits(_measure_limits(plan))
+        timeout = case_timeout or (120 if plan.quick else 300)
+        execute(todo, run, timer, case_timeout=timeout, on_result=on_result)
+        run.finish(now())
+        return run.run
 
 
 def _measure_limits(plan: Plan) -> dict:

@@ -1,12 +1,9 @@
-"""The command line: bad input is one line and exit code 2; good input produces a valid run."""
+"""The command line end to end: good input produces a valid run (bad input: tests/test_bad_inputs.py)."""
 
 import json
 import subprocess
 import sys
 
-import pytest
-
-from harness.cli import main
 from harness.results import load
 
 
@@ -15,43 +12,6 @@ def _run_cli(*args):
         [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300
     )
     return proc.returncode, proc.stdout, proc.stderr
-
-
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["run", "--backend", "nope"], "unknown backend 'nope'"),
-        (["run", "--workload", "elbow"], "unknown workload 'elbow'"),
-        (["run", "--batch", "0"], "batch must be a positive integer"),
-        (["run", "--batch", "-3"], "batch must be a positive integer"),
-        (["run", "--batch", "abc"], "expected comma-separated integers"),
-        (["run", "--dtype", "float16"], "unknown dtype"),
-        (["run", "--threads", "0"], "thread count must be a positive integer"),
-        (["run", "--backend", "numpy", "--workload", "elbo", "--batch", "100000000000"], "GiB"),
-        (["run", "--backend", "numpy", "--out", "/nonexistent/dir/x.json"], "does not exist"),
-        (["show", "/nonexistent.json"], "no such results file"),
-        (["frobnicate"], "invalid choice"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        code = main(args)
-        raise SystemExit(code)
-    assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert message in err and "Traceback" not in err
-    assert len(err.splitlines()) == 1 or err.splitlines()[-1].startswith("elbolab: error")
-
-
-@pytest.mark.parametrize(
-    "content",
-    ['{"schema": "elbolab.run/1", "measurements": [', "garbage", '{"schema": "elbolab.run/7"}'],
-)
-def test_corrupt_truncated_or_future_results_file_is_exit_2(tmp_path, content):
-    path = tmp_path / "bad.json"
-    path.write_text(content)
-    code, out, err = _run_cli("show", str(path))
-    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_run_show_and_list_end_to_end(tmp_path):
@@ -81,12 +41,14 @@ def test_run_show_and_list_end_to_end(tmp_path):
 
 def test_train_records_agreeing_curves(tmp_path):
     out = tmp_path / "t.json"
-    code, _, err = _run_cli("train", "--backend", "numpy", "--steps", "40", "--out", str(out))
+    code, _, err = _run_cli("train", "--backend", "numpy", "--steps", "80", "--out", str(out))
     assert code == 0, err
     training = load(out).training
     assert {(e.backend, e.dtype) for e in training} == {("numpy", "float64"), ("numpy", "float32")}
     for e in training:
-        assert e.status == "ok" and len(e.losses) == 40
+        assert e.status == "ok" and len(e.losses) == 80
         assert e.losses[-1] < e.losses[0]  # it learns
-        assert e.learned and e.max_bound_used < 1 and e.less_accurate_steps == 0
+        # below the best model that ignores its input after 80 steps; every step within its bound
+        assert e.learned and e.losses[-1] < e.bias_only_loss
+        assert e.max_bound_used < 1 and e.less_accurate_steps == 0
     json.dumps([e.to_json() for e in training])

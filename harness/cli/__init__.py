@@ -7,6 +7,8 @@ together and turns a UsageError into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from harness.errors import UsageError
@@ -28,14 +30,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum, frame) -> None:
+    """SIGTERM (what CI runners send on cancel) unwinds like Ctrl-C: workers are killed, worktrees
+    and temporary folders removed, the results file left valid."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
-        print(f"elbolab: error: {exc}", file=sys.stderr)
+        print(f"elbolab: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("elbolab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`elbolab claims --json | head`): stop quietly, as any filter does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)

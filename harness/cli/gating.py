@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from harness.ab import RUN_FILTERS, ABConfig, measure_ab
+from harness.cli.args import fraction, path, positive_int, seconds
 from harness.cli.console import stdout_console
 from harness.cli.measure import SIZE_FLAGS, add_run_filters
 from harness.cli.render import print_compare
@@ -42,11 +43,11 @@ def _threshold_for(text: str) -> tuple[str, float]:
 
 
 def _add_compare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=fraction, default=DEFAULT_THRESHOLD,
                    help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%%)")  # fmt: skip
     p.add_argument("--threshold-for", type=_threshold_for, action="append", default=[], metavar="WORKLOAD=T",
                    help="a different threshold for one workload, e.g. vae_step=0.2 (repeatable)")  # fmt: skip
-    p.add_argument("--noise-band", type=float, default=DEFAULT_NOISE_BAND,
+    p.add_argument("--noise-band", type=fraction, default=DEFAULT_NOISE_BAND,
                    help="a confident change smaller than this is noise (default 0.03)")  # fmt: skip
     p.add_argument("--allow-missing", action="store_true",
                    help="compare the cases in common when the case sets differ (others are listed)")  # fmt: skip
@@ -54,15 +55,16 @@ def _add_compare_options(p: argparse.ArgumentParser) -> None:
                    help="divide each time by a reference case of the same run (runs from different machines)")  # fmt: skip
     p.add_argument("--reference", default="numpy:elbo", metavar="BACKEND[:WORKLOAD[:VARIANT]]",
                    help="the normalization reference (default numpy:elbo, eps given, cpu)")  # fmt: skip
-    p.add_argument("--markdown", type=Path, metavar="PATH",
+    p.add_argument("--markdown", type=path, metavar="PATH",
                    help="also append the report as Markdown to PATH (e.g. $GITHUB_STEP_SUMMARY)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON (schema elbolab.compare/1)")
+    p.add_argument("--fail-on-noisy", action="store_true", help="gate: cases too noisy to tell fail the gate")
 
 
 def add_commands(sub) -> None:
     p = sub.add_parser("compare", help="compare two results files case by case (ratios with 95%% CI)")
-    p.add_argument("base", type=Path, metavar="BASE.json")
-    p.add_argument("head", type=Path, metavar="HEAD.json")
+    p.add_argument("base", type=path, metavar="BASE.json")
+    p.add_argument("head", type=path, metavar="HEAD.json")
     _add_compare_options(p)
     p.set_defaults(func=cmd_compare)
 
@@ -70,15 +72,15 @@ def add_commands(sub) -> None:
         "gate",
         help="fail (exit 1) when HEAD is confidently slower than BASE; or A/B against a git ref with --base",
     )
-    p.add_argument("files", nargs="*", type=Path, metavar="BASE.json HEAD.json")
+    p.add_argument("files", nargs="*", type=path, metavar="BASE.json HEAD.json")
     _add_compare_options(p)
     ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
     ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
-    ab.add_argument("--rounds", type=int, default=3, help="interleaved runs per side (default 3)")
+    ab.add_argument("--rounds", type=positive_int, default=3, help="interleaved runs per side (default 3)")
     ab.add_argument(
-        "--save-runs", type=Path, metavar="DIR", help="keep the pooled base.json and head.json here"
+        "--save-runs", type=path, metavar="DIR", help="keep the pooled base.json and head.json here"
     )
-    ab.add_argument("--timeout", type=float, help="seconds per case (passed to each run)")
+    ab.add_argument("--timeout", type=seconds, help="seconds per case (passed to each run)")
     add_run_filters(ab)
     p.set_defaults(func=cmd_gate)
 
@@ -106,16 +108,20 @@ def _compare_files(args: argparse.Namespace, base: Path, head: Path) -> Report:
                    reference=_reference(args))  # fmt: skip
 
 
-def _emit(report: Report, args: argparse.Namespace, title: str) -> None:
+def _emit(report: Report, args: argparse.Namespace, title: str, outcome: str | None = None) -> None:
     if args.json:
-        print(json.dumps(report.to_json(), indent=1, allow_nan=False, default=str))
+        doc = dict(report.to_json(), outcome=outcome) if outcome else report.to_json()
+        print(json.dumps(doc, indent=1, allow_nan=False, default=str))
     else:
-        print_compare(report, stdout_console())
-    _write_markdown(args.markdown, markdown.compare_report(report, title=title))
+        print_compare(report, stdout_console(), outcome)
+    _write_markdown(args.markdown, markdown.compare_report(report, title=title, outcome=outcome))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    _emit(_compare_files(args, args.base, args.head), args, "elbolab compare")
+    """The table only: always exit 0; it says what the gate would decide, without failing."""
+    report = _compare_files(args, args.base, args.head)
+    code, outcome = report.gate(allow_missing=args.allow_missing, fail_on_noisy=args.fail_on_noisy)
+    _emit(report, args, "elbolab compare", f"compare only (exit 0); the gate would exit {code}: {outcome}")
     return 0
 
 
@@ -135,8 +141,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _write_markdown(args.markdown, f"### ⚠️ elbolab gate could not compare\n\n{markdown.md(exc)}")
         raise
-    _emit(report, args, "elbolab gate")
-    return 1 if report.failed else 0
+    code, outcome = report.gate(allow_missing=args.allow_missing, fail_on_noisy=args.fail_on_noisy)
+    _emit(report, args, "elbolab gate", outcome)
+    return code
 
 
 def _no_run_filters(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ def print_run_table(run: Run, console: Console) -> None:
 _STYLE = {Verdict.SLOWER: "yellow", Verdict.FASTER: "green", Verdict.SAME: "", Verdict.NOISY: "magenta"}
 
 
-def print_compare(report: Report, console: Console) -> None:
+def print_compare(report: Report, console: Console, outcome: str | None = None) -> None:
     table = Table(title=escape(f"{report.head.label} vs {report.base.label}"), title_justify="left")
     for col, justify in (("case", "left"), (report.base.label, "right"), (report.head.label, "right"),
                          ("ratio (95% CI)", "right"), ("change", "right"), ("verdict", "left")):  # fmt: skip
@@ -63,6 +63,6 @@ def print_compare(report: Report, console: Console) -> None:
     for notice in report.notices:
         console.print(f"[yellow]note[/]: {escape(notice)}", highlight=False)
     console.print(escape(report.rule.describe()), style="dim", highlight=False)
-    console.print(
-        report.headline(), style="bold red" if report.failed else "bold green", highlight=False, markup=False
-    )
+    text = outcome or report.headline()
+    bad = report.failed or "NOT PASSED" in text or "FAIL" in text
+    console.print(text, style="bold red" if bad else "bold green", highlight=False, markup=False)

@@ -38,10 +38,12 @@ def frame(df) -> str:
     return table(list(df.columns), df.itertuples(index=False)) if not df.empty else "_no rows_\n"
 
 
-def compare_report(report: Report, title: str = "elbolab gate") -> str:
+def compare_report(report: Report, title: str = "elbolab gate", outcome: str | None = None) -> str:
     """The report as Markdown (for $GITHUB_STEP_SUMMARY or a PR comment)."""
-    icon = "❌" if report.failed else "✅"
-    lines = [f"### {icon} {md(title)}: {md(report.headline())}", ""]
+    text = outcome or report.headline()
+    bad = report.failed or "NOT PASSED" in text or "FAIL" in text
+    icon = "❌" if bad else "✅"
+    lines = [f"### {icon} {md(title)}: {md(text)}", ""]
     lines += [
         f"- {md(report.base.describe())}",
         f"- {md(report.head.describe())}",

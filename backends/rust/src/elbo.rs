@@ -5,6 +5,11 @@
 //! s = exp(logvar/2), z = mu + s*eps, the KL summand and the latent gradients. Sums are kept in
 //! f64 lanes across rows.
 //!
+//! grad_logvar = -(e^logvar - 1)/(2B), with e^logvar - 1 from the same polynomial as s and the KL
+//! summand, accurate to a few ulps relative however close logvar is to 0 (`real::exph_kl_em1_f64_k`,
+//! `simd::latent_f64`). The form (1 - s²)/(2B) is the same number but cancels near logvar = 0:
+//! relative error ~u/|logvar| (~1e-10 at logvar = 1e-6 in f64, every digit in f32).
+//!
 //! KL = (1/2B)·Σ (mu² + (e^logvar - 1 - logvar)): every summand is ≥ 0, so the sum cannot cancel,
 //! and e^v - 1 - v comes out of the same polynomial as s with full relative accuracy near v = 0
 //! (`real::exph_kl_f64_k`, `simd::latent_f64`). The textbook form -(1/2B)·Σ (1 + logvar - mu² -
@@ -159,12 +164,12 @@ fn rows_impl<T: Real, const GRAD: bool, const FMA: bool>(c: &mut Chunk<'_, T>) -
     let (d, l) = (c.d, c.l);
     let two_inv_b = T::from_f64(2.0 * c.inv_b);
     let neg_inv_b = T::from_f64(-c.inv_b);
-    let half_inv_b = T::from_f64(0.5 * c.inv_b);
+    let neg_half_inv_b = T::from_f64(-0.5 * c.inv_b);
     // f64 lane totals: each row's (or latent piece's) T lanes are added lane-wise (vectorised),
     // and the lanes are reduced to one number once per chunk, not once per row
     let mut sq = SqAcc::default();
     let mut kl = [0.0f64; LL];
-    let mut lat = Latents { buf: [T::ZERO; LAT_PIECE], rng: None, neg_inv_b, half_inv_b };
+    let mut lat = Latents { buf: [T::ZERO; LAT_PIECE], rng: None, neg_inv_b, neg_half_inv_b };
     let mut io = LatIo { mu: c.mu, lv: c.lv, eps: c.eps, eps_out: &mut *c.eps_out, z: &mut *c.z, gmu: &mut *c.gmu, glv: &mut *c.glv };
     let mut r0 = 0;
     while r0 < c.rows {
@@ -214,7 +219,7 @@ struct Latents<T> {
     buf: [T; LAT_PIECE],
     rng: Option<Xoshiro256PlusPlus>,
     neg_inv_b: T,
-    half_inv_b: T,
+    neg_half_inv_b: T,
 }
 
 impl<T: Real> Latents<T> {
@@ -237,7 +242,7 @@ impl<T: Real> Latents<T> {
             };
             let (gmu, glv): (&mut [T], &mut [T]) =
                 if GRAD { (&mut c.gmu[a..b], &mut c.glv[a..b]) } else { (&mut [], &mut []) };
-            latent_flat::<T, GRAD, FMA>(&c.mu[a..b], &c.lv[a..b], eps, &mut c.z[a..b], gmu, glv, self.neg_inv_b, self.half_inv_b, kl);
+            latent_flat::<T, GRAD, FMA>(&c.mu[a..b], &c.lv[a..b], eps, &mut c.z[a..b], gmu, glv, self.neg_inv_b, self.neg_half_inv_b, kl);
             a = b;
         }
     }
@@ -245,8 +250,9 @@ impl<T: Real> Latents<T> {
 
 /// The latent part of a flat run of latents (any number of rows, or part of one): z = mu + s·eps
 /// with s = exp(logvar/2), Σ (mu² + (e^logvar - 1 - logvar)) added into `kl` (f64 lanes), and with
-/// GRAD grad_mu = -mu/B, grad_logvar = (1 - s²)/(2B) (one exp polynomial per latent gives s and
-/// the KL summand: `Real::exph_kl`). All slices have the same length (eps is never empty here).
+/// GRAD grad_mu = -mu/B, grad_logvar = -(e^logvar - 1)/(2B) (one exp polynomial per latent gives
+/// s, the KL summand and e^logvar - 1, each accurate near logvar = 0: `Real::exph_kl_em1`).
+/// All slices have the same length (eps is never empty here).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
@@ -257,14 +263,14 @@ fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
     gmu: &mut [T],
     glv: &mut [T],
     neg_inv_b: T,
-    half_inv_b: T,
+    neg_half_inv_b: T,
     kl: &mut [f64; LL],
 ) {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: FMA is true only in rows_avx2, which runs only when Simd::detect() saw avx2
         // and fma. False (nothing added to kl): f32, or a logvar out of the fast exp's range.
-        if unsafe { T::latent_avx2::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, half_inv_b, kl) } {
+        if unsafe { T::latent_avx2::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, neg_half_inv_b, kl) } {
             return;
         }
     }
@@ -280,22 +286,22 @@ fn latent_flat<T: Real, const GRAD: bool, const FMA: bool>(
             mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()).zip(gmu_c.iter_mut().zip(glv_c.iter_mut()))
         {
             for j in 0..LL {
-                let (s, f) = v[j].exph_kl::<FMA>();
+                let (s, f, em1) = v[j].exph_kl_em1::<FMA>();
                 zr[j] = s.madd::<FMA>(e[j], m[j]);
                 acc[j] += m[j].madd::<FMA>(m[j], f);
                 gm[j] = neg_inv_b * m[j];
-                gl[j] = (T::ONE - s * s) * half_inv_b;
+                gl[j] = em1 * neg_half_inv_b;
             }
         }
         add_lanes(kl, &acc);
         for (((((m, v), e), zr), gm), gl) in
             mu_t.iter().zip(lv_t).zip(e_t).zip(z_t.iter_mut()).zip(gmu_t.iter_mut()).zip(glv_t.iter_mut())
         {
-            let (s, f) = v.exph_kl::<FMA>();
+            let (s, f, em1) = v.exph_kl_em1::<FMA>();
             *zr = s.madd::<FMA>(*e, *m);
             kl[0] += m.madd::<FMA>(*m, f).to_f64();
             *gm = neg_inv_b * *m;
-            *gl = (T::ONE - s * s) * half_inv_b;
+            *gl = em1 * neg_half_inv_b;
         }
     } else {
         for (((m, v), e), zr) in mu_c.iter().zip(lv_c).zip(e_c).zip(z_c.iter_mut()) {
@@ -707,6 +713,83 @@ mod tests {
                 assert!(rel(r.kl, want32) < 2e-6, "f32 {simd:?}: kl {} vs {want32}", r.kl);
             }
         }
+    }
+
+    /// logvar near 0 (±[1e-8, 1e-6)) mixed with exact 0, -0, ±0.3, tiny, boundary (|v| ≈ ln2) and
+    /// large values: grad_logvar = -(e^logvar - 1)/(2B) must be within a few ulps (relative, per
+    /// element) of -expm1(logvar)/(2B) computed in f64 (float32: of that value rounded to f32), on
+    /// both instruction paths, serial and rayon, every vector tail (B·L not a multiple of 4 or 16).
+    /// The form (1 - e^logvar)/(2B), evaluated in f64 on the same data, must miss that bound by far
+    /// (the data do exercise the cancellation).
+    /// `ulps` (units of T::EPSILON, relative): the bound for |logvar| < 0.69 (n = 0: e^v - 1 = f + v,
+    /// cancelling by ≤ ~2) and elsewhere (s² - 1, cancelling by ≤ 2 but s carries its own ~1 ulp,
+    /// doubled in s²); returns the worst seen in each range.
+    fn grad_logvar_near_zero<T: Real>(ulps: (f64, f64)) -> (f64, f64) {
+        use crate::testutil::Lcg;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let is_f32 = std::mem::size_of::<T>() == 4;
+        let big = if is_f32 { 20.0 } else { 700.0 };
+        let fixed = [0.0, -0.0, 0.3, -0.3, 1e-300, -1e-300, 1e-30, 0.69, -0.69, 0.6931, -0.6932, 0.7, -0.7, 2.0, -2.0, 20.0, -20.0, big, -big];
+        let eps_t = if is_f32 { f32::EPSILON as f64 } else { f64::EPSILON };
+        let mut worst = (0.0f64, 0.0f64);
+        for &(b, d, l) in &[(128usize, 3usize, 20usize), (5, 9, 7), (1, 1, 1), (333, 2, 3), (64, 1, 33)] {
+            let mut g = Lcg(b as u64 * 131 + l as u64);
+            let mut lv: Vec<f64> = (0..b * l)
+                .map(|i| match i % 5 {
+                    0 | 1 | 2 => g.signed(1e-8, 1e-6),
+                    3 => fixed[(i / 5) % fixed.len()],
+                    _ => g.signed(0.0, 1.0),
+                })
+                .collect();
+            lv[0] = 1e-6;
+            let cast = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
+            let x = cast(&g.vec(b * d, |g| g.next()));
+            let xr = cast(&g.vec(b * d, |g| g.next()));
+            let mu = cast(&g.vec(b * l, |g| g.signed(0.0, 1.0)));
+            let eps = cast(&g.vec(b * l, |g| g.signed(0.5, 2.0)));
+            let lvt = cast(&lv);
+            let k = -0.5 / b as f64;
+            // exact to ~1.5 f64 ulps: libm's expm1 (< 1 ulp) times 0.5/B; f32: rounded once more
+            let want: Vec<f64> = lvt.iter().map(|v| v.to_f64().exp_m1() * k).map(|w| T::from_f64(w).to_f64()).collect();
+            let textbook: Vec<f64> = lvt.iter().map(|v| (1.0 - v.to_f64().exp()) * -k).collect();
+            let rel_err = |got: f64, want: f64| if got == want { 0.0 } else { ((got - want) / want).abs() };
+            let textbook_worst = textbook.iter().zip(&want).map(|(t, w)| rel_err(*t, *w)).fold(0.0, f64::max);
+            assert!(textbook_worst > 1e-11, "B={b} L={l}: 1 - e^lv should lose digits here ({textbook_worst:e})");
+            let dims = ElboDims { batch: b, input_dim: d, latent_dim: l };
+            for simd in simds() {
+                for p in [Par::serial(), Par { pool: Some(&pool), always: true }] {
+                    let mut z = vec![T::ZERO; b * l];
+                    let (mut gx, mut gm, mut gl) = (vec![T::ZERO; b * d], vec![T::ZERO; b * l], vec![T::ZERO; b * l]);
+                    let grads = Some(ElboGrads { x_recon: &mut gx[..], mu: &mut gm[..], logvar: &mut gl[..] });
+                    let args = ElboArgs { x: &x, x_recon: &xr, mu: &mu, logvar: &lvt, eps: Eps::Given(&eps), z: &mut z, grads };
+                    elbo_on(p, dims, args, simd).unwrap();
+                    for i in 0..b * l {
+                        let (got, w) = (gl[i].to_f64(), want[i]);
+                        let e = rel_err(got, w) / eps_t;
+                        let v = lvt[i].to_f64();
+                        if v.abs() < 0.69 {
+                            worst.0 = worst.0.max(e);
+                        } else {
+                            worst.1 = worst.1.max(e);
+                        }
+                        assert!(e <= if v.abs() < 0.69 { ulps.0 } else { ulps.1 }, "{simd:?} B={b} L={l}: grad_logvar[{i}] at logvar {:e}: {got:e} vs {w:e} ({e:.1} ulps)", lvt[i].to_f64());
+                    }
+                }
+            }
+        }
+        worst
+    }
+
+    #[test]
+    fn grad_logvar_near_zero_is_accurate_f64() {
+        let w = grad_logvar_near_zero::<f64>((2.0, 4.0));
+        eprintln!("grad_logvar f64: worst {:.2} ulps (|logvar| < 0.69), {:.2} ulps elsewhere", w.0, w.1);
+    }
+
+    #[test]
+    fn grad_logvar_near_zero_is_accurate_f32() {
+        let w = grad_logvar_near_zero::<f32>((2.0, 4.0));
+        eprintln!("grad_logvar f32: worst {:.2} ulps (|logvar| < 0.69), {:.2} ulps elsewhere", w.0, w.1);
     }
 
     /// eps_out receives exactly the eps behind z, the same on every path and thread count, and

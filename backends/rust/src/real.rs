@@ -28,6 +28,12 @@ pub trait Real:
     /// FMA: polynomial and range reduction in fused multiply-adds (same rule as `madd`: true
     /// only inside `fma` target-feature code).
     fn exph_kl<const FMA: bool>(self) -> (Self, Self);
+    /// exph_kl and e^self - 1 (expm1) from the same polynomial: (s, e^v - 1 - v, e^v - 1), each
+    /// with a few ulps of relative error however close v is to 0 (the elbo's grad_logvar; see
+    /// exph_kl_em1_f64_k). 1 - s² instead would lose all digits of a gradient near v = 0.
+    fn exph_kl_em1<const FMA: bool>(self) -> (Self, Self, Self);
+    /// e^self - 1 without cancellation near 0 (libm's expm1).
+    fn exp_m1(self) -> Self;
     fn ln_1p(self) -> Self;
     fn abs(self) -> Self;
     fn max(self, other: Self) -> Self;
@@ -66,13 +72,13 @@ pub trait Real:
         gmu: &mut [Self],
         glv: &mut [Self],
         neg_inv_b: Self,
-        half_inv_b: Self,
+        neg_half_inv_b: Self,
         kl: &mut [f64; 16],
     ) -> bool;
 }
 
 macro_rules! impl_real {
-    ($t:ty, $exphkl:ident, $rowsq:ident, $latent:ident) => {
+    ($t:ty, $exphkl:ident, $exphklem1:ident, $rowsq:ident, $latent:ident) => {
         impl Real for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -91,6 +97,14 @@ macro_rules! impl_real {
             #[inline(always)]
             fn exph_kl<const FMA: bool>(self) -> (Self, Self) {
                 $exphkl::<FMA>(self)
+            }
+            #[inline(always)]
+            fn exph_kl_em1<const FMA: bool>(self) -> (Self, Self, Self) {
+                $exphklem1::<FMA>(self)
+            }
+            #[inline(always)]
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
             }
             #[inline(always)]
             fn ln_1p(self) -> Self {
@@ -133,11 +147,11 @@ macro_rules! impl_real {
                 gmu: &mut [Self],
                 glv: &mut [Self],
                 neg_inv_b: Self,
-                half_inv_b: Self,
+                neg_half_inv_b: Self,
                 kl: &mut [f64; 16],
             ) -> bool {
                 // SAFETY: the caller guarantees avx2 and fma
-                unsafe { crate::simd::$latent::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, half_inv_b, kl) }
+                unsafe { crate::simd::$latent::<GRAD>(mu, lv, eps, z, gmu, glv, neg_inv_b, neg_half_inv_b, kl) }
             }
             #[inline(always)]
             fn madd<const FMA: bool>(self, a: Self, b: Self) -> Self {
@@ -151,8 +165,8 @@ macro_rules! impl_real {
     };
 }
 
-impl_real!(f64, exph_kl_f64_k, row_sq_f64, latent_f64);
-impl_real!(f32, exph_kl_f32_k, row_sq_f32, latent_f32);
+impl_real!(f64, exph_kl_f64_k, exph_kl_em1_f64_k, row_sq_f64, latent_f64);
+impl_real!(f32, exph_kl_f32_k, exph_kl_em1_f32_k, row_sq_f32, latent_f32);
 
 /// Lanes of the multiple-accumulator loops (independent accumulators, so LLVM can keep them in
 /// vector registers without reassociating floating-point sums): 16 = four AVX2 registers of f64,
@@ -252,10 +266,24 @@ fn exp_parts_f64<const FMA: bool>(x: f64) -> (f64, f64, f64, f64, f64) {
 /// arithmetic (NaN, +inf, NaN).
 #[inline(always)]
 pub fn exph_kl_f64_k<const FMA: bool>(v: f64) -> (f64, f64) {
+    let (s, f, _) = exph_kl_em1_f64_k::<FMA>(v);
+    (s, f)
+}
+
+/// exph_kl_f64_k and e^v - 1 (the elbo's grad_logvar is -(e^v - 1)/(2B)): where n = 0
+/// (|v| < ln2), e^v - 1 = f + v, two accurate parts of which |f| ≤ 0.35|v|, so the sum cancels by
+/// at most a factor ~2 (1 - s² would lose all digits near v = 0: relative error ~u/|v|);
+/// elsewhere s² - 1 (= fma(s, s, -1)), where |e^v - 1| ≥ e^v/2 (v ≥ ln2) or ≥ 1/2 (v ≤ -ln2):
+/// cancellation by at most 2. (f + v there would not do: for v = -700, f ≈ 699 and e^v - 1 ≈ -1.)
+/// v = -inf gives -1, +inf gives +inf, NaN NaN.
+#[inline(always)]
+pub fn exph_kl_em1_f64_k<const FMA: bool>(v: f64) -> (f64, f64, f64) {
     let (s, n, r, q, t1) = exp_parts_f64::<FMA>(0.5 * v);
     let small = (r * r) * t1.madd::<FMA>(t1, q + q);
     let large = s.madd::<FMA>(s, -1.0 - v);
-    (s, if n == 0.0 { small } else { large })
+    let small_em1 = small + v;
+    let large_em1 = s.madd::<FMA>(s, -1.0);
+    if n == 0.0 { (s, small, small_em1) } else { (s, large, large_em1) }
 }
 
 /// exp(x) in f32, as exp_f64 with a degree-7 polynomial (truncation < 6e-9 relative).
@@ -301,10 +329,19 @@ fn exp_parts_f32<const FMA: bool>(x: f32) -> (f32, f32, f32, f32, f32) {
 /// exph_kl_f64_k in f32.
 #[inline(always)]
 pub fn exph_kl_f32_k<const FMA: bool>(v: f32) -> (f32, f32) {
+    let (s, f, _) = exph_kl_em1_f32_k::<FMA>(v);
+    (s, f)
+}
+
+/// exph_kl_em1_f64_k in f32.
+#[inline(always)]
+pub fn exph_kl_em1_f32_k<const FMA: bool>(v: f32) -> (f32, f32, f32) {
     let (s, n, r, q, t1) = exp_parts_f32::<FMA>(0.5 * v);
     let small = (r * r) * t1.madd::<FMA>(t1, q + q);
     let large = s.madd::<FMA>(s, -1.0 - v);
-    (s, if n == 0.0 { small } else { large })
+    let small_em1 = small + v;
+    let large_em1 = s.madd::<FMA>(s, -1.0);
+    if n == 0.0 { (s, small, small_em1) } else { (s, large, large_em1) }
 }
 
 #[cfg(test)]
@@ -416,6 +453,77 @@ mod tests {
         assert_eq!(exph_kl_f64_k::<false>(0.0), (1.0, 0.0));
         assert_eq!(exph_kl_f64_k::<false>(f64::NEG_INFINITY), (0.0, f64::INFINITY));
         assert!(exph_kl_f64_k::<false>(f64::NAN).1.is_nan());
+    }
+
+    /// e^v - 1 from exph_kl_em1 against libm's expm1 (f64: < 1 ulp; f32: expm1 in f64): worst
+    /// relative error (f64 for |v| < ln2 and overall, then f32 likewise), and that the other two
+    /// results are exactly exph_kl's.
+    fn em1_worst<const FMA: bool>() -> (f64, f64, f64, f64) {
+        use crate::testutil::rel;
+        let mut v: Vec<f64> = Vec::new();
+        for e in -300..=2 {
+            for m in [1.0, 1.234567, 3.3, 5.9, 9.99] {
+                v.push(m * 10f64.powi(e));
+                v.push(-m * 10f64.powi(e));
+            }
+        }
+        v.extend((0..100_001).map(|i| -5.0 + 10.0 * i as f64 / 100_000.0));
+        v.extend((0..10_001).map(|i| 0.68 + 0.02 * i as f64 / 10_000.0));
+        v.extend((0..10_001).map(|i| -0.70 + 0.02 * i as f64 / 10_000.0));
+        v.extend((0..10_001).map(|i| -700.0 + 1400.0 * i as f64 / 10_000.0));
+        let (mut small, mut all, mut s32, mut a32) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+        for x in v {
+            let (s, f, m) = exph_kl_em1_f64_k::<FMA>(x);
+            assert_eq!((s.to_bits(), f.to_bits()), { let (a, b) = exph_kl_f64_k::<FMA>(x); (a.to_bits(), b.to_bits()) });
+            let e = rel(m, x.exp_m1());
+            all = all.max(e);
+            if x.abs() < std::f64::consts::LN_2 {
+                small = small.max(e);
+            }
+            let xf = x as f32;
+            if xf.abs() < 80.0 {
+                let (_, _, m32) = exph_kl_em1_f32_k::<FMA>(xf);
+                let e = rel(m32 as f64, (xf as f64).exp_m1());
+                a32 = a32.max(e);
+                if xf.abs() < 0.69 {
+                    s32 = s32.max(e);
+                }
+            }
+        }
+        (small, all, s32, a32)
+    }
+
+    #[test]
+    fn em1_is_accurate() {
+        let (small, all, s32, a32) = em1_worst::<false>();
+        eprintln!("portable e^v-1: f64 {small:e} (|v| < ln2) / {all:e}; f32 {s32:e} / {a32:e}");
+        assert!(small < 4.5e-16 && all < 1e-15, "{small} {all}");
+        assert!(s32 < 2.4e-7 && a32 < 5e-7, "{s32} {a32}");
+        assert_eq!(exph_kl_em1_f64_k::<false>(0.0), (1.0, 0.0, 0.0));
+        assert_eq!(exph_kl_em1_f64_k::<false>(1e-300).2, 1e-300);
+        assert_eq!(exph_kl_em1_f64_k::<false>(f64::NEG_INFINITY).2, -1.0);
+        assert_eq!(exph_kl_em1_f64_k::<false>(f64::INFINITY).2, f64::INFINITY);
+        assert!(exph_kl_em1_f64_k::<false>(f64::NAN).2.is_nan());
+        assert_eq!(exph_kl_em1_f32_k::<false>(f32::NEG_INFINITY).2, -1.0);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn em1_worst_fma() -> (f64, f64, f64, f64) {
+        em1_worst::<true>()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn em1_fma_is_accurate() {
+        if Simd::detect() != Simd::Avx2 {
+            return;
+        }
+        // SAFETY: the CPU has avx2 and fma (checked above)
+        let (small, all, s32, a32) = unsafe { em1_worst_fma() };
+        eprintln!("portable+fma e^v-1: f64 {small:e} (|v| < ln2) / {all:e}; f32 {s32:e} / {a32:e}");
+        assert!(small < 4.5e-16 && all < 1e-15, "{small} {all}");
+        assert!(s32 < 2.4e-7 && a32 < 5e-7, "{s32} {a32}");
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -154,7 +154,7 @@ const EXP_HALF_C: [f64; 12] = [
 /// back to the portable path, which handles them as libm does.
 pub const EXP_HALF_MAX: f64 = 1416.0;
 
-/// exp(v/2) for |v| ≤ EXP_HALF_MAX, and KL's e^v - 1 - v, 4 lanes.
+/// exp(v/2) for |v| ≤ EXP_HALF_MAX, KL's e^v - 1 - v and the gradient's e^v - 1, 4 lanes.
 ///
 /// s = exp(v/2): n = round(v/2·log2 e) by the 1.5·2^52 shift trick, r' = v - 2n·ln2 in two FMAs
 /// (Cody–Waite; ln2_hi has 21 trailing zero bits, so n·ln2_hi is exact), p = e^(r'/2) by the
@@ -165,10 +165,14 @@ pub const EXP_HALF_MAX: f64 = 1416.0;
 /// and with h = v/2, e^h - 1 = r'·t1 and e^h - 1 - h = Q·r'², so f = (e^h - 1)² + 2(e^h - 1 - h)
 /// = r'²·(t1² + 2Q), a product of positive factors: no cancellation however small v is. Elsewhere
 /// f = s² - 1 - v (= fma(s, s, -1 - v)), which cancels by at most a factor e^|v|/f(v) < 7 there.
+///
+/// m = e^v - 1: where n = 0, f + v (|f| ≤ 0.35|v|: cancels by at most ~2, so m keeps f's and v's
+/// relative accuracy however small v is; 1 - s² would keep ~u/|v|); elsewhere fma(s, s, -1),
+/// which cancels by at most 2 there (|v| ≥ ln2). Unused results cost nothing (inlined).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 #[allow(clippy::excessive_precision)]
-unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d) {
+unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d, __m256d) {
     const HALF_LOG2E: f64 = 0.5 * std::f64::consts::LOG2_E;
     const SHIFT: f64 = 6_755_399_441_055_744.0; // 1.5 * 2^52
     const TWO_LN2_HI: f64 = 2.0 * 6.931_471_803_691_238_164_9e-1;
@@ -187,15 +191,18 @@ unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d) {
     let s = _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(p), k));
     let small = _mm256_mul_pd(_mm256_mul_pd(r, r), _mm256_fmadd_pd(t1, t1, _mm256_add_pd(q, q)));
     let large = _mm256_fmadd_pd(s, s, _mm256_sub_pd(_mm256_set1_pd(-1.0), v));
-    let f = _mm256_blendv_pd(large, small, _mm256_cmp_pd::<_CMP_EQ_OQ>(n, _mm256_setzero_pd()));
-    (s, f)
+    let n0 = _mm256_cmp_pd::<_CMP_EQ_OQ>(n, _mm256_setzero_pd());
+    let f = _mm256_blendv_pd(large, small, n0);
+    let m = _mm256_blendv_pd(_mm256_fmsub_pd(s, s, _mm256_set1_pd(1.0)), _mm256_add_pd(small, v), n0);
+    (s, f, m)
 }
 
 /// The elbo's latent pass over a flat run of f64 latents, 4 lanes per step: s = exp(logvar/2)
 /// and f = e^logvar - 1 - logvar (`exp_half_kl`), z = mu + s·eps, and the KL sum Σ (mu² + f)
 /// (every summand ≥ 0, so nothing cancels) kept as two lane sums (Σ mu², Σ f) added into `kl` at
-/// the end; with GRAD also grad_mu = -mu/B and grad_logvar = (1 - s²)/(2B). Remainder (< 4
-/// latents) in scalars (`real::exph_kl_f64_k`).
+/// the end; with GRAD also grad_mu = -mu/B and grad_logvar = -(e^logvar - 1)/(2B) (e^logvar - 1
+/// from `exp_half_kl`, accurate near logvar = 0). Remainder (< 4 latents) in scalars
+/// (`real::exph_kl_em1_f64_k`).
 ///
 /// Returns false, having added nothing to `kl`, when some |logvar| exceeds EXP_HALF_MAX or is
 /// NaN (an and + an unsigned 32-bit max of |logvar|'s bits per step, tested once at the end; the
@@ -216,7 +223,7 @@ pub unsafe fn latent_f64<const GRAD: bool>(
     gmu: &mut [f64],
     glv: &mut [f64],
     neg_inv_b: f64,
-    half_inv_b: f64,
+    neg_half_inv_b: f64,
     kl: &mut [f64; 16],
 ) -> bool {
     let mut n = mu.len().min(lv.len()).min(eps.len()).min(z.len());
@@ -225,7 +232,7 @@ pub unsafe fn latent_f64<const GRAD: bool>(
     }
     let (pm, pv, pe, pz, pgm, pgl) = (mu.as_ptr(), lv.as_ptr(), eps.as_ptr(), z.as_mut_ptr(), gmu.as_mut_ptr(), glv.as_mut_ptr());
     let abs = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
-    let (nib, hib) = (_mm256_set1_pd(neg_inv_b), _mm256_set1_pd(half_inv_b));
+    let (nib, nhib) = (_mm256_set1_pd(neg_inv_b), _mm256_set1_pd(neg_half_inv_b));
     let (mut sm, mut sf) = (_mm256_setzero_pd(), _mm256_setzero_pd());
     // the largest high 32 bits of |logvar| seen (unsigned max per 32-bit lane; only the odd,
     // high lanes are read): above EXP_HALF_MAX's, |logvar| > EXP_HALF_MAX (by at most 1e-3, still
@@ -237,14 +244,13 @@ pub unsafe fn latent_f64<const GRAD: bool>(
         let v = _mm256_loadu_pd(pv.add(i));
         let m = _mm256_loadu_pd(pm.add(i));
         top = _mm256_max_epu32(top, _mm256_castpd_si256(_mm256_and_pd(v, abs)));
-        let (s, f) = exp_half_kl(v);
+        let (s, f, em1) = exp_half_kl(v);
         _mm256_storeu_pd(pz.add(i), _mm256_fmadd_pd(s, _mm256_loadu_pd(pe.add(i)), m));
         sm = _mm256_fmadd_pd(m, m, sm);
         sf = _mm256_add_pd(sf, f);
         if GRAD {
-            let s2 = _mm256_mul_pd(s, s);
             _mm256_storeu_pd(pgm.add(i), _mm256_mul_pd(nib, m));
-            _mm256_storeu_pd(pgl.add(i), _mm256_fnmadd_pd(s2, hib, hib));
+            _mm256_storeu_pd(pgl.add(i), _mm256_fnmadd_pd(_mm256_mul_pd(s, s), nhib, nhib));
         }
         i += 4;
     }
@@ -257,12 +263,12 @@ pub unsafe fn latent_f64<const GRAD: bool>(
     let mut tail = 0.0;
     while i < n {
         let (m, v) = (*pm.add(i), *pv.add(i));
-        let (s, f) = crate::real::exph_kl_f64_k::<true>(v);
+        let (s, f, em1) = crate::real::exph_kl_em1_f64_k::<true>(v);
         *pz.add(i) = s.mul_add(*pe.add(i), m);
         tail += m.mul_add(m, f);
         if GRAD {
             *pgm.add(i) = neg_inv_b * m;
-            *pgl.add(i) = (1.0 - s * s) * half_inv_b;
+            *pgl.add(i) = em1 * neg_half_inv_b;
         }
         i += 1;
     }
@@ -290,7 +296,7 @@ pub unsafe fn latent_f32<const GRAD: bool>(
     _gmu: &mut [f32],
     _glv: &mut [f32],
     _neg_inv_b: f32,
-    _half_inv_b: f32,
+    _neg_half_inv_b: f32,
     _kl: &mut [f64; 16],
 ) -> bool {
     false
@@ -316,16 +322,61 @@ mod tests {
     /// (exp(v/2), e^v - 1 - v) of each v, 4 lanes at a time (v.len() a multiple of 4).
     #[target_feature(enable = "avx2,fma")]
     fn exp_half_kl_each(v: &[f64]) -> (Vec<f64>, Vec<f64>) {
-        let (mut s, mut f) = (vec![0.0; v.len()], vec![0.0; v.len()]);
-        for ((vc, sc), fc) in v.chunks_exact(4).zip(s.chunks_exact_mut(4)).zip(f.chunks_exact_mut(4)) {
+        let (s, f, _) = exp_half_kl_em1_each(v);
+        (s, f)
+    }
+
+    /// (exp(v/2), e^v - 1 - v, e^v - 1) of each v, 4 lanes at a time (v.len() a multiple of 4).
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_half_kl_em1_each(v: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut s, mut f, mut m) = (vec![0.0; v.len()], vec![0.0; v.len()], vec![0.0; v.len()]);
+        for (((vc, sc), fc), mc) in v.chunks_exact(4).zip(s.chunks_exact_mut(4)).zip(f.chunks_exact_mut(4)).zip(m.chunks_exact_mut(4)) {
             // SAFETY: 4-element chunks; avx2+fma enabled on this function, checked by the caller
             unsafe {
-                let (a, b) = exp_half_kl(_mm256_loadu_pd(vc.as_ptr()));
+                let (a, b, c) = exp_half_kl(_mm256_loadu_pd(vc.as_ptr()));
                 _mm256_storeu_pd(sc.as_mut_ptr(), a);
                 _mm256_storeu_pd(fc.as_mut_ptr(), b);
+                _mm256_storeu_pd(mc.as_mut_ptr(), c);
             }
         }
-        (s, f)
+        (s, f, m)
+    }
+
+    /// The gradient's e^v - 1 from the vector polynomial against libm's expm1 (< 1 ulp): near 0
+    /// (down to 1e-300, where 1 - e^v is all cancellation), across |v| = ln2, out to ±700.
+    #[test]
+    fn em1_is_accurate_everywhere() {
+        if Simd::detect() != Simd::Avx2 {
+            return;
+        }
+        let mut v: Vec<f64> = Vec::new();
+        for e in -300..=2 {
+            for m in [1.0, 1.234567, 3.3, 5.9, 9.99] {
+                v.push(m * 10f64.powi(e));
+                v.push(-m * 10f64.powi(e));
+            }
+        }
+        v.extend((0..200_000).map(|i| -5.0 + 10.0 * i as f64 / 199_999.0));
+        v.extend((0..20_000).map(|i| 0.68 + 0.02 * i as f64 / 19_999.0));
+        v.extend((0..20_000).map(|i| -0.70 + 0.02 * i as f64 / 19_999.0));
+        v.extend((0..20_000).map(|i| -700.0 + 1400.0 * i as f64 / 19_999.0));
+        v.extend([0.0, -0.0, EXP_HALF_MAX / 2.0 - 1.0]);
+        while !v.len().is_multiple_of(4) {
+            v.push(0.5);
+        }
+        // SAFETY: avx2 and fma checked above
+        let (_, _, m) = unsafe { exp_half_kl_em1_each(&v) };
+        let (mut worst_small, mut worst_all) = (0.0f64, 0.0f64);
+        for (x, got) in v.iter().zip(&m) {
+            let e = rel(*got, x.exp_m1());
+            worst_all = worst_all.max(e);
+            if x.abs() < std::f64::consts::LN_2 {
+                worst_small = worst_small.max(e);
+            }
+        }
+        eprintln!("vector e^v-1: worst relative error {worst_small:e} for |v| < ln2, {worst_all:e} overall");
+        assert!(worst_small < 4.5e-16, "{worst_small}");
+        assert!(worst_all < 1e-15, "{worst_all}");
     }
 
     #[test]

@@ -228,10 +228,12 @@ pub fn vae_step<T: VaeReal>(par: Par<'_>, s: &mut VaeScratch<T>, args: VaeArgs<'
     gemm(par, view(&s.z, b, l, "z")?.t(), d_h3, zero, view_mut(g_dec_w, l, h, "grad_dec_w")?);
     col_sums(&s.d_h3, h, &mut s.colsum, g_dec_b);
     gemm(par, d_h3, view(dec_w, l, h, "dec_w")?.t(), zero, view_mut(&mut s.d_z, b, l, "d_z")?);
+    // d(KL)/d(logvar) = (e^logvar - 1)/2 by expm1: sd² - 1 would cancel near logvar = 0
+    // (relative error ~u/|logvar|)
     for i in 0..b * l {
         let (dz, sd, e) = (s.d_z[i], s.std[i], args.eps[i]);
         s.d_mu[i] = dz + s.mu[i] * inv_b;
-        s.d_lv[i] = dz * (half * sd * e) + half * (sd * sd - T::ONE) * inv_b;
+        s.d_lv[i] = dz * (half * sd * e) + half * s.lv[i].exp_m1() * inv_b;
     }
     let d_mu = view(&s.d_mu, b, l, "d_mu")?;
     let d_lv = view(&s.d_lv, b, l, "d_logvar")?;
@@ -310,6 +312,58 @@ mod tests {
                 assert!((news[i][j] - (p[j] - 0.1 * grads[i][j])).abs() < 1e-15);
             }
         }
+    }
+
+    /// logvar_w = 0 and dec_w = 0, so logvar = logvar_b exactly (±[1e-8, 1e-6), 0, ±0.3) and
+    /// d_z = 0: grad_logvar_b[j] = Σ_b (e^logvar_j - 1)/(2B) = expm1(logvar_j)/2, which must come
+    /// out within a few ulps (relative) of libm's expm1 in f64 (float32: of the f32-rounded value),
+    /// and the new logvar_b is logvar_b - lr·grad. sd² - 1 instead loses ~u/|logvar|.
+    fn d_logvar_bias_near_zero<T: VaeReal>() -> f64 {
+        let is_f32 = std::mem::size_of::<T>() == 4;
+        let eps_t = if is_f32 { f32::EPSILON as f64 } else { f64::EPSILON };
+        let dims = VaeDims { batch: 8, input_dim: 6, hidden_dim: 5, latent_dim: 9 };
+        let (x, eps, mut params) = setup(dims);
+        params[4].iter_mut().for_each(|w| *w = 0.0); // logvar_w
+        params[6].iter_mut().for_each(|w| *w = 0.0); // dec_w
+        params[5] = vec![1e-6, -1e-6, 3.7e-7, -2.1e-8, 0.0, 0.3, -0.3, 5e-7, -9.9e-7];
+        let cast = |v: &[f64]| v.iter().map(|&a| T::from_f64(a)).collect::<Vec<T>>();
+        let (xt, et) = (cast(&x), cast(&eps));
+        let pt: Vec<Vec<T>> = params.iter().map(|p| cast(p)).collect();
+        let mut grads: Vec<Vec<T>> = pt.iter().map(|p| vec![T::ZERO; p.len()]).collect();
+        let mut news = grads.clone();
+        let mut scratch = VaeScratch::new(dims);
+        let p: [&[T]; 10] = std::array::from_fn(|i| pt[i].as_slice());
+        let mut gi = grads.iter_mut();
+        let g: [&mut [T]; 10] = std::array::from_fn(|_| gi.next().unwrap().as_mut_slice());
+        let mut ni = news.iter_mut();
+        let n: [&mut [T]; 10] = std::array::from_fn(|_| ni.next().unwrap().as_mut_slice());
+        let lr = T::from_f64(0.1);
+        vae_step(Par::serial(), &mut scratch, VaeArgs { x: &xt, eps: &et, params: p, lr, grads: g, new_params: n }).unwrap();
+        let mut worst = 0.0f64;
+        let mut textbook_worst = 0.0f64;
+        for (j, v) in pt[5].iter().enumerate() {
+            let v = v.to_f64();
+            let want = T::from_f64(0.5 * v.exp_m1()).to_f64();
+            let got = grads[5][j].to_f64();
+            let e = if got == want { 0.0 } else { ((got - want) / want).abs() / eps_t };
+            worst = worst.max(e);
+            assert!(e <= 4.0, "grad_logvar_b[{j}] at logvar {v:e}: {got:e} vs {want:e} ({e:.1} ulps)");
+            let new_want = pt[5][j] - lr * grads[5][j];
+            assert_eq!(news[5][j].to_f64(), new_want.to_f64(), "new_logvar_b[{j}]");
+            let sd = (0.5 * v).exp();
+            if want != 0.0 {
+                textbook_worst = textbook_worst.max(((0.5 * (sd * sd - 1.0) - want) / want).abs());
+            }
+        }
+        assert!(textbook_worst > 1e-11, "sd² - 1 should lose digits on these data ({textbook_worst:e})");
+        worst
+    }
+
+    #[test]
+    fn d_logvar_bias_near_zero_is_accurate() {
+        let w64 = d_logvar_bias_near_zero::<f64>();
+        let w32 = d_logvar_bias_near_zero::<f32>();
+        eprintln!("grad_logvar_b near logvar = 0: worst {w64:.2} ulps (f64), {w32:.2} ulps (f32)");
     }
 
     #[test]
