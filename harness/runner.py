@@ -15,7 +15,7 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -145,8 +145,7 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
 def _check_memory(cases: Sequence[Case]) -> None:
     available = psutil.virtual_memory().available
     for case in cases:
-        # the worker holds the inputs, the backend's copy, outputs and the float64 reference
-        need = 4 * WORKLOADS[case.workload].input_bytes(replace(case, dtype="float64"))
+        need = WORKLOADS[case.workload].peak_bytes(case)
         if need > available:
             raise UsageError(
                 f"{case.label()}: needs about {need / 2**30:.1f} GiB, only {available / 2**30:.1f} GiB available"

@@ -70,18 +70,17 @@ class Workload:
     reference: Callable[[Mapping[str, np.ndarray], Case], dict[str, Tracked]]
     cost: Callable[[Case], Cost]
     outputs: Callable[[Case], tuple[str, ...]]
-    # elements of the inputs, outputs and main temporaries of one case
-    elements: Callable[[Case], int]
+    # float64 values a case holds at its peak (inputs, the backend's buffers, the reference)
+    peak_values: Callable[[Case], int]
     # outputs that depend on eps, which a backend draws itself when eps is sampled inside the call
     # (it then also returns the 'eps' it drew, and these are checked against that draw)
     sampled_outputs: tuple[str, ...] = ()
     # whether the workload returns gradients (backends with autograd run a backward pass)
     has_gradients: bool = False
 
-    def input_bytes(self, case: Case) -> int:
-        """Bytes the inputs and outputs of a case occupy (without making them), to refuse sizes that
-        won't fit."""
-        return self.elements(case) * np.dtype(case.dtype).itemsize
+    def peak_bytes(self, case: Case) -> int:
+        """Memory a case needs at its peak (without making anything), to refuse sizes that won't fit."""
+        return 8 * self.peak_values(case)
 
 
 # --------------------------------------------------------------------------------------- inputs
@@ -151,22 +150,27 @@ def _vae_inputs(case: Case) -> dict[str, np.ndarray]:
     return _cast(arrays, case.dtype)
 
 
-def _elbo_elements(case: Case) -> int:
-    b, d, lat = case.batch, case.input_dim, case.latent_dim
-    grads = b * d + 2 * b * lat if WORKLOADS[case.workload].has_gradients else 0
-    return 2 * b * d + 4 * b * lat + grads
+# The memory a case holds at its peak, in float64 values, to refuse sizes that would not fit. The
+# float64 reference with its running error bounds dominates (every intermediate carries a value and
+# two bounds, plus numpy's temporaries), whatever the case dtype; the multipliers are the number of
+# arrays of the largest shape alive at the peak, measured as the peak RSS of a fresh worker running
+# the case (tests/test_memory.py holds every workload to within 1.5x of this).
 
 
-def _iwae_elements(case: Case) -> int:
+def _elbo_peak_values(case: Case) -> int:
+    arrays = 17 if WORKLOADS[case.workload].has_gradients else 16
+    return arrays * case.batch * case.input_dim + 20 * case.batch * case.latent_dim
+
+
+def _iwae_peak_values(case: Case) -> int:
     b, d, lat, k = case.batch, case.input_dim, case.latent_dim, case.importance_samples
-    return b * d + 2 * b * lat + k * b * lat + lat * d + d
+    return 10 * k * b * d + 20 * k * b * lat + 6 * b * d + 4 * lat * d
 
 
-def _vae_elements(case: Case) -> int:
+def _vae_peak_values(case: Case) -> int:
     b, d, lat, h = case.batch, case.input_dim, case.latent_dim, case.hidden_dim
     params = sum(math.prod(s) for s in vae_param_shapes(d, h, lat).values())
-    activations = b * (2 * h + 4 * lat + 2 * d)
-    return b * d + b * lat + 3 * params + 2 * activations
+    return 16 * b * (d + h) + 40 * b * lat + 10 * params
 
 
 # ------------------------------------------------------------------------------------ references
@@ -366,7 +370,7 @@ ELBO = Workload(
     elbo_reference,
     _elbo_cost,
     _elbo_outputs,
-    _elbo_elements,
+    _elbo_peak_values,
     sampled_outputs=("z",),
 )
 
@@ -389,7 +393,7 @@ WORKLOADS: dict[str, Workload] = {
             iwae_reference,
             _iwae_cost,
             lambda case: ("iwae",),
-            _iwae_elements,
+            _iwae_peak_values,
         ),
         Workload(
             "vae_step",
@@ -401,7 +405,7 @@ WORKLOADS: dict[str, Workload] = {
             lambda case: (
                 ("loss",) + tuple(f"grad_{p}" for p in VAE_PARAMS) + tuple(f"new_{p}" for p in VAE_PARAMS)
             ),
-            _vae_elements,
+            _vae_peak_values,
         ),
     )
 }

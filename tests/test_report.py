@@ -303,3 +303,22 @@ def test_cli_claims_json(capsys, claims_file):
     assert cli("claims", str(claims_file), "--json") == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["id"] for c in data[0]["claims"]][:2] == ["C1", "C2"]
+
+
+def test_exports_escape_what_a_results_file_carries(tmp_path):
+    from harness.case import Case
+    from tests.builders import make_run, ok
+
+    evil = "=HYPERLINK(\"http://x\")"
+    run = make_run([
+        ok(Case("elbo", "numpy"), [1e5] * 9),
+        ok(Case("elbo", evil), [2e5] * 9),
+        Measurement(Case("elbo", "@SUM(A1)"), "failed", "<img src=x onerror=alert(1)> | -2+3"),
+    ])
+    table = measurement_table(run, label="+cmd")
+    csv_path, md_path = write_exports(table, summary_table(table), "numpy", tmp_path / "t")
+    csv_text = csv_path.read_text()
+    assert "'=HYPERLINK" in csv_text and "'@SUM(A1)" in csv_text and "'+cmd" in csv_text
+    assert "\n=" not in csv_text and ",=" not in csv_text and ",@" not in csv_text
+    md_text = md_path.read_text()
+    assert "<img" not in md_text and "&lt;img src=x onerror=alert(1)&gt; \\| -2+3" in md_text

@@ -729,14 +729,15 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let is_f32 = std::mem::size_of::<T>() == 4;
         let big = if is_f32 { 20.0 } else { 700.0 };
-        let fixed = [0.0, -0.0, 0.3, -0.3, 1e-300, -1e-300, 1e-30, 0.69, -0.69, 0.6931, -0.6932, 0.7, -0.7, 2.0, -2.0, 20.0, -20.0, big, -big];
+        let ln2 = std::f64::consts::LN_2;
+        let fixed = [0.0, -0.0, 0.3, -0.3, 1e-300, -1e-300, 1e-30, 0.69, -0.69, ln2 * (1.0 - 1e-6), -ln2 * (1.0 + 1e-6), ln2, -ln2, 0.7, -0.7, 2.0, -2.0, 20.0, -20.0, big, -big];
         let eps_t = if is_f32 { f32::EPSILON as f64 } else { f64::EPSILON };
         let mut worst = (0.0f64, 0.0f64);
         for &(b, d, l) in &[(128usize, 3usize, 20usize), (5, 9, 7), (1, 1, 1), (333, 2, 3), (64, 1, 33)] {
             let mut g = Lcg(b as u64 * 131 + l as u64);
             let mut lv: Vec<f64> = (0..b * l)
                 .map(|i| match i % 5 {
-                    0 | 1 | 2 => g.signed(1e-8, 1e-6),
+                    0..=2 => g.signed(1e-8, 1e-6),
                     3 => fixed[(i / 5) % fixed.len()],
                     _ => g.signed(0.0, 1.0),
                 })

@@ -250,7 +250,7 @@ pub unsafe fn latent_f64<const GRAD: bool>(
         sf = _mm256_add_pd(sf, f);
         if GRAD {
             _mm256_storeu_pd(pgm.add(i), _mm256_mul_pd(nib, m));
-            _mm256_storeu_pd(pgl.add(i), _mm256_fnmadd_pd(_mm256_mul_pd(s, s), nhib, nhib));
+            _mm256_storeu_pd(pgl.add(i), _mm256_mul_pd(em1, nhib));
         }
         i += 4;
     }
