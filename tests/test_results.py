@@ -126,7 +126,7 @@ def test_an_ok_status_needs_samples_and_a_passing_check():
     with pytest.raises(ValueError, match="status ok without samples"):
         Measurement(Case("elbo", "numpy"), "ok")
     with pytest.raises(ValueError, match="check failed"):
-        Measurement(Case("elbo", "numpy"), "ok", loops=1, samples_ns=(5.0,), check=Check(False, 1.0, 1e-9))
+        Measurement(Case("elbo", "numpy"), "ok", loops=1, samples_ns=(5.0,), check=Check(False, "z", "wrong"))
 
 
 def test_files_are_strict_json_and_non_finite_tokens_are_refused(tmp_path):
@@ -161,7 +161,8 @@ def test_version_1_non_finite_errors_and_pooled_rounds_are_migrated(tmp_path):
     path = tmp_path / "v1.json"
     path.write_text(json.dumps(doc).replace('"INF"', "Infinity"))
     loaded = load(path).measurements[0]
-    assert loaded.check.max_rel_err is None and loaded.rounds == (2, 3) and loaded.round_medians is not None
+    assert loaded.check.rel_err is None and loaded.check.rel_tolerance == 1e-9
+    assert loaded.rounds == (2, 3) and loaded.round_medians is not None
 
 
 def test_pooling_rounds_keeps_per_call_times_and_the_first_failure():
