@@ -1,19 +1,20 @@
 """Same-machine A/B: measure a git revision (base) against the working tree (head), interleaved.
 
 The base revision is checked out into a temporary git worktree; the working tree is used as it is.
-Each side runs in its own environment: the same interpreter, with that side's source tree first on
-PYTHONPATH (and as the working directory), plus whatever its backends declare they need built
-(`Backend.build`, e.g. the Rust extension, built with maturin per side into a temporary directory
-also on PYTHONPATH; the cargo target directory is shared and persistent, so unchanged crates
-compile once). A side whose build fails is reported and the backends needing that build are left
-out on both sides; the other backends are still gated.
+Each side runs in its own environment: the same interpreter, with that side's tree installed
+(`pip install --no-deps --target`, a real install of what that revision's pyproject declares,
+its entry points included) into a temporary folder first on PYTHONPATH, and its tree as the working
+directory; plus whatever its backends declare they need built (`Backend.build`, e.g. the Rust
+extension, built with maturin per side into a temporary folder also on PYTHONPATH; the cargo target
+directory is shared and persistent, so unchanged crates compile once). A side whose build fails is
+reported and the backends needing that build are left out on both sides; the rest is still gated.
+Revisions from before the package was called `elbolab` (top-level `harness`) run as `harness.cli`.
 
-The two sides then run `python -m harness.cli run <filters>` alternately in balanced order
+The two sides then run `python -m elbolab.cli run <filters>` alternately in balanced order
 (A B, B A, A B, ...) so slow machine drift hits both alike; each side's samples are pooled over the
-rounds (harness.compare.pool_rounds) and the pooled runs are compared by the caller.
+rounds (elbolab.compare.pool_rounds) and the pooled runs are compared by the caller.
 
-Entry points come from the installed elbolab metadata, so a backend registered only by the base
-revision is not seen (its modules are). This module never prints: progress goes to `log`.
+This module never prints: progress goes to `log`.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.backend import Backend, Build, discover
-from harness.compare import pool_rounds
-from harness.errors import UsageError
-from harness.results import Run, load
+from elbolab.backend import Backend, Build, discover
+from elbolab.compare import pool_rounds
+from elbolab.errors import UsageError
+from elbolab.results import Run, load
 
 # the filters of `elbolab run` forwarded to both sides (Plan attribute, CLI flag)
 RUN_FILTERS = ("backend", "workload", "batch", "dtype", "threads", "device", "variant")
@@ -62,13 +63,14 @@ class ABConfig:
 @dataclass
 class Side:
     name: str  # base / head
-    tree: Path  # source tree on PYTHONPATH and working directory
-    extra_path: list[Path] = field(default_factory=list)
+    tree: Path  # source tree, the working directory of its runs
+    extra_path: list[Path] = field(default_factory=list)  # its install and builds, first on PYTHONPATH
+    cli: str = "elbolab.cli"  # the module its runs are started with
     build_errors: dict[Build, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        paths = [str(self.tree), *(str(p) for p in self.extra_path)]
+        paths = [str(p) for p in self.extra_path]
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -171,6 +173,22 @@ def build_maturin(tree: Path, build: Build, dest: Path, log: Log, target_dir: Pa
 BUILDERS = {"maturin": build_maturin}
 
 
+def install_side(side: Side, dest: Path, log: Log) -> None:
+    """pip-install the side's tree (no dependencies: the interpreter has them) into `dest`."""
+    log(f"installing {side.name} ({side.tree}) ...")
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+           "--target", str(dest), str(side.tree)]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UsageError(f"cannot install the {side.name} revision: {exc}") from None
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        raise UsageError(f"cannot install the {side.name} revision: {lines[-1].strip() if lines else proc.returncode}")
+    side.extra_path.insert(0, dest)
+    side.cli = "elbolab.cli" if (dest / "elbolab").is_dir() else "harness.cli"
+
+
 def build_side(side: Side, needed: dict[Build, list[str]], tmp: Path, target_dir: Path, log: Log) -> None:
     for i, build in enumerate(needed):
         builder = BUILDERS.get(build.kind)
@@ -189,8 +207,8 @@ def build_side(side: Side, needed: dict[Build, list[str]], tmp: Path, target_dir
 # ------------------------------------------------------------------------------------------ runs
 
 
-def run_argv(config: ABConfig, out: Path, leave_out: set[str], backends: Sequence[str]) -> list[str]:
-    argv = [sys.executable, "-m", "harness.cli", "run", "--out", str(out), "--no-limits"]
+def run_argv(config: ABConfig, out: Path, leave_out: set[str], backends: Sequence[str], cli: str) -> list[str]:
+    argv = [sys.executable, "-m", cli, "run", "--out", str(out), "--no-limits"]
     for name in RUN_FILTERS:
         values = config.filter(name)
         if name == "backend":
@@ -271,6 +289,7 @@ def measure_ab(config: ABConfig, log: Log = lambda _: None) -> ABResult:
         try:
             sides = {"base": Side("base", base_tree), "head": Side("head", repo)}
             for side in sides.values():
+                install_side(side, tmp / f"{side.name}-install", log)
                 build_side(side, needed, tmp, cargo_target_dir(repo), log)
             leave_out: set[str] = set()
             for side in sides.values():
@@ -283,7 +302,8 @@ def measure_ab(config: ABConfig, log: Log = lambda _: None) -> ABResult:
             for i, name in enumerate(order):
                 out = tmp / f"{name}_{len(runs[name]) + 1}.json"
                 t0 = time.perf_counter()
-                run = run_side(sides[name], run_argv(config, out, leave_out, list(backends)), out)
+                side = sides[name]
+                run = run_side(side, run_argv(config, out, leave_out, list(backends), side.cli), out)
                 runs[name].append(run)
                 log(f"run {i + 1}/{len(order)} ({name}): {len(run.measurements)} cases, "
                     f"{time.perf_counter() - t0:.1f} s")  # fmt: skip

@@ -1,6 +1,6 @@
 """How far a backend's answer may be from the float64 reference, derived from the arithmetic.
 
-A tolerance is not one constant per dtype. The references (harness.workloads) are written with
+A tolerance is not one constant per dtype. The references (elbolab.workloads) are written with
 `Tracked` values, which carry beside each float64 value a running error bound (Wilkinson's running
 error analysis; Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 3.3): how far,
 in units of the case dtype's unit roundoff u (2^-53 for float64, 2^-24 for float32), any evaluation
@@ -41,8 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-
-from harness.measurement import Check
+from elbolab.measurement import Check
 
 ELEMENTWISE_ROUNDINGS = 10  # c: slack for the elementwise work each output element has
 LAMBDA = 6.0  # Higham-Mary: sqrt(m) u grows with probability 1 - O(exp(-lambda^2 / 2))

@@ -17,8 +17,7 @@ from functools import partial
 from importlib.metadata import entry_points
 
 import numpy as np
-
-from harness.case import Case
+from elbolab.case import Case
 
 ENTRY_POINT_GROUP = "elbolab.backends"
 

@@ -1,8 +1,8 @@
 """Compare two runs case by case: a pure function from two Runs to a frozen `Report`.
 
-Nothing here reads files, touches a clock or prints; renderers (harness.cli.render for the terminal,
-harness.report.markdown for Markdown) turn a report into text afterwards: compare, then render.
-What a ratio means is decided by harness.verdict, the one rule every consumer shares.
+Nothing here reads files, touches a clock or prints; renderers (elbolab.cli.render for the terminal,
+elbolab.report.markdown for Markdown) turn a report into text afterwards: compare, then render.
+What a ratio means is decided by elbolab.verdict, the one rule every consumer shares.
 
 Broken cases: a case measured ok in base but failed, incorrect or timed out in head is *broken*;
 the gate fails on it (a kernel that stopped working is not faster).
@@ -24,13 +24,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from harness.case import Case
-from harness.errors import UsageError
-from harness.measurement import BROKEN_STATUSES, Measurement
-from harness.results import Run
-from harness.stats import RatioEstimate, ratio_interval
-from harness.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide
-from harness.workloads import WORKLOADS
+from elbolab.case import Case
+from elbolab.errors import UsageError
+from elbolab.measurement import BROKEN_STATUSES, Measurement
+from elbolab.results import Run
+from elbolab.stats import RatioEstimate, ratio_interval
+from elbolab.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide
+from elbolab.workloads import WORKLOADS
 
 REPORT_SCHEMA = "elbolab.compare/1"
 
@@ -401,7 +401,7 @@ def _normalized(case: RatioEstimate, ref: RatioEstimate) -> RatioEstimate:
 
 
 def pool_rounds(runs: Sequence[Run]) -> Run:
-    """One run pooling each case's samples over several runs of one side (harness.ab)."""
+    """One run pooling each case's samples over several runs of one side (elbolab.ab)."""
     if not runs:
         raise ValueError("nothing to pool")
     by_case: dict[tuple, list[Measurement]] = {}

@@ -80,7 +80,7 @@ def software_info() -> dict:
 
 
 def _elbolab_version() -> str:
-    from harness import __version__
+    from elbolab import __version__
 
     return __version__
 

@@ -21,11 +21,10 @@ from functools import cached_property
 from typing import Annotated, Any, Literal
 
 import numpy as np
+from elbolab.case import STRICT, Case
+from elbolab.stats import Summary, summarize
 from pydantic import Field, TypeAdapter, model_validator
 from pydantic.dataclasses import dataclass
-
-from harness.case import STRICT, Case
-from harness.stats import Summary, summarize
 
 Status = Literal["ok", "incorrect", "failed", "timeout", "skipped"]
 STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
@@ -48,7 +47,7 @@ class Cost:
 
 @dataclass(frozen=True, config=STRICT)
 class Check:
-    """The outputs against the float64 reference (harness.accuracy): the error of the worst output
+    """The outputs against the float64 reference (elbolab.accuracy): the error of the worst output
     in roundoff units, the bound it was held to, what careful arithmetic achieves, the verdict."""
 
     ok: bool

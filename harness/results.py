@@ -24,12 +24,11 @@ from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from elbolab.case import STRICT
+from elbolab.errors import UsageError
+from elbolab.measurement import SUMMARY_KEY, FiniteFloat, Measurement, Text
 from pydantic import Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
-
-from harness.case import STRICT
-from harness.errors import UsageError
-from harness.measurement import SUMMARY_KEY, FiniteFloat, Measurement, Text
 
 SCHEMA_PREFIX = "elbolab.run/"
 SCHEMA_VERSION = 2
@@ -48,7 +47,7 @@ class Git:
 
 @dataclass(frozen=True, config=STRICT)
 class TrainingCurve:
-    """The digits VAE trained through one backend's vae_step (harness.train)."""
+    """The digits VAE trained through one backend's vae_step (elbolab.train)."""
 
     backend: Text
     device: Text

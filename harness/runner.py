@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-
-from harness.backend import Backend, discover
-from harness.case import DTYPES, Case
-from harness.errors import UsageError
-from harness.measurement import Measurement, not_measured
-from harness.results import FileLock, Run, RunFile, TrainingCurve, load, new_run, remove_stale_temporaries
-from harness.timer import TimerConfig
-from harness.worker import WorkerSpec, serve, thread_env
-from harness.workloads import WORKLOADS
+from elbolab.backend import Backend, discover
+from elbolab.case import DTYPES, Case
+from elbolab.errors import UsageError
+from elbolab.measurement import Measurement, not_measured
+from elbolab.results import FileLock, Run, RunFile, TrainingCurve, load, new_run, remove_stale_temporaries
+from elbolab.timer import TimerConfig
+from elbolab.worker import WorkerSpec, serve, thread_env
+from elbolab.workloads import WORKLOADS
 
 # The default matrix of `make bench`: every workload over the batch sizes where it is interesting
 # (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound and
@@ -336,7 +335,7 @@ def run_training(
 ) -> None:
     """Train the digits VAE on every backend (one worker each); put the curves into `run`,
     replacing earlier curves of the same backend, device and dtype only."""
-    from harness.train import DATASET, bias_only_loss, curve_difference, digits
+    from elbolab.train import DATASET, bias_only_loss, curve_difference, digits
 
     backends = discover()
     check_names(backend_names, backends, "backend")
@@ -401,7 +400,7 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> Ru
           resume     finish the run in `out`: same machine, same plan and timer
           append     add to the run in `out` (training curves): same machine
     """
-    from harness.machine import git_info, machine_info, software_info
+    from elbolab.machine import git_info, machine_info, software_info
 
     check_writable(out)
     exists = out.exists()
@@ -461,6 +460,6 @@ def run_plan(
 
 
 def _measure_limits(plan: Plan) -> dict:
-    from harness.limits import measure_limits
+    from elbolab.limits import measure_limits
 
     return measure_limits(sorted(set(plan.threads or default_threads())), quick=plan.quick)

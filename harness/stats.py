@@ -5,7 +5,7 @@ confidence interval is the distribution-free one from order statistics (the bino
 in every nonparametric-statistics table), so no normality is assumed. Ratios between two sets of
 samples (speed-ups, regressions) get the Hodges-Lehmann estimate of the scale ratio with its exact
 rank-test (Mann-Whitney) interval: see `ratio_interval`. What a ratio *means* (faster, slower, same,
-too noisy to tell) is decided in one place only, harness.verdict.
+too noisy to tell) is decided in one place only, elbolab.verdict.
 """
 
 from __future__ import annotations

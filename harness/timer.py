@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.backend import Prepared
+from elbolab.backend import Prepared
 
 
 @dataclass(frozen=True)

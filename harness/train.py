@@ -4,7 +4,7 @@ Every backend trains from the same initial weights on the same batches with the 
 through the backend's own `vae_step` kernel (the one that is timed). What is held to account:
 
 - every step: the backend's loss, gradients and updated weights against the float64 reference on
-  the same inputs (its own current weights), with the bounds of harness.accuracy, so a float32
+  the same inputs (its own current weights), with the bounds of elbolab.accuracy, so a float32
   curve is judged by what float32 arithmetic can give at each step, not by a flat tolerance on how
   far a chaotic trajectory drifted from another backend's;
 - the end: that it learned, i.e. the final loss is below that of the best model that ignores its
@@ -21,10 +21,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-
-from harness.backend import Backend
-from harness.case import Case
-from harness.workloads import VAE_PARAMS, init_vae_params
+from elbolab.backend import Backend
+from elbolab.case import Case
+from elbolab.workloads import VAE_PARAMS, init_vae_params
 
 DATASET = "sklearn digits 8x8, scaled to [0,1]"
 
@@ -79,7 +78,7 @@ def bias_only_loss(data: np.ndarray) -> float:
 
 def train(backend: Backend, device: str, dtype: str, threads: int, cfg: TrainConfig) -> Trained:
     """Train with the backend's vae_step kernel, checking every step against the reference."""
-    from harness.workloads import WORKLOADS, check_outputs
+    from elbolab.workloads import WORKLOADS, check_outputs
 
     data = digits()
     d = data.shape[1]

@@ -5,7 +5,7 @@ tables, the claims check, `compare` and the gate — calls `judge` here, so the 
 same word everywhere.
 
 The ratio is head/base of the per-call times (> 1: head is slower), estimated by Hodges-Lehmann
-with its exact 95% rank interval (harness.stats.ratio_interval). With a threshold t (default 10%)
+with its exact 95% rank interval (elbolab.stats.ratio_interval). With a threshold t (default 10%)
 and a noise band b (default 3%):
 
 - slower            the whole interval lies above 1 + b
@@ -33,8 +33,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from harness.errors import UsageError
-from harness.stats import RatioEstimate, ratio_interval
+from elbolab.errors import UsageError
+from elbolab.stats import RatioEstimate, ratio_interval
 
 DEFAULT_THRESHOLD = 0.10
 DEFAULT_NOISE_BAND = 0.03

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from harness.backend import Backend
-from harness.case import Case
-from harness.measurement import Check
-from harness.workloads import WORKLOADS, check_outputs
+from elbolab.backend import Backend
+from elbolab.case import Case
+from elbolab.measurement import Check
+from elbolab.workloads import WORKLOADS, check_outputs
 
 
 def verify(backend: Backend, case: Case) -> Check:

@@ -7,7 +7,7 @@ inherited) that serves cases of one backend at one thread count. Its thread envi
 Messages (tuples over a multiprocessing Connection):
   worker -> runner  ("hello", {"pid": ..., "versions": {...}})
   runner -> worker  ("case", case_json, timer_json)
-  worker -> runner  ("result", measurement_json)   (harness.measurement.Measurement.to_json)
+  worker -> runner  ("result", measurement_json)   (elbolab.measurement.Measurement.to_json)
   runner -> worker  ("train", device, dtype, threads, train_config_json)
   worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
   runner -> worker  ("stop",)
@@ -45,9 +45,9 @@ class WorkerSpec:
 
 def serve(conn, spec: WorkerSpec) -> None:
     """Worker process entry point."""
-    from harness.backend import discover
-    from harness.case import Case
-    from harness.timer import TimerConfig
+    from elbolab.backend import discover
+    from elbolab.case import Case
+    from elbolab.timer import TimerConfig
 
     backends = discover()
     backend = backends[spec.backend]
@@ -77,10 +77,9 @@ def serve(conn, spec: WorkerSpec) -> None:
 
 
 def train_backend(backend, device: str, dtype: str, threads: int, config_json: dict) -> dict:
+    from elbolab.case import Case
+    from elbolab.train import TrainConfig, train
     from threadpoolctl import threadpool_limits
-
-    from harness.case import Case
-    from harness.train import TrainConfig, train
 
     reason = backend.skip_reason(Case("vae_step", backend.name, device, dtype))
     if reason:
@@ -127,7 +126,7 @@ def _reset_peak_rss() -> bool:
 
 
 def _memory(reset_ok: bool, baseline: int | None, device_peak: int | None):
-    from harness.measurement import Memory
+    from elbolab.measurement import Memory
 
     peak = _status_bytes("VmHWM") if reset_ok else None
     return Memory(
@@ -143,11 +142,10 @@ def measure_case(backend, case, timer):
     """Measure one case in this process: inputs, prepare, timing, the check. Returns a Measurement
     (a failure of the backend is a 'failed' measurement with the reason, never an exception)."""
     import numpy as np
+    from elbolab.measurement import Measurement, not_measured
+    from elbolab.timer import time_prepared
+    from elbolab.workloads import WORKLOADS, check_outputs
     from threadpoolctl import threadpool_limits
-
-    from harness.measurement import Measurement, not_measured
-    from harness.timer import time_prepared
-    from harness.workloads import WORKLOADS, check_outputs
 
     workload = WORKLOADS[case.workload]
     cost = workload.cost(case)

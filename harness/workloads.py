@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
-
-from harness.accuracy import (
+from elbolab.accuracy import (
     Tracked,
     check,
     exp,
@@ -40,8 +39,8 @@ from harness.accuracy import (
     softplus,
     unit_roundoff,
 )
-from harness.case import Case
-from harness.measurement import Check, Cost
+from elbolab.case import Case
+from elbolab.measurement import Check, Cost
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -175,7 +174,7 @@ def _vae_peak_values(case: Case) -> int:
 
 # ------------------------------------------------------------------------------------ references
 #
-# The references are float64 and written with harness.accuracy.Tracked values, so every output
+# The references are float64 and written with elbolab.accuracy.Tracked values, so every output
 # carries the magnitude and rounding depth its tolerance is derived from. They share no code with
 # any backend (the NumPy backend has its own kernels); the tests check them against finite
 # differences and against a higher-precision (long double / math.fsum) evaluation.
@@ -191,7 +190,7 @@ def half_excess(lv: Tracked) -> Tracked:
     """e^lv - 1 - lv, which is >= 0: the KL term without the cancellation of 1 + lv - e^lv.
 
     Careful arithmetic computes it as expm1(lv) - lv; near lv = 0 the plain 1 + lv - e^lv loses
-    most digits: valid, but flagged as less accurate (harness.accuracy)."""
+    most digits: valid, but flagged as less accurate (elbolab.accuracy)."""
     return expm1(lv) - lv
 
 
@@ -311,7 +310,7 @@ def check_outputs(
     next_eps: np.ndarray | None = None,
 ) -> Check:
     """A backend's outputs against the reference, every element held to the bound its arithmetic
-    can give (harness.accuracy).
+    can give (elbolab.accuracy).
 
     With eps drawn inside the call the backend returns the eps it drew: the reference is computed
     with that eps, so z is checked exactly like every other output, and the draw itself must be

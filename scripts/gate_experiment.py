@@ -4,7 +4,7 @@
     .venv/bin/python scripts/gate_experiment.py --cycles 4   # a shorter look
     .venv/bin/python scripts/gate_experiment.py --time-ab    # + time a real quick A/B gate vs HEAD
 
-Every measurement is a real `python -m harness.cli run --quick` of the test-only backend
+Every measurement is a real `python -m elbolab.cli run --quick` of the test-only backend
 `numpy-slow` (tests/slow_backend.py: the NumPy elbo kernel plus ELBOLAB_EXTRA_WORK of its main
 pass), on `--batches` (default 128 and 1024, elbo, float64, one thread, eps=given).
 
@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.compare import compare, pool_rounds  # noqa: E402
-from harness.results import Run, load  # noqa: E402
+from elbolab.compare import compare, pool_rounds  # noqa: E402
+from elbolab.results import Run, load  # noqa: E402
 
 ARMS = {"a": 0.0, "b": 0.0, "c": 0.0, "s10": 0.10, "s25": 0.25}
 GATES = (("A/A", "b"), ("A/A", "c"), ("+10%", "s10"), ("+25%", "s25"))
@@ -50,7 +50,7 @@ def run_arm(extra: float, out: Path, batches: str) -> Run:
         ELBOLAB_EXTRA_WORK=str(extra),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-    argv = [sys.executable, "-m", "harness.cli", "run", "--backend", "numpy-slow", "--workload", "elbo",
+    argv = [sys.executable, "-m", "elbolab.cli", "run", "--backend", "numpy-slow", "--workload", "elbo",
             "--batch", batches, "--dtype", "float64", "--threads", "1", "--variant", "eps=given",
             "--quick", "--no-limits", "--out", str(out)]  # fmt: skip
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -63,7 +63,7 @@ def time_ab_gate() -> None:
     print("\ntiming a real quick A/B gate: elbolab gate --base HEAD --backend numpy --quick --rounds 3 ...")
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", "gate", "--base", "HEAD", "--backend", "numpy", "--quick",
+        [sys.executable, "-m", "elbolab.cli", "gate", "--base", "HEAD", "--backend", "numpy", "--quick",
          "--rounds", "3"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip

@@ -12,28 +12,28 @@ RUN="$OUT/h200.json"
 
 # No install needed: the lab runs from the tree; its backends are named explicitly
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export ELBOLAB_BACKENDS=backends.numpy:backend,backends.torch:backend,backends.torch:compiled_backend,backends.numba:backend,backends.numba:parallel_backend,backends.rust:backend,backends.rust:inner_loop_backend,backends.rust:tutorial_backend
+export ELBOLAB_BACKENDS=elbolab.backends.numpy:backend,elbolab.backends.torch:backend,elbolab.backends.torch:compiled_backend,elbolab.backends.numba:backend,elbolab.backends.numba:parallel_backend,elbolab.backends.rust:backend,elbolab.backends.rust:inner_loop_backend,elbolab.backends.rust:tutorial_backend
 ls target/wheels/elbolab_rust-*.whl >/dev/null 2>&1 && \
   $PY -m pip install -q --no-deps --no-index --force-reinstall target/wheels/elbolab_rust-*.whl 2>&1 | tail -1
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -V; nproc; } | tee "$OUT/machine.txt"
-$PY -m harness.cli list > "$OUT/list.txt" 2>&1
+$PY -m elbolab.cli list > "$OUT/list.txt" 2>&1
 
 echo "== tests: CUDA (torch) and the Rust wheel on this CPU"
 timeout 60 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_torch_backend.py 2>&1 | tee "$OUT/tests.log" | tail -1
 timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_rust_backend.py 2>&1 | tee -a "$OUT/tests.log" | tail -1
 
 echo "== elbolab run (cpu and cuda)"
-timeout 200 $PY -m harness.cli run --backend numpy,torch,rust,rust-inner,rust-tutorial,numba,numba-parallel \
+timeout 200 $PY -m elbolab.cli run --backend numpy,torch,rust,rust-inner,rust-tutorial,numba,numba-parallel \
   --workload elbo,elbo_grad,iwae,vae_step --batch 128,8192 --dtype float32,float64 \
   --threads 1 --quick --out "$RUN" 2>&1 | tail -2
 
 echo "== torch.compile on cuda"
-timeout 60 $PY -m harness.cli run --backend torch-compile --device cuda --workload elbo,elbo_grad \
+timeout 60 $PY -m elbolab.cli run --backend torch-compile --device cuda --workload elbo,elbo_grad \
   --batch 128,8192 --dtype float32,float64 --variant eps=given --threads 1 --quick \
   --out "$RUN" --resume 2>&1 | tail -2
 
 echo "== training on the digits"
-timeout 45 $PY -m harness.cli train --backend numpy,torch,rust --out "$RUN" 2>&1 | tail -8
-$PY -m harness.cli show "$RUN" > "$OUT/summary.txt" 2>&1
+timeout 45 $PY -m elbolab.cli train --backend numpy,torch,rust --out "$RUN" 2>&1 | tail -8
+$PY -m elbolab.cli show "$RUN" > "$OUT/summary.txt" 2>&1
 echo "== done"

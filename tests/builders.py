@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-
-from harness.case import Case
-from harness.measurement import Measurement
-from harness.results import Run, new_run
+from elbolab.case import Case
+from elbolab.measurement import Measurement
+from elbolab.results import Run, new_run
 
 CPU = "Test CPU 9000"
 

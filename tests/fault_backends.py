@@ -11,9 +11,9 @@ import os
 import time
 from dataclasses import replace
 
-from backends.numpy import backend as numpy_backend
-from harness.backend import Backend, Prepared
-from harness.case import Case
+from elbolab.backend import Backend, Prepared
+from elbolab.backends.numpy import backend as numpy_backend
+from elbolab.case import Case
 
 FAULT_BATCH = 7
 

@@ -23,11 +23,11 @@ def _status(field: str) -> int:
 
 def main() -> None:
     workload, backend_name, dtype, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    from harness.backend import discover
-    from harness.case import Case
-    from harness.timer import TimerConfig
-    from harness.worker import measure_case
-    from harness.workloads import WORKLOADS
+    from elbolab.backend import discover
+    from elbolab.case import Case
+    from elbolab.timer import TimerConfig
+    from elbolab.worker import measure_case
+    from elbolab.workloads import WORKLOADS
 
     backend = discover()[backend_name]
     timer = TimerConfig(target_sample_ns=1_000_000, sample_count=3, warmup=0, min_samples=3)

@@ -25,11 +25,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-
-from backends.numpy import backend as numpy_backend
-from harness.backend import Backend, Prepared
-from harness.case import Case
-from harness.workloads import VAE_PARAMS, WORKLOADS
+from elbolab.backend import Backend, Prepared
+from elbolab.backends.numpy import backend as numpy_backend
+from elbolab.case import Case
+from elbolab.workloads import VAE_PARAMS, WORKLOADS
 
 VECTOR = 8  # the SIMD width whose tail `tail_skip` gets wrong
 

@@ -15,10 +15,9 @@ import os
 from dataclasses import replace
 
 import numpy as np
-
-from backends.numpy import backend as numpy_backend
-from harness.backend import Backend, Prepared
-from harness.case import Case
+from elbolab.backend import Backend, Prepared
+from elbolab.backends.numpy import backend as numpy_backend
+from elbolab.case import Case
 
 EXTRA_WORK_ENV = "ELBOLAB_EXTRA_WORK"
 

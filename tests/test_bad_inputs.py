@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from elbolab.case import Case
+from elbolab.cli import main
+from elbolab.measurement import Measurement
+from elbolab.results import save
 
-from harness.case import Case
-from harness.cli import main
-from harness.measurement import Measurement
-from harness.results import save
 from tests.builders import make_run, ok
 
 DATA = Path(__file__).parent / "data"
@@ -316,7 +316,7 @@ def test_broken_pipe_is_quiet(files):
     import sys
 
     proc = subprocess.run(
-        f"{sys.executable} -m harness.cli claims good.json --json | head -c 10",
+        f"{sys.executable} -m elbolab.cli claims good.json --json | head -c 10",
         shell=True, capture_output=True, text=True, cwd=files,
     )  # fmt: skip
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

@@ -4,12 +4,12 @@ import json
 import subprocess
 import sys
 
-from harness.results import load
+from elbolab.results import load
 
 
 def _run_cli(*args):
     proc = subprocess.run(
-        [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "elbolab.cli", *args], capture_output=True, text=True, timeout=300
     )
     return proc.returncode, proc.stdout, proc.stderr
 

@@ -1,4 +1,4 @@
-"""harness.compare: the statistic, the verdicts, the gate's error rates on simulated noise, rendering.
+"""elbolab.compare: the statistic, the verdicts, the gate's error rates on simulated noise, rendering.
 
 Nothing here times anything: samples are simulated with fixed seeds, so every number is
 deterministic. The simulation is the realistic-noise proof the gate's defaults rest on.
@@ -12,15 +12,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from elbolab.ab import balanced_order
+from elbolab.case import Case
+from elbolab.cli.render import print_compare
+from elbolab.compare import CompareError, Reference, compare, pool_rounds
+from elbolab.measurement import Measurement
+from elbolab.report.markdown import compare_report
+from elbolab.verdict import Rule, RuleError, Verdict
 from rich.console import Console
 
-from harness.ab import balanced_order
-from harness.case import Case
-from harness.cli.render import print_compare
-from harness.compare import CompareError, Reference, compare, pool_rounds
-from harness.measurement import Measurement
-from harness.report.markdown import compare_report
-from harness.verdict import Rule, RuleError, Verdict
 from tests.builders import make_run, noisy, ok
 
 ELBO = Case("elbo", "numpy", batch=128)

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from harness.results import load
+from elbolab.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -26,7 +25,7 @@ MANY = ",".join(str(b) for b in range(1, 41))  # 40 quick elbo cases: several se
 
 
 def elbolab(*args: str, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "elbolab.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, **kw)  # fmt: skip
 
 

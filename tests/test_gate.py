@@ -11,14 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from elbolab.ab import balanced_order, build_maturin
+from elbolab.backend import Build
+from elbolab.case import Case
+from elbolab.cli import main
+from elbolab.compare import pool_rounds
+from elbolab.measurement import Measurement
+from elbolab.results import save
 
-from harness.ab import balanced_order, build_maturin
-from harness.backend import Build
-from harness.case import Case
-from harness.cli import main
-from harness.compare import pool_rounds
-from harness.measurement import Measurement
-from harness.results import save
 from tests.builders import make_run, noisy, ok
 from tests.test_compare import ELBO, GRAD
 
@@ -176,14 +176,15 @@ def test_pool_rounds_pools_per_call_samples_across_loop_counts():
 
 
 def test_slow_backend_does_extra_work_and_stays_correct(monkeypatch):
-    from harness.verify import verify
+    from elbolab.verify import verify
+
     from tests import slow_backend
 
     case = Case("elbo", slow_backend.backend.name, batch=16)
     for extra in ("0", "0.25", "1.5"):
         monkeypatch.setenv(slow_backend.EXTRA_WORK_ENV, extra)
         assert verify(slow_backend.backend, case).ok
-        from harness.workloads import WORKLOADS
+        from elbolab.workloads import WORKLOADS
 
         prepared = slow_backend.backend.prepare(case, WORKLOADS["elbo"].make_inputs(case))
         assert prepared.notes["extra_work"] == float(extra)
@@ -195,7 +196,7 @@ def test_slow_backend_does_extra_work_and_stays_correct(monkeypatch):
 # -------------------------------------------------------------------------------- A/B for real
 
 
-GATE = [sys.executable, "-m", "harness.cli", "gate", "--base", "HEAD"]
+GATE = [sys.executable, "-m", "elbolab.cli", "gate", "--base", "HEAD"]
 ONE_CASE = (
     "--workload elbo --batch 128 --dtype float64 --threads 1 --variant eps=given --quick --rounds 2".split()
 )
@@ -240,17 +241,11 @@ def test_ab_gate_against_head_in_this_repo(tmp_path):
 def _scratch_repo(tmp_path: Path) -> Path:
     """A throwaway git repository holding a copy of this working tree's Python code."""
     repo = tmp_path / "repo"
-    for part in (
-        "harness",
-        "backends/numpy",
-        "backends/__init__.py",
-        "tests/__init__.py",
-        "tests/slow_backend.py",
-    ):
+    for part in ("harness", "backends", "pyproject.toml", "README.md", "tests/__init__.py", "tests/slow_backend.py"):
         src, dst = ROOT / part, repo / part
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "target", "*.so"))
         else:
             shutil.copy2(src, dst)
     git = ["git", "-C", str(repo), "-c", "user.name=elbolab test", "-c", "user.email=test@elbolab"]

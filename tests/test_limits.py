@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from harness.limits import bandwidth_limit_for, measure_limits
+from elbolab.limits import bandwidth_limit_for, measure_limits
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +60,7 @@ def test_bandwidth_limit_for_a_working_set():
 
 
 def test_working_set_between_the_llc_probe_and_the_llc_size_is_held_to_the_llc_figure():
-    from harness.limits import bandwidth_limit_for
+    from elbolab.limits import bandwidth_limit_for
 
     limits = {
         "last_level_cache_bytes": 32 * 2**20,

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness.backend import discover
+from elbolab.backend import discover
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from elbolab.case import Case
+from elbolab.results import RunFile, new_run
+from elbolab.runner import execute
+from elbolab.timer import TimerConfig
 
-from harness.case import Case
-from harness.results import RunFile, new_run
-from harness.runner import execute
-from harness.timer import TimerConfig
 from tests.mutants import ALL
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,14 +6,13 @@ import sys
 
 import numpy as np
 import pytest
-
-from harness.backend import _load
-from harness.case import Case
-from harness.verify import verify
-from harness.workloads import VAE_PARAMS, WORKLOADS, iwae_reference
+from elbolab.backend import _load
+from elbolab.case import Case
+from elbolab.verify import verify
+from elbolab.workloads import VAE_PARAMS, WORKLOADS, iwae_reference
 
 numba = pytest.importorskip("numba")
-import backends.numba as bn  # noqa: E402
+import elbolab.backends.numba as bn  # noqa: E402
 
 CASES = [(w, v) for w in ("elbo", "elbo_grad", "iwae", "vae_step") for v in WORKLOADS[w].variants]
 BATCHES = (1, 7, 128)  # 7: not a multiple of any vector width
@@ -110,8 +109,8 @@ def test_threads_set_clamped_and_recorded():
 
 
 def test_registered_entry_points_load():
-    assert _load("backends.numba:backend").name == "numba"
-    assert _load("backends.numba:parallel_backend").name == "numba-parallel"
+    assert _load("elbolab.backends.numba:backend").name == "numba"
+    assert _load("elbolab.backends.numba:parallel_backend").name == "numba-parallel"
 
 
 def test_unavailable_reason_when_numba_is_missing(monkeypatch):

@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from harness.cli.reports import add_commands
-from harness.errors import UsageError
-from harness.measurement import Measurement
-from harness.report.claims import NOT_MEASURED, Outcome, check_claims
-from harness.report.html import build_views, render
-from harness.report.tables import KEY_FIELDS, LoadedRun, measurement_table, summary_table, write_exports
-from harness.results import Run, load, save
-from harness.stats import median_ci_ranks
-from harness.verdict import judge
+from elbolab.cli.reports import add_commands
+from elbolab.errors import UsageError
+from elbolab.measurement import Measurement
+from elbolab.report.claims import NOT_MEASURED, Outcome, check_claims
+from elbolab.report.html import build_views, render
+from elbolab.report.tables import KEY_FIELDS, LoadedRun, measurement_table, summary_table, write_exports
+from elbolab.results import Run, load, save
+from elbolab.stats import median_ci_ranks
+from elbolab.verdict import judge
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "run_fixture.json"
@@ -306,7 +305,8 @@ def test_cli_claims_json(capsys, claims_file):
 
 
 def test_exports_escape_what_a_results_file_carries(tmp_path):
-    from harness.case import Case
+    from elbolab.case import Case
+
     from tests.builders import make_run, ok
 
     evil = "=HYPERLINK(\"http://x\")"

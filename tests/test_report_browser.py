@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from harness.cli.reports import add_commands
+from elbolab.cli.reports import add_commands
 
 pytestmark = pytest.mark.browser
 

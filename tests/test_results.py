@@ -7,10 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-
-from harness.case import Case
-from harness.measurement import Check, Measurement
-from harness.results import SCHEMA, ResultsError, RunFile, TrainingCurve, load, new_run, save, save_json
+from elbolab.case import Case
+from elbolab.measurement import Check, Measurement
+from elbolab.results import SCHEMA, ResultsError, RunFile, TrainingCurve, load, new_run, save, save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
+from elbolab.backend import discover
+from elbolab.case import Case
+from elbolab.errors import UsageError
+from elbolab.results import load
+from elbolab.runner import Plan, plan_cases, run_plan
 
-from harness.backend import discover
-from harness.case import Case
-from harness.errors import UsageError
-from harness.results import load
-from harness.runner import Plan, plan_cases, run_plan
 from tests.fault_backends import FAULT_BATCH
 
 pytestmark = pytest.mark.slow
@@ -90,7 +90,7 @@ def test_plan_is_the_product_of_the_filters():
 
 def _cli(*args, **kw):
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "elbolab.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True, **kw,
     )  # fmt: skip
 

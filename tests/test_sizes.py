@@ -3,19 +3,18 @@
 784 is a multiple of every SIMD width, so the default sizes never exercise a kernel's tail. Here the
 input dim D, latent dim L, hidden width H, IWAE's K and the batch B vary independently over sizes
 that are not, in a covering grid (every value of every size appears) and in property-based tests
-(hypothesis) against the reference, each checked with the bounds of harness.accuracy.
+(hypothesis) against the reference, each checked with the bounds of elbolab.accuracy.
 """
 
 from __future__ import annotations
 
 import pytest
+from elbolab.backend import discover
+from elbolab.case import Case
+from elbolab.verify import verify
+from elbolab.workloads import WORKLOADS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from harness.backend import discover
-from harness.case import Case
-from harness.verify import verify
-from harness.workloads import WORKLOADS
 
 BACKENDS = discover()
 # torch.compile compiles anew for every shape: one odd case for it, in its own test

@@ -4,8 +4,7 @@ import math
 
 import numpy as np
 import pytest
-
-from harness.stats import mann_whitney_critical, median_ci_ranks, ratio_interval, summarize
+from elbolab.stats import mann_whitney_critical, median_ci_ranks, ratio_interval, summarize
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The timer, driven by a fake clock: no test here depends on real time."""
 
-from harness.backend import Prepared
-from harness.timer import TimerConfig, time_prepared
+from elbolab.backend import Prepared
+from elbolab.timer import TimerConfig, time_prepared
 
 
 class FakeClock:

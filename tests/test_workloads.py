@@ -5,11 +5,10 @@ import math
 
 import numpy as np
 import pytest
+from elbolab.accuracy import Tracked, unit_roundoff
+from elbolab.case import Case
+from elbolab.workloads import VAE_PARAMS, WORKLOADS, check_outputs, init_vae_params
 from scipy.special import logsumexp
-
-from harness.accuracy import Tracked, unit_roundoff
-from harness.case import Case
-from harness.workloads import VAE_PARAMS, WORKLOADS, check_outputs, init_vae_params
 
 
 def ref_values(case, inputs=None):

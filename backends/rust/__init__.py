@@ -19,13 +19,12 @@ The extension is imported lazily, so the registry loads without it.
 from __future__ import annotations
 
 import numpy as np
-
-from harness.backend import Backend, Build, Prepared
-from harness.case import Case
-from harness.workloads import VAE_PARAMS
+from elbolab.backend import Backend, Build, Prepared
+from elbolab.case import Case
+from elbolab.workloads import VAE_PARAMS
 
 _NOT_BUILT = "elbolab_rust extension not built: run `make rust`"
-# the A/B gate builds this per revision it measures (harness.ab)
+# the A/B gate builds this per revision it measures (elbolab.ab)
 RUST_BUILD = Build(kind="maturin", manifest="backends/rust/Cargo.toml", module="elbolab_rust")
 
 

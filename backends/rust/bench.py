@@ -4,8 +4,8 @@ tutorial's code vs the fused kernel, and what keeping the sampled eps (eps_out) 
 
     .venv/bin/python backends/rust/bench.py [overhead|bandwidth|threads|crossover|tutorial|eps_out|all]
 
-Every time here comes from the lab's own timer (harness.timer.time_prepared: calibrated loop
-count, warm-up, GC off) and statistics (harness.stats.summarize: the median per call); a plan's
+Every time here comes from the lab's own timer (elbolab.timer.time_prepared: calibrated loop
+count, warm-up, GC off) and statistics (elbolab.stats.summarize: the median per call); a plan's
 run_n is timed as the lab times rust-inner (Prepared.call_n). There is no second timer.
 
 tutorial: rust-tutorial (the tutorial's ndarray code) vs rust-inner (fused kernel), both timed with the
@@ -19,16 +19,15 @@ import sys
 
 import elbolab_rust as ext
 import numpy as np
-
-from harness.backend import Prepared
-from harness.case import Case
-from harness.stats import summarize
-from harness.timer import TimerConfig, time_prepared
-from harness.workloads import WORKLOADS
+from elbolab.backend import Prepared
+from elbolab.case import Case
+from elbolab.stats import summarize
+from elbolab.timer import TimerConfig, time_prepared
+from elbolab.workloads import WORKLOADS
 
 
 def timer_config(count: int | None = None, **kw) -> TimerConfig:
-    """A TimerConfig; `count` is the number of samples (the field's name is changing in harness.timer)."""
+    """A TimerConfig; `count` is the number of samples (the field's name is changing in elbolab.timer)."""
     if count is not None:
         names = {f.name for f in dataclasses.fields(TimerConfig)}
         kw["sample_count" if "sample_count" in names else "samples"] = count
@@ -40,12 +39,12 @@ CONFIG = timer_config(count=7, target_sample_ns=30_000_000, warmup=1)
 
 
 def per_call_ns(call, call_n=None, config: TimerConfig = CONFIG) -> float:
-    """Median time per call (ns) by harness.timer; with call_n, n calls run inside Rust per sample."""
+    """Median time per call (ns) by elbolab.timer; with call_n, n calls run inside Rust per sample."""
     return summarize(per_call(time_prepared(Prepared(call=call, outputs=dict, call_n=call_n), config))).median
 
 
 def per_call(timing) -> list[float]:
-    """A harness.timer.Timing's raw samples (each the time of `loops` calls) as ns per call."""
+    """A elbolab.timer.Timing's raw samples (each the time of `loops` calls) as ns per call."""
     return [s / timing.loops for s in timing.samples_ns]
 
 

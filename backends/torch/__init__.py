@@ -43,10 +43,9 @@ import shutil
 from dataclasses import replace
 
 import numpy as np
-
-from harness.backend import Backend, Prepared, bind
-from harness.case import Case
-from harness.workloads import VAE_PARAMS, WORKLOADS
+from elbolab.backend import Backend, Prepared, bind
+from elbolab.case import Case
+from elbolab.workloads import VAE_PARAMS, WORKLOADS
 
 SYNC_NOTE = "torch.cuda.synchronize before the clock stops"
 
@@ -166,7 +165,7 @@ def _np(t) -> np.ndarray:
 
 
 def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from backends.torch import kernels
+    from elbolab.backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     x, x_recon, mu, logvar = (t[k] for k in ("x", "x_recon", "mu", "logvar"))
@@ -219,7 +218,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from backends.torch import kernels
+    from elbolab.backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     args = tuple(t[k] for k in ("x", "mu", "logvar", "eps", "dec_w", "dec_b"))
@@ -240,7 +239,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
 
 def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from backends.torch import kernels
+    from elbolab.backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     x, eps = t["x"], t["eps"]

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from harness.errors import UsageError
+from elbolab.errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,7 +20,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness.cli import gating, measure, reports
+    from elbolab.cli import gating, measure, reports
 
     parser = Parser(prog="elbolab", description="A performance lab for ELBO kernels.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)

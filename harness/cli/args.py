@@ -80,7 +80,7 @@ def seed(text: str) -> int:
 
 
 def fraction(text: str) -> float:
-    """A threshold or noise band, e.g. 0.1; range checks are harness.verdict.Rule's."""
+    """A threshold or noise band, e.g. 0.1; range checks are elbolab.verdict.Rule's."""
     try:
         value = float(text)
     except ValueError:

@@ -8,7 +8,7 @@ verdict and an exit code.
                  [--rounds 3]
 
 `gate` exits 1 on a confident regression (or a case that broke), 0 otherwise, 2 on bad input.
-The comparison is harness.compare, the A/B measuring harness.ab, the verdict harness.verdict.
+The comparison is elbolab.compare, the A/B measuring elbolab.ab, the verdict elbolab.verdict.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import json
 import sys
 from pathlib import Path
 
-from harness.ab import RUN_FILTERS, ABConfig, measure_ab
-from harness.cli.args import fraction, path, positive_int, seconds
-from harness.cli.console import stdout_console
-from harness.cli.measure import SIZE_FLAGS, add_run_filters
-from harness.cli.render import print_compare
-from harness.compare import Reference, Report, compare
-from harness.errors import UsageError
-from harness.report import markdown
-from harness.results import load, save
-from harness.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
+from elbolab.ab import RUN_FILTERS, ABConfig, measure_ab
+from elbolab.cli.args import fraction, path, positive_int, seconds
+from elbolab.cli.console import stdout_console
+from elbolab.cli.measure import SIZE_FLAGS, add_run_filters
+from elbolab.cli.render import print_compare
+from elbolab.compare import Reference, Report, compare
+from elbolab.errors import UsageError
+from elbolab.report import markdown
+from elbolab.results import load, save
+from elbolab.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
 
 
 def _threshold_for(text: str) -> tuple[str, float]:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elbolab.backend import discover_with_errors
+from elbolab.case import DTYPES, Case
+from elbolab.cli.args import ints, names, path, positive_int, seconds, seed, steps, thread_counts
+from elbolab.cli.console import stdout_console
+from elbolab.cli.progress import RunProgress
+from elbolab.cli.render import print_run_table
+from elbolab.measurement import Measurement
+from elbolab.results import TrainingCurve, load, replace_measurements
+from elbolab.runner import Plan, now, run_plan
 from rich.console import Console
 from rich.table import Table
-
-from harness.backend import discover_with_errors
-from harness.case import DTYPES, Case
-from harness.cli.args import ints, names, path, positive_int, seconds, seed, steps, thread_counts
-from harness.cli.console import stdout_console
-from harness.cli.progress import RunProgress
-from harness.cli.render import print_run_table
-from harness.measurement import Measurement
-from harness.results import TrainingCurve, load, replace_measurements
-from harness.runner import Plan, now, run_plan
 
 
 def add_run_filters(p: argparse.ArgumentParser) -> None:
@@ -123,9 +122,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from harness.runner import check_names, open_run, run_training
-    from harness.timer import TimerConfig
-    from harness.train import TrainConfig
+    from elbolab.runner import check_names, open_run, run_training
+    from elbolab.timer import TimerConfig
+    from elbolab.train import TrainConfig
 
     # by default every backend whose default matrix has vae_step (torch.compile would recompile at
     # each of the hundreds of steps, since every step is a fresh prepare); any can be named

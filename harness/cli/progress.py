@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 import time
 
+from elbolab.measurement import Measurement
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -20,8 +21,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from harness.measurement import Measurement
 
 PLAIN_EVERY = 0.05  # piped: a line every 5% of the cases (and for every case that is not ok)
 

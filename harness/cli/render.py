@@ -3,14 +3,13 @@ file or a backend name is escaped, so a name like '[/bold]' prints as text."""
 
 from __future__ import annotations
 
+from elbolab.compare import Report
+from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time
+from elbolab.results import Run
+from elbolab.verdict import Verdict
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-
-from harness.compare import Report
-from harness.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time
-from harness.results import Run
-from harness.verdict import Verdict
 
 
 def print_run_table(run: Run, console: Console) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness.errors import UsageError
-from harness.results import load
+from elbolab.errors import UsageError
+from elbolab.results import load
 
 
 def add_commands(subparsers) -> None:
@@ -37,7 +37,7 @@ def add_commands(subparsers) -> None:
 
 
 def load_runs(paths: list[str]):
-    from harness.report.tables import LoadedRun, run_label
+    from elbolab.report.tables import LoadedRun, run_label
 
     runs: list[LoadedRun] = []
     for path in paths:
@@ -48,10 +48,9 @@ def load_runs(paths: list[str]):
 
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
-
-    from harness.report.html import build_views, render
-    from harness.report.tables import write_exports
-    from harness.results import write_text_atomic
+    from elbolab.report.html import build_views, render
+    from elbolab.report.tables import write_exports
+    from elbolab.results import write_text_atomic
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
@@ -88,11 +87,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_claims(args: argparse.Namespace) -> int:
     import json
 
+    from elbolab.cli.console import stdout_console
+    from elbolab.report.claims import Outcome, check_claims
+    from elbolab.report.tables import measurement_table
     from rich.table import Table
-
-    from harness.cli.console import stdout_console
-    from harness.report.claims import Outcome, check_claims
-    from harness.report.tables import measurement_table
 
     runs = load_runs(args.results)
     console = stdout_console()

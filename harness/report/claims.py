@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import pandas as pd
-
-from harness.case import Case
-from harness.limits import bandwidth_limit_for
-from harness.report.format import fmt_ns, fmt_x
-from harness.results import Run
-from harness.stats import RatioEstimate
-from harness.verdict import judge
-from harness.workloads import WORKLOADS
+from elbolab.case import Case
+from elbolab.limits import bandwidth_limit_for
+from elbolab.report.format import fmt_ns, fmt_x
+from elbolab.results import Run
+from elbolab.stats import RatioEstimate
+from elbolab.verdict import judge
+from elbolab.workloads import WORKLOADS
 
 SETTING = {"batch": 128, "input_dim": 784, "latent_dim": 20}
 TIME_FACTOR = 2.0
@@ -197,7 +196,7 @@ class Lookup:
         ), f"{spec.label()}: {fmt_ns(row['median_ns'])} {ci} (t={row['threads']}){flag}"
 
     def speedup(self, slow: Spec, fast: Spec, batch: int = 128) -> RatioEstimate | None:
-        """How many times faster `fast` is than `slow`, with its interval (harness.verdict's estimate)."""
+        """How many times faster `fast` is than `slow`, with its interval (elbolab.verdict's estimate)."""
         a, b = self.row(slow, batch), self.row(fast, batch)
         if a is None or b is None or not a["timed_ok"] or not b["timed_ok"]:
             return None

@@ -15,12 +15,10 @@ from pathlib import Path
 
 import jinja2
 import pandas as pd
-from markupsafe import Markup
-
-from harness.report import plots
-from harness.report.claims import check_claims
-from harness.report.format import fmt_ns, fmt_x
-from harness.report.tables import (
+from elbolab.report import plots
+from elbolab.report.claims import check_claims
+from elbolab.report.format import fmt_ns, fmt_x
+from elbolab.report.tables import (
     KEY_FIELDS,
     LoadedRun,
     display_summary,
@@ -28,6 +26,7 @@ from harness.report.tables import (
     measurement_table,
     summary_table,
 )
+from markupsafe import Markup
 
 TEMPLATES = Path(__file__).with_name("templates")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable, Sequence
 
-from harness.compare import Report
-from harness.report.format import fmt_change, fmt_interval, fmt_time, missing
+from elbolab.compare import Report
+from elbolab.report.format import fmt_change, fmt_interval, fmt_time, missing
 
 
 def md(value) -> str:

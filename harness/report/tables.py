@@ -4,7 +4,7 @@ Every number is computed from the raw samples of the typed measurements (Measure
 read from the stored summary; each row keeps its Measurement (column `m`), so a consumer that needs
 the samples takes them from the row, never from a position in the file. Only measurements with
 status 'ok' (a passing check) enter a speed-up; every other case stays in the table with its status
-and reason. Speed-up verdicts come from harness.verdict, the rule the gate uses.
+and reason. Speed-up verdicts come from elbolab.verdict, the rule the gate uses.
 
 Comparison identity: two measurements are compared when they agree on every case field except the
 backend and the device (a torch CUDA time over a NumPy CPU time is a legitimate speed-up) and the seed.
@@ -21,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from harness.limits import bandwidth_limit_for
-from harness.measurement import Measurement
-from harness.report import markdown
-from harness.report.format import fmt_ns, fmt_num, fmt_pct, fmt_x, missing
-from harness.results import Run, write_text_atomic
-from harness.verdict import Verdict, judge
+from elbolab.limits import bandwidth_limit_for
+from elbolab.measurement import Measurement
+from elbolab.report import markdown
+from elbolab.report.format import fmt_ns, fmt_num, fmt_pct, fmt_x, missing
+from elbolab.results import Run, write_text_atomic
+from elbolab.verdict import Verdict, judge
 
 # case fields that must match for two measurements to be compared (all but backend, device, seed)
 KEY_FIELDS = (
@@ -86,7 +85,7 @@ def flops_limit_for(limits: dict, dtype: str, threads: int) -> float | None:
 def _cost(m: Measurement) -> tuple[float, float]:
     if m.cost is not None:
         return float(m.cost.bytes), float(m.cost.flops)
-    from harness.workloads import WORKLOADS  # results without a stored cost: the workload's model
+    from elbolab.workloads import WORKLOADS  # results without a stored cost: the workload's model
 
     if m.case.workload not in WORKLOADS:
         return math.nan, math.nan

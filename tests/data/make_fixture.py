@@ -17,11 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
-from harness.case import Case
-from harness.measurement import Check, Measurement, Memory
-from harness.results import TrainingCurve, new_run
-from harness.workloads import WORKLOADS
+from elbolab.case import Case
+from elbolab.measurement import Check, Measurement, Memory
+from elbolab.results import TrainingCurve, new_run
+from elbolab.workloads import WORKLOADS
 
 OUT = Path(__file__).with_name("run_fixture.json")
 EVIL = "<script>alert(1)</script>"

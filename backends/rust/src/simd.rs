@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 /// # Safety
 /// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(never)]
 pub unsafe fn row_sq_f64<const GRAD: bool>(x: &[f64], y: &[f64], g: &mut [f64], c: f64, tot: &mut __m256d, tail: &mut f64) {
     let n = if GRAD { x.len().min(y.len()).min(g.len()) } else { x.len().min(y.len()) };
     let (px, py, pg) = (x.as_ptr(), y.as_ptr(), g.as_mut_ptr());
@@ -69,7 +69,7 @@ pub unsafe fn row_sq_f64<const GRAD: bool>(x: &[f64], y: &[f64], g: &mut [f64], 
 /// # Safety
 /// Only when the CPU has avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(never)]
 pub unsafe fn row_sq_f32<const GRAD: bool>(x: &[f32], y: &[f32], g: &mut [f32], c: f32, tot: &mut __m256d, tail: &mut f64) {
     let n = if GRAD { x.len().min(y.len()).min(g.len()) } else { x.len().min(y.len()) };
     let (px, py, pg) = (x.as_ptr(), y.as_ptr(), g.as_mut_ptr());

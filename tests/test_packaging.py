@@ -1,0 +1,59 @@
+"""`pip install .` installs one package, `elbolab` (no top-level `harness` or `backends` in
+site-packages), with its templates and entry points; the Rust extension is a separate abi3 wheel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    (path,) = out.glob("elbolab-*.whl")
+    return path
+
+
+def test_the_wheel_holds_one_top_level_package(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"elbolab"}
+    assert "elbolab/report/templates/report.html.j2" in names
+    assert "elbolab/backends/numpy/__init__.py" in names and "elbolab/cli/__main__.py" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "numpy = elbolab.backends.numpy:backend" in text and "elbolab = elbolab.cli:main" in text
+
+
+def test_the_installed_package_runs_outside_the_repository(wheel, tmp_path):
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)  # fmt: skip
+    assert not (site / "harness").exists() and not (site / "backends").exists()
+    env = dict(os.environ, PYTHONPATH=str(site))
+    proc = subprocess.run([sys.executable, "-m", "elbolab.cli", "list"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "numpy" in proc.stdout and "available" in proc.stdout
+    where = subprocess.run([sys.executable, "-c", "import elbolab; print(elbolab.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True).stdout  # fmt: skip
+    assert where.startswith(str(site))
+
+
+def test_the_rust_wheel_is_abi3():
+    wheels = sorted((ROOT / "target" / "wheels").glob("elbolab_rust-*.whl"))
+    if not wheels:
+        pytest.skip("the Rust wheel is not built here (make rust)")
+    name = wheels[-1].name
+    assert "abi3" in name
+    assert any(n.startswith("elbolab_rust") and n.endswith(".so") for n in zipfile.ZipFile(wheels[-1]).namelist())
