@@ -105,7 +105,8 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
         for bname in backend_names:
             backend = backends[bname]
             scope = backend.default_scope or {}
-            if plan.workloads is None and wname not in scope.get("workloads", (wname,)):
+            # unless asked for by name, a workload a backend does not implement is not a case
+            if plan.workloads is None and (wname not in backend.workloads or wname not in scope.get("workloads", (wname,))):
                 continue
             devices = plan.devices or backend.devices
             for device, dtype, batch, threads, variant in itertools.product(

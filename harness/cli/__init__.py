@@ -20,9 +20,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from elbolab import __version__
     from elbolab.cli import gating, measure, reports
 
-    parser = Parser(prog="elbolab", description="A performance lab for ELBO kernels.")
+    parser = Parser(
+        prog="elbolab",
+        description="A performance lab for ELBO kernels: identical workloads on NumPy, PyTorch, Numba and Rust, "
+        "checked against a float64 reference, timed in isolated workers, reported with error bars.",
+        epilog="Each command has its own --help. Bad input is one line on stderr and exit code 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"elbolab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     measure.add_commands(sub)
     reports.add_commands(sub)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from elbolab.backend import discover_with_errors
@@ -10,7 +11,7 @@ from elbolab.case import DTYPES, Case
 from elbolab.cli.args import ints, names, path, positive_int, seconds, seed, steps, thread_counts
 from elbolab.cli.console import stdout_console
 from elbolab.cli.progress import RunProgress
-from elbolab.cli.render import print_run_table
+from elbolab.cli.render import print_run_summary, print_run_table
 from elbolab.measurement import Measurement
 from elbolab.results import TrainingCurve, load, replace_measurements
 from elbolab.runner import Plan, now, run_plan
@@ -79,6 +80,7 @@ def add_commands(sub) -> None:
     for name, kind in SHOW_FILTERS.items():
         p.add_argument(f"--{name}", type=kind, help=f"only these {name} values (comma-separated)")
     p.add_argument("--status", type=names, help="only these statuses (comma-separated)")
+    p.add_argument("--json", action="store_true", help="print the cases as JSON (schema elbolab.show/1)")
     p.set_defaults(func=cmd_show)
 
 
@@ -116,8 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             plan, out, mode=mode, case_timeout=args.timeout, measure_limits=not args.no_limits,
             on_result=progress.measured, on_plan=progress.planned,
         )  # fmt: skip
-    print_run_table(run, stdout_console())
-    Console(stderr=True).print(f"results: {out}")
+    print_run_summary(run, stdout_console())
+    print(f"results: {out} (every case: elbolab show {out})")
     return 0
 
 
@@ -172,7 +174,32 @@ def _wanted(args: argparse.Namespace, m: Measurement) -> bool:
 
 def cmd_show(args: argparse.Namespace) -> int:
     run = load(args.results)
-    print_run_table(
-        replace_measurements(run, (m for m in run.measurements if _wanted(args, m))), stdout_console()
-    )
+    shown = replace_measurements(run, (m for m in run.measurements if _wanted(args, m)))
+    if args.json:
+        print(json.dumps(show_json(shown), indent=1, allow_nan=False))
+    else:
+        print_run_table(shown, stdout_console())
     return 0
+
+
+SHOW_SCHEMA = "elbolab.show/1"
+
+
+def show_json(run) -> dict:
+    """The run's cases with the figures `show` prints, as numbers (docs/json.md)."""
+    cases = []
+    for m in run.measurements:
+        s = m.summary
+        cases.append({
+            "case": m.case.to_json(),
+            "status": m.status,
+            "reason": m.reason,
+            "median_ns": s.median if s else None,
+            "ci95_ns": list(s.ci95) if s else None,
+            "samples": s.n if s else 0,
+            "first_call_ns": m.first_call_ns,
+            "bytes_per_s": m.cost.bytes / s.median * 1e9 if s and m.cost else None,
+            "less_accurate": bool(m.check and m.check.less_accurate),
+            "digits": m.check.digits if m.check else None,
+        })  # fmt: skip
+    return {"schema": SHOW_SCHEMA, "run": run.header_json(), "cases": cases}

@@ -12,23 +12,96 @@ from rich.markup import escape
 from rich.table import Table
 
 
+def _short_dtype(dtype: str) -> str:
+    return {"float64": "f64", "float32": "f32"}.get(dtype, dtype)
+
+
 def print_run_table(run: Run, console: Console) -> None:
-    table = Table(title=escape(f"run {run.run_id} on {run.cpu or '?'}"))
-    for col in ("workload", "backend", "device", "dtype", "batch", "threads", "variant"):
-        table.add_column(col)
-    for col in ("per call (median)", "95% CI", "first call", "GB/s", "status"):
-        table.add_column(col, justify="right" if col != "status" else "left")
+    """Every measurement, one line each, in at most 100 columns."""
+    table = Table(title=escape(f"run {run.run_id} on {run.cpu or '?'}"), title_justify="left", pad_edge=False)
+    table.add_column("case", overflow="fold")
+    for col in ("median", "95% CI", "1st call", "GB/s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", max_width=24)
     for m in run.measurements:
         c, s = m.case, m.summary
-        gbps = f"{m.cost.bytes / s.median:.2f}" if s and m.cost and m.cost.bytes else "-"
-        status = m.status if m.status == "ok" else f"{m.status}: {m.reason}"
+        label = f"{c.workload} {c.backend}{'' if c.device == 'cpu' else ' ' + c.device} {_short_dtype(c.dtype)} B={c.batch} t={c.threads}"
+        label += "" if c.variant == "eps=given" else " " + c.variant.replace("eps=", "eps ")
+        label += "".join(f" {k}={v}" for k, v in zip("DLHK", (c.input_dim, c.latent_dim, c.hidden_dim, c.importance_samples),
+                                                    strict=True) if v != {"D": 784, "L": 20, "H": 400, "K": 8}[k])  # fmt: skip
+        gbps = f"{m.cost.bytes / s.median:.1f}" if s and m.cost and m.cost.bytes else "-"
+        status = m.status if m.status != "ok" else ("ok, less accurate" if m.check and m.check.less_accurate else "ok")
+        if m.reason:
+            status += f": {m.reason}"
         table.add_row(
-            *(escape(str(v)) for v in (c.workload, c.backend, c.device, c.dtype, c.batch, c.threads, c.variant)),
-            fmt_ns(s.median) if s else "-",
-            f"{fmt_ns(s.ci95[0])} – {fmt_ns(s.ci95[1])}" if s else "-",
-            fmt_ns(m.first_call_ns) or "-", gbps, escape(status),
+            escape(label), fmt_ns(s.median) if s else "-", f"{fmt_ns(s.ci95[0])}–{fmt_ns(s.ci95[1])}" if s else "-",
+            fmt_ns(m.first_call_ns) or "-", gbps, escape(status[:200]),
         )  # fmt: skip
     console.print(table)
+
+
+def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> None:
+    """What a run found, in about 30 lines: the status tally with every problem named, then for each
+    workload a backend x batch grid of speed-ups over the baseline with the verdict's mark."""
+    from elbolab.report.tables import measurement_table
+
+    ms = run.measurements
+    counts = {s: sum(m.status == s for m in ms) for s in ("ok", "incorrect", "failed", "timeout", "skipped")}
+    tally = ", ".join(
+        (f"[bold red]{n} {s}[/]" if s in ("incorrect", "failed", "timeout") and n else f"{n} {s}") for s, n in counts.items()
+    )
+    console.print(f"run {escape(run.run_id)}: {len(ms)} cases: {tally}", highlight=False)
+    problems = [m for m in ms if m.status in ("incorrect", "failed", "timeout")]
+    for m in problems[:8]:
+        line = f"{m.case.label()}: {m.reason or ''}"
+        console.print(f"  [red]{m.status}[/] {escape(line[: 94 - len(m.status)])}", highlight=False, overflow="ellipsis")
+    if len(problems) > 8:
+        console.print(f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,failed,timeout)")
+    loose = [m for m in ms if m.check is not None and m.check.less_accurate]
+    if loose:
+        console.print(f"  {len(loose)} valid but less accurate than careful arithmetic (e.g. "
+                      f"{escape(loose[0].case.label())}: {escape(loose[0].check.describe())})", highlight=False)  # fmt: skip
+    df = measurement_table(run, baseline=baseline)
+    if df.empty or baseline not in set(df.backend):
+        return
+    given = df[(df.variant == "eps=given") & (df.device == "cpu")]
+    if given.empty:
+        return
+    dtype = "float64" if "float64" in set(given.dtype) else sorted(set(given.dtype))[0]
+    threads = int(given.threads.min())
+    sel = given[(given.dtype == dtype) & (given.threads == threads)]
+    workloads = list(dict.fromkeys(sel.workload))
+    console.print(f"speed-up over {escape(baseline)} ({dtype}, {threads} thread{'s' if threads > 1 else ''}, eps given; "
+                  "+ faster, - slower, = same, ? too noisy, x not ok, · skipped):", highlight=False)  # fmt: skip
+    # two workloads per grid keep it within 100 columns
+    for pair in (workloads[i : i + 2] for i in range(0, len(workloads), 2)):
+        columns = [(w, b) for w in pair for b in sorted(set(sel[sel.workload == w].batch))]
+        grid = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
+        grid.add_column("")
+        for w, b in columns:
+            grid.add_column(f"{w}\nB={b}" if b == min(x for ww, x in columns if ww == w) else f"\nB={b}", justify="right")
+        backends = [b for b in dict.fromkeys(sel[sel.workload.isin(pair)].backend) if b != baseline]
+        for backend in backends:
+            cells = []
+            for w, b in columns:
+                row = sel[(sel.workload == w) & (sel.batch == b) & (sel.backend == backend)]
+                if row.empty:
+                    cells.append("")
+                    continue
+                r = row.iloc[0]
+                if r.status == "skipped":
+                    cells.append("·")
+                elif not r.timed_ok:
+                    cells.append(f"[red]{escape(str(r.status)[:4])} x[/]")
+                elif r.speedup == r.speedup:  # not NaN
+                    mark = Verdict(r.verdict).mark if r.verdict else ""
+                    style = "green" if mark == "+" else "red" if mark == "-" else ""
+                    text = f"{r.speedup:.3g}x{mark}"
+                    cells.append(f"[{style}]{text}[/]" if style else text)
+                else:
+                    cells.append("")
+            grid.add_row(escape(backend), *cells)
+        console.print(grid)
 
 
 _STYLE = {Verdict.SLOWER: "yellow", Verdict.FASTER: "green", Verdict.SAME: "", Verdict.NOISY: "magenta"}

@@ -32,7 +32,7 @@ def add_commands(subparsers) -> None:
         description="Set each published claim (C1-C9) beside what this machine measured.",
     )
     c.add_argument("results", nargs="+", metavar="RUN.json")
-    c.add_argument("--json", action="store_true", help="print the checks as JSON instead of a table")
+    c.add_argument("--json", action="store_true", help="print the checks as JSON (schema elbolab.claims/1)")
     c.set_defaults(func=cmd_claims)
 
 
@@ -124,5 +124,5 @@ def cmd_claims(args: argparse.Namespace) -> int:
             )
         console.print(table)
     if args.json:
-        print(json.dumps(payload, indent=1))
+        print(json.dumps({"schema": "elbolab.claims/1", "runs": payload}, indent=1, allow_nan=False))
     return 0
