@@ -81,6 +81,55 @@ class Memory:
 
 
 @dataclass(frozen=True, config=STRICT)
+class InstructionCounts:
+    """A case measured by counting (Valgrind's callgrind with its cache simulation) instead of timing.
+
+    segments: the raw record, one dict of callgrind events (Ir, Dr, Dw, I1mr, D1mr, D1mw, ILmr, DLmr,
+    DLmw) per measured segment; segment 0 runs no call (the cost of starting and stopping a
+    segment), every later one `calls` calls. Per call = (segment - segment 0) / calls.
+    """
+
+    tool: Text
+    calls: Annotated[int, Field(ge=1)]
+    segments: tuple[dict[str, NonNegInt], ...]
+
+    def per_call(self, event: str = "Ir") -> tuple[float, ...]:
+        base = self.segments[0].get(event, 0)
+        return tuple((s.get(event, 0) - base) / self.calls for s in self.segments[1:])
+
+    @property
+    def instructions(self) -> float:
+        """Instructions per call (the median over the repeated segments)."""
+        return float(np.median(self.per_call("Ir")))
+
+    @property
+    def spread(self) -> float:
+        """Relative spread of instructions per call between repeated segments (0 = identical)."""
+        values = self.per_call("Ir")
+        return (max(values) - min(values)) / max(np.median(values), 1.0) if len(values) > 1 else 0.0
+
+    def _event(self, event: str) -> float:
+        return float(np.median(self.per_call(event)))
+
+    @property
+    def l1_misses(self) -> float:
+        return sum(self._event(e) for e in ("I1mr", "D1mr", "D1mw"))
+
+    @property
+    def ll_misses(self) -> float:
+        return sum(self._event(e) for e in ("ILmr", "DLmr", "DLmw"))
+
+    @property
+    def estimated_cycles(self) -> float:
+        """Itamar Turner-Trauring's estimate (as iai-callgrind reports it): L1 hits + 5 x LL hits +
+        35 x RAM hits, where accesses = Ir + Dr + Dw, L1 hits = accesses - L1 misses, LL hits = L1
+        misses - LL misses, RAM hits = LL misses."""
+        accesses = sum(self._event(e) for e in ("Ir", "Dr", "Dw"))
+        l1, ll = self.l1_misses, self.ll_misses
+        return (accesses - l1) + 5 * (l1 - ll) + 35 * ll
+
+
+@dataclass(frozen=True, config=STRICT)
 class Measurement:
     case: Case
     status: Status
@@ -97,13 +146,15 @@ class Measurement:
     calibration: tuple[tuple[NonNegInt, NonNegInt], ...] = ()
     # samples per round when pooled from interleaved rounds (the A/B gate); () for one run
     rounds: tuple[Annotated[int, Field(ge=1)], ...] = ()
+    # set when the case was measured by counting instructions (--measure instructions), not timing
+    counts: InstructionCounts | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Measurement:
         if self.samples_ns and self.loops < 1:
             raise ValueError("samples_ns given with loops < 1")
         if self.status == "ok":
-            if not self.samples_ns:
+            if not self.samples_ns and self.counts is None:
                 raise ValueError("status ok without samples")
             if self.check is not None and not self.check.ok:
                 raise ValueError("status ok but the check failed")
@@ -191,6 +242,8 @@ class Measurement:
             "cost": _fields(self.cost),
             "notes": self.notes,
             "calibration": [list(c) for c in self.calibration],
+            "counts": None if self.counts is None else {"tool": self.counts.tool, "calls": self.counts.calls,
+                                                        "segments": [dict(x) for x in self.counts.segments]},
             # derived, for a person reading the file; ignored on load
             SUMMARY_KEY: self.summary.to_json() if self.summary else None,
         }

@@ -3,13 +3,27 @@
 Each function takes the measurement table of tables.measurement_table (one run) and returns an SVG
 string, or None when there is nothing to draw. Strings from the results file reach the SVG only as
 text, which matplotlib XML-escapes; '$' is escaped (`_t`) so a name never turns into math text.
+
+One look everywhere: a backend keeps its colour and marker in every figure (`backend_style`: a fixed
+palette for the known backends, a colour from a hash of the name for any other); a device other
+than the CPU is drawn in the same colour, dashed, with hollow markers. Legends sit below the axes,
+never over data; facets that show the same quantity share their y range. Every series is tagged in
+the SVG with data-backend / data-device attributes, so a test (or a reader's tool) can tell which
+backend a path belongs to.
+
+The SVG is made small: coordinates rounded (0.1 pt in paths, 0.01 elsewhere), the per-text font
+list and identity transforms dropped (the page's CSS sets the font), matplotlib's unreferenced
+element ids removed, whitespace between tags collapsed.
 """
 
 from __future__ import annotations
 
+import colorsys
+import hashlib
 import io
 import math
 import re
+from html import escape
 
 import matplotlib
 
@@ -19,20 +33,173 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
+# sizes in pt; a figure is at most ~12.5 in wide, so at 96 px/in it is shown at its natural size in a
+# 1400 px window and 9 pt is 12 px
 RC = {
     "svg.fonttype": "none",
-    "font.size": 8,
-    "axes.titlesize": 9,
-    "legend.fontsize": 7,
+    "font.size": 10,
+    "axes.titlesize": 10.5,
+    "figure.titlesize": 12,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 9.5,
+    "ytick.labelsize": 9.5,
     "axes.grid": True,
     "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
     "svg.hashsalt": "elbolab",
 }
-COLORS = plt.get_cmap("tab10").colors
+
+# The fixed palette: one colour and marker per known backend (colour-blind-friendlier Tableau hues).
+PALETTE: dict[str, tuple[str, str]] = {
+    "numpy": ("#1f77b4", "o"),
+    "torch": ("#ff7f0e", "s"),
+    "torch-compile": ("#8c564b", "D"),
+    "numba": ("#2ca02c", "^"),
+    "numba-parallel": ("#17becf", "v"),
+    "rust": ("#d62728", "P"),
+    "rust-inner": ("#9467bd", "X"),
+    "rust-tutorial": ("#e377c2", "*"),
+}
+_HASH_MARKERS = "hpd<>8H"
+WORKLOAD_MARKERS = {"elbo": "o", "elbo_grad": "s", "iwae": "^", "vae_step": "D"}
+BOUND_COLOUR = "#555555"
+FLAG_COLOUR = "#b3261e"
 
 
-def _svg(fig, salt: str) -> str:
+def _digest(name: str) -> bytes:
+    return hashlib.sha256(str(name).encode("utf-8")).digest()
+
+
+def backend_colour(backend: str) -> str:
+    """The backend's colour: fixed for the known ones, else a deterministic colour from its name."""
+    if backend in PALETTE:
+        return PALETTE[backend][0]
+    h = _digest(backend)
+    hue = int.from_bytes(h[:2], "big") / 65536
+    light = 0.35 + 0.15 * h[2] / 255
+    r, g, b = colorsys.hls_to_rgb(hue, light, 0.65)
+    return f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+
+
+def backend_marker(backend: str) -> str:
+    if backend in PALETTE:
+        return PALETTE[backend][1]
+    return _HASH_MARKERS[_digest(backend)[3] % len(_HASH_MARKERS)]
+
+
+def backend_order(backend: str) -> tuple:
+    """Sort key: the known backends in palette order, then the others by name."""
+    names = list(PALETTE)
+    return (names.index(backend), "") if backend in names else (len(names), str(backend))
+
+
+def series_order(pair: tuple[str, str]) -> tuple:
+    backend, device = pair
+    return (*backend_order(backend), device != "cpu", device)
+
+
+def backend_style(backend: str, device: str = "cpu") -> dict:
+    """Line2D keyword arguments: colour and marker of the backend; another device dashed and hollow."""
+    colour = backend_colour(backend)
+    on_cpu = device == "cpu"
+    return {
+        "color": colour,
+        "marker": backend_marker(backend),
+        "linestyle": "-" if on_cpu else "--",
+        "markerfacecolor": colour if on_cpu else "white",
+        "markeredgecolor": colour,
+    }
+
+
+def series_label(backend: str, device: str) -> str:
+    return _t(backend if device == "cpu" else f"{backend} ({device})")
+
+
+class _Tags:
+    """Series of one figure: each artist gets a gid that _svg turns into data attributes."""
+
+    def __init__(self) -> None:
+        self.series: list[tuple[str, str]] = []
+
+    def __call__(self, artist, backend: str, device: str = "cpu"):
+        artist.set_gid(f"elbolab-series-{len(self.series)}")
+        self.series.append((str(backend), str(device)))
+        return artist
+
+
+# ------------------------------------------------------------------------------------ SVG output
+
+_PATH_D = re.compile(r'(<path id="[^"]*" )?\bd="([^"]*)"')
+_ATTR = re.compile(r'\b(x|y|x1|x2|y1|y2|width|height|transform|style|points|cx|cy|r)="([^"]*)"')
+_TOKEN = re.compile(r"[A-Za-z]|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
+_LONG_NUMBER = re.compile(r"(?<![\w#.])-?\d+\.\d{3,}")
+
+
+def _num(x: float, digits: int) -> str:
+    text = f"{x:.{digits}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _round_path(d: str, digits: int) -> str:
+    """Path data rounded to `digits` decimals; a polyline (M then L only) written with relative
+    moves (`l dx dy ...`), which are shorter, computed from the rounded points (no drift)."""
+    toks = _TOKEN.findall(d)
+    cmds = [t for t in toks if t.isalpha()]
+    if len(cmds) >= 4 and cmds[0] == "M" and set(cmds[1:]) <= {"L"} and len(toks) == 3 * len(cmds):
+        scale = 10**digits
+        pts = [(round(float(toks[i + 1]) * scale), round(float(toks[i + 2]) * scale)) for i in range(0, len(toks), 3)]
+        out = [f"M{_num(pts[0][0] / scale, digits)} {_num(pts[0][1] / scale, digits)}l"]
+        prev = pts[0]
+        moves = []
+        for x, y in pts[1:]:
+            moves.append(f"{_num((x - prev[0]) / scale, digits)} {_num((y - prev[1]) / scale, digits)}")
+            prev = (x, y)
+        return out[0] + " ".join(moves)
+    out: list[str] = []
+    for tok in toks:
+        out.append(tok if tok.isalpha() else _num(float(tok), digits))
+    return re.sub(r" ?([A-Za-z]) ?", r"\1", " ".join(out))
+
+
+_USES = re.compile(r'<g( clip-path="[^"]*")?>((?:<use [^>]*/>)+)</g>')
+_USE_STYLE = re.compile(r' style="([^"]*)"')
+
+
+def _hoist_use_styles(text: str) -> str:
+    """A group of markers that share one style: the style once on the group, not on every <use>."""
+
+    def hoist(m: re.Match) -> str:
+        styles = set(_USE_STYLE.findall(m.group(2)))
+        if len(styles) != 1 or m.group(2).count("<use") < 2:
+            return m.group()
+        return f'<g{m.group(1) or ""} style="{styles.pop()}">{_USE_STYLE.sub("", m.group(2))}</g>'
+
+    return _USES.sub(hoist, text)
+
+
+def _unwrap_bare_groups(text: str) -> str:
+    """Drop <g> elements without attributes (matplotlib's wrappers), keeping their content."""
+    out, stack, pos = [], [], 0
+    for m in re.finditer(r"<g>|<g [^>]*>|</g>", text):
+        out.append(text[pos : m.start()])
+        tag = m.group()
+        if tag == "</g>":
+            if stack.pop():
+                out.append(tag)
+        else:
+            bare = tag == "<g>"
+            stack.append(not bare)
+            if not bare:
+                out.append(tag)
+        pos = m.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
     buf = io.StringIO()
     with plt.rc_context({"svg.hashsalt": salt}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
@@ -40,8 +207,30 @@ def _svg(fig, salt: str) -> str:
     text = buf.getvalue()
     text = text[text.index("<svg") :]  # drop the XML declaration and the DOCTYPE (an external DTD URL)
     text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)  # RDF namespace URLs
-    return text
+    text = re.sub(r'<style type="text/css">[^<]*</style>', "", text)  # the page's CSS has it
+    text = re.sub(r"font-family:[^;\"]*;?\s*", "", text)  # the page's CSS sets the font
+    text = re.sub(r' transform="rotate\(-0 [^"]*\)"', "", text)
+    text = re.sub(r"\s*<defs>\s*</defs>", "", text)
 
+    # marker shapes (defined once, a few pt wide) keep two decimals, plotted paths one
+    text = _PATH_D.sub(lambda m: f'{m.group(1) or ""}d="{_round_path(m.group(2), 2 if m.group(1) else 1)}"', text)
+    text = _ATTR.sub(lambda m: f'{m.group(1)}="{_LONG_NUMBER.sub(lambda n: _num(float(n.group()), 2), m.group(2))}"', text)
+    if tags is not None:
+        text = re.sub(
+            r'id="elbolab-series-(\d+)"',
+            lambda m: 'data-backend="{}" data-device="{}"'.format(
+                *(escape(x, quote=True) for x in tags.series[int(m.group(1))])
+            ),
+            text,
+        )
+    referenced = set(re.findall(r"#([\w.-]+)", text))
+    text = re.sub(r' id="([^"]*)"', lambda m: m.group() if m.group(1) in referenced else "", text)
+    text = re.sub(r">\s+<", "><", text)
+    text = _unwrap_bare_groups(_hoist_use_styles(text))
+    return text.strip()
+
+
+# ------------------------------------------------------------------------------------- helpers
 
 _PLAIN = ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
 
@@ -53,8 +242,15 @@ def _log(ax, x: bool = True, y: bool = True) -> None:
             setter("log")
             axis.set_major_locator(ticker.LogLocator(base=10, numticks=8))
             axis.set_major_formatter(_PLAIN)
-            axis.set_minor_locator(ticker.LogLocator(base=10, subs=(2.0, 5.0), numticks=8))
+            axis.set_minor_locator(ticker.NullLocator())
             axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _batch_axis(ax, batches) -> None:
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(batches)))
+    ax.xaxis.set_major_formatter(_PLAIN)
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
 
 
 def _t(text) -> str:
@@ -62,291 +258,306 @@ def _t(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _color_map(labels) -> dict[str, tuple]:
-    return {label: COLORS[i % len(COLORS)] for i, label in enumerate(sorted(set(labels)))}
+def _variant_text(variant: str) -> str:
+    return "eps given" if variant == "eps=given" else _t(variant.replace("=", " "))
 
 
-def _grid(df: pd.DataFrame):
-    dtypes = [d for d in ("float64", "float32") if d in set(df["dtype"])] or sorted(set(df["dtype"]))
-    threads = sorted(set(df["threads"]))
-    with plt.rc_context(RC):
-        fig, axes = plt.subplots(
-            len(dtypes),
-            len(threads),
-            figsize=(3.6 * len(threads) + 1.8, 2.6 * len(dtypes) + 0.4),
-            squeeze=False,
-        )
-        fig.subplots_adjust(left=0.08, right=0.78, bottom=0.1, top=0.88, wspace=0.3, hspace=0.45)
-    return fig, axes, dtypes, threads
+def _threads_text(t: int) -> str:
+    return f"{t} thread{'s' if t != 1 else ''}"
 
 
-def _title(workload: str, variant: str) -> str:
-    return _t(workload if variant == "eps=given" else f"{workload} ({variant})")
+def headline_setting(df: pd.DataFrame) -> tuple[str, int]:
+    """The dtype and thread count a summary shows: float64 if measured, and the fewest threads."""
+    dtypes = set(df["dtype"])
+    dtype = "float64" if "float64" in dtypes else sorted(dtypes)[0]
+    return dtype, int(min(df[df["dtype"] == dtype]["threads"]))
 
 
-def speedup_bars(df: pd.DataFrame, workload: str, variant: str, baseline: str) -> str | None:
-    """Speed-up over the baseline per batch, one bar per backend, 95% CI as error bars."""
-    sub = df[
-        (df.workload == workload) & (df.variant == variant) & df.speedup.notna() & (df.backend != baseline)
-    ]
+def workload_pairs(df: pd.DataFrame) -> list[tuple[str, str]]:
+    """(workload, variant) in the order workloads first appear, eps=given first within one."""
+    order = list(dict.fromkeys(df["workload"]))
+    pairs = set(zip(df["workload"], df["variant"], strict=True))
+    return sorted(pairs, key=lambda p: (order.index(p[0]), p[1] != "eps=given", p[1]))
+
+
+def _series_handles(pairs) -> tuple[list, list[str]]:
+    handles, labels = [], []
+    for backend, device in sorted(pairs, key=series_order):
+        handles.append(Line2D([], [], ms=6, lw=1.5, **backend_style(backend, device)))
+        labels.append(series_label(backend, device))
+    return handles, labels
+
+
+def _legend_below(fig, handles, labels, ncol: int | None = None) -> None:
+    if not handles:
+        return
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncol=ncol or min(len(handles), 5),
+        frameon=False,
+        handlelength=2.6,
+        columnspacing=1.4,
+    )
+
+
+def _figure(nrows: int, ncols: int, width: float, height: float, **kw):
+    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
+
+
+# --------------------------------------------------------------------------------------- figures
+
+
+def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
+    """Per-call median vs batch (log-log) for one workload: a panel per dtype (rows) and per variant
+    and thread count (columns), one line per backend with its 95% CI as a band, and the
+    bandwidth bound. All panels share both axes."""
+    sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
     if sub.empty:
         return None
+    dtypes = [d for d in ("float64", "float32") if d in set(sub.dtype)] or sorted(set(sub.dtype))
+    dtypes += sorted(set(sub.dtype) - set(dtypes))
+    variants = [v for _, v in workload_pairs(sub)]
+    cols = [(v, t) for v in variants for t in sorted(set(sub.threads)) if ((sub.variant == v) & (sub.threads == t)).any()]
+    tags = _Tags()
     with plt.rc_context(RC):
-        fig, axes, dtypes, threads = _grid(sub)
-        labels = sorted(set(sub.label))
-        colors = _color_map(labels)
-        batches = sorted(set(sub.batch))
-        width = 0.8 / max(len(labels), 1)
+        width = min(12.4, 2.9 * len(cols) + 1.2)
+        fig, axes = _figure(len(dtypes), len(cols), width, 2.25 * len(dtypes) + 1.3, sharex=True, sharey=True)
+        pairs, flagged = set(), False
         for i, dtype in enumerate(dtypes):
-            for j, t in enumerate(threads):
+            for j, (variant, t) in enumerate(cols):
                 ax = axes[i][j]
-                cell = sub[(sub.dtype == dtype) & (sub.threads == t)]
-                for k, label in enumerate(labels):
-                    rows = cell[cell.label == label]
-                    if rows.empty:
-                        continue
-                    xs = (
-                        np.array([batches.index(b) for b in rows.batch]) + (k - (len(labels) - 1) / 2) * width
-                    )
-                    y = rows.speedup.to_numpy()
-                    err = np.vstack([y - rows.speedup_lo.to_numpy(), rows.speedup_hi.to_numpy() - y])
-                    bars = ax.bar(
-                        xs,
-                        y,
-                        width,
-                        yerr=err,
-                        capsize=2,
-                        color=colors[label],
-                        label=_t(label),
-                        error_kw={"elinewidth": 0.8},
-                    )
-                    for bar, flagged in zip(bars, rows.implausible, strict=True):
-                        if flagged:
-                            bar.set_hatch("xxx")
-                            bar.set_edgecolor("black")
-                            ax.annotate(
-                                "implausible",
-                                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                                ha="center",
-                                va="bottom",
-                                fontsize=6,
-                                color="red",
-                                rotation=90,
-                            )
-                ax.axhline(1.0, color="black", lw=0.8)
-                _log(ax, x=False)
-                ax.set_xticks(range(len(batches)), [str(b) for b in batches])
-                ax.set_xlabel("batch")
-                ax.set_ylabel(f"speed-up over {baseline}")
-                ax.set_title(_t(f"{dtype}, {t} thread{'s' if t != 1 else ''}"))
-        handles, names = axes[0][0].get_legend_handles_labels()
-        for ax in axes.flat[1:]:
-            for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
-                if n not in names:
-                    handles.append(h)
-                    names.append(n)
-        fig.legend(handles, names, loc="center right", frameon=False)
-        fig.suptitle(
-            f"{_title(workload, variant)}: speed-up over {baseline} (95% CI; hatched red = implausible)"
-        )
-        return _svg(fig, f"speedup-{workload}-{variant}")
-
-
-def time_vs_batch(df: pd.DataFrame, workload: str, variant: str) -> str | None:
-    """Per-call median vs batch on log-log axes, one line per backend, with the bandwidth bound."""
-    sub = df[(df.workload == workload) & (df.variant == variant) & (df.n > 0) & df.timed_ok]
-    if sub.empty:
-        return None
-    with plt.rc_context(RC):
-        fig, axes, dtypes, threads = _grid(sub)
-        colors = _color_map(sub.label)
-        for i, dtype in enumerate(dtypes):
-            for j, t in enumerate(threads):
-                ax = axes[i][j]
-                cell = sub[(sub.dtype == dtype) & (sub.threads == t)]
-                for label, rows in cell.groupby("label", sort=True):
+                cell = sub[(sub.dtype == dtype) & (sub.variant == variant) & (sub.threads == t)]
+                for (backend, device), rows in sorted(
+                    cell.groupby(["backend", "device"], sort=False), key=lambda kv: series_order(kv[0])
+                ):
                     rows = rows.sort_values("batch")
-                    y = rows.median_ns.to_numpy() / 1e3
-                    err = np.vstack([y - rows.ci_lo_ns.to_numpy() / 1e3, rows.ci_hi_ns.to_numpy() / 1e3 - y])
-                    ax.errorbar(
-                        rows.batch,
-                        y,
-                        yerr=err,
-                        marker="o",
-                        ms=3,
-                        lw=1,
-                        capsize=2,
-                        color=colors[label],
-                        label=_t(label),
-                    )
+                    style = backend_style(backend, device)
+                    x, y = rows.batch.to_numpy(), rows.median_ns.to_numpy() / 1e3
+                    lo, hi = rows.ci_lo_ns.to_numpy() / 1e3, rows.ci_hi_ns.to_numpy() / 1e3
+                    if len(x) > 1 and np.nanmax(hi / lo) > 1.05:  # a band only where it can be seen
+                        tags(ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, lw=0), backend, device)
+                    tags(ax.plot(x, y, ms=5, lw=1.5, **style)[0], backend, device)
+                    pairs.add((backend, device))
+                    bad = rows[rows.implausible]
+                    if not bad.empty:
+                        flagged = True
+                        ax.plot(bad.batch, bad.median_ns / 1e3, ls="none", marker="o", ms=11, mfc="none",
+                                mec=FLAG_COLOUR, mew=1.8)  # fmt: skip
                 bound = cell[cell.device == "cpu"].groupby("batch").bandwidth_bound_ns.min().dropna()
                 if not bound.empty:
-                    ax.plot(
-                        bound.index,
-                        bound.to_numpy() / 1e3,
-                        "k--",
-                        lw=1.2,
-                        label="bandwidth bound (bytes / measured limit)",
-                    )
-                _log(ax)
-                ax.set_xlabel("batch")
-                ax.set_ylabel("time per call (µs)")
-                ax.set_title(_t(f"{dtype}, {t} thread{'s' if t != 1 else ''}"))
-        _shared_legend(fig, axes)
-        fig.suptitle(f"{_title(workload, variant)}: time per call vs batch (median, 95% CI)")
-        return _svg(fig, f"time-{workload}-{variant}")
+                    ax.plot(bound.index, bound.to_numpy() / 1e3, color=BOUND_COLOUR, ls=":", lw=2)
+                _log(ax, x=False)
+                _batch_axis(ax, sub.batch.unique())
+                ax.set_title(f"{_t(dtype)}, {_variant_text(variant)}, {_threads_text(t)}")
+                if j == 0:
+                    ax.set_ylabel("time per call (µs)")
+                if i == len(dtypes) - 1:
+                    ax.set_xlabel("batch")
+        handles, labels = _series_handles(pairs)
+        handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
+        labels.append("bandwidth bound (bytes / measured bandwidth)")
+        if flagged:
+            handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec=FLAG_COLOUR, mew=1.8))
+            labels.append("implausible time (beyond the measured bandwidth)")
+        _legend_below(fig, handles, labels)
+        fig.suptitle(f"{_t(workload)}: time per call vs batch (median; a band where its 95% CI is wider than 5%)")
+        return _svg(fig, f"time-{workload}", tags)
 
 
-def bandwidth_vs_batch(df: pd.DataFrame, workload: str, variant: str, limits: dict) -> str | None:
-    """Achieved GB/s (cost-model bytes / median time) vs batch, against the measured limits."""
-    sub = df[
-        (df.workload == workload) & (df.variant == variant) & (df.n > 0) & df.timed_ok & (df.device == "cpu")
-    ]
+def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
+    """Achieved GB/s (cost-model bytes / median time) vs batch, one panel per workload (the headline
+    dtype and fewest threads), against the bandwidth measured for the working set. Shared y."""
+    sub = df[(df.n > 0) & df.timed_ok & (df.device == "cpu")]
     if sub.empty or sub.gb_per_s.isna().all():
         return None
+    pairs = workload_pairs(sub)
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    dram = (limits or {}).get("memory_bandwidth_bytes_per_s")
+    tags = _Tags()
     with plt.rc_context(RC):
-        fig, axes, dtypes, threads = _grid(sub)
-        colors = _color_map(sub.label)
-        dram = (limits or {}).get("memory_bandwidth_bytes_per_s")
-        for i, dtype in enumerate(dtypes):
-            for j, t in enumerate(threads):
-                ax = axes[i][j]
-                cell = sub[(sub.dtype == dtype) & (sub.threads == t)]
-                for label, rows in cell.groupby("backend", sort=True):
-                    rows = rows.sort_values("batch")
-                    ax.plot(
-                        rows.batch,
-                        rows.gb_per_s,
-                        marker="o",
-                        ms=3,
-                        lw=1,
-                        color=colors[label],
-                        label=_t(label),
-                    )
-                limit = cell.groupby("batch").bw_limit_gb_per_s.max().dropna()
-                if not limit.empty:
-                    ax.step(
-                        limit.index,
-                        limit.to_numpy(),
-                        "k--",
-                        where="mid",
-                        lw=1.2,
-                        label="measured limit for the working set",
-                    )
-                if dram:
-                    ax.axhline(dram / 1e9, color="gray", ls=":", lw=1.2, label="DRAM bandwidth (all threads)")
-                _log(ax)
-                ax.set_xlabel("batch")
+        fig, axes = _figure(nrows, ncols, min(12.4, 3.8 * ncols + 0.6), 2.5 * nrows + 1.3, sharey=True)
+        for ax in axes.flat[len(pairs) :]:
+            ax.set_visible(False)
+        series = set()
+        for k, (ax, (workload, variant)) in enumerate(zip(axes.flat, pairs, strict=False)):
+            cell = sub[(sub.workload == workload) & (sub.variant == variant)]
+            dtype, t = headline_setting(cell)
+            cell = cell[(cell.dtype == dtype) & (cell.threads == t)]
+            for (backend, device), rows in sorted(
+                cell.groupby(["backend", "device"], sort=False), key=lambda kv: series_order(kv[0])
+            ):
+                rows = rows.sort_values("batch")
+                tags(ax.plot(rows.batch, rows.gb_per_s, ms=5, lw=1.5, **backend_style(backend, device))[0],
+                     backend, device)  # fmt: skip
+                series.add((backend, device))
+            limit = cell.groupby("batch").bw_limit_gb_per_s.max().dropna()
+            if not limit.empty:
+                ax.step(limit.index, limit.to_numpy(), color=BOUND_COLOUR, ls="--", where="mid", lw=1.6)
+            if dram:
+                ax.axhline(dram / 1e9, color=BOUND_COLOUR, ls=":", lw=1.6)
+            _log(ax, x=False)
+            _batch_axis(ax, cell.batch.unique())
+            name = workload if variant == "eps=given" else f"{workload}, {variant.replace('=', ' ')}"
+            ax.set_title(f"{_t(name)} ({_t(dtype)}, {_threads_text(t)})")
+            if k % ncols == 0:
                 ax.set_ylabel("achieved GB/s")
-                ax.set_title(_t(f"{dtype}, {t} thread{'s' if t != 1 else ''}"))
-        _shared_legend(fig, axes)
-        fig.suptitle(f"{_title(workload, variant)}: achieved bandwidth vs the measured limit")
-        return _svg(fig, f"bw-{workload}-{variant}")
+            ax.set_xlabel("batch")
+        handles, labels = _series_handles(series)
+        handles += [Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6), Line2D([], [], color=BOUND_COLOUR, ls=":", lw=1.6)]
+        labels += ["measured bandwidth for the working set", "DRAM bandwidth (all threads)"]
+        _legend_below(fig, handles, labels)
+        fig.suptitle("Achieved bandwidth (cost-model bytes / median time) against the measured limit")
+        return _svg(fig, "bandwidth", tags)
 
 
 def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
     """Box plots of per-call samples (relative to their median) for every backend, one panel per
-    workload, at the batch closest to `batch`, first dtype, fewest threads: how noisy is each?"""
+    workload, at the batch closest to `batch`, headline dtype, fewest threads: how noisy is each?"""
     ok = df[(df.n > 0) & df.timed_ok]
     if ok.empty:
         return None
-    panels = list(dict.fromkeys(zip(ok.workload, ok.variant, strict=True)))
+    pairs = workload_pairs(ok)
+    ncols = min(3, len(pairs))
+    nrows = math.ceil(len(pairs) / ncols)
+    tags = _Tags()
     with plt.rc_context(RC):
-        cols = min(3, len(panels))
-        rows_n = math.ceil(len(panels) / cols)
-        fig, axes = plt.subplots(rows_n, cols, figsize=(3.8 * cols, 2.6 * rows_n + 0.4), squeeze=False)
-        fig.subplots_adjust(left=0.07, right=0.98, bottom=0.18, top=0.9, wspace=0.3, hspace=0.75)
-        for ax in axes.flat[len(panels) :]:
+        fig, axes = _figure(nrows, ncols, min(12.4, 3.9 * ncols + 0.6), 2.9 * nrows + 0.9, sharey=True)
+        for ax in axes.flat[len(pairs) :]:
             ax.set_visible(False)
-        for ax, (workload, variant) in zip(axes.flat, panels, strict=False):
+        for k, (ax, (workload, variant)) in enumerate(zip(axes.flat, pairs, strict=False)):
             cell = ok[(ok.workload == workload) & (ok.variant == variant)]
             near = min(set(cell.batch), key=lambda b: (abs(math.log(b / batch)), b))
-            dtype = "float64" if "float64" in set(cell.dtype) else sorted(set(cell.dtype))[0]
-            t = min(cell.threads)
+            dtype, t = headline_setting(cell)
             cell = cell[(cell.batch == near) & (cell.dtype == dtype) & (cell.threads == t)]
-            data, labels = [], []
-            for _, r in cell.iterrows():
-                samples = r["m"].per_call_ns
-                data.append(samples / np.median(samples))
-                labels.append(r["label"])
-            ax.boxplot(data, showfliers=True, flierprops={"markersize": 2})
-            ax.set_xticks(range(1, len(labels) + 1), [_t(x) for x in labels], rotation=30, ha="right")
+            rows = sorted(cell.itertuples(), key=lambda r: series_order((r.backend, r.device)))
+            data = [r.m.per_call_ns / np.median(r.m.per_call_ns) for r in rows]
+            if not data:
+                continue
+            parts = ax.boxplot(data, showfliers=True, patch_artist=True, widths=0.6,
+                               flierprops={"markersize": 3, "markeredgecolor": "#777777"},
+                               medianprops={"color": "black"})  # fmt: skip
+            for box, r in zip(parts["boxes"], rows, strict=True):
+                colour = backend_colour(r.backend)
+                box.set_facecolor(colour if r.device == "cpu" else "white")
+                box.set_edgecolor(colour)
+                box.set_alpha(0.85)
+                if r.device != "cpu":
+                    box.set_linestyle("--")
+                tags(box, r.backend, r.device)
+            ax.set_xticks(range(1, len(rows) + 1), [series_label(r.backend, r.device) for r in rows],
+                          rotation=35, ha="right")  # fmt: skip
+            ax.grid(False, axis="x")
             ax.axhline(1.0, color="black", lw=0.6)
-            ax.set_ylabel("sample / median")
-            ax.set_title(f"{_title(workload, variant)}, B={near}, {_t(dtype)}, t={t}")
-        fig.suptitle("Noise: per-call samples relative to their median")
-        return _svg(fig, "distributions")
+            if k % ncols == 0:
+                ax.set_ylabel("sample / median")
+            name = workload if variant == "eps=given" else f"{workload}, {variant.replace('=', ' ')}"
+            ax.set_title(f"{_t(name)}: B={near}, {_t(dtype)}, {_threads_text(t)}")
+        fig.suptitle("Noise: each sample's time per call relative to the median (box: quartiles)")
+        return _svg(fig, "distributions", tags)
 
 
 def roofline(df: pd.DataFrame, limits: dict) -> str | None:
-    """Achieved GFLOP/s vs arithmetic intensity (flops / byte) with the measured roofs."""
+    """Achieved GFLOP/s vs arithmetic intensity (flops / byte) with the measured roofs: the headline
+    dtype and fewest threads of every workload, coloured by backend, marker by workload."""
     ok = df[(df.n > 0) & df.timed_ok & (df.device == "cpu") & (df.bytes > 0) & (df.flops > 0)]
-    peak, bw = (limits or {}).get("peak_flops"), (limits or {}).get("memory_bandwidth_bytes_per_s")
     if ok.empty:
         return None
+    dtype, t = headline_setting(ok)
+    ok = ok[(ok.dtype == dtype) & (ok.threads == t)]
+    peak, bw = (limits or {}).get("peak_flops"), (limits or {}).get("memory_bandwidth_bytes_per_s")
+    tags = _Tags()
+    workloads = list(dict.fromkeys(ok.workload))
+    markers = {w: WORKLOAD_MARKERS.get(w, "hpd<>8"[i % 6]) for i, w in enumerate(workloads)}
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(8, 3.8))
-        fig.subplots_adjust(left=0.08, right=0.72, bottom=0.13, top=0.9)
-        markers = "osD^v<>p"
-        for k, (workload, rows) in enumerate(ok.groupby("workload", sort=True)):
-            ax.scatter(
-                rows.flops / rows.bytes,
-                rows.gflop_per_s,
-                s=10,
-                marker=markers[k % len(markers)],
-                color=COLORS[k % len(COLORS)],
-                label=_t(workload),
-                alpha=0.7,
-            )
+        fig, axes = _figure(1, 1, 9.5, 4.6)
+        ax = axes[0][0]
+        for (backend, workload), rows in sorted(
+            ok.groupby(["backend", "workload"], sort=False), key=lambda kv: (backend_order(kv[0][0]), kv[0][1])
+        ):
+            colour = backend_colour(backend)
+            tags(ax.scatter(rows.flops / rows.bytes, rows.gflop_per_s, s=30, marker=markers[workload],
+                            color=colour, edgecolors="white", linewidths=0.4, alpha=0.9), backend)  # fmt: skip
         if peak and bw:
             ai = np.logspace(
-                math.log10((ok.flops / ok.bytes).min() / 2), math.log10((ok.flops / ok.bytes).max() * 2)
+                math.log10((ok.flops / ok.bytes).min() / 2), math.log10((ok.flops / ok.bytes).max() * 2), 40
             )
-            ax.plot(
-                ai, np.minimum(peak, ai * bw) / 1e9, "k--", lw=1.2, label="roof: DRAM bandwidth, float64 peak"
-            )
+            ax.plot(ai, np.minimum(peak, ai * bw) / 1e9, color=BOUND_COLOUR, ls="--", lw=1.6)
         _log(ax)
         ax.set_xlabel("arithmetic intensity (flops / byte, cost model)")
         ax.set_ylabel("achieved GFLOP/s")
-        ax.set_title(
-            "Roofline: memory-bound kernels sit on the slope, compute-bound ones under the flat roof"
-        )
-        fig.legend(loc="center right", frameon=False)
-        return _svg(fig, "roofline")
+        handles, labels = [], []
+        for backend in sorted(set(ok.backend), key=backend_order):
+            handles.append(Line2D([], [], ls="none", marker="o", ms=7, color=backend_colour(backend)))
+            labels.append(_t(backend))
+        for w in workloads:
+            handles.append(Line2D([], [], ls="none", marker=markers[w], ms=7, color="#888888"))
+            labels.append(_t(w))
+        if peak and bw:
+            handles.append(Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6))
+            labels.append("roof: DRAM bandwidth, float64 peak")
+        _legend_below(fig, handles, labels, ncol=min(len(handles), 6))
+        fig.suptitle(f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
+                     "compute-bound ones under the flat roof")  # fmt: skip
+        return _svg(fig, "roofline", tags)
 
 
 def training_losses(training) -> str | None:
+    """The training runs: the reference loss curve (NumPy float64) with the bias-only loss, and each
+    backend's relative difference from NumPy's curve in the same dtype (log scale, shared y)."""
     curves = [t for t in training if t.losses]
     if not curves:
         return None
+    ref = next((t for t in curves if t.backend == "numpy" and t.device == "cpu" and t.dtype == "float64"), None)
+    ref = ref or next((t for t in curves if t.backend == "numpy" and t.device == "cpu"), curves[0])
+    dtypes = [d for d in ("float64", "float32") if any(t.dtype == d for t in curves)]
+    dtypes += sorted({t.dtype for t in curves} - set(dtypes))
+    numpy_of = {t.dtype: t for t in curves if t.backend == "numpy" and t.device == "cpu"}
+    floor = 1e-17
+    tags = _Tags()
     with plt.rc_context(RC):
-        fig, ax = plt.subplots(figsize=(8, 3.4))
-        fig.subplots_adjust(left=0.08, right=0.7, bottom=0.14, top=0.9)
-        for k, t in enumerate(curves):
-            label = _t(f"{t.backend} {t.device} {t.dtype} t={t.threads}")
-            ax.plot(
-                np.arange(1, len(t.losses) + 1),
-                t.losses,
-                lw=1,
-                color=COLORS[k % len(COLORS)],
-                label=label,
-                ls=("-", "--", ":", "-.")[k % 4],
-            )
-        first = curves[0]
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (negative ELBO per example)")
-        ax.set_title(
-            _t(f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}")
-        )
-        fig.legend(loc="center right", frameon=False)
-        return _svg(fig, "training")
-
-
-def _shared_legend(fig, axes) -> None:
-    handles, names = [], []
-    for ax in axes.flat:
-        for h, n in zip(*ax.get_legend_handles_labels(), strict=True):
-            if n not in names:
-                handles.append(h)
-                names.append(n)
-    fig.legend(handles, names, loc="center right", frameon=False)
+        fig = plt.figure(figsize=(min(12.4, 4.0 * (1 + len(dtypes)) + 0.4), 3.9), layout="constrained")
+        grid = fig.add_gridspec(1, 1 + len(dtypes))
+        ax0 = fig.add_subplot(grid[0, 0])
+        steps = np.arange(1, len(ref.losses) + 1)
+        tags(ax0.plot(steps, ref.losses, lw=1.6, **backend_style(ref.backend, ref.device) | {"marker": None})[0],
+             ref.backend, ref.device)  # fmt: skip
+        if ref.bias_only_loss is not None:
+            ax0.axhline(ref.bias_only_loss, color=BOUND_COLOUR, ls="--", lw=1.4)
+            note = "dashed: the best model that ignores its input (bias only)"
+        else:
+            note = "bias-only loss not recorded in this run"
+        ax0.set_xlabel("step")
+        ax0.set_ylabel("loss (negative ELBO per example)")
+        ax0.set_title(f"{series_label(ref.backend, ref.device)} {_t(ref.dtype)}\n({note})", fontsize=9.5)
+        ax_prev, pairs = None, set()
+        for k, dtype in enumerate(dtypes):
+            ax = fig.add_subplot(grid[0, 1 + k], sharey=ax_prev)
+            ax_prev = ax
+            base = numpy_of.get(dtype)
+            if base is None:
+                ax.text(0.5, 0.5, f"no NumPy {dtype} curve to compare with", ha="center", transform=ax.transAxes)
+            else:
+                b = np.asarray(base.losses, dtype=float)
+                for t in sorted(curves, key=lambda c: series_order((c.backend, c.device))):
+                    if t.dtype != dtype or t is base or not t.losses:
+                        continue
+                    n = min(len(b), len(t.losses))
+                    diff = np.abs(np.asarray(t.losses[:n], dtype=float) - b[:n]) / np.maximum(np.abs(b[:n]), 1e-300)
+                    style = backend_style(t.backend, t.device)
+                    tags(ax.plot(np.arange(1, n + 1), np.maximum(diff, floor), lw=1.3, ms=5,
+                                 markevery=max(1, n // 6), **style)[0], t.backend, t.device)  # fmt: skip
+                    pairs.add((t.backend, t.device))
+            _log(ax, x=False)
+            ax.set_xlabel("step")
+            if k == 0:
+                ax.set_ylabel("|loss − NumPy's| / NumPy's")
+            ax.set_title(f"relative difference from NumPy, {_t(dtype)}")
+        handles, labels = _series_handles(pairs)
+        _legend_below(fig, handles, labels, ncol=min(len(handles), 6))
+        first = ref
+        fig.suptitle(_t(f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}, "
+                        f"{len(first.losses)} steps (differences below {floor:g} drawn at {floor:g})"))  # fmt: skip
+        return _svg(fig, "training", tags)

@@ -193,7 +193,7 @@ unsafe fn exp_half_kl(v: __m256d) -> (__m256d, __m256d, __m256d) {
     let large = _mm256_fmadd_pd(s, s, _mm256_sub_pd(_mm256_set1_pd(-1.0), v));
     let n0 = _mm256_cmp_pd::<_CMP_EQ_OQ>(n, _mm256_setzero_pd());
     let f = _mm256_blendv_pd(large, small, n0);
-    let m = _mm256_blendv_pd(_mm256_fmsub_pd(s, s, _mm256_set1_pd(1.0)), _mm256_add_pd(small, v), n0);
+    let m = _mm256_blendv_pd(_mm256_fmadd_pd(s, s, _mm256_set1_pd(-1.0)), _mm256_add_pd(small, v), n0);
     (s, f, m)
 }
 
