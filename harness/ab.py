@@ -28,13 +28,14 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elbolab.backend import Backend, Build, discover
 from elbolab.compare import pool_rounds
 from elbolab.errors import UsageError
 from elbolab.results import Run, load
+from elbolab.verdict import DEFAULT_RULE, Rule
 
 # the filters of `elbolab run` forwarded to both sides (Plan attribute, CLI flag)
 RUN_FILTERS = ("backend", "workload", "batch", "dtype", "threads", "device", "variant")
@@ -51,6 +52,13 @@ class ABConfig:
     seed: int = 0
     case_timeout: float | None = None
     sizes: tuple[tuple[str, int], ...] = ()  # (flag, value) sizes other than the defaults
+    # interleaved mode: samples per block, the minimum per side before deciding, worker pairs per
+    # case at most, and the time a case may take before it is reported undecided
+    interleave: bool = True
+    block: int = 3
+    min_samples: int = 12
+    max_pairs: int = 2
+    case_budget_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -67,6 +75,11 @@ class Side:
     extra_path: list[Path] = field(default_factory=list)  # its install and builds, first on PYTHONPATH
     cli: str = "elbolab.cli"  # the module its runs are started with
     build_errors: dict[Build, str] = field(default_factory=dict)
+
+    def serves_stdio(self) -> bool:
+        """Whether this revision's workers speak the interleaved A/B protocol."""
+        worker = next((p / "elbolab" / "worker.py" for p in self.extra_path if (p / "elbolab").is_dir()), None)
+        return worker is not None and "def serve_stdio" in worker.read_text()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -272,7 +285,7 @@ def balanced_order(rounds: int) -> list[str]:
     return order
 
 
-def measure_ab(config: ABConfig, log: Log = lambda _: None) -> ABResult:
+def measure_ab(config: ABConfig, rule: Rule = DEFAULT_RULE, log: Log = lambda _: None) -> ABResult:
     """Measure config.base_ref and the working tree interleaved on this machine; pool each side."""
     repo = repo_root()
     sha = resolve(repo, config.base_ref)
@@ -280,8 +293,7 @@ def measure_ab(config: ABConfig, log: Log = lambda _: None) -> ABResult:
     selected = config.filter("backend")
     needed = builds_needed(backends, selected)
     t_start = time.perf_counter()
-    notices = [f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
-               f"{config.rounds} interleaved round(s) per side"]  # fmt: skip
+    notices: list[str] = []
     with tempfile.TemporaryDirectory(prefix="elbolab-gate-") as tmpdir:
         tmp = Path(tmpdir)
         base_tree = tmp / "base-src"
@@ -297,24 +309,181 @@ def measure_ab(config: ABConfig, log: Log = lambda _: None) -> ABResult:
                     leave_out.update(needed[build])
                     notices.append(f"{side.name}: {build.module} failed to build, "
                                    f"{', '.join(needed[build])} not gated: {error}")  # fmt: skip
-            runs: dict[str, list[Run]] = {"base": [], "head": []}
-            order = balanced_order(config.rounds)
-            for i, name in enumerate(order):
-                out = tmp / f"{name}_{len(runs[name]) + 1}.json"
-                t0 = time.perf_counter()
-                side = sides[name]
-                run = run_side(side, run_argv(config, out, leave_out, list(backends), side.cli), out)
-                runs[name].append(run)
-                log(f"run {i + 1}/{len(order)} ({name}): {len(run.measurements)} cases, "
-                    f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
+            if config.interleave and all(s.serves_stdio() for s in sides.values()):
+                notices.insert(0, f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
+                               "samples interleaved case by case (B H H B blocks) until decided or out of budget")  # fmt: skip
+                runs = measure_interleaved(config, rule, sides, plan_for(config, backends, leave_out), log)
+                base, head = runs["base"], runs["head"]
+            else:
+                if config.interleave:
+                    notices.append("the base revision predates interleaved A/B workers: measured in whole runs")
+                notices.insert(0, f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
+                               f"{config.rounds} alternating whole run(s) per side")  # fmt: skip
+                base, head = measure_rounds(config, sides, leave_out, list(backends), tmp, log)
         finally:
             git(repo, "worktree", "remove", "--force", str(base_tree), check=False)
             git(repo, "worktree", "prune", check=False)
     notices.append(f"A/B measuring took {time.perf_counter() - t_start:.0f} s")
-    return ABResult(
-        base=pool_rounds(runs["base"]),
-        head=pool_rounds(runs["head"]),
-        notices=tuple(notices),
-        base_label=f"base {config.base_ref}",
-        head_label="head (working tree)",
-    )
+    return ABResult(base=base, head=head, notices=tuple(notices), base_label=f"base {config.base_ref}",
+                    head_label="head (working tree)")  # fmt: skip
+
+
+def measure_rounds(config, sides, leave_out, backends, tmp: Path, log: Log) -> tuple[Run, Run]:
+    """Whole `elbolab run`s of each side in balanced order, pooled per side (for old revisions)."""
+    runs: dict[str, list[Run]] = {"base": [], "head": []}
+    order = balanced_order(config.rounds)
+    for i, name in enumerate(order):
+        out = tmp / f"{name}_{len(runs[name]) + 1}.json"
+        t0 = time.perf_counter()
+        side = sides[name]
+        run = run_side(side, run_argv(config, out, leave_out, backends, side.cli), out)
+        runs[name].append(run)
+        log(f"run {i + 1}/{len(order)} ({name}): {len(run.measurements)} cases, {time.perf_counter() - t0:.1f} s")
+    return pool_rounds(runs["base"]), pool_rounds(runs["head"])
+
+
+# ----------------------------------------------------------------------------------- interleaved
+
+
+def plan_for(config: ABConfig, backends: dict, leave_out: set[str]) -> list:
+    from elbolab.runner import Plan, plan_cases
+
+    sizes = {flag.replace("-", "_"): value for flag, value in config.sizes}
+    names = config.filter("backend")
+    if leave_out:
+        names = tuple(b for b in (names or backends) if b not in leave_out)
+    plan = Plan(backends=names, workloads=config.filter("workload"), batches=config.filter("batch"),
+                dtypes=config.filter("dtype"), threads=config.filter("threads"), devices=config.filter("device"),
+                variants=config.filter("variant"), quick=config.quick, seed=config.seed, **sizes)  # fmt: skip
+    return plan_cases(plan, backends)
+
+
+@dataclass
+class _SideSamples:
+    """One side's samples of one case, per worker pair (round)."""
+
+    reply: dict | None = None  # the worker's answer to "open" in the first round
+    rounds: list[tuple[int, list[int]]] = field(default_factory=list)  # (loops, samples) per round
+
+    def per_call(self) -> list[float]:
+        return [t / loops for loops, samples in self.rounds for t in samples]
+
+    def round_medians(self) -> list[float]:
+        import numpy as np
+
+        return [float(np.median([t / loops for t in samples])) for loops, samples in self.rounds if samples]
+
+
+def decided(base: _SideSamples, head: _SideSamples, threshold: float, min_rounds: int) -> str | None:
+    """Why this case needs no more samples, or None. The interval must clear the threshold: all of it
+    below (no regression of that size) or, agreeing across at least `min_rounds` worker pairs, all
+    of it above (a regression)."""
+    from elbolab.stats import ratio_interval
+
+    est = ratio_interval(base.per_call(), head.per_call())
+    lo, hi = est.ci95
+    if hi < 1 + threshold:
+        return f"decided: the interval {lo:.3f}-{hi:.3f} is below +{threshold:.0%}"
+    if lo > 1 + threshold and len(head.rounds) >= min_rounds:
+        if min(head.round_medians()) > max(base.round_medians()):
+            return f"decided: the interval {lo:.3f}-{hi:.3f} is above +{threshold:.0%} in every pair of workers"
+    return None
+
+
+def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
+    """Each case: one worker per side, alive together, sampled in alternating blocks (B H H B ...)
+    until decided() or the case's budget is spent; then again with a fresh pair of workers (a new
+    round), so an offset one pair of processes happens to have (memory layout, placement) must
+    show in every round to count."""
+    from elbolab.machine import git_info, machine_info, software_info
+    from elbolab.measurement import Measurement, not_measured
+    from elbolab.results import new_run
+    from elbolab.runner import now
+    from elbolab.timer import TimerConfig
+    from elbolab.worker import StdioWorker, thread_env
+
+    timer = TimerConfig.quick() if config.quick else TimerConfig()
+    started = now()
+    measured: dict[str, list] = {"base": [], "head": []}
+    versions: dict[str, dict] = {"base": {}, "head": {}}
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        data = {"base": _SideSamples(), "head": _SideSamples()}
+        threshold = rule.threshold_for(case.workload)
+        stopped, failure = "", None
+        for _ in range(config.max_pairs):
+            workers, name = {}, "base"
+            try:
+                for name, side in sides.items():
+                    env = dict(side.env(), **thread_env(case.threads), PYTHONHASHSEED="0")
+                    argv = [sys.executable, "-m", "elbolab.worker", case.backend, str(case.threads)]
+                    workers[name] = w = StdioWorker(argv, env, side.tree, timeout=config.case_timeout or 300)
+                    if "error" in w.hello:
+                        failure = (name, "skipped", w.hello["error"])
+                        break
+                    versions[name].setdefault(case.backend, w.hello["hello"]["versions"])
+                    reply = w.ask({"op": "open", "case": case.to_json(), "timer": timer.to_json()})
+                    if data[name].reply is None:
+                        data[name].reply = reply
+                    if reply["status"] != "ok":
+                        failure = (name, reply["status"], reply["reason"])
+                        break
+                    data[name].rounds.append((reply["loops"], []))
+                if failure:
+                    break
+                budget = (config.case_budget_s / config.max_pairs) * 1e9
+                spent = 0
+                while True:
+                    for name in ("base", "head", "head", "base"):
+                        got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
+                        data[name].rounds[-1][1].extend(got)
+                        spent += sum(got)
+                    if len(data["head"].rounds[-1][1]) >= config.min_samples:
+                        stopped = decided(data["base"], data["head"], threshold, min_rounds=2) or ""
+                        if stopped or spent > budget:
+                            break
+            except RuntimeError as exc:  # the worker of side `name` died or hung
+                failure = (name, "failed", f"{exc} during {case.label()}")
+                break
+            finally:
+                for w in workers.values():
+                    w.close()
+            if stopped and "below" in stopped:
+                break  # no regression of that size: one pair of workers suffices
+        if not stopped and failure is None:
+            stopped = f"undecided: the budget of {config.case_budget_s:g} s is spent"
+        for name in ("base", "head"):
+            d = data[name]
+            if failure and failure[0] == name:
+                measured[name].append(not_measured(case, failure[1], failure[2]))
+                continue
+            if failure or not d.rounds:
+                measured[name].append(not_measured(case, "skipped", "not measured: the other side failed"))
+                continue
+            loops = d.rounds[0][0]
+            per_call = d.per_call()
+            reply = d.reply
+            measured[name].append(Measurement(
+                case, "ok", None, loops=1, samples_ns=tuple(per_call), rounds=tuple(len(s) for _, s in d.rounds),
+                first_call_ns=reply["first_call_ns"], cost=_cost(reply), notes=dict(
+                    reply["notes"], ab_stopped=stopped, ab_pairs=len(d.rounds), loops_per_round=[lp for lp, _ in d.rounds],
+                    first_loops=loops),
+            ))  # fmt: skip
+        log(f"case {i + 1}/{len(cases)} {case.label()}: {stopped or failure[2]} "
+            f"({sum(len(s) for _, s in data['head'].rounds)} samples a side, {time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    out = {}
+    for name, side in sides.items():
+        software = dict(software_info(), backends=versions[name])
+        git = {"commit": resolve(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}
+        run = new_run(f"ab-{name}-{started}", started, machine_info(), software, git,
+                      {"ab": {"mode": "interleaved", "block": config.block, "min_samples": config.min_samples,
+                              "max_pairs": config.max_pairs, "case_budget_s": config.case_budget_s},
+                       "timer": timer.to_json()})  # fmt: skip
+        out[name] = replace(run, measurements=tuple(measured[name]), finished=now())
+    return out
+
+
+def _cost(reply: dict):
+    from elbolab.measurement import Cost
+
+    return Cost(**reply["cost"]) if reply.get("cost") else None

@@ -1,10 +1,19 @@
 """Calibrated timing of one prepared case.
 
-first call (compile/JIT/allocation) -> calibration -> warm-up samples -> N timed samples.
+first call (compile/JIT/allocation) -> calibration -> warm-up samples -> timed samples until the
+median is known well enough.
+
 Each sample runs `loops` calls back to back and is synchronised with the device before the clock
 stops; the loop count is calibrated so a sample lasts `target_sample_ns` (far above the clock's
 resolution and the cost of reading it). GC is off while timing. The clock is injected so tests can
 drive it with a fake one.
+
+How many samples: at least `min_samples`, then samples continue until the distribution-free 95%
+interval of the median is within `ci_target` of it (half-width relative to the median, +-1% by
+default), or the case has spent `budget_ns`, or `max_samples` are taken. A quiet case stops early;
+a noisy one gets the samples it needs; `Timing.stopped` says which happened. (A sequential stop
+reads the interval repeatedly, so its coverage is a little below 95%; the interval itself is
+recomputed from all the samples kept, and the samples are the record.)
 """
 
 from __future__ import annotations
@@ -16,24 +25,28 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from elbolab.backend import Prepared
+from elbolab.stats import summarize
 
 
 @dataclass(frozen=True)
 class TimerConfig:
     # One sample lasts about this long: 10^4 times the clock's ~1 µs cost and resolution, short
-    # enough that the default matrix of ~600 cases measures in a few minutes.
+    # enough that the default matrix of ~700 cases measures in a couple of minutes.
     target_sample_ns: int = 10_000_000
-    sample_count: int = 15
+    min_samples: int = 7
+    max_samples: int = 40
+    # stop once the 95% interval of the median is within this fraction of it, either side
+    ci_target: float = 0.01
     warmup: int = 2  # samples run and discarded after calibration
     max_loops: int = 10_000_000
-    # Wall-clock budget for a case's samples: a very slow case takes fewer samples (never < 5)
-    # rather than the whole run's time.
-    budget_ns: int = 4_000_000_000
-    min_samples: int = 5
+    # Wall-clock budget for a case's samples: a very slow or very noisy case stops here (never
+    # below min_samples) rather than taking the whole run's time.
+    budget_ns: int = 2_000_000_000
 
     @classmethod
     def quick(cls) -> TimerConfig:
-        return cls(target_sample_ns=5_000_000, sample_count=7, warmup=1, budget_ns=1_000_000_000)
+        return cls(target_sample_ns=5_000_000, min_samples=7, max_samples=15, ci_target=0.02, warmup=1,
+                   budget_ns=500_000_000)  # fmt: skip
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -45,6 +58,7 @@ class Timing:
     samples_ns: tuple[int, ...]  # raw: each sample is the time of `loops` calls
     first_call_ns: int
     calibration: tuple[tuple[int, int], ...]  # (loops, ns) tried while calibrating
+    stopped: str = ""  # why sampling stopped: the interval was narrow enough, or the budget or cap
 
 
 Clock = Callable[[], int]
@@ -71,35 +85,71 @@ def _runner(prepared: Prepared) -> Callable[[int], None]:
     return run
 
 
-def time_prepared(prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns) -> Timing:
-    run = _runner(prepared)
-    gc_was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        t0 = clock()
-        run(1)
-        first_call_ns = clock() - t0
+class Sampler:
+    """A prepared case with its first call done and its loop count calibrated, ready to sample.
 
-        loops, tried = _calibrate(run, config, clock)
-        per_sample = max(tried[-1][1], 1)
-        affordable = config.budget_ns // per_sample
-        n_samples = int(max(config.min_samples, min(config.sample_count, affordable)))
-        warmup = config.warmup if affordable > n_samples + config.warmup else 0
+    The A/B gate keeps one per side open and asks for a few samples at a time, alternating sides;
+    `time_prepared` takes all of one case's samples at once.
+    """
 
-        samples = []
-        for i in range(warmup + n_samples):
+    def __init__(self, prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns):
+        self.run, self.config, self.clock = _runner(prepared), config, clock
+        with _gc_off():
             t0 = clock()
-            run(loops)
-            elapsed = clock() - t0
-            if i >= warmup:
-                samples.append(elapsed)
-    finally:
-        if gc_was_enabled:
+            self.run(1)
+            self.first_call_ns = clock() - t0
+            self.loops, self.calibration = _calibrate(self.run, config, clock)
+        self.sample_ns = max(self.calibration[-1][1], 1)  # the last calibration round: about one sample
+
+    def warm_up(self, n: int) -> None:
+        self.sample(n)
+
+    def sample(self, n: int) -> list[int]:
+        out = []
+        with _gc_off():
+            for _ in range(n):
+                t0 = self.clock()
+                self.run(self.loops)
+                out.append(self.clock() - t0)
+        return out
+
+
+class _gc_off:  # noqa: N801 (a context manager, named for what it does)
+    def __enter__(self):
+        self.was = gc.isenabled()
+        gc.collect()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was:
             gc.enable()
-    return Timing(
-        loops=loops, samples_ns=tuple(samples), first_call_ns=first_call_ns, calibration=tuple(tried)
-    )
+
+
+def precise_enough(samples: list[int], target: float) -> bool:
+    """Whether the 95% interval of the median is within `target` of it, either side."""
+    s = summarize(samples)
+    return s.median > 0 and max(s.median - s.ci95[0], s.ci95[1] - s.median) <= target * s.median
+
+
+def sample_until_precise(sampler: Sampler, config: TimerConfig) -> tuple[list[int], str]:
+    """Samples until the median is known to `ci_target`, or the budget or the cap is reached."""
+    samples = sampler.sample(config.min_samples)
+    while True:
+        if precise_enough(samples, config.ci_target):
+            return samples, f"the median's 95% interval is within ±{config.ci_target:.0%}"
+        if len(samples) >= config.max_samples:
+            return samples, f"the cap of {config.max_samples} samples"
+        if sum(samples) + sampler.sample_ns > config.budget_ns:
+            return samples, f"the budget of {config.budget_ns / 1e9:g} s"
+        samples += sampler.sample(1)
+
+
+def time_prepared(prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns) -> Timing:
+    sampler = Sampler(prepared, config, clock)
+    if config.budget_ns // sampler.sample_ns > config.min_samples + config.warmup:
+        sampler.warm_up(config.warmup)
+    samples, stopped = sample_until_precise(sampler, config)
+    return Timing(sampler.loops, tuple(samples), sampler.first_call_ns, tuple(sampler.calibration), stopped)
 
 
 def _calibrate(run: Callable[[int], None], config: TimerConfig, clock: Clock) -> tuple[int, list]:

@@ -138,58 +138,255 @@ def _memory(reset_ok: bool, baseline: int | None, device_peak: int | None):
     )
 
 
+class OpenCase:
+    """One case made ready to sample in this process: inputs made, prepared, first call timed, loop
+    count calibrated, warmed up, and its outputs checked against the reference. The thread limits
+    of the case hold while it is open."""
+
+    def __init__(self, backend, case, timer):
+        from elbolab.timer import Sampler
+        from elbolab.workloads import WORKLOADS
+        from threadpoolctl import threadpool_limits
+
+        self.case, self.timer = case, timer
+        self.workload = WORKLOADS[case.workload]
+        self.cost = self.workload.cost(case)
+        self._limits = threadpool_limits(limits=case.threads)
+        reset_ok = _reset_peak_rss()
+        baseline = _status_bytes("VmRSS")
+        self.inputs = self.workload.make_inputs(case)
+        self.stage = "prepare"
+        self.prepared = backend.prepare(case, {k: v.copy() for k, v in self.inputs.items()})
+        self.backend_notes = dict(self.prepared.notes)
+        self.stage = "timing"
+        self.sampler = Sampler(self.prepared, timer)
+        self.loops, self.first_call_ns = self.sampler.loops, self.sampler.first_call_ns
+        self.calibration = tuple(self.sampler.calibration)
+        affordable = timer.budget_ns // self.sampler.sample_ns
+        if affordable > timer.min_samples + timer.warmup:
+            self.sampler.warm_up(timer.warmup)
+        self.stage = "reading outputs"
+        self._snapshot()
+        device_peak = self.prepared.device_peak_bytes() if self.prepared.device_peak_bytes else None
+        # read before the reference is computed, whose temporaries are not the backend's
+        self.memory = _memory(reset_ok, baseline, device_peak)
+        self.stage = "timing"
+
+    def _snapshot(self) -> None:
+        """The outputs of the last call (and, with eps drawn inside the call, the next call's eps)."""
+        import numpy as np
+
+        got = self.prepared.outputs()
+        self.next_eps = None
+        if self.case.variant == "eps=sampled":  # a fresh draw per call: call once more and compare
+            got = {k: np.array(v, copy=True) for k, v in got.items()}
+            self.prepared.call()
+            if self.prepared.sync:
+                self.prepared.sync()
+            self.next_eps = np.array(self.prepared.outputs().get("eps"), copy=True)
+        self.got = got
+
+    def check(self):
+        from elbolab.workloads import check_outputs
+
+        return check_outputs(self.workload, self.case, self.inputs, self.got, self.next_eps)
+
+    def notes(self, **more) -> dict:
+        return dict(self.backend_notes, worker_pid=os.getpid(), **more)
+
+    def close(self) -> None:
+        self._limits.restore_original_limits()
+        self.prepared = self.sampler = None
+
+
+def _failure(case, stage: str, exc: Exception, cost):
+    from elbolab.measurement import not_measured
+
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return not_measured(case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost)
+
+
 def measure_case(backend, case, timer):
     """Measure one case in this process: inputs, prepare, timing, the check. Returns a Measurement
     (a failure of the backend is a 'failed' measurement with the reason, never an exception)."""
-    import numpy as np
     from elbolab.measurement import Measurement, not_measured
-    from elbolab.timer import time_prepared
-    from elbolab.workloads import WORKLOADS, check_outputs
-    from threadpoolctl import threadpool_limits
+    from elbolab.timer import sample_until_precise
+    from elbolab.workloads import WORKLOADS
 
-    workload = WORKLOADS[case.workload]
-    cost = workload.cost(case)
+    cost = WORKLOADS[case.workload].cost(case)
     reason = backend.skip_reason(case)
     if reason:
         return not_measured(case, "skipped", reason, cost)
-
-    reset_ok = _reset_peak_rss()
-    baseline = _status_bytes("VmRSS")
-    inputs = workload.make_inputs(case)
+    opened = None
     stage = "prepare"
     try:
-        with threadpool_limits(limits=case.threads):
-            prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
-            stage = "timing"
-            timing = time_prepared(prepared, timer)
-            stage = "reading outputs"
-            got = prepared.outputs()
-            next_eps = None
-            if case.variant == "eps=sampled":  # a fresh draw per call: call once more and compare
-                got = {k: np.array(v, copy=True) for k, v in got.items()}
-                prepared.call()
-                if prepared.sync:
-                    prepared.sync()
-                next_eps = np.array(prepared.outputs().get("eps"), copy=True)
-            device_peak = prepared.device_peak_bytes() if prepared.device_peak_bytes else None
-            # read before the reference is computed, whose temporaries are not the backend's
-            memory = _memory(reset_ok, baseline, device_peak)
+        opened = OpenCase(backend, case, timer)
+        samples, stopped = sample_until_precise(opened.sampler, timer)
+        opened.stage = "reading outputs"
+        opened._snapshot()
     except Exception as exc:
-        tb = traceback.extract_tb(exc.__traceback__)
-        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return not_measured(case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost)
-
-    check = check_outputs(workload, case, inputs, got, next_eps)
+        return _failure(case, opened.stage if opened else stage, exc, cost)
+    finally:
+        if opened is not None:
+            opened.close()
+    check = opened.check()
     return Measurement(
         case,
         "ok" if check.ok else "incorrect",
         None if check.ok else check.detail,
-        loops=timing.loops,
-        samples_ns=tuple(float(s) for s in timing.samples_ns),
-        first_call_ns=timing.first_call_ns,
+        loops=opened.loops,
+        samples_ns=tuple(float(s) for s in samples),
+        first_call_ns=opened.first_call_ns,
         check=check,
-        memory=memory,
+        memory=opened.memory,
         cost=cost,
-        notes=dict(prepared.notes, worker_pid=os.getpid()),
-        calibration=timing.calibration,
+        notes=opened.notes(sampling=f"stopped at {len(samples)} samples: {stopped}"),
+        calibration=opened.calibration,
     )
+
+
+# ----------------------------------------------------------------------------- the A/B stdio worker
+#
+# The fine-interleaved A/B gate keeps one worker per side alive and asks each, in turn, for a few
+# samples of the same case. A side is a revision installed in its own folder, so its worker is a
+# plain subprocess of that revision (`python -m elbolab.worker BACKEND THREADS`), spoken to in JSON
+# lines on stdin/stdout:
+#   worker -> driver  {"hello": {"pid", "versions"}} or {"error": "..."}
+#   driver -> worker  {"op": "open", "case": case_json, "timer": timer_json}
+#   worker -> driver  {"status", "reason", "loops", "first_call_ns", "calibration", "sample_ns",
+#                      "check", "memory", "cost", "notes"}     (samples come next)
+#   driver -> worker  {"op": "sample", "count": n}  ->  {"samples_ns": [...]}
+#   driver -> worker  {"op": "close"}  ->  {"closed": true}
+# Anything printed by a backend goes to stderr, never into the protocol.
+
+
+def serve_stdio(backend_name: str, threads: int) -> int:
+    import json
+    import sys
+
+    from elbolab.backend import discover
+    from elbolab.case import Case
+    from elbolab.timer import TimerConfig
+
+    out = sys.stdout
+    sys.stdout = sys.stderr  # a backend's prints must not corrupt the protocol
+
+    def send(obj) -> None:
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+        out.flush()
+
+    backend = discover().get(backend_name)
+    if backend is None:
+        send({"error": f"this revision has no backend {backend_name!r}"})
+        return 2
+    versions: dict = {}
+    try:
+        if backend.unavailable_reason() is None:
+            versions = backend.versions()
+    except Exception as exc:
+        versions = {"error": f"{exc.__class__.__name__}: {exc}"}
+    send({"hello": {"pid": os.getpid(), "versions": versions, "threads": threads}})
+    opened: OpenCase | None = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["op"] == "open":
+            if opened is not None:
+                opened.close()
+            reply, opened = _open(backend, Case.from_json(msg["case"]), TimerConfig(**msg["timer"]))
+            send(reply)
+        elif msg["op"] == "sample":
+            send({"samples_ns": opened.sampler.sample(int(msg["count"])) if opened else []})
+        elif msg["op"] == "close":
+            if opened is not None:
+                opened.close()
+                opened = None
+            send({"closed": True})
+        elif msg["op"] == "stop":
+            break
+    return 0
+
+
+def _open(backend, case, timer) -> tuple[dict, OpenCase | None]:
+    """Open a case for sampling: the reply for the driver, and the open case if it can be sampled."""
+    from elbolab.workloads import WORKLOADS
+
+    cost = WORKLOADS[case.workload].cost(case)
+    reason = backend.skip_reason(case)
+    if reason:
+        return {"status": "skipped", "reason": reason}, None
+    opened = None
+    try:
+        opened = OpenCase(backend, case, timer)
+        check = opened.check()
+    except Exception as exc:
+        if opened is not None:
+            opened.close()
+        return {"status": "failed", "reason": _failure(case, "prepare", exc, cost).reason}, None
+    reply = {
+        "status": "ok" if check.ok else "incorrect",
+        "reason": None if check.ok else check.detail,
+        "loops": opened.loops,
+        "first_call_ns": opened.first_call_ns,
+        "calibration": [list(c) for c in opened.calibration],
+        "sample_ns": opened.sampler.sample_ns,
+        "check": dict(check.__dict__),
+        "memory": dict(opened.memory.__dict__),
+        "cost": dict(cost.__dict__),
+        "notes": opened.notes(),
+    }
+    if not check.ok:
+        opened.close()
+        return reply, None
+    return reply, opened
+
+
+class StdioWorker:
+    """The driver's side of the A/B stdio protocol: one worker process of one revision."""
+
+    def __init__(self, argv: list[str], env: dict, cwd, timeout: float):
+        import subprocess
+
+        self.timeout = timeout
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        import json
+        import select
+
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            code = self.proc.poll()
+            raise RuntimeError("the worker hung" if code is None else f"the worker died (exit code {code})")
+        return json.loads(line)
+
+    def ask(self, msg: dict) -> dict:
+        import json
+
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        import signal
+        import subprocess
+
+        try:
+            self.proc.stdin.write('{"op": "stop"}\n')
+            self.proc.stdin.flush()
+            self.proc.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(serve_stdio(sys.argv[1], int(sys.argv[2])))

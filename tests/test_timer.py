@@ -28,12 +28,13 @@ def fake_kernel(clock: FakeClock, per_call_ns: int, first_call_ns: int | None = 
 def test_calibrates_loops_so_a_sample_lasts_the_target():
     clock = FakeClock()
     call, _ = fake_kernel(clock, per_call_ns=1_000)
-    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=9, warmup=2)
+    cfg = TimerConfig(target_sample_ns=1_000_000, min_samples=9, warmup=2)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert 500 <= t.loops <= 1_100  # a sample of ~1 ms of 1 µs calls
-    assert len(t.samples_ns) == 9
+    assert len(t.samples_ns) == 9  # identical samples: the interval is exact at the minimum
     assert all(s == t.loops * 1_000 for s in t.samples_ns)
     assert [s / t.loops for s in t.samples_ns] == [1_000.0] * 9
+    assert "interval" in t.stopped
 
 
 def test_first_call_is_reported_apart_and_not_in_samples():
@@ -47,7 +48,7 @@ def test_first_call_is_reported_apart_and_not_in_samples():
 def test_warmup_samples_are_run_but_discarded():
     clock = FakeClock()
     call, calls = fake_kernel(clock, per_call_ns=10_000_000)  # slower than the target: loops = 1
-    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=5, warmup=3, budget_ns=10**12)
+    cfg = TimerConfig(target_sample_ns=1_000_000, min_samples=5, warmup=3, budget_ns=10**12)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert t.loops == 1
     # first call + one calibration run + 3 warm-up + 5 samples
@@ -58,7 +59,7 @@ def test_warmup_samples_are_run_but_discarded():
 def test_slow_case_takes_fewer_samples_within_budget():
     clock = FakeClock()
     call, _ = fake_kernel(clock, per_call_ns=2_000_000_000)  # 2 s a call
-    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=15, budget_ns=4_000_000_000, min_samples=5)
+    cfg = TimerConfig(target_sample_ns=1_000_000, max_samples=15, budget_ns=4_000_000_000, min_samples=5)
     t = time_prepared(Prepared(call=call, outputs=dict), cfg, clock=clock)
     assert len(t.samples_ns) == 5  # never below min_samples, far below 15
 
@@ -74,7 +75,7 @@ def test_sync_runs_before_the_clock_stops_in_every_sample():
         clock.now += 1_000 * len(pending)
         pending.clear()
 
-    cfg = TimerConfig(target_sample_ns=100_000, sample_count=5, warmup=0)
+    cfg = TimerConfig(target_sample_ns=100_000, min_samples=5, warmup=0)
     t = time_prepared(Prepared(call=call, outputs=dict, sync=sync), cfg, clock=clock)
     assert [s / t.loops for s in t.samples_ns] == [1_000.0] * 5  # without sync the samples would read 0
 
@@ -90,7 +91,7 @@ def test_call_n_replaces_the_python_loop():
     def call():
         raise AssertionError("call() must not be looped when call_n exists")
 
-    cfg = TimerConfig(target_sample_ns=1_000_000, sample_count=5, warmup=1)
+    cfg = TimerConfig(target_sample_ns=1_000_000, min_samples=5, warmup=1)
     t = time_prepared(Prepared(call=call, outputs=dict, call_n=call_n), cfg, clock=clock)
     assert seen[0] == 1  # the first call
     assert t.loops >= 5_000 and [s / t.loops for s in t.samples_ns] == [100.0] * 5
@@ -109,8 +110,40 @@ def test_gc_is_disabled_while_timing_and_restored():
     assert gc.isenabled()
     time_prepared(
         Prepared(call=call, outputs=dict),
-        TimerConfig(target_sample_ns=1_000_000, sample_count=5),
+        TimerConfig(target_sample_ns=1_000_000, min_samples=5),
         clock=clock,
     )
     assert not any(states)
     assert gc.isenabled()
+
+
+def _noisy_kernel(clock: FakeClock, spreads):
+    """A kernel whose k-th call costs 1000 ns * spreads[k % len(spreads)]."""
+    state = {"k": 0}
+
+    def call():
+        clock.now += int(1_000 * spreads[state["k"] % len(spreads)])
+        state["k"] += 1
+
+    return call
+
+
+def test_sampling_stops_once_the_median_is_known_to_the_target():
+    clock = FakeClock()
+    quiet = _noisy_kernel(clock, [1.0])
+    cfg = TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=40, ci_target=0.01, warmup=0, max_loops=1)
+    t = time_prepared(Prepared(call=quiet, outputs=dict), cfg, clock=clock)
+    assert len(t.samples_ns) == 7 and "within ±1%" in t.stopped
+
+
+def test_a_noisy_case_takes_more_samples_up_to_the_cap():
+    clock = FakeClock()
+    noisy = _noisy_kernel(clock, [1.0, 1.3, 0.8, 1.1, 0.9, 1.25, 0.85])  # one call per sample (max_loops=1)
+    cfg = TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=25, ci_target=0.01, warmup=0,
+                      max_loops=1, budget_ns=10**12)  # fmt: skip
+    t = time_prepared(Prepared(call=noisy, outputs=dict), cfg, clock=clock)
+    assert len(t.samples_ns) == 25 and "cap" in t.stopped
+    t = time_prepared(Prepared(call=_noisy_kernel(clock, [1.0, 1.3]), outputs=dict),
+                      TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=1000, ci_target=0.001,
+                                  warmup=0, max_loops=1, budget_ns=30_000), clock=clock)  # fmt: skip
+    assert "budget" in t.stopped and len(t.samples_ns) < 1000

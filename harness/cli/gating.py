@@ -169,7 +169,7 @@ def _ab_gate(args: argparse.Namespace) -> Report:
         ),
     )
     rule, reference = _rule(args), _reference(args)  # bad options fail before minutes of measuring
-    result = measure_ab(config, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))
+    result = measure_ab(config, rule, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))
     if args.save_runs:
         try:
             args.save_runs.mkdir(parents=True, exist_ok=True)

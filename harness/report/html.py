@@ -1,34 +1,53 @@
 """The HTML report: one self-contained page for one or more results files.
 
-Summary first (who wins at which size, by how much, how sure), then the claims check, plots, every
-measurement, and the machine, software and limits of each run. Jinja2 with autoescaping on: every
-string from a results file is escaped; the only markup inserted unescaped is the SVG matplotlib wrote.
-No external URL, no script, no fetch: the page opens offline.
+The first screen answers "who wins, at which size, by how much, how sure": a speed-up matrix per
+workload (rows: backends, columns: batch sizes; the headline dtype and the fewest threads), each
+cell coloured by its speed-up over the baseline on a diverging log scale, its verdict mark from
+elbolab.verdict and its 95% interval on hover. Then the problems (failures by case, skips grouped by
+reason, less accurate and implausible cases), the claims check, the plots, the per-case tables
+(collapsed, one per workload) and the machine, software and limits.
+
+Several results files: the first is the base and each later one is compared with it by
+elbolab.compare (ratio with its interval and the shared verdict; times normalized by a reference case
+when the CPUs differ; one sentence when they cannot be compared). The rest of the page shows the
+newest file; its per-case tables and metadata are given for every file.
+
+Jinja2 with autoescaping on: every string from a results file is escaped; the only markup inserted
+unescaped is the SVG of elbolab.report.plots (whose text matplotlib escapes). No external URL, no
+script, no fetch: the page opens offline.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import pandas as pd
+from elbolab.compare import CompareError, Reference, Report, compare
 from elbolab.report import plots
 from elbolab.report.claims import check_claims
-from elbolab.report.format import fmt_ns, fmt_x
+from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
 from elbolab.report.tables import (
     KEY_FIELDS,
     LoadedRun,
+    backend_label,
     display_summary,
     display_table,
     measurement_table,
     summary_table,
 )
+from elbolab.verdict import DEFAULT_RULE, Verdict
 from markupsafe import Markup
 
 TEMPLATES = Path(__file__).with_name("templates")
+BROKEN = ("incorrect", "failed", "timeout")
+DIMS = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
+SATURATE = 30.0  # a speed-up (or slow-down) of this much gets the full colour
+GOOD, BAD, WHITE = (26, 152, 80), (215, 48, 39), (255, 255, 255)
 
 
 @dataclass
@@ -38,6 +57,9 @@ class RunView:
     summary: pd.DataFrame
     claims: list = field(default_factory=list)
     figures: list[tuple[str, Markup]] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ helpers
 
 
 def _plain(v) -> str:
@@ -54,74 +76,330 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
     return [[_plain(v) for v in row] for row in df.itertuples(index=False)]
 
 
-def _figures(view: RunView, baseline: str) -> list[tuple[str, Markup]]:
-    df, run = view.table, view.run.run
-    figs: list[tuple[str, str | None]] = []
-    if df.empty:
-        return []
-    pairs = list(dict.fromkeys(zip(df.workload, df.variant, strict=True)))
-    for workload, variant in pairs:
-        figs.append((f"speed-up: {workload} {variant}", plots.speedup_bars(df, workload, variant, baseline)))
-    for workload, variant in pairs:
-        figs.append((f"time vs batch: {workload} {variant}", plots.time_vs_batch(df, workload, variant)))
-    for workload, variant in pairs:
-        figs.append(
-            (
-                f"bandwidth: {workload} {variant}",
-                plots.bandwidth_vs_batch(df, workload, variant, run.limits),
-            )
-        )
-    figs.append(("roofline", plots.roofline(df, run.limits)))
-    figs.append(("noise", plots.distributions(df)))
-    figs.append(("training", plots.training_losses(run.training)))
-    return [(title, Markup(svg)) for title, svg in figs if svg]
+def _case_text(r) -> str:
+    return f"{r.workload} {r.variant} {r.dtype} B={r.batch} t={r.threads} {r.backend} ({r.device})"
 
 
-def headlines(summary: pd.DataFrame, baseline: str) -> list[tuple[str, list[str]]]:
-    """One sentence per workload (fewest threads, float64 first): who wins at each batch."""
+def _workload_title(workload: str, variant: str) -> str:
+    return workload if variant == "eps=given" else f"{workload} ({variant.replace('=', ' ')})"
+
+
+def _threads(t: int) -> str:
+    return f"{t} thread{'s' if t != 1 else ''}"
+
+
+def speed_colour(speedup: float) -> tuple[str, str]:
+    """(background, text colour) of a speed-up: log scale, green faster, red slower, white at 1x."""
+    t = max(-1.0, min(1.0, math.log(speedup) / math.log(SATURATE)))
+    t = math.copysign(abs(t) ** 0.75, t)
+    end = GOOD if t > 0 else BAD
+    rgb = tuple(round(w + (e - w) * abs(t)) for w, e in zip(WHITE, end, strict=True))
+    return "#{:02x}{:02x}{:02x}".format(*rgb), ("#ffffff" if abs(t) > 0.55 else "#1d2330")
+
+
+def fmt_speed(s: float) -> str:
+    """A speed-up for a dense grid: '52x', '2.6x', '0.28x'."""
+    if s >= 9.95:
+        return f"{s:.0f}x"
+    if s >= 0.995:
+        return f"{s:.1f}x"
+    return f"{s:.2g}x"
+
+
+def colour_scale() -> list[tuple[str, str, str]]:
+    """The legend of the matrix colours: (text, background, foreground)."""
     out = []
-    if summary.empty:
-        return out
-    for (workload, variant), group in summary.groupby(["workload", "variant"], sort=False):
-        dtype = "float64" if "float64" in set(group.dtype) else sorted(set(group.dtype))[0]
-        t = min(group.threads)
-        g = group[(group.dtype == dtype) & (group.threads == t)].sort_values("batch")
-        parts = []
-        for r in g.itertuples():
-            if not r.winner:
-                parts.append(f"B={r.batch}: no valid measurement")
-                continue
-            margin = (
-                f"{fmt_x(r.margin, r.margin_lo, r.margin_hi)} over {r.runner_up}, {r.how_sure}"
-                if r.runner_up
-                else r.how_sure
-            )
-            over = (
-                f"; {fmt_x(r.vs_baseline, r.vs_baseline_lo, r.vs_baseline_hi)} over {baseline}"
-                if not math.isnan(r.vs_baseline) and r.winner != baseline
-                else ""
-            )
-            parts.append(f"B={r.batch}: {r.winner} ({fmt_ns(r.winner_median_ns)}; {margin}{over})")
-        name = workload if variant == "eps=given" else f"{workload} ({variant})"
-        out.append((f"{name}, {dtype}, {t} thread{'s' if t != 1 else ''}", parts))
+    for s in (1 / SATURATE, 0.1, 1 / 3, 1.0, 3.0, 10.0, SATURATE):
+        bg, fg = speed_colour(s)
+        out.append((fmt_speed(s) if s >= 1 else f"1/{1 / s:.0f}", bg, fg))
     return out
 
 
-def side_by_side(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
-    """Winner per (workload, variant, dtype, threads, batch) with one column per run."""
-    keys: dict[tuple, dict[str, str]] = {}
-    for v in views:
-        for r in v.summary.itertuples():
-            key = (r.workload, r.variant, r.dtype, r.threads, r.batch)
-            cell = r.winner or "—"
-            if r.runner_up:
-                cell += f" ({fmt_x(r.margin, r.margin_lo, r.margin_hi)} over {r.runner_up}; {r.how_sure})"
-            keys.setdefault(key, {})[v.run.label] = cell
-    header = ["workload", "variant", "dtype", "threads", "batch"] + [v.run.label for v in views]
-    rows = [
-        [*map(str, k)] + [cells.get(v.run.label, "not measured") for v in views] for k, cells in keys.items()
+# ------------------------------------------------------------------------------------ matrices
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    cls: str = ""
+    style: str = ""
+    title: str = ""
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    label: str
+    backend: str
+    colour: str
+    cells: list[Cell]
+
+
+@dataclass(frozen=True)
+class Matrix:
+    title: str
+    setting: str
+    columns: list[str]
+    rows: list[MatrixRow]
+    hidden: list[tuple[str, str]]  # rows left out (all skipped): label, why
+
+
+def _column_key(r) -> tuple:
+    return (int(r.batch), *(getattr(r, d) for d in DIMS))
+
+
+def _column_names(keys: list[tuple]) -> list[str]:
+    varying = [i for i in range(len(DIMS)) if len({k[1 + i] for k in keys}) > 1]
+    short = {"input_dim": "D", "latent_dim": "L", "hidden_dim": "H", "importance_samples": "K"}
+    return [f"B={k[0]}" + "".join(f" {short[DIMS[i]]}={k[1 + i]}" for i in varying) for k in keys]
+
+
+def _row_order(pair: tuple[str, str], baseline: str) -> tuple:
+    return (pair[0] != baseline, *plots.series_order(pair))
+
+
+def _speed_cell(speed: float, lo: float, hi: float, verdict: Verdict, title: str, win: bool = False) -> Cell:
+    bg, fg = speed_colour(speed)
+    return Cell(
+        f"{fmt_speed(speed)} {verdict.mark}",
+        "sp win" if win else "sp",
+        f"background:{bg};color:{fg}",
+        f"{title}: {fmt_x(speed, lo, hi)} (95% interval), {verdict.value}",
+    )
+
+
+def _cell(r, baseline: str, winner: bool) -> Cell:
+    """One case of a speed-up matrix (r: a row of the measurement table, or None)."""
+    if r is None:
+        return Cell("", "none", title="not measured in this run")
+    where = f"{r.label}, B={r.batch}"
+    if r.status == "skipped":
+        return Cell("–", "skip", title=f"{where}: skipped: {_plain(r.reason)}")
+    if r.status in BROKEN:
+        return Cell(f"✗ {r.status}", "bad", title=f"{where}: {r.status}: {_plain(r.reason)}")
+    if r.speedup_note == "baseline":
+        ci = f"[{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}]"
+        return Cell(
+            fmt_ns(r.median_ns),
+            "base win" if winner else "base",
+            title=f"{where}: the baseline, median {fmt_ns(r.median_ns)} {ci} per call"
+            + ("; the fastest valid backend here" if winner else ""),
+        )
+    if r.implausible:
+        return Cell("⚠ implausible", "flag", title=f"{where}: {r.plausibility}")
+    if missing(r.speedup) or not r.verdict:
+        return Cell("n/a", "na", title=f"{where}: {_plain(r.speedup_note) or 'no speed-up'}")
+    title = f"{where}: {fmt_ns(r.median_ns)} per call; over {baseline}"
+    if winner:
+        title = f"{where} (the fastest valid backend here): {fmt_ns(r.median_ns)} per call; over {baseline}"
+    return _speed_cell(r.speedup, r.speedup_lo, r.speedup_hi, Verdict(r.verdict), title, winner)
+
+
+def _winners(summary: pd.DataFrame) -> set[tuple]:
+    if summary.empty:
+        return set()
+    return {(*(getattr(r, f) for f in KEY_FIELDS), r.winner) for r in summary.itertuples() if r.winner}
+
+
+def _matrix(
+    sub: pd.DataFrame, title: str, setting: str, cell_of, baseline: str, hidden_reason
+) -> Matrix | None:
+    """Rows: (backend, device) pairs; columns: batch (and dims when they vary)."""
+    if sub.empty:
+        return None
+    keys = sorted({_column_key(r) for r in sub.itertuples()})
+    by_pair: dict[tuple[str, str], dict[tuple, object]] = {}
+    for r in sub.itertuples():
+        by_pair.setdefault((r.backend, r.device), {})[_column_key(r)] = r
+    rows, hidden = [], []
+    for pair in sorted(by_pair, key=lambda p: _row_order(p, baseline)):
+        found = by_pair[pair]
+        label = backend_label(*pair)
+        if all(getattr(r, "status", "") == "skipped" for r in found.values()):
+            hidden.append((label, hidden_reason(found)))
+            continue
+        cells = [cell_of(found.get(k)) for k in keys]
+        rows.append(MatrixRow(label, pair[0], plots.backend_colour(pair[0]), cells))
+    return Matrix(title, setting, _column_names(keys), rows, hidden)
+
+
+def _skip_reason(found: dict) -> str:
+    reasons = Counter(_plain(r.reason) for r in found.values())
+    return "skipped: " + "; ".join(reasons)
+
+
+def speedup_matrices(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, headline: bool = True) -> list[Matrix]:
+    """One matrix per workload at its headline setting (headline=True), or one per other
+    (dtype, threads) setting."""
+    if df.empty:
+        return []
+    winners = _winners(summary)
+    out = []
+    for workload, variant in plots.workload_pairs(df):
+        wdf = df[(df.workload == workload) & (df.variant == variant)]
+        head = plots.headline_setting(wdf)
+        settings = sorted(set(zip(wdf.dtype, wdf.threads, strict=True)), key=lambda s: (s[0] != "float64", s))
+        for dtype, t in [head] if headline else [s for s in settings if s != head]:
+            sub = wdf[(wdf.dtype == dtype) & (wdf.threads == t)]
+
+            def cell_of(r):
+                win = r is not None and (*(getattr(r, f) for f in KEY_FIELDS), r.label) in winners
+                return _cell(r, baseline, win)
+
+            m = _matrix(sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, baseline,
+                        _skip_reason)  # fmt: skip
+            if m is not None:
+                out.append(m)
+    return out
+
+
+# ------------------------------------------------------------------------------------ problems
+
+
+def problems(df: pd.DataFrame) -> dict:
+    """Failures by case, skips grouped by reason, less accurate and implausible cases."""
+    if df.empty:
+        return {"failures": [], "skipped": [], "less_accurate": [], "implausible": []}
+    bad = df[df.status.isin(BROKEN)]
+    failures = [(_case_text(r), r.status, _plain(r.reason)) for r in bad.itertuples()]
+    skipped = []
+    sk = df[df.status == "skipped"]
+    for reason, group in sk.groupby(sk.reason.fillna("no reason given"), sort=False):
+        where = Counter(group.label)
+        skipped.append(
+            (_plain(reason), len(group), ", ".join(f"{label} ×{n}" for label, n in where.most_common()))
+        )
+    skipped.sort(key=lambda x: -x[1])
+    less = [
+        (_case_text(r), r.m.check.describe() or "less accurate than careful arithmetic")
+        for r in df.itertuples()
+        if r.m.check is not None and r.m.check.less_accurate
     ]
-    return header, rows
+    flagged = [(_case_text(r), r.plausibility) for r in df[df.implausible].itertuples()]
+    return {"failures": failures, "skipped": skipped, "less_accurate": less, "implausible": flagged}
+
+
+# ------------------------------------------------------------------------------------ changes
+
+
+@dataclass
+class Change:
+    base: str
+    head: str
+    how: str  # how the runs were compared, or why they could not be
+    compared: bool
+    headline: str = ""
+    notices: list[str] = field(default_factory=list)
+    matrices: list[Matrix] = field(default_factory=list)
+    broken: list[tuple[str, str]] = field(default_factory=list)
+    not_compared: list[tuple[str, int]] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+
+
+def _change_cell(c, normalized: bool, label: str, batch) -> Cell:
+    if c is None:
+        return Cell("", "none", title="not in both runs")
+    if not hasattr(c, "judgement"):  # NotCompared
+        if c.broken:
+            return Cell(f"✗ {c.head_status}", "bad", title=f"{label}, B={batch}: broken: {c.reason}")
+        return Cell("–", "skip", title=f"{label}, B={batch}: not compared: {c.reason}")
+    lo, hi = c.ci95
+    speed = 1 / c.ratio
+    word = "a regression (slower beyond the threshold)" if c.regression else c.verdict.value
+    title = (
+        f"{label}, B={batch}: head time / base time {c.ratio:.3g} [{fmt_interval(c.ci95)}] "
+        f"({fmt_change(c.ratio)}; base {fmt_time(c.base_median, normalized)}, head "
+        f"{fmt_time(c.head_median, normalized)}), {word}; head speed-up over base"
+    )
+    cell = _speed_cell(speed, 1 / hi if hi > 0 else math.inf, 1 / lo if lo > 0 else math.inf, c.verdict, title)
+    return Cell(cell.text + (" !" if c.regression else ""), cell.cls + (" reg" if c.regression else ""),
+                cell.style, cell.title)  # fmt: skip
+
+
+def _change_matrices(report: Report) -> list[Matrix]:
+    entries = [*report.comparisons, *report.not_compared]
+    if not entries:
+        return []
+    rows = []
+    for e in entries:
+        case = e.case
+        rows.append({"workload": case.workload, "variant": case.variant, "dtype": case.dtype,
+                     "threads": case.threads, "batch": case.batch, "backend": case.backend,
+                     "device": case.device, "status": "ok", "reason": "", "entry": e,
+                     **{d: getattr(case, d) for d in DIMS}})  # fmt: skip
+    df = pd.DataFrame(rows)
+    out = []
+    for workload, variant in plots.workload_pairs(df):
+        wdf = df[(df.workload == workload) & (df.variant == variant)]
+        dtype, t = plots.headline_setting(wdf)
+        sub = wdf[(wdf.dtype == dtype) & (wdf.threads == t)]
+
+        def cell_of(r):
+            if r is None:
+                return _change_cell(None, report.normalized, "", "")
+            return _change_cell(r.entry, report.normalized, backend_label(r.backend, r.device), r.batch)
+
+        m = _matrix(sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, "", lambda f: "")
+        if m is not None:
+            out.append(m)
+    return out
+
+
+def change(base: RunView, head: RunView) -> Change:
+    """head compared with base by elbolab.compare: absolute on one CPU, normalized on two."""
+    b, h = base.run.run, head.run.run
+    kw = dict(allow_missing=True, base_label=base.run.label, head_label=head.run.label)
+    reference = None
+    differ = bool(b.cpu and h.cpu and b.cpu != h.cpu)
+    try:
+        if differ:
+            reference = Reference()
+        report = compare(b, h, reference=reference, **kw)
+    except CompareError as exc:
+        if differ:
+            why = (
+                f"{head.run.label} ran on a different CPU ({h.cpu}) from {base.run.label} ({b.cpu}), and "
+                f"its times cannot be normalized: {exc}"
+            )
+        else:
+            why = f"{head.run.label} cannot be compared with {base.run.label}: {exc}"
+        return Change(base.run.label, head.run.label, why, False)
+    ref = report.reference
+    if ref is not None:
+        how = (
+            f"Different CPUs ({b.cpu} vs {h.cpu}): absolute times are not comparable, so every time is divided "
+            f"by the {ref.backend} {ref.workload} ({ref.variant}) case of its own run at the same batch and "
+            "dtype, and the ratio is of those normalized times."
+        )
+    else:
+        how = "Same CPU: the ratio is of absolute times (head / base), with its 95% interval."
+    broken = [(n.case.label(), n.reason) for n in report.broken]
+    reasons = Counter(n.reason for n in report.not_compared if not n.broken)
+    rows = [
+        [
+            c.case.label(),
+            fmt_time(c.base_median, report.normalized),
+            fmt_time(c.head_median, report.normalized),
+            f"{c.ratio:.3g} [{fmt_interval(c.ci95)}]",
+            fmt_change(c.ratio),
+            c.word,
+        ]
+        for c in report.comparisons
+    ]
+    return Change(
+        base.run.label,
+        head.run.label,
+        how,
+        True,
+        headline=report.headline(),
+        notices=list(report.notices),
+        matrices=_change_matrices(report),
+        broken=broken,
+        not_compared=reasons.most_common(),
+        rows=rows,
+    )
+
+
+# ------------------------------------------------------------------------------------ metadata
 
 
 def _meta_rows(views: list[RunView], section: str) -> tuple[list[str], list[list[str]]]:
@@ -174,21 +452,101 @@ def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
     return ["limit"] + [v.run.label for v in views], rows
 
 
-def _case_text(r) -> str:
-    return f"{r.workload} {r.variant} {r.dtype} B={r.batch} t={r.threads} {r.backend} ({r.device})"
+# ------------------------------------------------------------------------------------ figures
+
+
+def _figures(view: RunView) -> list[tuple[str, Markup]]:
+    df, run = view.table, view.run.run
+    if df.empty:
+        figs: list[tuple[str, str | None]] = [("training", plots.training_losses(run.training))]
+    else:
+        figs = [(f"time vs batch: {w}", plots.time_vs_batch(df, w)) for w in dict.fromkeys(df.workload)]
+        figs += [
+            ("achieved bandwidth", plots.bandwidth(df, run.limits)),
+            ("roofline", plots.roofline(df, run.limits)),
+            ("noise", plots.distributions(df)),
+            ("training", plots.training_losses(run.training)),
+        ]
+    return [(title, Markup(svg)) for title, svg in figs if svg]
 
 
 def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool = True) -> list[RunView]:
+    """One view per results file; the plots are drawn for the newest (last) file only."""
     views = []
-    for run in runs:
+    for i, run in enumerate(runs):
         table = measurement_table(run.run, baseline=baseline, label=run.label)
         summary = summary_table(table, baseline) if not table.empty else pd.DataFrame()
         view = RunView(run, table, summary)
         view.claims = check_claims(table, run.run)
-        if with_plots:
-            view.figures = _figures(view, baseline)
+        if with_plots and i == len(runs) - 1:
+            view.figures = _figures(view)
         views.append(view)
     return views
+
+
+# ------------------------------------------------------------------------------------ render
+
+
+def _details(v: RunView) -> list[dict]:
+    """The per-case table of one run, one collapsed block per workload."""
+    if v.table.empty:
+        return []
+    shown = display_table(v.table)
+    out = []
+    for workload in dict.fromkeys(v.table.workload):
+        mask = (v.table.workload == workload).to_numpy()
+        part, sub = shown[mask], v.table[mask]
+        not_ok = int((sub.status != "ok").sum())
+        out.append(
+            {
+                "workload": workload,
+                "count": len(sub),
+                "not_ok": not_ok,
+                "header": list(part.columns),
+                "rows": _rows(part),
+                "status": list(sub.status),
+                "flag": list(sub.implausible),
+            }
+        )
+    return out
+
+
+def _training(v: RunView) -> list[dict]:
+    out = []
+    for t in v.run.run.training:
+        row = {k: _plain(getattr(t, k)) for k in ("backend", "device", "dtype", "threads", "status", "reason",
+                                                   "steps", "batch", "lr", "dataset")}  # fmt: skip
+        row["final"] = f"{t.losses[-1]:.6g}" if t.losses else ""
+        row["bias_only"] = f"{t.bias_only_loss:.6g}" if t.bias_only_loss is not None else ""
+        row["learned"] = {True: "yes", False: "no", None: ""}[t.learned]
+        row["diff"] = f"{t.max_rel_diff_vs_numpy:.2g}" if t.max_rel_diff_vs_numpy is not None else ""
+        out.append(row)
+    return out
+
+
+def _run_ctx(v: RunView, baseline: str) -> dict:
+    statuses = v.table["status"].value_counts().to_dict() if not v.table.empty else {}
+    winners = display_summary(v.summary, baseline)
+    return {
+        "label": v.run.label,
+        "path": v.run.path,
+        "run_id": v.run.run.run_id,
+        "commit": (v.run.run.git.commit or "unknown")[:12],
+        "cpu": v.run.run.cpu or "",
+        "started": v.run.run.started,
+        "finished": v.run.run.finished or "not finished (partial run)",
+        "count": len(v.table),
+        "statuses": statuses,
+        "matrices": speedup_matrices(v.table, v.summary, baseline),
+        "other_matrices": speedup_matrices(v.table, v.summary, baseline, headline=False),
+        "winners_header": list(winners.columns),
+        "winners_rows": _rows(winners),
+        "problems": problems(v.table),
+        "claims": [c.to_json() for c in v.claims],
+        "figures": v.figures,
+        "training": _training(v),
+        "details": _details(v),
+    }
 
 
 def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab report") -> str:
@@ -200,84 +558,22 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
         lstrip_blocks=True,
     )
     template = env.get_template("report.html.j2")
-    run_ctx = []
-    for v in views:
-        details = display_table(v.table)
-        summary = display_summary(v.summary, baseline)
-        statuses = v.table["status"].value_counts().to_dict() if not v.table.empty else {}
-        problems = v.table[v.table["status"] != "ok"] if not v.table.empty else pd.DataFrame()
-        flagged = v.table[v.table["implausible"]] if not v.table.empty else pd.DataFrame()
-        run_ctx.append(
-            {
-                "label": v.run.label,
-                "path": v.run.path,
-                "run_id": v.run.run.run_id,
-                "started": v.run.run.started,
-                "finished": v.run.run.finished or "not finished (partial run)",
-                "headlines": headlines(v.summary, baseline),
-                "summary_header": list(summary.columns),
-                "summary_rows": _rows(summary),
-                "details_header": list(details.columns),
-                "details_rows": _rows(details),
-                "details_status": list(v.table["status"]) if not v.table.empty else [],
-                "details_flag": list(v.table["implausible"]) if not v.table.empty else [],
-                "statuses": statuses,
-                "problems": [
-                    (
-                        _case_text(r),
-                        r.status,
-                        _plain(r.reason),
-                    )
-                    for r in problems.itertuples()
-                ],
-                "flagged": [
-                    (
-                        _case_text(r),
-                        r.plausibility,
-                    )
-                    for r in flagged.itertuples()
-                ],
-                "claims": [c.to_json() for c in v.claims],
-                "figures": v.figures,
-                "training": [
-                    {
-                        k: _plain(getattr(t, k))
-                        for k in (
-                            "backend",
-                            "device",
-                            "dtype",
-                            "threads",
-                            "status",
-                            "reason",
-                            "steps",
-                            "batch",
-                            "lr",
-                            "dataset",
-                        )
-                    }
-                    | {"final": _plain(t.losses[-1]) if t.losses else ""}
-                    for t in v.run.run.training
-                ],
-            }
-        )
-    sbs_header, sbs_rows = side_by_side(views) if len(views) > 1 else ([], [])
-    machine = _meta_rows(views, "machine")
-    software = _meta_rows(views, "software")
-    git = _meta_rows(views, "git")
-    config = _meta_rows(views, "config")
-    limits = _limits_rows(views)
+    runs = [_run_ctx(v, baseline) for v in views]
+    changes = [change(views[0], v) for v in views[1:]]
     return template.render(
         title=title,
         baseline=baseline,
-        runs=run_ctx,
-        key_fields=", ".join(f for f in KEY_FIELDS),
-        sbs_header=sbs_header,
-        sbs_rows=sbs_rows,
+        runs=runs,
+        head=runs[-1] if runs else None,
+        changes=changes,
+        scale=colour_scale(),
+        rule=DEFAULT_RULE.describe(),
+        key_fields=", ".join(KEY_FIELDS),
         meta=[
-            ("Machine", machine),
-            ("Software", software),
-            ("Git", git),
-            ("Config", config),
-            ("Measured limits", limits),
+            ("Machine", _meta_rows(views, "machine")),
+            ("Software", _meta_rows(views, "software")),
+            ("Git", _meta_rows(views, "git")),
+            ("Config", _meta_rows(views, "config")),
+            ("Measured limits", _limits_rows(views)),
         ],
     )

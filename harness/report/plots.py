@@ -23,6 +23,7 @@ import hashlib
 import io
 import math
 import re
+from dataclasses import dataclass
 from html import escape
 
 import matplotlib
@@ -288,22 +289,72 @@ def _series_handles(pairs) -> tuple[list, list[str]]:
     return handles, labels
 
 
-def _legend_below(fig, handles, labels, ncol: int | None = None) -> None:
-    if not handles:
-        return
-    fig.legend(
-        handles,
-        labels,
-        loc="outside lower center",
-        ncol=ncol or min(len(handles), 5),
-        frameon=False,
-        handlelength=2.6,
-        columnspacing=1.4,
-    )
+# ------------------------------------------------------------------------------------- layout
+# Laid out by hand in inches (matplotlib's constrained layout costs as much again as drawing).
+
+MAX_WIDTH = 12.4  # in: shown at natural size (no down-scaling of the text) in a 1400 px window
+LEGEND_ROW = 0.26  # in per legend row at 10 pt
 
 
-def _figure(nrows: int, ncols: int, width: float, height: float, **kw):
-    return plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained", **kw)
+def _legend_columns(labels: list[str], width: float) -> int:
+    """The most legend columns (filled column by column) whose estimated width fits the figure."""
+    est = [0.075 * len(label) + 0.62 for label in labels]
+    for ncol in range(min(len(labels), 6), 0, -1):
+        rows = math.ceil(len(labels) / ncol)
+        cols = [est[c * rows : (c + 1) * rows] for c in range(ncol)]
+        if sum(max(c) for c in cols if c) <= width - 0.3:
+            return ncol
+    return 1
+
+
+@dataclass
+class _Layout:
+    fig: object
+    axes: np.ndarray
+    ncol: int
+    height: float
+
+
+def _layout(
+    nrows: int,
+    ncols: int,
+    panel: tuple[float, float],
+    legend: list[str],
+    *,
+    left: float = 0.9,
+    right: float = 0.25,
+    top: float = 0.8,
+    bottom: float = 0.6,
+    wspace: float = 0.22,
+    hspace: float = 0.45,
+    **kw,
+) -> _Layout:
+    pw, ph = panel
+    pw = min(pw, (MAX_WIDTH - left - right - (ncols - 1) * wspace) / ncols)
+    width = left + right + ncols * pw + (ncols - 1) * wspace
+    ncol = _legend_columns(legend, width) if legend else 1
+    legend_h = (math.ceil(len(legend) / ncol) * LEGEND_ROW + 0.12) if legend else 0.0
+    height = top + nrows * ph + (nrows - 1) * hspace + bottom + legend_h
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kw)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
+                        bottom=(bottom + legend_h) / height, wspace=wspace / pw, hspace=hspace / ph)  # fmt: skip
+    return _Layout(fig, axes, ncol, height)
+
+
+def _finish(lay: _Layout, title: str, handles, labels) -> None:
+    fig = lay.fig
+    fig.suptitle(title, y=1 - 0.1 / lay.height, va="top")
+    if handles:
+        fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.04 / lay.height), ncol=lay.ncol,
+                   frameon=False, handlelength=2.6, columnspacing=1.2, borderaxespad=0)  # fmt: skip
+
+
+def _pairs_of(df: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted(set(zip(df["backend"], df["device"], strict=True)), key=series_order)
+
+
+def _name(workload: str, variant: str) -> str:
+    return _t(workload if variant == "eps=given" else f"{workload}, {variant.replace('=', ' ')}")
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -311,23 +362,35 @@ def _figure(nrows: int, ncols: int, width: float, height: float, **kw):
 
 def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     """Per-call median vs batch (log-log) for one workload: a panel per dtype (rows) and per variant
-    and thread count (columns), one line per backend with its 95% CI as a band, and the
-    bandwidth bound. All panels share both axes."""
+    and thread count (columns), one line per backend (its 95% CI as a band where the band would be
+    visible) and the bandwidth bound. All panels share both axes."""
     sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
     if sub.empty:
         return None
-    dtypes = [d for d in ("float64", "float32") if d in set(sub.dtype)] or sorted(set(sub.dtype))
+    dtypes = [d for d in ("float64", "float32") if d in set(sub.dtype)]
     dtypes += sorted(set(sub.dtype) - set(dtypes))
     variants = [v for _, v in workload_pairs(sub)]
-    cols = [(v, t) for v in variants for t in sorted(set(sub.threads)) if ((sub.variant == v) & (sub.threads == t)).any()]
+    cols = [
+        (v, t)
+        for v in variants
+        for t in sorted(set(sub.threads))
+        if ((sub.variant == v) & (sub.threads == t)).any()
+    ]
+    pairs = _pairs_of(sub)
+    handles, labels = _series_handles(pairs)
+    handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
+    labels.append("bandwidth bound")
+    if sub.implausible.any():
+        handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec=FLAG_COLOUR, mew=1.8))
+        labels.append("implausible time")
     tags = _Tags()
+    batches = sorted(set(sub.batch))
     with plt.rc_context(RC):
-        width = min(12.4, 2.9 * len(cols) + 1.2)
-        fig, axes = _figure(len(dtypes), len(cols), width, 2.25 * len(dtypes) + 1.3, sharex=True, sharey=True)
-        pairs, flagged = set(), False
+        lay = _layout(len(dtypes), len(cols), (3.3 if len(cols) <= 2 else 2.75, 2.1), labels,
+                      sharex=True, sharey=True)  # fmt: skip
         for i, dtype in enumerate(dtypes):
             for j, (variant, t) in enumerate(cols):
-                ax = axes[i][j]
+                ax = lay.axes[i][j]
                 cell = sub[(sub.dtype == dtype) & (sub.variant == variant) & (sub.threads == t)]
                 for (backend, device), rows in sorted(
                     cell.groupby(["backend", "device"], sort=False), key=lambda kv: series_order(kv[0])
@@ -339,31 +402,24 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
                     if len(x) > 1 and np.nanmax(hi / lo) > 1.05:  # a band only where it can be seen
                         tags(ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, lw=0), backend, device)
                     tags(ax.plot(x, y, ms=5, lw=1.5, **style)[0], backend, device)
-                    pairs.add((backend, device))
                     bad = rows[rows.implausible]
                     if not bad.empty:
-                        flagged = True
                         ax.plot(bad.batch, bad.median_ns / 1e3, ls="none", marker="o", ms=11, mfc="none",
                                 mec=FLAG_COLOUR, mew=1.8)  # fmt: skip
                 bound = cell[cell.device == "cpu"].groupby("batch").bandwidth_bound_ns.min().dropna()
                 if not bound.empty:
                     ax.plot(bound.index, bound.to_numpy() / 1e3, color=BOUND_COLOUR, ls=":", lw=2)
-                _log(ax, x=False)
-                _batch_axis(ax, sub.batch.unique())
                 ax.set_title(f"{_t(dtype)}, {_variant_text(variant)}, {_threads_text(t)}")
                 if j == 0:
                     ax.set_ylabel("time per call (µs)")
                 if i == len(dtypes) - 1:
                     ax.set_xlabel("batch")
-        handles, labels = _series_handles(pairs)
-        handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
-        labels.append("bandwidth bound (bytes / measured bandwidth)")
-        if flagged:
-            handles.append(Line2D([], [], ls="none", marker="o", ms=11, mfc="none", mec=FLAG_COLOUR, mew=1.8))
-            labels.append("implausible time (beyond the measured bandwidth)")
-        _legend_below(fig, handles, labels)
-        fig.suptitle(f"{_t(workload)}: time per call vs batch (median; a band where its 95% CI is wider than 5%)")
-        return _svg(fig, f"time-{workload}", tags)
+        for ax in lay.axes.flat:
+            _log(ax, x=False)
+            _batch_axis(ax, batches)
+        _finish(lay, f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%)",
+                handles, labels)  # fmt: skip
+        return _svg(lay.fig, f"time-{workload}", tags)
 
 
 def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
@@ -376,13 +432,18 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
     ncols = min(3, len(pairs))
     nrows = math.ceil(len(pairs) / ncols)
     dram = (limits or {}).get("memory_bandwidth_bytes_per_s")
+    handles, labels = _series_handles(_pairs_of(sub))
+    handles.append(Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6))
+    labels.append("measured for the working set")
+    if dram:
+        handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=1.6))
+        labels.append("DRAM, all threads")
     tags = _Tags()
     with plt.rc_context(RC):
-        fig, axes = _figure(nrows, ncols, min(12.4, 3.8 * ncols + 0.6), 2.5 * nrows + 1.3, sharey=True)
-        for ax in axes.flat[len(pairs) :]:
+        lay = _layout(nrows, ncols, (3.6, 2.3), labels, hspace=0.85, sharey=True)
+        for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
-        series = set()
-        for k, (ax, (workload, variant)) in enumerate(zip(axes.flat, pairs, strict=False)):
+        for k, (ax, (workload, variant)) in enumerate(zip(lay.axes.flat, pairs, strict=False)):
             cell = sub[(sub.workload == workload) & (sub.variant == variant)]
             dtype, t = headline_setting(cell)
             cell = cell[(cell.dtype == dtype) & (cell.threads == t)]
@@ -392,7 +453,6 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
                 rows = rows.sort_values("batch")
                 tags(ax.plot(rows.batch, rows.gb_per_s, ms=5, lw=1.5, **backend_style(backend, device))[0],
                      backend, device)  # fmt: skip
-                series.add((backend, device))
             limit = cell.groupby("batch").bw_limit_gb_per_s.max().dropna()
             if not limit.empty:
                 ax.step(limit.index, limit.to_numpy(), color=BOUND_COLOUR, ls="--", where="mid", lw=1.6)
@@ -400,17 +460,13 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
                 ax.axhline(dram / 1e9, color=BOUND_COLOUR, ls=":", lw=1.6)
             _log(ax, x=False)
             _batch_axis(ax, cell.batch.unique())
-            name = workload if variant == "eps=given" else f"{workload}, {variant.replace('=', ' ')}"
-            ax.set_title(f"{_t(name)} ({_t(dtype)}, {_threads_text(t)})")
+            ax.set_title(f"{_name(workload, variant)} ({_t(dtype)}, {_threads_text(t)})")
             if k % ncols == 0:
                 ax.set_ylabel("achieved GB/s")
             ax.set_xlabel("batch")
-        handles, labels = _series_handles(series)
-        handles += [Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6), Line2D([], [], color=BOUND_COLOUR, ls=":", lw=1.6)]
-        labels += ["measured bandwidth for the working set", "DRAM bandwidth (all threads)"]
-        _legend_below(fig, handles, labels)
-        fig.suptitle("Achieved bandwidth (cost-model bytes / median time) against the measured limit")
-        return _svg(fig, "bandwidth", tags)
+        _finish(lay, "Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth",
+                handles, labels)  # fmt: skip
+        return _svg(lay.fig, "bandwidth", tags)
 
 
 def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
@@ -422,12 +478,14 @@ def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
     pairs = workload_pairs(ok)
     ncols = min(3, len(pairs))
     nrows = math.ceil(len(pairs) / ncols)
+    longest = max(len(series_label(b, d)) for b, d in _pairs_of(ok))
+    under = 0.35 + 0.075 * longest * math.sin(math.radians(35))  # rotated tick labels
     tags = _Tags()
     with plt.rc_context(RC):
-        fig, axes = _figure(nrows, ncols, min(12.4, 3.9 * ncols + 0.6), 2.9 * nrows + 0.9, sharey=True)
-        for ax in axes.flat[len(pairs) :]:
+        lay = _layout(nrows, ncols, (3.6, 2.3), [], bottom=under, hspace=under + 0.35, sharey=True)
+        for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
-        for k, (ax, (workload, variant)) in enumerate(zip(axes.flat, pairs, strict=False)):
+        for k, (ax, (workload, variant)) in enumerate(zip(lay.axes.flat, pairs, strict=False)):
             cell = ok[(ok.workload == workload) & (ok.variant == variant)]
             near = min(set(cell.batch), key=lambda b: (abs(math.log(b / batch)), b))
             dtype, t = headline_setting(cell)
@@ -448,15 +506,14 @@ def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
                     box.set_linestyle("--")
                 tags(box, r.backend, r.device)
             ax.set_xticks(range(1, len(rows) + 1), [series_label(r.backend, r.device) for r in rows],
-                          rotation=35, ha="right")  # fmt: skip
+                          rotation=35, ha="right", rotation_mode="anchor")  # fmt: skip
             ax.grid(False, axis="x")
             ax.axhline(1.0, color="black", lw=0.6)
             if k % ncols == 0:
                 ax.set_ylabel("sample / median")
-            name = workload if variant == "eps=given" else f"{workload}, {variant.replace('=', ' ')}"
-            ax.set_title(f"{_t(name)}: B={near}, {_t(dtype)}, {_threads_text(t)}")
-        fig.suptitle("Noise: each sample's time per call relative to the median (box: quartiles)")
-        return _svg(fig, "distributions", tags)
+            ax.set_title(f"{_name(workload, variant)}: B={near}, {_t(dtype)}, {_threads_text(t)}")
+        _finish(lay, "Noise: each sample's time per call relative to its median (box: quartiles)", [], [])
+        return _svg(lay.fig, "distributions", tags)
 
 
 def roofline(df: pd.DataFrame, limits: dict) -> str | None:
@@ -468,18 +525,28 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
     dtype, t = headline_setting(ok)
     ok = ok[(ok.dtype == dtype) & (ok.threads == t)]
     peak, bw = (limits or {}).get("peak_flops"), (limits or {}).get("memory_bandwidth_bytes_per_s")
-    tags = _Tags()
     workloads = list(dict.fromkeys(ok.workload))
     markers = {w: WORKLOAD_MARKERS.get(w, "hpd<>8"[i % 6]) for i, w in enumerate(workloads)}
+    handles, labels = [], []
+    for backend in sorted(set(ok.backend), key=backend_order):
+        handles.append(Line2D([], [], ls="none", marker="o", ms=7, color=backend_colour(backend)))
+        labels.append(_t(backend))
+    for w in workloads:
+        handles.append(Line2D([], [], ls="none", marker=markers[w], ms=7, color="#888888"))
+        labels.append(_t(w))
+    if peak and bw:
+        handles.append(Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6))
+        labels.append("roof: DRAM bandwidth, peak flops")
+    tags = _Tags()
     with plt.rc_context(RC):
-        fig, axes = _figure(1, 1, 9.5, 4.6)
-        ax = axes[0][0]
+        lay = _layout(1, 1, (8.4, 3.6), labels)
+        ax = lay.axes[0][0]
         for (backend, workload), rows in sorted(
             ok.groupby(["backend", "workload"], sort=False), key=lambda kv: (backend_order(kv[0][0]), kv[0][1])
         ):
-            colour = backend_colour(backend)
             tags(ax.scatter(rows.flops / rows.bytes, rows.gflop_per_s, s=30, marker=markers[workload],
-                            color=colour, edgecolors="white", linewidths=0.4, alpha=0.9), backend)  # fmt: skip
+                            color=backend_colour(backend), edgecolors="white", linewidths=0.4, alpha=0.9),
+                 backend)  # fmt: skip
         if peak and bw:
             ai = np.logspace(
                 math.log10((ok.flops / ok.bytes).min() / 2), math.log10((ok.flops / ok.bytes).max() * 2), 40
@@ -488,20 +555,9 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
         _log(ax)
         ax.set_xlabel("arithmetic intensity (flops / byte, cost model)")
         ax.set_ylabel("achieved GFLOP/s")
-        handles, labels = [], []
-        for backend in sorted(set(ok.backend), key=backend_order):
-            handles.append(Line2D([], [], ls="none", marker="o", ms=7, color=backend_colour(backend)))
-            labels.append(_t(backend))
-        for w in workloads:
-            handles.append(Line2D([], [], ls="none", marker=markers[w], ms=7, color="#888888"))
-            labels.append(_t(w))
-        if peak and bw:
-            handles.append(Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6))
-            labels.append("roof: DRAM bandwidth, float64 peak")
-        _legend_below(fig, handles, labels, ncol=min(len(handles), 6))
-        fig.suptitle(f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
-                     "compute-bound ones under the flat roof")  # fmt: skip
-        return _svg(fig, "roofline", tags)
+        _finish(lay, f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
+                     "compute-bound ones under the flat roof", handles, labels)  # fmt: skip
+        return _svg(lay.fig, "roofline", tags)
 
 
 def training_losses(training) -> str | None:
@@ -510,54 +566,52 @@ def training_losses(training) -> str | None:
     curves = [t for t in training if t.losses]
     if not curves:
         return None
-    ref = next((t for t in curves if t.backend == "numpy" and t.device == "cpu" and t.dtype == "float64"), None)
-    ref = ref or next((t for t in curves if t.backend == "numpy" and t.device == "cpu"), curves[0])
+    numpy_of = {t.dtype: t for t in curves if t.backend == "numpy" and t.device == "cpu"}
+    ref = numpy_of.get("float64") or next(iter(numpy_of.values()), curves[0])
     dtypes = [d for d in ("float64", "float32") if any(t.dtype == d for t in curves)]
     dtypes += sorted({t.dtype for t in curves} - set(dtypes))
-    numpy_of = {t.dtype: t for t in curves if t.backend == "numpy" and t.device == "cpu"}
+    others = [t for t in curves if t is not numpy_of.get(t.dtype)]
+    handles, labels = _series_handles({(t.backend, t.device) for t in others})
     floor = 1e-17
     tags = _Tags()
     with plt.rc_context(RC):
-        fig = plt.figure(figsize=(min(12.4, 4.0 * (1 + len(dtypes)) + 0.4), 3.9), layout="constrained")
-        grid = fig.add_gridspec(1, 1 + len(dtypes))
-        ax0 = fig.add_subplot(grid[0, 0])
+        lay = _layout(1, 1 + len(dtypes), (3.3, 2.6), labels, top=1.0, wspace=0.9)
+        ax0 = lay.axes[0][0]
         steps = np.arange(1, len(ref.losses) + 1)
-        tags(ax0.plot(steps, ref.losses, lw=1.6, **backend_style(ref.backend, ref.device) | {"marker": None})[0],
-             ref.backend, ref.device)  # fmt: skip
+        style = backend_style(ref.backend, ref.device) | {"marker": None}
+        tags(ax0.plot(steps, ref.losses, lw=1.6, **style)[0], ref.backend, ref.device)
         if ref.bias_only_loss is not None:
             ax0.axhline(ref.bias_only_loss, color=BOUND_COLOUR, ls="--", lw=1.4)
-            note = "dashed: the best model that ignores its input (bias only)"
+            note = "dashed: bias-only model"
         else:
-            note = "bias-only loss not recorded in this run"
+            note = "bias-only loss not recorded"
         ax0.set_xlabel("step")
-        ax0.set_ylabel("loss (negative ELBO per example)")
-        ax0.set_title(f"{series_label(ref.backend, ref.device)} {_t(ref.dtype)}\n({note})", fontsize=9.5)
-        ax_prev, pairs = None, set()
+        ax0.set_ylabel("loss (−ELBO per example)")
+        ax0.set_title(f"{series_label(ref.backend, ref.device)} {_t(ref.dtype)} loss\n({note})")
         for k, dtype in enumerate(dtypes):
-            ax = fig.add_subplot(grid[0, 1 + k], sharey=ax_prev)
-            ax_prev = ax
+            ax = lay.axes[0][1 + k]
+            if k:
+                ax.sharey(lay.axes[0][1])
+                ax.tick_params(labelleft=False)
             base = numpy_of.get(dtype)
             if base is None:
-                ax.text(0.5, 0.5, f"no NumPy {dtype} curve to compare with", ha="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, _t(f"no NumPy {dtype} curve"), ha="center", transform=ax.transAxes)
             else:
                 b = np.asarray(base.losses, dtype=float)
-                for t in sorted(curves, key=lambda c: series_order((c.backend, c.device))):
-                    if t.dtype != dtype or t is base or not t.losses:
+                for t in sorted(others, key=lambda c: series_order((c.backend, c.device))):
+                    if t.dtype != dtype:
                         continue
                     n = min(len(b), len(t.losses))
                     diff = np.abs(np.asarray(t.losses[:n], dtype=float) - b[:n]) / np.maximum(np.abs(b[:n]), 1e-300)
-                    style = backend_style(t.backend, t.device)
                     tags(ax.plot(np.arange(1, n + 1), np.maximum(diff, floor), lw=1.3, ms=5,
-                                 markevery=max(1, n // 6), **style)[0], t.backend, t.device)  # fmt: skip
-                    pairs.add((t.backend, t.device))
+                                 markevery=max(1, n // 6), **backend_style(t.backend, t.device))[0],
+                         t.backend, t.device)  # fmt: skip
             _log(ax, x=False)
             ax.set_xlabel("step")
             if k == 0:
                 ax.set_ylabel("|loss − NumPy's| / NumPy's")
-            ax.set_title(f"relative difference from NumPy, {_t(dtype)}")
-        handles, labels = _series_handles(pairs)
-        _legend_below(fig, handles, labels, ncol=min(len(handles), 6))
-        first = ref
-        fig.suptitle(_t(f"Training on {first.dataset or '?'}: batch {first.batch or '?'}, lr {first.lr or '?'}, "
-                        f"{len(first.losses)} steps (differences below {floor:g} drawn at {floor:g})"))  # fmt: skip
-        return _svg(fig, "training", tags)
+            ax.set_title(f"relative difference from\nNumPy, {_t(dtype)}")
+        _finish(lay, _t(f"Training on {ref.dataset or '?'}: batch {ref.batch or '?'}, lr {ref.lr or '?'}, "
+                        f"{len(ref.losses)} steps (a difference below {floor:g} is drawn at {floor:g})"),
+                handles, labels)  # fmt: skip
+        return _svg(lay.fig, "training", tags)
