@@ -59,6 +59,7 @@ class ABConfig:
     min_samples: int = 12
     max_pairs: int = 2
     case_budget_s: float = 30.0
+    fixed_samples: int | None = None  # sample exactly this many per side and pair, never stop early
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -74,12 +75,15 @@ class Side:
     tree: Path  # source tree, the working directory of its runs
     extra_path: list[Path] = field(default_factory=list)  # its install and builds, first on PYTHONPATH
     cli: str = "elbolab.cli"  # the module its runs are started with
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. a test's injected slowdown
     build_errors: dict[Build, str] = field(default_factory=dict)
 
     def serves_stdio(self) -> bool:
         """Whether this revision's workers speak the interleaved A/B protocol."""
-        worker = next((p / "elbolab" / "worker.py" for p in self.extra_path if (p / "elbolab").is_dir()), None)
-        return worker is not None and "def serve_stdio" in worker.read_text()
+        installs = [p / "elbolab" / "worker.py" for p in self.extra_path if (p / "elbolab").is_dir()]
+        if not installs:
+            return True  # no install of its own: this environment's elbolab, which does
+        return "def serve_stdio" in installs[0].read_text()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -88,6 +92,7 @@ class Side:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env.pop("PYTHONSAFEPATH", None)
+        env.update(self.extra_env)
         return env
 
 
@@ -438,7 +443,13 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                         got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
                         data[name].rounds[-1][1].extend(got)
                         spent += sum(got)
-                    if len(data["head"].rounds[-1][1]) >= config.min_samples:
+                    n = len(data["head"].rounds[-1][1])
+                    if config.fixed_samples is not None:
+                        if n >= config.fixed_samples:
+                            stopped = f"a fixed {config.fixed_samples} samples a side"
+                            break
+                        continue
+                    if n >= config.min_samples:
                         stopped = decided(data["base"], data["head"], threshold, min_rounds=2) or ""
                         if stopped or spent > budget:
                             break
@@ -448,7 +459,7 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
             finally:
                 for w in workers.values():
                     w.close()
-            if stopped and "below" in stopped:
+            if stopped and ("below" in stopped or config.fixed_samples is not None and len(data["head"].rounds) >= 2):
                 break  # no regression of that size: one pair of workers suffices
         if not stopped and failure is None:
             stopped = f"undecided: the budget of {config.case_budget_s:g} s is spent"

@@ -1,134 +1,105 @@
-"""The gate on this machine for real: A/A false alarms and detection of a deliberately slowed kernel.
+"""The A/B gate's error rates, measured for real on this machine (docs/gating.md reports them).
 
-    .venv/bin/python scripts/gate_experiment.py              # ~100 runs of `elbolab run --quick`
-    .venv/bin/python scripts/gate_experiment.py --cycles 4   # a shorter look
-    .venv/bin/python scripts/gate_experiment.py --time-ab    # + time a real quick A/B gate vs HEAD
+    .venv/bin/python scripts/gate_experiment.py [--gates 40] [--slow-gates 20] [--out FILE]
 
-Every measurement is a real `python -m elbolab.cli run --quick` of the test-only backend
-`numpy-slow` (tests/slow_backend.py: the NumPy elbo kernel plus ELBOLAB_EXTRA_WORK of its main
-pass), on `--batches` (default 128 and 1024, elbo, float64, one thread, eps=given).
-
-Each cycle runs five arms, `--rounds` times, in an order that rotates every round (so drift is
-spread over all arms, as the gate's A/B mode does for two):
-
-    a, b, c   no extra work            s10  +10% work            s25  +25% work
-
-and gates, exactly as `elbolab gate` does (pool each arm's rounds, compare with the defaults):
-b vs a and c vs a (two A/A gates per cycle), s10 vs a and s25 vs a. A gate "fires" when it exits 1.
-The two A/A gates of a cycle share the arm a, so they are not independent of each other.
-Default: 10 cycles -> 20 A/A gates, 10 gates at +10%, 10 at +25%.
-The true slowdowns are also estimated from all cycles pooled, since +25% work is not exactly +25%
-time.
+Both sides of each gate are this working tree, run by the real interleaved A/B machinery
+(elbolab.ab.measure_interleaved: one worker per side alive together, B H H B blocks, adaptive
+stopping, a second pair of workers before a regression counts) on the cases of the issue: numpy and
+rust elbo at batch 128 and 1024, float64, one thread, eps given. The head side's backends do
+known extra work (tests/slow_backend.py: ELBOLAB_EXTRA_WORK, NumPy redoing that fraction of its
+main pass, Rust calling its kernel once more every 1/f calls). The arms: A/A (no extra work), +5%
+and +10% of work. Because extra work is not the same as extra time, the true time ratio of each arm
+is measured first, by long interleaved runs, and the detection rates are reported against it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from elbolab.compare import compare, pool_rounds  # noqa: E402
-from elbolab.results import Run, load  # noqa: E402
+from elbolab.ab import ABConfig, Side, measure_interleaved  # noqa: E402
+from elbolab.backend import discover  # noqa: E402
+from elbolab.case import Case  # noqa: E402
+from elbolab.compare import compare  # noqa: E402
+from elbolab.verdict import Rule  # noqa: E402
 
-ARMS = {"a": 0.0, "b": 0.0, "c": 0.0, "s10": 0.10, "s25": 0.25}
-GATES = (("A/A", "b"), ("A/A", "c"), ("+10%", "s10"), ("+25%", "s25"))
-
-
-def run_arm(extra: float, out: Path, batches: str) -> Run:
-    env = dict(
-        os.environ,
-        ELBOLAB_BACKENDS="tests.slow_backend:backend",
-        ELBOLAB_EXTRA_WORK=str(extra),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-    )
-    argv = [sys.executable, "-m", "elbolab.cli", "run", "--backend", "numpy-slow", "--workload", "elbo",
-            "--batch", batches, "--dtype", "float64", "--threads", "1", "--variant", "eps=given",
-            "--quick", "--no-limits", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or not out.exists():
-        sys.exit(f"elbolab run failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return load(out)
+BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
+ARMS = {"A/A": 0.0, "+5%": 0.05, "+10%": 0.10}
 
 
-def time_ab_gate() -> None:
-    print("\ntiming a real quick A/B gate: elbolab gate --base HEAD --backend numpy --quick --rounds 3 ...")
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "elbolab.cli", "gate", "--base", "HEAD", "--backend", "numpy", "--quick",
-         "--rounds", "3"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    print(proc.stdout[-3000:])
-    print(f"exit {proc.returncode}; took {time.perf_counter() - t0:.0f} s")
-    if proc.returncode == 2:
-        print(proc.stderr[-1000:])
+def cases() -> list[Case]:
+    names = ["numpy-slow"] + (["rust-slow"] if discover()["rust"].unavailable_reason() is None else [])
+    return [Case("elbo", n, "cpu", "float64", b, threads=1) for n in names for b in (128, 1024)]
+
+
+def sides(extra: float) -> dict[str, Side]:
+    env = {"ELBOLAB_BACKENDS": BACKENDS, "PYTHONPATH": str(ROOT)}
+    return {
+        "base": Side("base", ROOT, extra_env=dict(env, ELBOLAB_EXTRA_WORK="0")),
+        "head": Side("head", ROOT, extra_env=dict(env, ELBOLAB_EXTRA_WORK=str(extra))),
+    }
+
+
+def true_ratios(config: ABConfig, rule: Rule, samples: int) -> dict[str, dict[str, float]]:
+    """The time ratio each arm really causes, per case: long interleaved runs, two worker pairs."""
+    out = {}
+    fixed = replace(config, fixed_samples=samples, max_pairs=2, case_budget_s=1e9)
+    for arm, extra in ARMS.items():
+        runs = measure_interleaved(fixed, rule, sides(extra), cases(), log=lambda _: None)
+        report = compare(runs["base"], runs["head"], rule=rule)
+        out[arm] = {c.case.label(): c.ratio for c in report.comparisons}
+        print(f"true ratio {arm}: " + ", ".join(f"{k.split(' cpu')[0]} B={k.split('B=')[1].split()[0]}: {v:.3f}"
+                                                  for k, v in out[arm].items()), flush=True)  # fmt: skip
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=10)
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per arm in each gate (default 3, as elbolab gate)"
-    )
-    parser.add_argument("--batches", default="128,1024")
-    parser.add_argument("--time-ab", action="store_true", help="also time a real quick A/B gate against HEAD")
+    parser.add_argument("--gates", type=int, default=40, help="gates for A/A and +10%% (default 40)")
+    parser.add_argument("--slow-gates", type=int, default=20, help="gates for +5%% (default 20)")
+    parser.add_argument("--true-samples", type=int, default=300, help="samples a side per pair for true ratios")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "scratch" / "gate-experiment.json")
     args = parser.parse_args()
-
-    n_runs = args.cycles * args.rounds * len(ARMS)
-    print(f"{args.cycles} cycles x {args.rounds} rounds x {len(ARMS)} arms = {n_runs} quick runs")
-    fired: dict[str, list[int]] = {"A/A": [], "+10%": [], "+25%": []}
-    case_fired: dict[str, list[int]] = {"A/A": [], "+10%": [], "+25%": []}
-    pooled: dict[str, dict[int, list[float]]] = {arm: {} for arm in ARMS}
-    t_start = time.perf_counter()
-    names = list(ARMS)
-    with tempfile.TemporaryDirectory(prefix="elbolab-gate-exp-") as tmp:
-        for cycle in range(args.cycles):
-            runs: dict[str, list[Run]] = {arm: [] for arm in ARMS}
-            for r in range(args.rounds):
-                shift = (cycle * args.rounds + r) % len(names)
-                for arm in names[shift:] + names[:shift]:
-                    runs[arm].append(run_arm(ARMS[arm], Path(tmp) / f"{cycle}_{r}_{arm}.json", args.batches))
-            merged = {arm: pool_rounds(arm_runs) for arm, arm_runs in runs.items()}
-            for arm, run in merged.items():
-                for m in run.measurements:
-                    pooled[arm].setdefault(m.case.batch, []).extend(m.per_call_ns)
-            line = []
-            for kind, arm in GATES:
-                report = compare(merged["a"], merged[arm])
-                fired[kind].append(int(report.failed))
-                case_fired[kind] += [int(c.regression) for c in report.comparisons]
-                worst = max(report.comparisons, key=lambda c: c.ratio)
-                line.append(
-                    f"{arm} vs a: {'FAIL' if report.failed else 'pass'} (max ratio {worst.ratio:.3f})"
-                )
-            elapsed = time.perf_counter() - t_start
-            eta = elapsed / (cycle + 1) * (args.cycles - cycle - 1)
-            print(f"cycle {cycle + 1}/{args.cycles} [{elapsed:.0f} s, ~{eta:.0f} s left]: " + "; ".join(line))
-            sys.stdout.flush()
-
-    print("\nresults (threshold 10%, noise band 3%, rank CI; a gate fires when it exits 1)")
-    for kind in fired:
-        g, c = fired[kind], case_fired[kind]
-        word = "false alarms" if kind == "A/A" else "detections"
-        print(f"  {kind:5s} {word}: {sum(g)}/{len(g)} gate runs, {sum(c)}/{len(c)} cases")
-    print("true effect of the extra work (all cycles pooled, median per call vs arm a):")
-    for arm in ("b", "c", "s10", "s25"):
-        parts = [
-            f"B={b}: {np.median(pooled[arm][b]) / np.median(pooled['a'][b]):.3f}" for b in sorted(pooled["a"])
-        ]
-        print(f"  {arm:4s} " + ", ".join(parts))
-    print(f"total {time.perf_counter() - t_start:.0f} s for {n_runs} runs")
-    if args.time_ab:
-        time_ab_gate()
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    os.environ["ELBOLAB_BACKENDS"] = BACKENDS
+    config, rule = ABConfig(base_ref="-"), Rule()
+    print(f"rule: {rule.describe()}; {len(cases())} cases a gate", flush=True)
+    result = {"rule": rule.to_json(), "config": {k: getattr(config, k) for k in
+                                                  ("block", "min_samples", "max_pairs", "case_budget_s")}}  # fmt: skip
+    result["true_ratios"] = true_ratios(config, rule, args.true_samples)
+    result["arms"] = {}
+    for arm, extra in ARMS.items():
+        n = args.slow_gates if arm == "+5%" else args.gates
+        fired, case_fired, seconds, samples = 0, [], [], []
+        for g in range(n):
+            t0 = time.perf_counter()
+            runs = measure_interleaved(config, rule, sides(extra), cases(), log=lambda _: None)
+            report = compare(runs["base"], runs["head"], rule=rule)
+            seconds.append(time.perf_counter() - t0)
+            fired += report.failed
+            case_fired += [int(c.regression) for c in report.comparisons]
+            samples += [c.head_n for c in report.comparisons]
+            print(f"{arm} gate {g + 1}/{n}: {'FIRED' if report.failed else 'pass'} "
+                  f"({', '.join(f'{c.ratio:.3f}' for c in report.comparisons)}; {seconds[-1]:.0f} s)", flush=True)  # fmt: skip
+        result["arms"][arm] = {"gates": n, "fired": fired, "cases": len(case_fired), "cases_fired": sum(case_fired),
+                               "seconds_per_gate": sum(seconds) / n, "max_seconds": max(seconds),
+                               "samples_per_case_median": sorted(samples)[len(samples) // 2]}  # fmt: skip
+    print("\narm    true ratio (per case)            gates fired   cases fired   s/gate")
+    for arm, r in result["arms"].items():
+        ratios = ", ".join(f"{v:.3f}" for v in result["true_ratios"][arm].values())
+        print(f"{arm:5s}  {ratios:32s} {r['fired']:3d}/{r['gates']:<3d}      {r['cases_fired']:3d}/{r['cases']:<4d}"
+              f"   {r['seconds_per_gate']:.0f}")  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"written {args.out}")
     return 0
 
 

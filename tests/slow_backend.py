@@ -70,3 +70,40 @@ backend: Backend = replace(
     description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK of its main pass",
     preparers={"elbo": prepare, "elbo_grad": prepare},
 )
+
+
+def prepare_rust(case: Case, inputs: dict) -> Prepared:
+    """The Rust kernel, called once more every 1/ELBOLAB_EXTRA_WORK calls (an accumulator decides,
+    so the extra work is exactly that fraction of kernel calls, evenly spread)."""
+    from elbolab.backends.rust import backend as rust_backend
+
+    prepared = rust_backend.prepare(case, inputs)
+    fraction = extra_work()
+    notes = dict(prepared.notes, extra_work=fraction)
+    if fraction == 0:
+        return replace(prepared, notes=notes)
+    call, owed = prepared.call, [0.0]
+
+    def slowed():
+        call()
+        owed[0] += fraction
+        while owed[0] >= 1.0:
+            call()
+            owed[0] -= 1.0
+
+    return replace(prepared, call=slowed, call_n=None, notes=notes)
+
+
+def _rust_unavailable() -> str | None:
+    from elbolab.backends.rust import backend as rust_backend
+
+    return rust_backend.unavailable_reason()
+
+
+rust_backend: Backend = replace(
+    numpy_backend,
+    name="rust-slow",
+    description="test backend: the Rust elbo plus ELBOLAB_EXTRA_WORK more kernel calls",
+    preparers={"elbo": prepare_rust, "elbo_grad": prepare_rust},
+    unavailable_reason=_rust_unavailable,
+)

@@ -207,21 +207,22 @@ def test_html_is_self_contained(report):
     assert "@import" not in page and "<link" not in page.lower() and "<iframe" not in page.lower()
 
 
-def test_html_has_summary_first_plots_claims_training_and_metadata(report):
+def test_html_has_the_matrix_first_then_problems_claims_plots_and_metadata(report):
     page = report.read_text()
     order = [
         page.index(s)
         for s in (
-            'id="summary"',
+            'id="matrix"',
             'id="problems"',
             'id="claims"',
             'id="plots"',
+            'id="training"',
             'id="details"',
             'id="machine"',
         )
     ]
     assert order == sorted(order)
-    assert page.count("<svg") >= 10
+    assert page.count("<svg") >= 6  # time per workload (elbo, vae_step), bandwidth, roofline, noise, training
     assert "Training on sklearn digits 8x8" in page
     assert "numba not installed" in page  # a failed training entry is shown with its reason
     assert "rust-inner does not implement workload vae_step" in page
@@ -233,20 +234,29 @@ def test_report_writes_csv_and_markdown_next_to_the_html(report):
     assert report.with_suffix(".csv").exists() and report.with_suffix(".md").exists()
 
 
-def test_two_results_files_side_by_side(doc, tmp_path):
-    doc = keep(doc, lambda m: m.case.workload == "elbo_grad")
+def test_two_results_files_show_the_change_not_side_by_side(doc, tmp_path):
+    doc = keep(doc, lambda m: m.case.workload in ("elbo", "elbo_grad"))
     other = replace(
         doc,
+        run_id="second-run",
         machine=dict(doc.machine, hostname="second-machine", cpu="Other CPU"),
         limits=dict(doc.limits, memory_bandwidth_bytes_per_s=60e9),
         measurements=tuple(
             replace(m, samples_ns=tuple(2 * s for s in m.samples_ns)) for m in doc.measurements
         ),
     )
-    runs = [LoadedRun(EVIL, "a.json", doc), LoadedRun("second-machine", "b.json", other)]
+    runs = [LoadedRun(EVIL, "a.json", doc), LoadedRun("fedcba98 2024-06-02 12:00", "b.json", other)]
     page = render(build_views(runs, with_plots=False))
-    assert "Side by side: the winner in each run" in page
+    assert "Side by side" not in page
+    change = page[page.index('id="change"') : page.index('id="matrix"')]
+    # different CPUs: every time divided by the numpy elbo reference of its own run, so a uniform 2x
+    # slow-down of the whole machine is no change
+    assert "Different CPUs" in change and "normalized" in change
+    assert re.search(r"PASS: no regression in \d+ compared case\(s\) \(\d+ same\)", change)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in change and "fedcba98 2024-06-02 12:00" in change
+    # metadata of both runs, labelled by their labels (never by hostname)
     assert "second-machine" in page and "Other CPU" in page and "Synthetic CPU" in page
+    assert ">second-machine<" not in page.replace("<td class=\"wrap\">second-machine</td>", "")
     assert "60 GB/s" in page and "30 GB/s" in page
     assert "<script" not in page.lower()
 
@@ -264,7 +274,8 @@ def test_cli_report_on_two_files(tmp_path, doc):
         == 0
     )
     page = out.read_text()
-    assert "over <strong>rust</strong>" in page and "b.json" in page
+    assert "speed-up over rust" in page and "b.json" in page
+    assert 'id="change"' in page and "Same CPU" in page  # the second file compared with the first
     assert "01234567 2024-06-01 12:00 (2)" in page  # the same run twice: labels kept apart
 
 

@@ -1,36 +1,57 @@
-"""The report in a real browser: headless Chromium renders it with no console errors and no network requests.
+"""The report in a real browser (headless Chromium): it renders offline without console errors or
+network requests, the speed-up matrix is on the first screen, nothing overflows at 400 px, SVG
+text is legible at its display size, and every backend has one colour in every figure.
 
-Console messages come from Chromium's own log (--enable-logging=stderr: 'INFO:CONSOLE' lines); network
-requests from its net log (--log-net-log), keeping the requests a page made (their network isolation
-key is the page's file:// origin) apart from the browser's own background traffic. Both detectors are
-first proven on a page that does make a request and log an error, so a silent detector cannot pass.
-A screenshot of the fixture's report is saved as reports/report_fixture.png (git-ignored).
+How, without a DevTools-protocol client:
+
+- Console messages come from Chromium's own log (--enable-logging=stderr: 'INFO:CONSOLE' lines);
+  network requests from its net log (--log-net-log), keeping the requests a page made (their network
+  isolation key is the page's file:// origin) apart from the browser's own background traffic. Both
+  detectors are first proven on a page that does make a request and log an error, so a silent
+  detector cannot pass. These run on the report exactly as written.
+- Layout: a probe page holds the report in an <iframe srcdoc> of exactly the viewport size asked
+  for (1400x900 or 400x900; a headless window itself cannot be narrower than 500 px), and a script
+  in the probe (never in the report) measures the report's layout on the frame's load event: the
+  box of #matrix, the page's scroll width, every element that sticks out of the viewport without a
+  horizontally scrolling ancestor, the font size of every SVG text times the SVG's display scale.
+  `chromium --dump-dom` prints the probe's DOM after load, measurements included.
+- Screenshots of the first screen (--screenshot --window-size=W,900; the viewport is exactly W x 900)
+  are written to reports/report-1400.png and reports/report-400.png from results/reference-2core.json;
+  the 1400 px one must show the matrix's colour key (its two saturated ends, exact pixel colours).
+  Copies for the docs: cp reports/report-1400.png docs/report-1400.png (same for 400).
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from elbolab.cli.reports import add_commands
+from elbolab.report.html import SATURATE, speed_colour
+
+from tests.test_report_html import assert_one_colour_per_backend, series_colours
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "run_fixture.json"
+REFERENCE = ROOT / "results" / "reference-2core.json"
 REPORTS = ROOT / "reports"
+MAX_BYTES = 1_000_000
 CHROMIUM = next(
     (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None
 )
 
 if CHROMIUM is None:
     pytest.skip(
-        "headless Chromium not found: install Debian's `chromium` (apt-get install -y chromium) "
-        "to run the browser tests",
+        "headless Chromium not found: install Debian's `chromium` (apt-get install -y chromium, or "
+        "`make browser`) to run the browser tests",
         allow_module_level=True,
     )
 
@@ -40,6 +61,7 @@ FLAGS = [
     "--no-sandbox",
     "--enable-logging=stderr",
     "--v=0",
+    "--hide-scrollbars",
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
@@ -62,7 +84,7 @@ def chromium(page: Path, tmp: Path, *extra: str) -> tuple[str, list[str], list[s
         *extra,
         page.as_uri(),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
     requested = set()
@@ -75,15 +97,82 @@ def chromium(page: Path, tmp: Path, *extra: str) -> tuple[str, list[str], list[s
     return proc.stdout, console, sorted(requested)
 
 
-@pytest.fixture(scope="module")
-def report_page() -> Path:
-    REPORTS.mkdir(exist_ok=True)
-    out = REPORTS / "report_fixture.html"
+# The probe's script: measures the report inside the frame, writes JSON into <pre id="out">.
+PROBE = r"""
+const frame = document.getElementById('frame');
+frame.addEventListener('load', () => {
+  const w = frame.contentWindow, d = frame.contentDocument, vw = w.innerWidth;
+  const box = (el) => { const r = el.getBoundingClientRect();
+    return {top: r.top + w.scrollY, bottom: r.bottom + w.scrollY, left: r.left, right: r.right}; };
+  const out = {viewport: [vw, w.innerHeight], scrollWidth: d.documentElement.scrollWidth, boxes: {}};
+  for (const sel of ['#matrix', '#matrix .grid', '#matrix table.matrix', '#problems', '#change']) {
+    const el = d.querySelector(sel); if (el) out.boxes[sel] = box(el);
+  }
+  const scrolls = (el) => { for (let p = el.parentElement; p && p !== d.body; p = p.parentElement) {
+      const ox = w.getComputedStyle(p).overflowX;
+      if ((ox === 'auto' || ox === 'scroll' || ox === 'hidden') && p.getBoundingClientRect().right <= vw + 0.5) return true;
+    } return false; };
+  const overflow = [];
+  let minHtmlFont = 1e9;
+  for (const el of d.body.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;
+    if ((r.right > vw + 0.5 || r.left < -0.5) && !scrolls(el))
+      overflow.push(el.tagName + ' ' + (el.getAttribute('class') || '') + ': ' + (el.textContent || '').slice(0, 60));
+    if (!(el instanceof w.SVGElement) && [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()))
+      minHtmlFont = Math.min(minHtmlFont, parseFloat(w.getComputedStyle(el).fontSize));
+  }
+  out.overflow = overflow.slice(0, 20);
+  out.minHtmlFont = minHtmlFont;
+  const fonts = [];
+  for (const svg of d.querySelectorAll('.fig svg')) {
+    const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    for (const t of svg.querySelectorAll('text')) fonts.push(parseFloat(w.getComputedStyle(t).fontSize) * scale);
+  }
+  out.svgCount = d.querySelectorAll('.fig svg').length;
+  out.svgFonts = fonts.length;
+  out.svgFontMin = fonts.length ? Math.min(...fonts) : null;
+  document.getElementById('out').textContent = JSON.stringify(out);
+});
+"""
+
+
+def layout(page: Path, tmp: Path, width: int, height: int = 900) -> dict:
+    """The report's layout in a viewport of width x height CSS px (see the module docstring)."""
+    probe = tmp / f"probe-{page.stem}-{width}.html"
+    probe.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"></head><body style="margin:0">'
+        f'<iframe id="frame" style="display:block;border:0;width:{width}px;height:{height}px" '
+        f'srcdoc="{html.escape(page.read_text(), quote=True)}"></iframe>'
+        f'<pre id="out">pending</pre><script>{PROBE}</script></body></html>'
+    )
+    dom, console, requested = chromium(probe, tmp, "--dump-dom", f"--window-size={max(width, 1400) + 20},1000")
+    found = re.search(r'<pre id="out">(.*?)</pre>', dom, flags=re.S)
+    assert found and found.group(1) != "pending", "the probe did not run"
+    return json.loads(html.unescape(found.group(1)))
+
+
+def build(results: Path, out: Path) -> Path:
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["report", str(FIXTURE), "-o", str(out)])
+    args = parser.parse_args(["report", str(results), "-o", str(out)])
     assert args.func(args) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def fixture_page() -> Path:
+    REPORTS.mkdir(exist_ok=True)
+    return build(FIXTURE, REPORTS / "report_fixture.html")
+
+
+@pytest.fixture(scope="module")
+def reference_page() -> Path:
+    """The default report of the committed 720-case reference run (what `make bench` writes)."""
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} is not in this checkout")
+    REPORTS.mkdir(exist_ok=True)
+    return build(REFERENCE, REPORTS / "report_reference.html")
 
 
 def test_detectors_catch_a_bad_page(tmp_path):
@@ -97,19 +186,78 @@ def test_detectors_catch_a_bad_page(tmp_path):
     assert requested == ["http://example.invalid/x.png"]
 
 
-def test_report_renders_offline_without_console_errors(report_page, tmp_path):
-    dom, console, requested = chromium(report_page, tmp_path, "--dump-dom")
+def test_layout_probe_catches_an_overflowing_page(tmp_path):
+    bad = tmp_path / "wide.html"
+    bad.write_text(
+        '<html><body><section id="matrix" style="margin-top:1200px">x</section>'
+        '<table style="width:900px"><tr><td>wide</td></tr></table>'
+        '<div style="overflow-x:auto"><table style="width:900px"><tr><td>scrolls</td></tr></table></div></body></html>'
+    )
+    probe = layout(bad, tmp_path, 400)
+    assert probe["viewport"] == [400, 900]
+    assert probe["boxes"]["#matrix"]["top"] >= 1200
+    assert any("wide" in o for o in probe["overflow"]) and not any("scrolls" in o for o in probe["overflow"])
+
+
+@pytest.mark.parametrize("which", ["fixture", "reference"])
+def test_report_renders_offline_without_console_errors(which, fixture_page, reference_page, tmp_path):
+    page = fixture_page if which == "fixture" else reference_page
+    dom, console, requested = chromium(page, tmp_path, "--dump-dom")
     assert console == []
     assert requested == []
-    assert "Summary: who wins" in dom and dom.count("<svg") >= 15
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # rendered as text after parsing too
-    assert "<script>alert" not in dom
+    assert "Who wins: speed-up over numpy" in dom and dom.count("<svg") >= 7
+    if which == "fixture":
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # rendered as text after parsing too
+        assert "<script>alert" not in dom
+    # one colour per backend in every figure and the matrix, read from the DOM as the browser built it
+    assert_one_colour_per_backend(dom)
+    assert series_colours(dom)[0] == series_colours(page.read_text())[0]
 
 
-def test_screenshot(report_page, tmp_path):
-    shot = REPORTS / "report_fixture.png"
+def test_reference_report_is_under_1_mb(reference_page):
+    size = reference_page.stat().st_size
+    assert size < MAX_BYTES, f"{reference_page}: {size} bytes"
+
+
+def test_matrix_is_on_the_first_screen_and_text_is_legible(reference_page, tmp_path):
+    probe = layout(reference_page, tmp_path, 1400)
+    assert probe["viewport"] == [1400, 900]
+    matrix, grid = probe["boxes"]["#matrix"], probe["boxes"]["#matrix .grid"]
+    assert 0 <= matrix["top"] < grid["bottom"] <= matrix["bottom"] <= 900, probe["boxes"]
+    assert probe["boxes"]["#problems"]["top"] > matrix["bottom"]
+    assert probe["scrollWidth"] <= 1400 and probe["overflow"] == []
+    assert probe["svgCount"] >= 7 and probe["svgFonts"] > 100
+    assert probe["svgFontMin"] >= 10, f"SVG text at {probe['svgFontMin']:.1f} px at its display size"
+    assert probe["minHtmlFont"] >= 11
+
+
+def test_nothing_overflows_at_400_px(reference_page, fixture_page, tmp_path):
+    for page in (reference_page, fixture_page):
+        probe = layout(page, tmp_path, 400)
+        assert probe["viewport"] == [400, 900]
+        assert probe["scrollWidth"] <= 400, probe["overflow"]
+        assert probe["overflow"] == [], probe["overflow"]
+        assert probe["boxes"]["#matrix"]["top"] < 900  # the matrix starts on the first screen
+
+
+def _has_colour(png: Path, hex_colour: str, at_least: int = 20) -> bool:
+    from PIL import Image
+
+    target = tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    image = Image.open(png).convert("RGB")
+    return sum(n for n, c in image.getcolors(maxcolors=1 << 20) if c == target) >= at_least
+
+
+@pytest.mark.parametrize("width", [1400, 400])
+def test_screenshot_of_the_first_screen(width, reference_page, tmp_path):
+    from PIL import Image
+
+    shot = REPORTS / f"report-{width}.png"
     shot.unlink(missing_ok=True)
-    _, console, requested = chromium(report_page, tmp_path, f"--screenshot={shot}", "--window-size=1400,2400")
-    assert shot.exists() and shot.stat().st_size > 10_000
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, console, requested = chromium(reference_page, tmp_path, f"--screenshot={shot}", f"--window-size={width},900")
     assert console == [] and requested == []
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(shot).size == (width, 900)
+    # the matrix's colour key is painted on the first screen: both saturated ends, exact colours
+    for speed in (SATURATE, 1 / SATURATE):
+        assert _has_colour(shot, speed_colour(speed)[0]), f"no {speed_colour(speed)[0]} in {shot}"

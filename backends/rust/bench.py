@@ -14,7 +14,6 @@ loop inside Rust (run_n), interleaved (one sample of each in turn), medians; the
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import elbolab_rust as ext
@@ -27,10 +26,9 @@ from elbolab.workloads import WORKLOADS
 
 
 def timer_config(count: int | None = None, **kw) -> TimerConfig:
-    """A TimerConfig; `count` is the number of samples (the field's name is changing in elbolab.timer)."""
+    """A TimerConfig taking exactly `count` samples (no adaptive stop) when `count` is given."""
     if count is not None:
-        names = {f.name for f in dataclasses.fields(TimerConfig)}
-        kw["sample_count" if "sample_count" in names else "samples"] = count
+        kw.update(min_samples=count, max_samples=count)
     return TimerConfig(**kw)
 
 
@@ -125,7 +123,7 @@ def crossover():
 
 def interleaved(plans: dict, rounds: int, target_ns: int) -> dict[str, float]:
     """Median ns per call of each plan's run_n loop, one sample of each plan in turn per round."""
-    config = timer_config(count=1, target_sample_ns=target_ns, warmup=0, min_samples=1)
+    config = timer_config(count=1, target_sample_ns=target_ns, warmup=0)
     samples: dict[str, list[float]] = {name: [] for name in plans}
     for _ in range(rounds):
         for name, p in plans.items():

@@ -23,6 +23,7 @@ import hashlib
 import io
 import math
 import re
+import textwrap
 from dataclasses import dataclass
 from html import escape
 
@@ -134,7 +135,7 @@ class _Tags:
 # ------------------------------------------------------------------------------------ SVG output
 
 _PATH_D = re.compile(r'(<path id="[^"]*" )?\bd="([^"]*)"')
-_ATTR = re.compile(r'\b(x|y|x1|x2|y1|y2|width|height|transform|style|points|cx|cy|r)="([^"]*)"')
+_ATTR = re.compile(r'\b(viewBox|x|y|x1|x2|y1|y2|width|height|transform|style|points|cx|cy|r)="([^"]*)"')
 _TOKEN = re.compile(r"[A-Za-z]|-?\d+(?:\.\d+)?(?:e[-+]?\d+)?")
 _LONG_NUMBER = re.compile(r"(?<![\w#.])-?\d+\.\d{3,}")
 
@@ -313,6 +314,7 @@ class _Layout:
     axes: np.ndarray
     ncol: int
     height: float
+    title: str
 
 
 def _layout(
@@ -320,6 +322,7 @@ def _layout(
     ncols: int,
     panel: tuple[float, float],
     legend: list[str],
+    title: str,
     *,
     left: float = 0.9,
     right: float = 0.25,
@@ -334,16 +337,18 @@ def _layout(
     width = left + right + ncols * pw + (ncols - 1) * wspace
     ncol = _legend_columns(legend, width) if legend else 1
     legend_h = (math.ceil(len(legend) / ncol) * LEGEND_ROW + 0.12) if legend else 0.0
+    title = textwrap.fill(title, max(20, int((width - 0.4) / 0.09)))  # ~0.09 in per character at 12 pt
+    top += 0.24 * title.count("\n")
     height = top + nrows * ph + (nrows - 1) * hspace + bottom + legend_h
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kw)
     fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
                         bottom=(bottom + legend_h) / height, wspace=wspace / pw, hspace=hspace / ph)  # fmt: skip
-    return _Layout(fig, axes, ncol, height)
+    return _Layout(fig, axes, ncol, height, title)
 
 
-def _finish(lay: _Layout, title: str, handles, labels) -> None:
+def _finish(lay: _Layout, handles, labels) -> None:
     fig = lay.fig
-    fig.suptitle(title, y=1 - 0.1 / lay.height, va="top")
+    fig.suptitle(lay.title, y=1 - 0.1 / lay.height, va="top")
     if handles:
         fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.04 / lay.height), ncol=lay.ncol,
                    frameon=False, handlelength=2.6, columnspacing=1.2, borderaxespad=0)  # fmt: skip
@@ -386,7 +391,8 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     tags = _Tags()
     batches = sorted(set(sub.batch))
     with plt.rc_context(RC):
-        lay = _layout(len(dtypes), len(cols), (3.3 if len(cols) <= 2 else 2.75, 2.1), labels,
+        title = f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%)"
+        lay = _layout(len(dtypes), len(cols), (3.3 if len(cols) <= 2 else 2.75, 2.1), labels, title,
                       sharex=True, sharey=True)  # fmt: skip
         for i, dtype in enumerate(dtypes):
             for j, (variant, t) in enumerate(cols):
@@ -417,8 +423,7 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
         for ax in lay.axes.flat:
             _log(ax, x=False)
             _batch_axis(ax, batches)
-        _finish(lay, f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%)",
-                handles, labels)  # fmt: skip
+        _finish(lay, handles, labels)
         return _svg(lay.fig, f"time-{workload}", tags)
 
 
@@ -440,7 +445,8 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
         labels.append("DRAM, all threads")
     tags = _Tags()
     with plt.rc_context(RC):
-        lay = _layout(nrows, ncols, (3.6, 2.3), labels, hspace=0.85, sharey=True)
+        title = "Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth"
+        lay = _layout(nrows, ncols, (3.6, 2.3), labels, title, hspace=0.85, sharey=True)
         for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
         for k, (ax, (workload, variant)) in enumerate(zip(lay.axes.flat, pairs, strict=False)):
@@ -464,8 +470,7 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
             if k % ncols == 0:
                 ax.set_ylabel("achieved GB/s")
             ax.set_xlabel("batch")
-        _finish(lay, "Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth",
-                handles, labels)  # fmt: skip
+        _finish(lay, handles, labels)
         return _svg(lay.fig, "bandwidth", tags)
 
 
@@ -482,7 +487,8 @@ def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
     under = 0.35 + 0.075 * longest * math.sin(math.radians(35))  # rotated tick labels
     tags = _Tags()
     with plt.rc_context(RC):
-        lay = _layout(nrows, ncols, (3.6, 2.3), [], bottom=under, hspace=under + 0.35, sharey=True)
+        title = "Noise: each sample's time per call relative to its median (box: quartiles)"
+        lay = _layout(nrows, ncols, (3.6, 2.3), [], title, bottom=under, hspace=under + 0.35, sharey=True)
         for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
         for k, (ax, (workload, variant)) in enumerate(zip(lay.axes.flat, pairs, strict=False)):
@@ -512,7 +518,7 @@ def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
             if k % ncols == 0:
                 ax.set_ylabel("sample / median")
             ax.set_title(f"{_name(workload, variant)}: B={near}, {_t(dtype)}, {_threads_text(t)}")
-        _finish(lay, "Noise: each sample's time per call relative to its median (box: quartiles)", [], [])
+        _finish(lay, [], [])
         return _svg(lay.fig, "distributions", tags)
 
 
@@ -539,7 +545,9 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
         labels.append("roof: DRAM bandwidth, peak flops")
     tags = _Tags()
     with plt.rc_context(RC):
-        lay = _layout(1, 1, (8.4, 3.6), labels)
+        title = (f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
+                 "compute-bound ones under the flat roof")  # fmt: skip
+        lay = _layout(1, 1, (8.4, 3.6), labels, title)
         ax = lay.axes[0][0]
         for (backend, workload), rows in sorted(
             ok.groupby(["backend", "workload"], sort=False), key=lambda kv: (backend_order(kv[0][0]), kv[0][1])
@@ -555,14 +563,14 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
         _log(ax)
         ax.set_xlabel("arithmetic intensity (flops / byte, cost model)")
         ax.set_ylabel("achieved GFLOP/s")
-        _finish(lay, f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
-                     "compute-bound ones under the flat roof", handles, labels)  # fmt: skip
+        _finish(lay, handles, labels)
         return _svg(lay.fig, "roofline", tags)
 
 
 def training_losses(training) -> str | None:
     """The training runs: the reference loss curve (NumPy float64) with the bias-only loss, and each
-    backend's relative difference from NumPy's curve in the same dtype (log scale, shared y)."""
+    backend's relative difference from NumPy's curve in the same dtype, the largest up to each step
+    (log scale, shared y)."""
     curves = [t for t in training if t.losses]
     if not curves:
         return None
@@ -575,7 +583,9 @@ def training_losses(training) -> str | None:
     floor = 1e-17
     tags = _Tags()
     with plt.rc_context(RC):
-        lay = _layout(1, 1 + len(dtypes), (3.3, 2.6), labels, top=1.0, wspace=0.9)
+        title = _t(f"Training on {ref.dataset or '?'}: batch {ref.batch or '?'}, lr {ref.lr or '?'}, "
+                   f"{len(ref.losses)} steps")  # fmt: skip
+        lay = _layout(1, 1 + len(dtypes), (3.3, 2.6), labels, title, top=1.0, wspace=0.9)
         ax0 = lay.axes[0][0]
         steps = np.arange(1, len(ref.losses) + 1)
         style = backend_style(ref.backend, ref.device) | {"marker": None}
@@ -603,15 +613,14 @@ def training_losses(training) -> str | None:
                         continue
                     n = min(len(b), len(t.losses))
                     diff = np.abs(np.asarray(t.losses[:n], dtype=float) - b[:n]) / np.maximum(np.abs(b[:n]), 1e-300)
+                    diff = np.maximum.accumulate(diff)  # the largest so far: monotone, readable
                     tags(ax.plot(np.arange(1, n + 1), np.maximum(diff, floor), lw=1.3, ms=5,
                                  markevery=max(1, n // 6), **backend_style(t.backend, t.device))[0],
                          t.backend, t.device)  # fmt: skip
             _log(ax, x=False)
             ax.set_xlabel("step")
             if k == 0:
-                ax.set_ylabel("|loss − NumPy's| / NumPy's")
-            ax.set_title(f"relative difference from\nNumPy, {_t(dtype)}")
-        _finish(lay, _t(f"Training on {ref.dataset or '?'}: batch {ref.batch or '?'}, lr {ref.lr or '?'}, "
-                        f"{len(ref.losses)} steps (a difference below {floor:g} is drawn at {floor:g})"),
-                handles, labels)  # fmt: skip
+                ax.set_ylabel("largest relative difference so far")
+            ax.set_title(f"{_t(dtype)}: |loss − NumPy's| / NumPy's\n(NumPy in {_t(dtype)}; 0 drawn at {floor:g})")
+        _finish(lay, handles, labels)
         return _svg(lay.fig, "training", tags)

@@ -1,0 +1,254 @@
+"""Instruction counting (elbolab.instructions): deterministic, sensitive, honest about failures.
+
+The counting tests run cases under Valgrind's callgrind (skipped with the reason where Valgrind or a
+C compiler is missing). Every case of this module that the selected tests need is started at once
+on a pool of two processes, longest first, so the file takes about as long as its longest case plus
+half the rest (~3 minutes on two cores; torch's import under Valgrind alone is ~1.5 minutes).
+Figures are printed (pytest -s) and repeated in the assertion messages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from elbolab import instructions
+from elbolab.case import Case
+from elbolab.instructions import (
+    Dump,
+    calls_for,
+    count_case,
+    diagnose,
+    parse_dump,
+    unavailable_reason,
+)
+from elbolab.measurement import InstructionCounts, Measurement
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_BACKENDS = "tests.slow_backend:backend,tests.fault_backends:lying"
+
+# --------------------------------------------------------------------- no Valgrind needed
+
+DUMP = """# callgrind format
+version: 1
+creator: callgrind-3.19.0
+pid: 4242
+cmd:  python -m elbolab.instructions
+part: 3
+
+
+desc: I1 cache: 32768 B, 64 B, 8-way associative
+desc: D1 cache: 32768 B, 64 B, 8-way associative
+desc: LL cache: 8388608 B, 64 B, 16-way associative
+
+desc: Timerange: Basic block 4686360 - 9173307
+desc: Trigger: Client Request: elbolab segment 2
+
+positions: line
+events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+summary: 2074666 1791045 273506 8210 380810 126622 1 3
+
+fl=(1) ???
+fn=(1) 0x0000000000123456
+0 12 3
+totals: 2074666 1791045 273506 8210 380810 126622 1 3
+"""
+
+
+def test_parse_dump_reads_events_counts_and_trigger():
+    dump = parse_dump(DUMP)
+    assert dump.name == "elbolab segment 2"
+    assert dump.creator == "callgrind-3.19.0"
+    assert dump.events == {"Ir": 2074666, "Dr": 1791045, "Dw": 273506, "I1mr": 8210, "D1mr": 380810,
+                           "D1mw": 126622, "ILmr": 1, "DLmr": 3, "DLmw": 0}  # fmt: skip
+    assert dump.caches[2] == "LL cache: 8388608 B, 64 B, 16-way associative"
+
+
+def test_parse_dump_prefers_totals_and_refuses_garbage():
+    # with CALLGRIND_ZERO_STATS callgrind's summary: line can wrap below zero; totals: is the sum
+    wrapped = DUMP.replace("summary: 2074666", "summary: 18446744073577868526")
+    assert parse_dump(wrapped).events["Ir"] == 2074666
+    only_wrapped = re.sub(r"^totals:.*$", "", wrapped, flags=re.MULTILINE)
+    with pytest.raises(ValueError, match="implausible"):
+        parse_dump(only_wrapped)
+    with pytest.raises(ValueError, match="complete"):
+        parse_dump("# callgrind format\nevents: Ir\n")
+    assert Dump("Program termination", {}).name is None
+
+
+def test_calls_per_segment_are_a_power_of_two_reaching_the_target():
+    assert calls_for(600_000, target=10_000_000) == 32  # 17 needed -> 32
+    assert calls_for(20_000_000, target=10_000_000) == 1
+    assert calls_for(10_000_000, target=10_000_000) == 1
+    assert calls_for(5_000_000, target=10_000_000) == 2
+    assert calls_for(1, target=10_000_000) == instructions.MAX_CALLS
+    # +2% work per call keeps the count: the two sides of a gate count the same number of calls
+    assert calls_for(600_000 * 1.02) == calls_for(600_000)
+
+
+def test_diagnose_names_what_went_wrong_under_valgrind():
+    sigill = ("vex amd64->IR: unhandled instruction bytes: 0x62 0xF1 0x7D 0x48 0x6F 0x4\n"
+              "==12== Process terminating with default action of signal 4 (SIGILL)\n")  # fmt: skip
+    status, reason = diagnose(sigill, -4)
+    assert status == "skipped" and "cannot emulate an instruction" in reason and "0x62" in reason
+    status, reason = diagnose("==12== Process terminating with default action of signal 11 (SIGSEGV)\n", -11)
+    assert status == "failed" and "SIGSEGV under valgrind" in reason
+    status, reason = diagnose("==3== blah\nModuleNotFoundError: No module named 'elbolab.instructions'\n", 1)
+    assert status == "failed" and "No module named" in reason and "\n" not in reason
+
+
+def test_missing_valgrind_is_a_skip_with_the_reason(monkeypatch):
+    monkeypatch.setattr(instructions, "_valgrind", lambda: None)
+    assert "valgrind is not installed" in unavailable_reason()
+    m = count_case(Case("elbo", "numpy"))
+    assert m.status == "skipped" and "valgrind is not installed" in m.reason
+    assert m.counts is None and m.cost is not None
+
+
+def test_missing_compiler_is_a_skip_with_the_reason(monkeypatch, tmp_path):
+    monkeypatch.setattr(instructions, "_compiler", lambda: None)
+    with pytest.raises(instructions.MarkerError, match="no C compiler"):
+        instructions.build_marker(tmp_path)
+
+
+def test_threads_and_devices_are_refused_with_a_reason():
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    m = count_case(Case("elbo", "numpy", threads=2))
+    assert m.status == "skipped" and "single-threaded" in m.reason
+    m = count_case(Case("elbo", "torch", device="cuda"))
+    assert m.status == "skipped" and "CPU only" in m.reason
+
+
+def test_marker_library_is_cached_and_loads(tmp_path):
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    lib = instructions.build_marker(tmp_path)
+    assert lib.parent == tmp_path and lib.is_file()
+    assert instructions.build_marker(tmp_path) == lib  # built once
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]  # nothing left behind
+    code = f"import os; os.environ['{instructions.MARKER_ENV}'] = {str(lib)!r}; " \
+           "from elbolab.instructions import _load_marker; m = _load_marker(); " \
+           "m.elbolab_dump(b'x'); print(m.elbolab_on_valgrind())"  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"  # client requests are no-ops outside Valgrind
+
+
+# ------------------------------------------------------------------------ under Valgrind
+
+needs_valgrind = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
+
+AA_CASES = [("numpy", 128), ("numpy", 1024), ("rust", 128), ("numba", 128)]
+TORCH_TIMEOUT_S = 420  # importing torch under Valgrind takes ~1.5 min here
+
+
+def _env(extra_work: float | None = None) -> dict[str, str]:
+    env = dict(os.environ, ELBOLAB_BACKENDS=TEST_BACKENDS)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    if extra_work is not None:
+        env["ELBOLAB_EXTRA_WORK"] = str(extra_work)
+    return env
+
+
+# name -> (case, extra work, timeout, expected seconds: longest first), per test that needs it
+JOBS = {
+    "test_aa_counts_agree_between_processes": {
+        f"{b}-{n}-{i}": (Case("elbo", b, batch=n), None, 600, {"numba": 40, "rust": 20}.get(b, 12))
+        for b, n in AA_CASES for i in (1, 2)
+    },
+    "test_two_percent_more_work_is_caught_every_time": {
+        f"slow-{w}-{i}": (Case("elbo", "numpy-slow", batch=128), w, 600, 12) for w in (0.0, 0.02) for i in (1, 2)
+    },
+    "test_incorrect_backend_is_reported_not_counted": {
+        "lying": (Case("elbo", "lying", batch=7), None, 600, 8),
+    },
+    "test_torch_cpu_is_counted": {
+        "torch": (Case("elbo", "torch", batch=128), None, TORCH_TIMEOUT_S, 120),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def counted(request):
+    """Futures of every case the selected tests of this module need, started at once (2 at a time)."""
+    selected = {item.originalname for item in request.session.items if item.module.__name__ == __name__}
+    jobs = {k: v for test, group in JOBS.items() if test in selected for k, v in group.items()}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures: dict[str, Future] = {}
+        for key, (case, extra, timeout, _) in sorted(jobs.items(), key=lambda kv: -kv[1][3]):
+            futures[key] = pool.submit(count_case, case, env=_env(extra), timeout=timeout)
+        yield futures
+        for f in futures.values():
+            f.cancel()
+
+
+def _ok(m: Measurement) -> InstructionCounts:
+    assert m.status == "ok", f"{m.case.label()}: {m.status}: {m.reason}"
+    assert m.check is not None and m.check.ok and m.counts is not None
+    return m.counts
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / min(a, b)
+
+
+def _describe(m: Measurement) -> str:
+    c = m.counts
+    return (f"{m.case.label()}: {c.instructions:,.0f} instructions/call x {c.calls} calls, "
+            f"spread {c.spread:.2e}, valgrind {m.notes['valgrind_wall_s']} s")  # fmt: skip
+
+
+@needs_valgrind
+def test_aa_counts_agree_between_processes(counted):
+    report = []
+    for backend, batch in AA_CASES:
+        a, b = counted[f"{backend}-{batch}-1"].result(), counted[f"{backend}-{batch}-2"].result()
+        if a.status == "skipped" and backend != "numpy":
+            report.append(f"{backend} B={batch}: skipped ({a.reason})")
+            continue
+        ca, cb = _ok(a), _ok(b)
+        aa = _rel(ca.instructions, cb.instructions)
+        report.append(f"{backend} B={batch}: A/A {aa:.2e} | {_describe(a)} | {_describe(b)}")
+        assert aa < 0.005, report[-1]
+        assert ca.spread < 0.005 and cb.spread < 0.005, report[-1]
+        assert ca.calls == cb.calls, report[-1]  # calls are chosen by counting: deterministic too
+        assert ca.instructions > 10_000 and ca.estimated_cycles > ca.instructions
+        assert a.notes["measure"] == "instructions" and "AVX-512" in a.notes["cpu"]
+        assert any("LL cache: 8388608 B" in c for c in a.notes["cache_simulation"])
+    print("\n" + "\n".join(report))
+
+
+@needs_valgrind
+def test_two_percent_more_work_is_caught_every_time(counted):
+    base = [_ok(counted[f"slow-0.0-{i}"].result()) for i in (1, 2)]
+    slow = [_ok(counted[f"slow-0.02-{i}"].result()) for i in (1, 2)]
+    aa = max(_rel(base[0].instructions, base[1].instructions), _rel(slow[0].instructions, slow[1].instructions))
+    ratios = [s.instructions / b.instructions for s in slow for b in base]
+    text = f"+2% work: instruction ratios {[f'{r:.4f}' for r in ratios]}, A/A spread {aa:.2e}"
+    print("\n" + text)
+    assert aa < 0.001, text  # far below 1%
+    assert all(1.01 < r < 1.05 for r in ratios), text
+    assert min(ratios) - 1 > 10 * aa, text  # the change stands far out of the noise
+
+
+@needs_valgrind
+def test_incorrect_backend_is_reported_not_counted(counted):
+    m = counted["lying"].result()
+    assert m.status == "incorrect", f"{m.status}: {m.reason}"
+    assert m.counts is None and m.check is not None and not m.check.ok
+    assert "recon" in (m.reason or "") + (m.check.worst_output or "")
+
+
+@needs_valgrind
+def test_torch_cpu_is_counted(counted):
+    m = counted["torch"].result()
+    if m.status == "skipped" and "valgrind" not in (m.reason or "").lower():
+        pytest.skip(m.reason)  # torch is not installed here
+    c = _ok(m)
+    print(f"\ntorch: {_describe(m)}; phases {m.notes.get('child_phases_s')}")
+    assert c.spread < 0.005 and c.instructions > 10_000
