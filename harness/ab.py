@@ -164,28 +164,50 @@ def build_maturin(tree: Path, build: Build, dest: Path, log: Log, target_dir: Pa
     maturin = shutil.which("maturin") or str(Path(sys.executable).with_name("maturin"))
     if not Path(maturin).exists() and not shutil.which(maturin):
         return "maturin is not installed (pip install maturin)"
-    wheels = dest.with_name(dest.name + "-wheels")
-    env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
-    cmd = [maturin, "build", "--release", "--manifest-path", str(manifest), "--out", str(wheels),
-           "--interpreter", sys.executable]  # fmt: skip
-    log(f"building {build.module} of {tree} ...")
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"maturin could not run ({exc})"
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()]
-        return f"maturin build failed: {(errors or lines or ['no output'])[0].strip()[:300]}"
+    # wheels are kept by the hash of the crate's sources: a revision whose crate is unchanged (the
+    # usual case: base and head of a Python-only change) reuses the wheel instead of rebuilding it
+    wheels = target_dir / "wheels" / crate_hash(manifest.parent)
     built = sorted(wheels.glob("*.whl"))
-    if not built:
-        return "maturin build produced no wheel"
+    t0 = time.perf_counter()
+    if built:
+        log(f"reusing {built[-1].name} (same crate sources)")
+    else:
+        env = dict(os.environ, CARGO_TARGET_DIR=str(target_dir))
+        partial = wheels.with_name(wheels.name + f".{os.getpid()}.partial")
+        cmd = [maturin, "build", "--release", "--manifest-path", str(manifest), "--out", str(partial),
+               "--interpreter", sys.executable]  # fmt: skip
+        log(f"building {build.module} of {tree} ...")
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"maturin could not run ({exc})"
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+            errors = [ln for ln in lines if "error" in ln.lower()]
+            return f"maturin build failed: {(errors or lines or ['no output'])[0].strip()[:300]}"
+        if not list(partial.glob("*.whl")):
+            return "maturin build produced no wheel"
+        try:
+            partial.rename(wheels)
+        except OSError:  # another gate finished the same build first
+            shutil.rmtree(partial, ignore_errors=True)
+        built = sorted(wheels.glob("*.whl"))
+        log(f"built {built[-1].name} in {time.perf_counter() - t0:.0f} s")
     dest.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(built[-1]) as wheel:
         wheel.extractall(dest)
-    log(f"built {built[-1].name} in {time.perf_counter() - t0:.0f} s")
     return None
+
+
+def crate_hash(crate: Path) -> str:
+    """A hash of every source file of a crate (its target folder aside), and of the interpreter."""
+    import hashlib
+
+    h = hashlib.sha256(sys.version.encode())
+    for path in sorted(p for p in crate.rglob("*") if p.is_file() and "target" not in p.relative_to(crate).parts):
+        h.update(str(path.relative_to(crate)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
 
 
 BUILDERS = {"maturin": build_maturin}
