@@ -401,7 +401,7 @@ def child(case_json: str, calls: int, repeats: int = REPEATS) -> dict:
             calibration = _calibration_ir(os.getpid()) if on_valgrind else None
             if calls < 1:
                 calls = calls_for(calibration) if calibration else 1
-            plan = [(WARM_UP.encode(), calls), (names[0], 0), *((name, calls) for name in names[1:])]
+            plan = [(WARM_UP.encode(), min(calls, int(os.environ.get("XWARM", calls)))), (names[0], 0), *((name, calls) for name in names[1:])]
             for name, n in plan:
                 run(n)
                 marker.elbolab_dump(name)

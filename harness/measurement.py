@@ -148,6 +148,10 @@ class Measurement:
     rounds: tuple[Annotated[int, Field(ge=1)], ...] = ()
     # set when the case was measured by counting instructions (--measure instructions), not timing
     counts: InstructionCounts | None = None
+    # CPU time of the whole worker process (every thread) and wall time over the timed samples: far
+    # more CPU than wall x threads means more threads ran than were asked for
+    cpu_ns: NonNegInt | None = None
+    wall_ns: NonNegInt | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Measurement:
@@ -241,6 +245,8 @@ class Measurement:
             "memory": _fields(self.memory),
             "cost": _fields(self.cost),
             "notes": self.notes,
+            "cpu_ns": self.cpu_ns,
+            "wall_ns": self.wall_ns,
             "calibration": [list(c) for c in self.calibration],
             "counts": None if self.counts is None else {"tool": self.counts.tool, "calls": self.counts.calls,
                                                         "segments": [dict(x) for x in self.counts.segments]},

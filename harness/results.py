@@ -98,6 +98,8 @@ class Run:
     config: dict[str, Any]
     finished: Text | None = None
     limits: dict[str, Any] = field(default_factory=dict)
+    # what could distort the measurements, seen at the start and the end (elbolab.health)
+    health: dict[str, Any] = field(default_factory=dict)
     measurements: tuple[Measurement, ...] = ()
     training: tuple[TrainingCurve, ...] = ()
 
@@ -111,7 +113,7 @@ class Run:
         return {
             "schema": self.schema, "run_id": self.run_id, "started": self.started, "finished": self.finished,
             "machine": self.machine, "software": self.software, "git": asdict(self.git),
-            "config": self.config, "limits": self.limits,
+            "config": self.config, "limits": self.limits, "health": self.health,
         }  # fmt: skip
 
     def to_json(self) -> dict:
@@ -438,6 +440,9 @@ class RunFile:
         new = {c.key() for c in curves}
         self._training = [t for t in self._training if t.key() not in new] + curves
         self.save()
+
+    def set_health(self, moment: str, health: dict) -> None:
+        self._header.setdefault("health", {})[moment] = health
 
     def unfinish(self) -> None:
         self._header["finished"] = None

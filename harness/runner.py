@@ -65,8 +65,15 @@ class Plan:
 
 
 def default_threads() -> tuple[int, ...]:
+    """1, 2, 4, ... up to the cores this process may use, and that count itself: a scaling sweep on
+    a many-core machine, (1, 2) on two cores."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return (1,) if cores == 1 else (1, cores)
+    counts = {1, cores}
+    t = 2
+    while t < cores:
+        counts.add(t)
+        t *= 2
+    return tuple(sorted(counts))
 
 
 def check_names(given: Iterable[str] | None, known: Iterable[str], what: str) -> None:
@@ -452,10 +459,14 @@ def run_plan(
         todo = [c for c in cases if c.key() not in done]
         if on_plan:
             on_plan(len(todo))
+        from elbolab.health import check as check_health
+
+        run.set_health("start", check_health(threads_asked=None).to_json())
         if measure_limits and not run.has_limits():
             run.set_limits(_measure_limits(plan))
         timeout = case_timeout or (120 if plan.quick else 300)
         execute(todo, run, timer, case_timeout=timeout, on_result=on_result)
+        run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
         run.finish(now())
         return run.run
 

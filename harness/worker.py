@@ -222,7 +222,9 @@ def measure_case(backend, case, timer):
     stage = "prepare"
     try:
         opened = OpenCase(backend, case, timer)
+        cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
         samples, stopped = sample_until_precise(opened.sampler, timer)
+        cpu_ns, wall_ns = time.process_time_ns() - cpu0, time.perf_counter_ns() - wall0
         opened.stage = "reading outputs"
         opened._snapshot()
     except Exception as exc:
@@ -243,6 +245,8 @@ def measure_case(backend, case, timer):
         cost=cost,
         notes=opened.notes(sampling=f"stopped at {len(samples)} samples: {stopped}"),
         calibration=opened.calibration,
+        cpu_ns=cpu_ns,
+        wall_ns=wall_ns,
     )
 
 

@@ -155,6 +155,10 @@ def layout(page: Path, tmp: Path, width: int, height: int = 900) -> dict:
 def build(results: Path, out: Path) -> Path:
     parser = argparse.ArgumentParser()
     add_commands(parser.add_subparsers(dest="command", required=True))
+    try:  # the page shows the path it was given: a relative one keeps the screenshots free of this machine
+        results = results.relative_to(Path.cwd())
+    except ValueError:
+        pass
     args = parser.parse_args(["report", str(results), "-o", str(out)])
     assert args.func(args) == 0
     return out

@@ -49,7 +49,7 @@ class _Series(HTMLParser):
 
     def _colours(self, attrs: dict) -> list[str]:
         style = attrs.get("style") or ""
-        out = re.findall(r"(?:fill|stroke|background)\s*:\s*(#[0-9a-fA-F]{6})", style)
+        out = re.findall(r"(?:fill|stroke|background|border-color)\s*:\s*(#[0-9a-fA-F]{6})", style)
         return [c.lower() for c in out if c.lower() not in ("#ffffff", "#000000")]
 
     def handle_starttag(self, tag, attrs):
@@ -399,3 +399,12 @@ def test_the_default_report_of_the_reference_run_is_under_1_mb(tmp_path):
     assert page.count("<svg") <= 10  # one time figure per workload, not per workload x variant x kind
     assert elapsed < 60  # generous: ~10 s on a 2-core machine; tests never assert a tight timing
     assert_one_colour_per_backend(page)
+
+
+def test_a_run_without_measurements_or_without_the_baseline_still_renders():
+    page = render(build_views([LoadedRun("empty", "e.json", make_run([]))]))
+    assert 'id="matrix"' in page and "No measurement to compare." in page and "<svg" not in page
+    only_rust = make_run([ok(Case("elbo", "rust", batch=b), [1e4] * 9) for b in (1, 8)])
+    page = render(build_views([LoadedRun("r", "r.json", only_rust)], with_plots=False))
+    matrix = page[page.index('id="matrix"') : page.index('id="problems"')]
+    assert matrix.count(">n/a</td>") == 2 and "no numpy measurement to compare with" in matrix

@@ -180,7 +180,10 @@ def _prepare_vae_step(case: Case, inputs: dict, parallel: bool) -> Prepared:
     lr = t(inputs["lr"])
     fn = k["vae_step"]
     notes["matmul"] = "np.dot inside njit -> BLAS gemm (SciPy's BLAS)"
-    notes["blas_threads"] = _limit_blas(case.threads)
+    # numba-parallel: BLAS on one thread. A threaded BLAS between prange loops leaves two pools on
+    # the same cores, each spinning while the other works: 12-15x slower at 2 threads on 2 cores
+    # (elbolab's anomaly check found it); the parallelism comes from the prange loops instead
+    notes["blas_threads"] = _limit_blas(1 if parallel else case.threads)
     out: dict = {}
 
     def call():

@@ -16,6 +16,7 @@ from elbolab.measurement import Measurement
 from elbolab.results import TrainingCurve, load, replace_measurements
 from elbolab.runner import Plan, now, run_plan
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -55,6 +56,10 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 def add_commands(sub) -> None:
     p = sub.add_parser("list", help="backends, devices and whether they can run here")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("doctor", help="what about this machine could distort a measurement, and what it costs")
+    p.add_argument("--json", action="store_true", help="print the facts and warnings as JSON")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("run", help="measure a matrix of cases into a results file")
     add_run_filters(p)
@@ -203,3 +208,24 @@ def show_json(run) -> dict:
             "digits": m.check.digits if m.check else None,
         })  # fmt: skip
     return {"schema": SHOW_SCHEMA, "run": run.header_json(), "cases": cases}
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from elbolab.health import check, coretype_cost
+
+    health = check()
+    cost = coretype_cost()
+    if args.json:
+        print(json.dumps(dict(health.to_json(), openblas_coretype_cost=cost), indent=1, default=str))
+        return 0
+    console = stdout_console()
+    for key, value in health.facts.items():
+        console.print(f"{key:16s} {escape(json.dumps(value, default=str))}", highlight=False)
+    if cost:
+        console.print(f"[yellow]OPENBLAS_CORETYPE costs {cost['cost']:.0%}[/] of the float64 matrix-product rate here "
+                      f"({cost['gflops_with']:.1f} GFLOP/s with it, {cost['gflops_without']:.1f} without, one thread)")  # fmt: skip
+    for warning in health.warnings:
+        console.print(f"[yellow]warning[/]: {escape(warning)}", highlight=False)
+    if not health.warnings:
+        console.print("[green]nothing here distorts measurements that elbolab can see[/]")
+    return 0

@@ -61,6 +61,18 @@ def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> No
     if loose:
         console.print(f"  {len(loose)} valid but less accurate than careful arithmetic (e.g. "
                       f"{escape(loose[0].case.label())}: {escape(loose[0].check.describe())})", highlight=False)  # fmt: skip
+    from elbolab.anomalies import find
+
+    for warning in (run.health.get("start") or {}).get("warnings", [])[:3]:
+        console.print(f"  [yellow]machine[/]: {escape(warning)}", highlight=False)
+    anomalies = find(run)
+    kinds: dict[str, list] = {}
+    for a in anomalies:
+        kinds.setdefault(a.kind, []).append(a)
+    for kind, group in kinds.items():
+        worst = group[0]
+        console.print(f"  [yellow]{len(group)} {escape(kind)}[/] (e.g. {escape(worst.case.label())}: {escape(worst.detail)}; "
+                      f"likely {escape(worst.likely_cause)})", highlight=False)  # fmt: skip
     df = measurement_table(run, baseline=baseline)
     if df.empty or baseline not in set(df.backend):
         return

@@ -132,6 +132,7 @@ class MatrixRow:
     backend: str
     colour: str
     cells: list[Cell]
+    device: str = "cpu"  # another device: a hollow swatch, as its hollow markers in the plots
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ def _matrix(
             hidden.append((label, hidden_reason(found)))
             continue
         cells = [cell_of(found.get(k)) for k in keys]
-        rows.append(MatrixRow(label, pair[0], plots.backend_colour(pair[0]), cells))
+        rows.append(MatrixRow(label, pair[0], plots.backend_colour(pair[0]), cells, pair[1]))
     return Matrix(title, setting, _column_names(keys), rows, hidden)
 
 
