@@ -28,7 +28,8 @@ parent reads every dump file and builds an `InstructionCounts` (elbolab.measurem
 counts are (segment i - segment 0) / CALLS.
 
 The call count is chosen by counting, not timing, so it is itself deterministic: the smallest power
-of two that makes a segment at least TARGET_SEGMENT_INSTRUCTIONS long (~10 ms of native time).
+of two that makes a segment at least TARGET_SEGMENT_INSTRUCTIONS long (a few ms of native time,
+about half a second under callgrind): far above the ~5,000 instructions of the markers and the loop.
 
 The simulated caches are pinned (CACHES), not taken from the host, so miss counts compare across
 machines. Counting is single-threaded only: Valgrind runs threads one at a time, and a pool's
@@ -60,7 +61,7 @@ from pathlib import Path
 _T_IMPORT = time.perf_counter()
 TOOL = "callgrind"
 REPEATS = 3  # counted segments of CALLS calls (after segment 0)
-TARGET_SEGMENT_INSTRUCTIONS = 10_000_000
+TARGET_SEGMENT_INSTRUCTIONS = 5_000_000
 MAX_CALLS = 1 << 16
 DEFAULT_TIMEOUT_S = 600.0
 # the simulated caches, (size bytes, associativity, line bytes): fixed, so that miss counts do not
@@ -401,7 +402,7 @@ def child(case_json: str, calls: int, repeats: int = REPEATS) -> dict:
             calibration = _calibration_ir(os.getpid()) if on_valgrind else None
             if calls < 1:
                 calls = calls_for(calibration) if calibration else 1
-            plan = [(WARM_UP.encode(), min(calls, int(os.environ.get("XWARM", calls)))), (names[0], 0), *((name, calls) for name in names[1:])]
+            plan = [(WARM_UP.encode(), calls), (names[0], 0), *((name, calls) for name in names[1:])]
             for name, n in plan:
                 run(n)
                 marker.elbolab_dump(name)

@@ -256,7 +256,7 @@ def test_two_results_files_show_the_change_not_side_by_side(doc, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in change and "fedcba98 2024-06-02 12:00" in change
     # metadata of both runs, labelled by their labels (never by hostname)
     assert "second-machine" in page and "Other CPU" in page and "Synthetic CPU" in page
-    assert ">second-machine<" not in page.replace("<td class=\"wrap\">second-machine</td>", "")
+    assert ">second-machine<" not in page.replace('<td class="wrap">second-machine</td>', "")
     assert "60 GB/s" in page and "30 GB/s" in page
     assert "<script" not in page.lower()
 

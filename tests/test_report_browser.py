@@ -146,7 +146,9 @@ def layout(page: Path, tmp: Path, width: int, height: int = 900) -> dict:
         f'srcdoc="{html.escape(page.read_text(), quote=True)}"></iframe>'
         f'<pre id="out">pending</pre><script>{PROBE}</script></body></html>'
     )
-    dom, console, requested = chromium(probe, tmp, "--dump-dom", f"--window-size={max(width, 1400) + 20},1000")
+    dom, console, requested = chromium(
+        probe, tmp, "--dump-dom", f"--window-size={max(width, 1400) + 20},1000"
+    )
     found = re.search(r'<pre id="out">(.*?)</pre>', dom, flags=re.S)
     assert found and found.group(1) != "pending", "the probe did not run"
     return json.loads(html.unescape(found.group(1)))
@@ -258,7 +260,9 @@ def test_screenshot_of_the_first_screen(width, reference_page, tmp_path):
 
     shot = REPORTS / f"report-{width}.png"
     shot.unlink(missing_ok=True)
-    _, console, requested = chromium(reference_page, tmp_path, f"--screenshot={shot}", f"--window-size={width},900")
+    _, console, requested = chromium(
+        reference_page, tmp_path, f"--screenshot={shot}", f"--window-size={width},900"
+    )
     assert console == [] and requested == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(shot).size == (width, 900)

@@ -228,7 +228,9 @@ def _skip_reason(found: dict) -> str:
     return "skipped: " + "; ".join(reasons)
 
 
-def speedup_matrices(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, headline: bool = True) -> list[Matrix]:
+def speedup_matrices(
+    df: pd.DataFrame, summary: pd.DataFrame, baseline: str, headline: bool = True
+) -> list[Matrix]:
     """One matrix per workload at its headline setting (headline=True), or one per other
     (dtype, threads) setting."""
     if df.empty:
@@ -311,7 +313,9 @@ def _change_cell(c, normalized: bool, label: str, batch) -> Cell:
         f"({fmt_change(c.ratio)}; base {fmt_time(c.base_median, normalized)}, head "
         f"{fmt_time(c.head_median, normalized)}), {word}; head speed-up over base"
     )
-    cell = _speed_cell(speed, 1 / hi if hi > 0 else math.inf, 1 / lo if lo > 0 else math.inf, c.verdict, title)
+    cell = _speed_cell(
+        speed, 1 / hi if hi > 0 else math.inf, 1 / lo if lo > 0 else math.inf, c.verdict, title
+    )
     return Cell(cell.text + (" !" if c.regression else ""), cell.cls + (" reg" if c.regression else ""),
                 cell.style, cell.title)  # fmt: skip
 
@@ -339,7 +343,9 @@ def _change_matrices(report: Report) -> list[Matrix]:
                 return _change_cell(None, report.normalized, "", "")
             return _change_cell(r.entry, report.normalized, backend_label(r.backend, r.device), r.batch)
 
-        m = _matrix(sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, "", lambda f: "")
+        m = _matrix(
+            sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, "", lambda f: ""
+        )
         if m is not None:
             out.append(m)
     return out

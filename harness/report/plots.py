@@ -152,7 +152,10 @@ def _round_path(d: str, digits: int) -> str:
     cmds = [t for t in toks if t.isalpha()]
     if len(cmds) >= 4 and cmds[0] == "M" and set(cmds[1:]) <= {"L"} and len(toks) == 3 * len(cmds):
         scale = 10**digits
-        pts = [(round(float(toks[i + 1]) * scale), round(float(toks[i + 2]) * scale)) for i in range(0, len(toks), 3)]
+        pts = [
+            (round(float(toks[i + 1]) * scale), round(float(toks[i + 2]) * scale))
+            for i in range(0, len(toks), 3)
+        ]
         out = [f"M{_num(pts[0][0] / scale, digits)} {_num(pts[0][1] / scale, digits)}l"]
         prev = pts[0]
         moves = []
@@ -215,8 +218,12 @@ def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
     text = re.sub(r"\s*<defs>\s*</defs>", "", text)
 
     # marker shapes (defined once, a few pt wide) keep two decimals, plotted paths one
-    text = _PATH_D.sub(lambda m: f'{m.group(1) or ""}d="{_round_path(m.group(2), 2 if m.group(1) else 1)}"', text)
-    text = _ATTR.sub(lambda m: f'{m.group(1)}="{_LONG_NUMBER.sub(lambda n: _num(float(n.group()), 2), m.group(2))}"', text)
+    text = _PATH_D.sub(
+        lambda m: f'{m.group(1) or ""}d="{_round_path(m.group(2), 2 if m.group(1) else 1)}"', text
+    )
+    text = _ATTR.sub(
+        lambda m: f'{m.group(1)}="{_LONG_NUMBER.sub(lambda n: _num(float(n.group()), 2), m.group(2))}"', text
+    )
     if tags is not None:
         text = re.sub(
             r'id="elbolab-series-(\d+)"',
@@ -406,7 +413,11 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
                     x, y = rows.batch.to_numpy(), rows.median_ns.to_numpy() / 1e3
                     lo, hi = rows.ci_lo_ns.to_numpy() / 1e3, rows.ci_hi_ns.to_numpy() / 1e3
                     if len(x) > 1 and np.nanmax(hi / lo) > 1.05:  # a band only where it can be seen
-                        tags(ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, lw=0), backend, device)
+                        tags(
+                            ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, lw=0),
+                            backend,
+                            device,
+                        )
                     tags(ax.plot(x, y, ms=5, lw=1.5, **style)[0], backend, device)
                     bad = rows[rows.implausible]
                     if not bad.empty:
@@ -550,7 +561,8 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
         lay = _layout(1, 1, (8.4, 3.6), labels, title)
         ax = lay.axes[0][0]
         for (backend, workload), rows in sorted(
-            ok.groupby(["backend", "workload"], sort=False), key=lambda kv: (backend_order(kv[0][0]), kv[0][1])
+            ok.groupby(["backend", "workload"], sort=False),
+            key=lambda kv: (backend_order(kv[0][0]), kv[0][1]),
         ):
             tags(ax.scatter(rows.flops / rows.bytes, rows.gflop_per_s, s=30, marker=markers[workload],
                             color=backend_colour(backend), edgecolors="white", linewidths=0.4, alpha=0.9),
@@ -612,7 +624,9 @@ def training_losses(training) -> str | None:
                     if t.dtype != dtype:
                         continue
                     n = min(len(b), len(t.losses))
-                    diff = np.abs(np.asarray(t.losses[:n], dtype=float) - b[:n]) / np.maximum(np.abs(b[:n]), 1e-300)
+                    diff = np.abs(np.asarray(t.losses[:n], dtype=float) - b[:n]) / np.maximum(
+                        np.abs(b[:n]), 1e-300
+                    )
                     diff = np.maximum.accumulate(diff)  # the largest so far: monotone, readable
                     tags(ax.plot(np.arange(1, n + 1), np.maximum(diff, floor), lw=1.3, ms=5,
                                  markevery=max(1, n // 6), **backend_style(t.backend, t.device))[0],
@@ -621,6 +635,8 @@ def training_losses(training) -> str | None:
             ax.set_xlabel("step")
             if k == 0:
                 ax.set_ylabel("largest relative difference so far")
-            ax.set_title(f"{_t(dtype)}: |loss − NumPy's| / NumPy's\n(NumPy in {_t(dtype)}; 0 drawn at {floor:g})")
+            ax.set_title(
+                f"{_t(dtype)}: |loss − NumPy's| / NumPy's\n(NumPy in {_t(dtype)}; 0 drawn at {floor:g})"
+            )
         _finish(lay, handles, labels)
         return _svg(lay.fig, "training", tags)
