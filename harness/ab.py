@@ -213,11 +213,21 @@ def crate_hash(crate: Path) -> str:
 BUILDERS = {"maturin": build_maturin}
 
 
+def clean_copy(tree: Path, dest: Path) -> Path:
+    """The sources of `tree` copied to `dest`: a build writes its metadata (*.egg-info, build/) into
+    the folder it builds, and in the working tree a stale copy would shadow the real install."""
+    skip = shutil.ignore_patterns(".git", ".venv", "target", "results", "reports", "build", "*.egg-info",
+                                  "__pycache__", ".pytest_cache", ".ruff_cache", "*.so")  # fmt: skip
+    shutil.copytree(tree, dest, ignore=skip, symlinks=True)
+    return dest
+
+
 def install_side(side: Side, dest: Path, log: Log) -> None:
     """pip-install the side's tree (no dependencies: the interpreter has them) into `dest`."""
     log(f"installing {side.name} ({side.tree}) ...")
+    source = clean_copy(side.tree, dest.with_name(dest.name + "-src"))
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-           "--target", str(dest), str(side.tree)]  # fmt: skip
+           "--target", str(dest), str(source)]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -6,13 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from elbolab.anomalies import find
 from elbolab.case import Case
 from elbolab.cli import main
 from elbolab.health import check
-from elbolab.measurement import Cost
 from elbolab.workloads import WORKLOADS
+
 from tests.builders import make_run, noisy, ok
 
 

@@ -17,9 +17,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    from elbolab.ab import clean_copy
+
     out = tmp_path_factory.mktemp("wheel")
+    source = clean_copy(ROOT, out / "src")  # never build in the working tree (its *.egg-info would shadow)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+                    "-w", str(out), str(source)], check=True, capture_output=True)  # fmt: skip
     (path,) = out.glob("elbolab-*.whl")
     return path
 

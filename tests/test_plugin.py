@@ -17,9 +17,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_an_installed_plugin_is_discovered_and_measured(tmp_path):
+    import shutil
+
     site = tmp_path / "site"
+    source = shutil.copytree(ROOT / "examples" / "plugin", tmp_path / "plugin-src")  # build outside the tree
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(ROOT / "examples" / "plugin")], check=True, capture_output=True)  # fmt: skip
+                    "--target", str(site), str(source)], check=True, capture_output=True)  # fmt: skip
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
     listing = subprocess.run([sys.executable, "-m", "elbolab.cli", "list"], env=env, capture_output=True,
                              text=True, cwd=tmp_path)  # fmt: skip

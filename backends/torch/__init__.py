@@ -301,3 +301,45 @@ compiled_backend = replace(
         "variants": ("eps=given",),
     },
 )
+
+
+# The CUDA variants aiming at the device's limits (backends/torch/gpu.py): imported lazily, so this
+# module loads where torch or triton is missing.
+def _gpu(name: str):
+    def prepare(case: Case, inputs: dict) -> Prepared:
+        from elbolab.backends.torch import gpu
+
+        return getattr(gpu, name)(case, inputs)
+
+    return prepare
+
+
+def _gpu_check(name: str):
+    def check(*args):
+        from elbolab.backends.torch import gpu
+
+        return getattr(gpu, name)(*args)
+
+    return check
+
+
+triton_backend = replace(
+    backend,
+    name="torch-triton",
+    description="elbo and elbo_grad as one fused Triton kernel on CUDA (one pass over the data)",
+    preparers={"elbo": _gpu("prepare_triton"), "elbo_grad": _gpu("prepare_triton")},
+    devices=("cuda",),
+    unavailable_reason=_gpu_check("triton_unavailable"),
+    device_unavailable_reason=_gpu_check("cuda_unavailable"),
+    threaded=False,
+)
+
+cudagraph_backend = replace(
+    backend,
+    name="torch-cudagraph",
+    description="the eager PyTorch ELBO captured as a CUDA graph and replayed: one launch per call",
+    preparers={"elbo": _gpu("prepare_cudagraph"), "elbo_grad": _gpu("prepare_cudagraph")},
+    devices=("cuda",),
+    device_unavailable_reason=_gpu_check("cuda_unavailable"),
+    threaded=False,
+)

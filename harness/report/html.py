@@ -225,7 +225,7 @@ def _matrix(
 
 def _skip_reason(found: dict) -> str:
     reasons = Counter(_plain(r.reason) for r in found.values())
-    return "skipped: " + "; ".join(reasons)
+    return "; ".join(reasons)
 
 
 def speedup_matrices(
@@ -320,32 +320,40 @@ def _change_cell(c, normalized: bool, label: str, batch) -> Cell:
                 cell.style, cell.title)  # fmt: skip
 
 
-def _change_matrices(report: Report) -> list[Matrix]:
+def _change_matrices(report: Report, order: list[str]) -> list[Matrix]:
+    """A matrix per workload (in `order`, the base run's) at its headline setting; a case that was
+    not compared and is not broken counts as skipped, so rows and columns with no comparison at all
+    are left out (the rows named with why)."""
     entries = [*report.comparisons, *report.not_compared]
-    if not entries:
-        return []
     rows = []
     for e in entries:
         case = e.case
+        skipped = not hasattr(e, "judgement") and not e.broken
         rows.append({"workload": case.workload, "variant": case.variant, "dtype": case.dtype,
                      "threads": case.threads, "batch": case.batch, "backend": case.backend,
-                     "device": case.device, "status": "ok", "reason": "", "entry": e,
+                     "device": case.device, "status": "skipped" if skipped else "ok",
+                     "reason": e.reason if skipped else "", "entry": e,
                      **{d: getattr(case, d) for d in DIMS}})  # fmt: skip
+    if not rows:
+        return []
     df = pd.DataFrame(rows)
+    df["_order"] = [order.index(w) if w in order else len(order) for w in df.workload]
+    df = df.sort_values("_order", kind="stable")
     out = []
     for workload, variant in plots.workload_pairs(df):
         wdf = df[(df.workload == workload) & (df.variant == variant)]
         dtype, t = plots.headline_setting(wdf)
         sub = wdf[(wdf.dtype == dtype) & (wdf.threads == t)]
+        kept = {_column_key(r) for r in sub.itertuples() if r.status != "skipped"}
+        sub = sub[[_column_key(r) in kept for r in sub.itertuples()]]
 
         def cell_of(r):
             if r is None:
                 return _change_cell(None, report.normalized, "", "")
             return _change_cell(r.entry, report.normalized, backend_label(r.backend, r.device), r.batch)
 
-        m = _matrix(
-            sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, "", lambda f: ""
-        )
+        title, setting = _workload_title(workload, variant), f"{dtype}, {_threads(t)}"
+        m = _matrix(sub, title, setting, cell_of, "", _skip_reason)
         if m is not None:
             out.append(m)
     return out
@@ -399,7 +407,7 @@ def change(base: RunView, head: RunView) -> Change:
         True,
         headline=report.headline(),
         notices=list(report.notices),
-        matrices=_change_matrices(report),
+        matrices=_change_matrices(report, list(dict.fromkeys(m.case.workload for m in b.measurements))),
         broken=broken,
         not_compared=reasons.most_common(),
         rows=rows,
