@@ -225,7 +225,9 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
                 "bytes_per_s": {str(t): best_bw(label, t) for t in counts},
             }
         )
+    gpus = measure_gpu_limits(quick)
     return {
+        "gpus": gpus,
         "memory_bandwidth_bytes_per_s": best_bw("dram", top),
         "memory_bandwidth_single_thread_bytes_per_s": best_bw("dram", 1),
         "cache_bandwidth_bytes_per_s": best_bw("l2", top),
@@ -251,6 +253,7 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
             "2 MiB (an elbo case at batch 128), llc half the last-level cache, dram max(4 x LLC, 256 MiB)",
             "flops": "np.matmul of two n x n matrices (2 n^3 flops), float64 and float32, BLAS threads set "
             "with threadpoolctl; best of the trials",
+            "gpus": GPU_METHOD,
         },
     }
 
@@ -286,3 +289,81 @@ def bandwidth_limit_for(
             if best is None or value > best[0]:
                 best = (float(value), s["size_label"])
     return best
+
+
+# ------------------------------------------------------------------------------------------ GPUs
+
+GPU_METHOD = (
+    "per CUDA device, with torch, timed with CUDA events (best of the trials): HBM read (x.sum() over "
+    "a float32 array of 1 GiB, 512 MiB quick: 1 word read per element) and copy (y.copy_(x): 1 read + "
+    "1 write); peak flops from n x n matrix products (2 n^3): float64, float32 with TF32 off, TF32, "
+    "bfloat16 (n = 8192, 4096 quick)"
+)
+
+
+def measure_gpu_limits(quick: bool = False) -> list[dict]:
+    """HBM bandwidth and peak FLOP/s of each CUDA device ([] without torch or a GPU). The probe runs
+    in the process that calls it (the runner, before any case): the numbers belong to the run."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    if not torch.cuda.is_available():
+        return []
+    out = []
+    for index in range(torch.cuda.device_count()):
+        device = torch.device("cuda", index)
+        with torch.cuda.device(device):
+            out.append(_probe_gpu(torch, device, quick))
+    return out
+
+
+def _event_seconds(torch, fn, reps: int, trials: int) -> float:
+    """Best time of `reps` calls over `trials`, with CUDA events around the calls."""
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(trials):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3 / reps)
+    return best
+
+
+def _probe_gpu(torch, device, quick: bool) -> dict:
+    nbytes = (512 if quick else 1024) * 2**20
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    read = nbytes / _event_seconds(torch, lambda: x.sum(), reps=10, trials=5)
+    copy = 2 * nbytes / _event_seconds(torch, lambda: y.copy_(x), reps=10, trials=5)
+    x = y = None  # free the HBM for the products
+    n = 4096 if quick else 8192
+    flops = {}
+    allow = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for label, dtype, tf32 in (("float64", torch.float64, False), ("float32", torch.float32, False),
+                                   ("tf32", torch.float32, True), ("bfloat16", torch.bfloat16, False)):  # fmt: skip
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            a = torch.randn(n, n, dtype=dtype, device=device)
+            reps = 2 if label == "float64" else 10
+            flops[label] = 2 * n**3 / _event_seconds(torch, lambda a=a: a @ a, reps=reps, trials=3)
+            a = None
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow
+    props = torch.cuda.get_device_properties(device)
+    return {"device": str(device), "name": props.name, "memory_bytes": props.total_memory,
+            "hbm_read_bytes_per_s": read, "hbm_copy_bytes_per_s": copy, "flops_per_s": flops,
+            "method": GPU_METHOD}  # fmt: skip
+
+
+def gpu_limits_for(limits: dict, device: str, dtype: str) -> tuple[float | None, float | None]:
+    """(bandwidth, peak flops) of the first CUDA device measured in the run, for a case's dtype."""
+    gpus = (limits or {}).get("gpus") or []
+    if not gpus or not device.startswith("cuda"):
+        return None, None
+    g = gpus[0]
+    return g.get("hbm_read_bytes_per_s"), (g.get("flops_per_s") or {}).get(dtype)

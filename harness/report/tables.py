@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from elbolab.limits import bandwidth_limit_for
+from elbolab.limits import bandwidth_limit_for, gpu_limits_for
 from elbolab.measurement import Measurement
 from elbolab.report import markdown
 from elbolab.report.format import fmt_ns, fmt_num, fmt_pct, fmt_x, missing
@@ -128,10 +128,13 @@ def measurement_table(run: Run, *, baseline: str = "numpy", label: str = "") -> 
         threads = case.threads
         bw = bandwidth_limit_for(limits, nbytes, threads) if limits and not math.isnan(nbytes) else None
         on_cpu = row["device"] == "cpu"
-        row["bw_limit_gb_per_s"] = bw[0] / 1e9 if bw and on_cpu else math.nan
-        row["bw_limit_level"] = bw[1] if bw and on_cpu else ""
+        gpu_bw, gpu_peak = gpu_limits_for(limits, row["device"], case.dtype)
+        if gpu_bw:  # a GPU case is held to the GPU's own HBM bandwidth and peak, measured in the run
+            bw = (gpu_bw, "hbm")
+        row["bw_limit_gb_per_s"] = bw[0] / 1e9 if bw and (on_cpu or gpu_bw) else math.nan
+        row["bw_limit_level"] = bw[1] if bw and (on_cpu or gpu_bw) else ""
         row["bw_share"] = row["gb_per_s"] / row["bw_limit_gb_per_s"]
-        peak = flops_limit_for(limits, case.dtype, threads) if limits and on_cpu else None
+        peak = flops_limit_for(limits, case.dtype, threads) if limits and on_cpu else gpu_peak
         row["flops_limit_gflop_per_s"] = peak / 1e9 if peak else math.nan
         row["flops_share"] = row["gflop_per_s"] / row["flops_limit_gflop_per_s"]
         row["bandwidth_bound_ns"] = nbytes / (bw[0] / 1e9) if bw else math.nan
