@@ -312,7 +312,8 @@ def test_cli_claims_prints_the_table(capsys, claims_file):
 def test_cli_claims_json(capsys, claims_file):
     assert cli("claims", str(claims_file), "--json") == 0
     data = json.loads(capsys.readouterr().out)
-    assert [c["id"] for c in data[0]["claims"]][:2] == ["C1", "C2"]
+    assert data["schema"] == "elbolab.claims/1"
+    assert [c["id"] for c in data["runs"][0]["claims"]][:2] == ["C1", "C2"]
 
 
 def test_exports_escape_what_a_results_file_carries(tmp_path):
