@@ -32,6 +32,9 @@ class Prepared:
               per-call Python overhead; the timer uses it in place of a Python loop when present
     sync      optional: wait for queued device work (called before the clock stops)
     device_peak_bytes  optional: peak device memory of the case so far
+    device_events  optional: a fresh (start, end) pair of device events (objects with .record()
+              and start.elapsed_time(end) in ms, as torch.cuda.Event): each sample is then also
+              timed on the device, between events recorded around its calls
     notes     facts a reader of the results needs (e.g. how CUDA time was synchronised)
     """
 
@@ -40,6 +43,7 @@ class Prepared:
     call_n: Callable[[int], object] | None = None
     sync: Callable[[], None] | None = None
     device_peak_bytes: Callable[[], int | None] | None = None
+    device_events: Callable[[], tuple[object, object]] | None = None
     notes: dict = field(default_factory=dict)
 
 

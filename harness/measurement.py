@@ -152,6 +152,9 @@ class Measurement:
     # more CPU than wall x threads means more threads ran than were asked for
     cpu_ns: NonNegInt | None = None
     wall_ns: NonNegInt | None = None
+    # each sample also timed on the device, between CUDA events around its calls (host clock:
+    # samples_ns, which stop after a device sync); empty where the backend has no device events
+    device_samples_ns: tuple[PositiveTime, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Measurement:
@@ -247,6 +250,7 @@ class Measurement:
             "notes": self.notes,
             "cpu_ns": self.cpu_ns,
             "wall_ns": self.wall_ns,
+            "device_samples_ns": [float(x) for x in self.device_samples_ns],
             "calibration": [list(c) for c in self.calibration],
             "counts": None if self.counts is None else {"tool": self.counts.tool, "calls": self.counts.calls,
                                                         "segments": [dict(x) for x in self.counts.segments]},

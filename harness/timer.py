@@ -64,9 +64,10 @@ class Timing:
 Clock = Callable[[], int]
 
 
-def _runner(prepared: Prepared) -> Callable[[int], None]:
-    """A function running `loops` calls followed by a device sync."""
-    call, call_n, sync = prepared.call, prepared.call_n, prepared.sync
+def _runner(prepared: Prepared, synced: bool = True) -> Callable[[int], None]:
+    """A function running `loops` calls, followed by a device sync unless `synced` is False."""
+    call, call_n = prepared.call, prepared.call_n
+    sync = prepared.sync if synced else None
 
     if call_n is not None:
 
@@ -94,6 +95,9 @@ class Sampler:
 
     def __init__(self, prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns):
         self.run, self.config, self.clock = _runner(prepared), config, clock
+        self.events, self.sync = prepared.device_events, prepared.sync
+        self.calls = _runner(prepared, synced=False)  # with device events: the end event before the sync
+        self.device_ns: list[float] = []  # per sample, between device events, when the backend has them
         with _gc_off():
             t0 = clock()
             self.run(1)
@@ -108,6 +112,17 @@ class Sampler:
         out = []
         with _gc_off():
             for _ in range(n):
+                if self.events is not None:
+                    start, end = self.events()
+                    t0 = self.clock()
+                    start.record()
+                    self.calls(self.loops)
+                    end.record()
+                    if self.sync:
+                        self.sync()  # the host clock stops after the device is done, as without events
+                    out.append(self.clock() - t0)
+                    self.device_ns.append(start.elapsed_time(end) * 1e6)
+                    continue
                 t0 = self.clock()
                 self.run(self.loops)
                 out.append(self.clock() - t0)

@@ -225,6 +225,7 @@ def measure_case(backend, case, timer):
         cpu0, wall0 = time.process_time_ns(), time.perf_counter_ns()
         samples, stopped = sample_until_precise(opened.sampler, timer)
         cpu_ns, wall_ns = time.process_time_ns() - cpu0, time.perf_counter_ns() - wall0
+        device_ns = opened.sampler.device_ns[-len(samples) :] if opened.sampler.device_ns else []
         opened.stage = "reading outputs"
         opened._snapshot()
     except Exception as exc:
@@ -247,6 +248,7 @@ def measure_case(backend, case, timer):
         calibration=opened.calibration,
         cpu_ns=cpu_ns,
         wall_ns=wall_ns,
+        device_samples_ns=tuple(device_ns),
     )
 
 

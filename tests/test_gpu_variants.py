@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from elbolab.backend import discover
 from elbolab.case import Case
 from elbolab.verify import verify

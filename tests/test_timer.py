@@ -147,3 +147,41 @@ def test_a_noisy_case_takes_more_samples_up_to_the_cap():
                       TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=1000, ci_target=0.001,
                                   warmup=0, max_loops=1, budget_ns=30_000), clock=clock)  # fmt: skip
     assert "budget" in t.stopped and len(t.samples_ns) < 1000
+
+
+class FakeEvent:
+    """A device event on the fake clock: records the time, elapsed_time in ms as torch's."""
+
+    def __init__(self, clock):
+        self.clock, self.at = clock, None
+
+    def record(self):
+        self.at = self.clock.now
+
+    def elapsed_time(self, end) -> float:
+        return (end.at - self.at) / 1e6
+
+
+def test_device_events_time_each_sample_on_the_device_as_well():
+    clock = FakeClock()
+    pending = []
+
+    def call():
+        pending.append(1)
+
+    def sync():  # the host waits 500 ns per sync beyond the device's work
+        clock.now += 1_000 * len(pending) + 500
+        pending.clear()
+
+    def call_with_device_time():
+        call()
+        clock.now += 0  # the launch is free; the work lands at the sync
+
+    prepared = Prepared(call=call_with_device_time, outputs=dict, sync=sync,
+                        device_events=lambda: (FakeEvent(clock), FakeEvent(clock)))  # fmt: skip
+    from elbolab.timer import Sampler
+
+    cfg = TimerConfig(target_sample_ns=100_000, min_samples=5, warmup=0)
+    sampler = Sampler(prepared, cfg, clock)
+    host = sampler.sample(3)
+    assert len(sampler.device_ns) == 3 and all(h >= d for h, d in zip(host, sampler.device_ns, strict=True))

@@ -13,7 +13,6 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 def main() -> int:
     import torch
-
     from elbolab.backends.torch import fused
     from elbolab.case import Case
     from elbolab.workloads import WORKLOADS, check_outputs

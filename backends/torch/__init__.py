@@ -47,7 +47,10 @@ from elbolab.backend import Backend, Prepared, bind
 from elbolab.case import Case
 from elbolab.workloads import VAE_PARAMS, WORKLOADS
 
-SYNC_NOTE = "torch.cuda.synchronize before the clock stops"
+SYNC_NOTE = (
+    "host clock stopped after torch.cuda.synchronize; each sample also timed on the device "
+    "between CUDA events (device_samples_ns)"
+)
 
 
 # ------------------------------------------------------------------------------ availability
@@ -160,6 +163,13 @@ def _maybe_compile(torch, fn, compiled: bool):
     return call
 
 
+def _events(torch, device):
+    """Fresh CUDA timing events per sample (the timer records them around the calls), or None."""
+    if device.type != "cuda":
+        return None
+    return lambda: (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+
+
 def _np(t) -> np.ndarray:
     return np.array(t.detach().cpu().numpy(), copy=True)
 
@@ -214,7 +224,14 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res.update(grad_x_recon=_np(x_recon.grad), grad_mu=_np(mu.grad), grad_logvar=_np(logvar.grad))
         return res
 
-    return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak, notes=notes)
+    return Prepared(
+        call=call,
+        outputs=outputs,
+        sync=sync,
+        device_peak_bytes=peak,
+        device_events=_events(torch, device),
+        notes=notes,
+    )
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -234,6 +251,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
         outputs=lambda: {"iwae": _np(state["iwae"])},
         sync=sync,
         device_peak_bytes=peak,
+        device_events=_events(torch, device),
         notes=notes,
     )
 
@@ -267,7 +285,14 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res[f"new_{name}"] = _np(n)
         return res
 
-    return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak, notes=notes)
+    return Prepared(
+        call=call,
+        outputs=outputs,
+        sync=sync,
+        device_peak_bytes=peak,
+        device_events=_events(torch, device),
+        notes=notes,
+    )
 
 
 # one module serves two backends: the same preparers, with the option bound

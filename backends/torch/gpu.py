@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from elbolab.backend import Prepared
+from elbolab.backends.torch import _events
 from elbolab.case import Case
 from elbolab.workloads import WORKLOADS
 
@@ -85,7 +86,8 @@ def prepare_triton(case: Case, inputs: dict) -> Prepared:
 
     notes = {"kernel": "one fused Triton kernel (rows in blocks) + torch.sum of the row partials in float64",
              "sync": "torch.cuda.synchronize before the clock stops"}  # fmt: skip
-    return Prepared(call=call, outputs=outputs, sync=torch.cuda.synchronize, device_peak_bytes=peak, notes=notes)
+    return Prepared(call=call, outputs=outputs, sync=torch.cuda.synchronize, device_peak_bytes=peak,
+                    device_events=_events(torch, device), notes=notes)  # fmt: skip
 
 
 def _elbo_body(torch, t: dict, out: dict, grads: bool, sampled: bool):
@@ -145,4 +147,4 @@ def prepare_cudagraph(case: Case, inputs: dict) -> Prepared:
              "rng": "the default CUDA generator, seeded with case.seed, replayed graph-safely",
              "sync": "torch.cuda.synchronize before the clock stops"}  # fmt: skip
     return Prepared(call=graph.replay, outputs=outputs, sync=torch.cuda.synchronize, device_peak_bytes=peak,
-                    notes=notes)  # fmt: skip
+                    device_events=_events(torch, device), notes=notes)  # fmt: skip
