@@ -11,15 +11,17 @@ WHEELS := target/wheels
 RUN    ?= results/scratch/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
 ARGS   ?=
 
-.PHONY: bench quick test setup rust browser lint clean
+.PHONY: bench quick test setup rust browser system lint clean
 
 TRAIN_STEPS ?= 300
+
+STORE ?= sqlite:///results/history.sqlite
 
 bench: setup
 	$(BIN)/elbolab run --out $(RUN) $(ARGS)
 	$(BIN)/elbolab train --out $(RUN) --steps $(TRAIN_STEPS)
+	$(BIN)/elbolab history ingest --store $(STORE) $(RUN)
 	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
-	@echo "report: reports/$(notdir $(basename $(RUN))).html"
 
 # The CI-sized version: a small matrix, short samples, a short training run.
 quick: ARGS += --quick
@@ -29,7 +31,7 @@ quick: bench
 
 # The Rust unit tests first (no doc-tests: the crate has none), pytest last, so the log closes
 # on pytest's summary of the whole suite.
-test: setup browser
+test: setup system
 	@if command -v cargo >/dev/null; then cargo test -q --release --lib --manifest-path backends/rust/Cargo.toml; \
 	 else echo "cargo not found: skipping the Rust unit tests"; fi
 	$(BIN)/python -m pytest -q
@@ -56,11 +58,25 @@ $(RUST_STAMP): $(STAMP) $(RUST_SRC)
 	  touch $@; \
 	fi
 
-# Headless Chromium for the report's browser test (Debian's package); tests skip without it.
-browser:
-	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
-	  { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
-	  echo "elbolab: chromium not installed and cannot install it; the browser test will be skipped"
+# System packages some tests need, from Debian's packages where this user can install them (root);
+# each test that needs one skips with the reason where it is missing:
+#   chromium    the report's headless-browser test
+#   valgrind    instruction-count mode (callgrind), with its headers for the client requests
+#   postgresql  the history store's tests against a real server
+SYSTEM_PACKAGES := chromium valgrind postgresql
+system:
+	@missing=""; \
+	 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	 command -v valgrind >/dev/null && [ -f /usr/include/valgrind/callgrind.h ] || missing="$$missing valgrind"; \
+	 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	 if [ -n "$$missing" ]; then \
+	   if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	     echo "elbolab: installing$$missing (Debian packages)"; \
+	     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || \
+	       echo "elbolab: could not install$$missing; the tests that need them will be skipped"; \
+	   else echo "elbolab: missing$$missing and cannot install it here; the tests that need them will be skipped"; fi; \
+	 fi
+browser: system
 
 lint:
 	$(BIN)/ruff check harness backends tests
