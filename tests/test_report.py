@@ -321,12 +321,14 @@ def test_exports_escape_what_a_results_file_carries(tmp_path):
 
     from tests.builders import make_run, ok
 
-    evil = "=HYPERLINK(\"http://x\")"
-    run = make_run([
-        ok(Case("elbo", "numpy"), [1e5] * 9),
-        ok(Case("elbo", evil), [2e5] * 9),
-        Measurement(Case("elbo", "@SUM(A1)"), "failed", "<img src=x onerror=alert(1)> | -2+3"),
-    ])
+    evil = '=HYPERLINK("http://x")'
+    run = make_run(
+        [
+            ok(Case("elbo", "numpy"), [1e5] * 9),
+            ok(Case("elbo", evil), [2e5] * 9),
+            Measurement(Case("elbo", "@SUM(A1)"), "failed", "<img src=x onerror=alert(1)> | -2+3"),
+        ]
+    )
     table = measurement_table(run, label="+cmd")
     csv_path, md_path = write_exports(table, summary_table(table), "numpy", tmp_path / "t")
     csv_text = csv_path.read_text()

@@ -318,13 +318,14 @@ def drawn(table, doc):
         figures.append((salt, fig, _geometry(fig)))
         return real(fig, salt, tags)
 
+    part = table[table.workload.isin(["elbo", "vae_step"])]  # the widest and the narrowest figure
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plots, "_svg", keep)
-        for w in dict.fromkeys(table.workload):
-            plots.time_vs_batch(table, w)
-        plots.bandwidth(table, doc.limits)
-        plots.roofline(table, doc.limits)
-        plots.distributions(table)
+        for w in dict.fromkeys(part.workload):
+            plots.time_vs_batch(part, w)
+        plots.bandwidth(part, doc.limits)
+        plots.roofline(part, doc.limits)
+        plots.distributions(part)
         plots.training_losses(doc.training)
     return figures
 
@@ -346,9 +347,16 @@ def _geometry(fig) -> dict:
     }
 
 
-def test_legends_never_cover_the_axes_and_text_stays_in_the_figure(drawn, table):
-    # a time figure per workload, bandwidth, roofline, noise, training
-    assert len(drawn) == table.workload.nunique() + 4
+def test_legends_never_cover_the_axes_and_text_stays_in_the_figure(drawn):
+    # a time figure per workload (elbo, vae_step), bandwidth, roofline, noise, training
+    assert [salt for salt, _, _ in drawn] == [
+        "time-elbo",
+        "time-vae_step",
+        "bandwidth",
+        "roofline",
+        "distributions",
+        "training",
+    ]
     for salt, _fig, g in drawn:
         for legend in g["legends"]:
             for ax in g["axes"]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -142,6 +142,7 @@ class Matrix:
     columns: list[str]
     rows: list[MatrixRow]
     hidden: list[tuple[str, str]]  # rows left out (all skipped): label, why
+    hidden_label: str = "not run here"
 
 
 def _column_key(r) -> tuple:
@@ -355,7 +356,7 @@ def _change_matrices(report: Report, order: list[str]) -> list[Matrix]:
         title, setting = _workload_title(workload, variant), f"{dtype}, {_threads(t)}"
         m = _matrix(sub, title, setting, cell_of, "", _skip_reason)
         if m is not None:
-            out.append(m)
+            out.append(replace(m, hidden_label="not compared"))
     return out
 
 
