@@ -29,7 +29,7 @@ from elbolab.errors import UsageError
 from elbolab.measurement import BROKEN_STATUSES, Measurement
 from elbolab.results import Run
 from elbolab.stats import RatioEstimate, ratio_interval
-from elbolab.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide
+from elbolab.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, count_estimate, decide
 from elbolab.workloads import WORKLOADS
 
 REPORT_SCHEMA = "elbolab.compare/1"
@@ -101,11 +101,12 @@ class RunInfo:
 @dataclass(frozen=True)
 class CaseComparison:
     case: Case
-    base_median: float  # ns per call, or a multiple of the reference when normalized
+    base_median: float  # ns per call (a multiple of the reference when normalized), or instructions
     head_median: float
     base_n: int
     head_n: int
     judgement: Judgement
+    unit: str = "ns"  # "ns" (timed) or "instructions" (counted under Valgrind)
 
     @property
     def ratio(self) -> float:
@@ -135,6 +136,7 @@ class CaseComparison:
             "head_median": self.head_median,
             "base_n": self.base_n,
             "head_n": self.head_n,
+            "unit": self.unit,
             **self.judgement.to_json(),
         }
 
@@ -321,6 +323,16 @@ def compare(
     for key in common:
         mb, mh = base[key], head[key]
         case = mb.case
+        if mb.counted_ok and mh.counted_ok:  # instruction counts: deterministic, one rule all the same
+            cb, ch = mb.counts, mh.counts
+            estimate = count_estimate(cb.instructions, ch.instructions, cb.spread, ch.spread)
+            judgement = decide(estimate, rule, case.workload)
+            comparisons.append(CaseComparison(case, cb.instructions, ch.instructions, len(cb.segments) - 1,
+                                              len(ch.segments) - 1, judgement, unit="instructions"))  # fmt: skip
+            continue
+        if (mb.counted_ok and mh.timed_ok) or (mb.timed_ok and mh.counted_ok):
+            skipped.append(NotCompared(case, mb.status, mh.status, "one side was timed, the other counted"))
+            continue
         if not (mb.timed_ok and mh.timed_ok):
             skipped.append(_not_ok(case, mb, mh, base_label, head_label))
             continue
@@ -383,9 +395,9 @@ def _not_ok(case: Case, mb: Measurement, mh: Measurement, base_label: str, head_
     parts = [
         f"{label} {m.status}" + (f": {m.reason}" if m.reason else "")
         for label, m in ((base_label, mb), (head_label, mh))
-        if not m.timed_ok
+        if not (m.timed_ok or m.counted_ok)
     ]
-    broken = mb.timed_ok and mh.status in BROKEN_STATUSES
+    broken = (mb.timed_ok or mb.counted_ok) and mh.status in BROKEN_STATUSES
     return NotCompared(case, mb.status, mh.status, "; ".join(parts), broken=broken)
 
 

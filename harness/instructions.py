@@ -57,6 +57,11 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elbolab.case import Case
+    from elbolab.measurement import Measurement
 
 _T_IMPORT = time.perf_counter()
 TOOL = "callgrind"
@@ -140,7 +145,9 @@ def build_marker(cache_dir: Path | None = None) -> Path:
         raise MarkerError("no C compiler (gcc or cc) to build the callgrind marker library")
     flags = [*_CFLAGS, *_include_flags(_valgrind())]
     key = hashlib.sha256((MARKER_SOURCE + "\0" + " ".join(flags)).encode()).hexdigest()[:16]
-    dirs = [cache_dir] if cache_dir else [_cache_dir(), Path(tempfile.gettempdir()) / f"elbolab-{os.getuid()}"]
+    dirs = (
+        [cache_dir] if cache_dir else [_cache_dir(), Path(tempfile.gettempdir()) / f"elbolab-{os.getuid()}"]
+    )
     last_error = "no writable cache directory"
     for directory in dirs:
         lib = directory / f"callgrind_marker-{key}.so"
@@ -205,7 +212,7 @@ class Dump:
     def name(self) -> str | None:
         """The name a client request gave the dump, or None."""
         prefix = "Client Request: "
-        return self.trigger[len(prefix):] if self.trigger.startswith(prefix) else None
+        return self.trigger[len(prefix) :] if self.trigger.startswith(prefix) else None
 
 
 def _header(text: str, key: str) -> str | None:
@@ -385,8 +392,11 @@ def child(case_json: str, calls: int, repeats: int = REPEATS) -> dict:
     check_json = dict(check.__dict__)
     notes["first_call_ns_under_valgrind"] = first_call_ns
     t_count = time.perf_counter()
-    phases = {"start_s": round(t_start - _T_IMPORT, 2), "prepare_s": round(t_check - t_start, 2),
-              "check_s": round(t_count - t_check, 2)}
+    phases = {
+        "start_s": round(t_start - _T_IMPORT, 2),
+        "prepare_s": round(t_check - t_start, 2),
+        "check_s": round(t_count - t_check, 2),
+    }
     if not check.ok:  # never counted: an incorrect backend has no instruction count
         return {"status": "incorrect", "reason": check.detail, "check": check_json, "notes": notes}
 
@@ -458,7 +468,7 @@ def _report_line(stdout: str) -> dict | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
             try:
-                return json.loads(line[len(RESULT_PREFIX):])
+                return json.loads(line[len(RESULT_PREFIX) :])
             except json.JSONDecodeError:
                 return None
     return None
@@ -472,7 +482,10 @@ def diagnose(stderr: str, returncode: int | None) -> tuple[str, str]:
     if "unhandled instruction bytes" in stderr:
         raw = re.search(r"unhandled instruction bytes: ((?:0x[0-9A-Fa-f]+ ?){1,6})", stderr)
         what = f" ({raw.group(1).strip()})" if raw else ""
-        return "skipped", f"Valgrind cannot emulate an instruction this backend uses{what}, so it cannot be counted"
+        return (
+            "skipped",
+            f"Valgrind cannot emulate an instruction this backend uses{what}, so it cannot be counted",
+        )
     signal_match = _SIGNAL.search(stderr)
     if signal_match:
         return "failed", f"the case died of {signal_match.group(2)} under valgrind (callgrind)"
@@ -485,9 +498,19 @@ def diagnose(stderr: str, returncode: int | None) -> tuple[str, str]:
     return "failed", f"the counting process exited with code {returncode} and no result: {last}"
 
 
-def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: Mapping[str, str] | None = None,
+def _end_session(proc: subprocess.Popen) -> None:
+    """Kill the counting process and whatever it started: it leads its own session (and nothing else
+    is in it), so its process group is exactly what this module started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def count_case(case: Case, *, calls: int | None = None, repeats: int = REPEATS, env: Mapping[str, str] | None = None,
                cwd: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-               python: str | None = None, keep_dir: str | os.PathLike | None = None):  # fmt: skip
+               python: str | None = None, keep_dir: str | os.PathLike | None = None) -> Measurement:  # fmt: skip
     """Count the instructions of one case under callgrind, in a child process. Returns a Measurement
     with `counts` (status ok), or incorrect/failed/timeout/skipped with a one-line reason; never raises
     for a backend's failure.
@@ -504,7 +527,9 @@ def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: M
     if reason:
         return not_measured(case, "skipped", reason, cost)
     if case.device != "cpu":
-        return not_measured(case, "skipped", f"instruction counting runs on the CPU only, not {case.device}", cost)
+        return not_measured(
+            case, "skipped", f"instruction counting runs on the CPU only, not {case.device}", cost
+        )
     if case.threads != 1:
         return not_measured(case, "skipped", "instruction counting is single-threaded only: Valgrind runs threads "
                             "one at a time and would count a pool's spin-waits", cost)  # fmt: skip
@@ -517,7 +542,9 @@ def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: M
     with tempfile.TemporaryDirectory(prefix="elbolab-callgrind-") as tmp:
         out_dir = Path(keep_dir) if keep_dir is not None else Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
-        cmd = valgrind_command(out_dir, python or sys.executable, json.dumps(case.to_json()), calls or 0, repeats)
+        cmd = valgrind_command(
+            out_dir, python or sys.executable, json.dumps(case.to_json()), calls or 0, repeats
+        )
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(env, case.threads, marker, out_dir),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -525,13 +552,12 @@ def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: M
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the child's own session: valgrind and anything it started
-            except ProcessLookupError:
-                pass
-            proc.communicate()
+            _end_session(proc)
             return not_measured(case, "timeout", f"not finished within {timeout:g} s under valgrind "
                                 "(callgrind runs code 20-100x slower than native)", cost)  # fmt: skip
+        except BaseException:  # interrupted: leave no valgrind behind (it has its own session)
+            _end_session(proc)
+            raise
         wall_s = time.perf_counter() - t0
         report = _report_line(stdout)
         if report is None:
@@ -540,16 +566,22 @@ def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: M
         check = Check(**report["check"]) if report.get("check") else None
         notes = dict(report.get("notes") or {}, measure="instructions", valgrind_wall_s=round(wall_s, 2))
         if report["status"] != "ok":
-            return Measurement(case, report["status"], report.get("reason"), check=check, cost=cost, notes=notes)
+            return Measurement(
+                case, report["status"], report.get("reason"), check=check, cost=cost, notes=notes
+            )
         dumps = read_dumps(out_dir, report.get("pid"))
 
-    segments = {int(d.name[len(SEGMENT_PREFIX):]): d for d in dumps if d.name and d.name.startswith(SEGMENT_PREFIX)}
+    segments = {
+        int(d.name[len(SEGMENT_PREFIX) :]): d for d in dumps if d.name and d.name.startswith(SEGMENT_PREFIX)
+    }
     if sorted(segments) != list(range(repeats + 1)):
         return Measurement(case, "failed", f"callgrind wrote segments {sorted(segments)}, expected 0..{repeats}"
                            " (was the child run under valgrind --tool=callgrind?)", check=check, cost=cost,
                            notes=notes)  # fmt: skip
     first = segments[0]
-    counts = InstructionCounts(TOOL, int(report["calls"]), tuple(segments[i].events for i in range(repeats + 1)))
+    counts = InstructionCounts(
+        TOOL, int(report["calls"]), tuple(segments[i].events for i in range(repeats + 1))
+    )
     version = (first.creator or "").replace("callgrind-", "")
     notes.update(
         tool=f"valgrind {version} --tool=callgrind --cache-sim=yes" if version else "valgrind --tool=callgrind",
@@ -558,7 +590,6 @@ def count_case(case, *, calls: int | None = None, repeats: int = REPEATS, env: M
         cpu=CPU_NOTE,
         calls_rule=(f"calls per segment: {counts.calls}" + (" (given)" if calls else
                     f", the smallest power of two reaching {TARGET_SEGMENT_INSTRUCTIONS:,} instructions a segment")),
-        instructions_spread=counts.spread,
     )  # fmt: skip
     return Measurement(case, "ok", None, check=check, cost=cost, notes=notes, counts=counts)
 

@@ -109,7 +109,8 @@ class InstructionCounts:
         return (max(values) - min(values)) / max(np.median(values), 1.0) if len(values) > 1 else 0.0
 
     def _event(self, event: str) -> float:
-        return float(np.median(self.per_call(event)))
+        # a miss segment 0 had and the later ones did not can make a per-call count slightly negative
+        return max(0.0, float(np.median(self.per_call(event))))
 
     @property
     def l1_misses(self) -> float:
@@ -190,6 +191,11 @@ class Measurement:
     def timed_ok(self) -> bool:
         """Correct and timed: the only measurements that may enter a speed-up or a comparison."""
         return self.status == "ok" and bool(self.samples_ns)
+
+    @property
+    def counted_ok(self) -> bool:
+        """Correct and counted (instruction mode): comparable with other counts, never with times."""
+        return self.status == "ok" and self.counts is not None
 
     @cached_property
     def round_medians(self) -> tuple[float, ...] | None:

@@ -59,6 +59,7 @@ class Plan:
     hidden_dim: int = 400
     importance_samples: int = 8
     seed: int = 0
+    measure: str = "time"  # or "instructions": counted under Valgrind instead of timed
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -320,6 +321,33 @@ def _serve_group(
     return []
 
 
+def count(cases: Sequence[Case], run: RunFile, *, jobs: int, case_timeout: float, on_result: OnResult | None) -> None:
+    """Count each case's instructions under Valgrind (elbolab.instructions), `jobs` at a time: counts
+    do not depend on the machine's load, so cases may run side by side. Interrupted, every counting
+    process is killed (each leads its own session)."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from elbolab.instructions import count_case
+
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(count_case, case, timeout=case_timeout) for case in cases]
+        for future in as_completed(futures):
+            m = future.result()
+            run.add(m)
+            if on_result:
+                on_result(m)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in psutil.Process().children():
+            try:
+                os.killpg(child.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        raise
+    pool.shutdown()
+
+
 def _validated(case: Case, rec: object) -> Measurement:
     """The worker's record, validated: a backend that returns garbage becomes a failed case."""
     try:
@@ -450,9 +478,16 @@ def run_plan(
     measure_limits: bool = True,
     on_result: OnResult | None = None,
     on_plan: Callable[[int], None] | None = None,
+    jobs: int = 1,
 ) -> Run:
     backends = discover()
     cases = plan_cases(plan, backends)
+    if plan.measure == "instructions":
+        from elbolab.instructions import unavailable_reason
+
+        reason = unavailable_reason()
+        if reason:
+            raise UsageError(f"--measure instructions: {reason}")
     timer = TimerConfig.quick() if plan.quick else TimerConfig()
     with open_run(out, plan, timer, mode) as run:
         done = run.done_keys()
@@ -462,10 +497,12 @@ def run_plan(
         from elbolab.health import check as check_health
 
         run.set_health("start", check_health(threads_asked=None).to_json())
-        if measure_limits and not run.has_limits():
+        if measure_limits and not run.has_limits() and plan.measure == "time":
             run.set_limits(_measure_limits(plan))
-        timeout = case_timeout or (120 if plan.quick else 300)
-        execute(todo, run, timer, case_timeout=timeout, on_result=on_result)
+        if plan.measure == "instructions":
+            count(todo, run, jobs=jobs, case_timeout=case_timeout or 900, on_result=on_result)
+        else:
+            execute(todo, run, timer, case_timeout=case_timeout or (120 if plan.quick else 300), on_result=on_result)
         run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
         run.finish(now())
         return run.run

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
-from scipy import stats as sps
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,8 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
     """
     if n < 1:
         raise ValueError("need at least one sample")
+    from scipy import stats as sps  # here, not at import: workers and Valgrind children start faster
+
     alpha = 1.0 - confidence
     lo = int(sps.binom.ppf(alpha / 2, n, 0.5))
     # ppf gives the smallest k with CDF(k) >= alpha/2; the rank must leave <= alpha/2 below it
@@ -112,6 +113,8 @@ def mann_whitney_critical(m: int, n: int, confidence: float = 0.95) -> int:
     if m < 1 or n < 1:
         return -1
     if m * n > 4000:
+        from scipy import stats as sps
+
         mean, sd = m * n / 2, math.sqrt(m * n * (m + n + 1) / 12)
         return int(math.floor(mean - sps.norm.ppf(1 - alpha) * sd - 0.5))
     # counts[k][u]: ways to get U = u with i samples on one side and k on the other

@@ -269,7 +269,9 @@ def _normalise(url: str):
         parsed = parsed.set(drivername="postgresql+psycopg")
     backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
-        raise UsageError(f"--store {display_url(url)}: unsupported database {backend!r} (use sqlite or postgresql)")
+        raise UsageError(
+            f"--store {display_url(url)}: unsupported database {backend!r} (use sqlite or postgresql)"
+        )
     if backend == "sqlite":
         db = parsed.database
         if not db or db == ":memory:":
@@ -506,7 +508,9 @@ class Store:
                 ).first()
                 if old is not None:
                     if old.digest == digest:
-                        raise _Rollback(f"run {run.run_id} is already stored (ingested {old.ingested}): nothing to do")
+                        raise _Rollback(
+                            f"run {run.run_id} is already stored (ingested {old.ingested}): nothing to do"
+                        )
                     if not replace:
                         raise UsageError(
                             f"run {run.run_id} is already stored with different content (from {old.source or '?'}, "
@@ -521,13 +525,18 @@ class Store:
                         conn.execute(
                             commits.update()
                             .where(commits.c.sha == commit_row["sha"], commits.c.committed.is_(None))
-                            .values(committed=commit_row["committed"], parents=commit_row["parents"],
-                                    subject=commit_row["subject"])  # fmt: skip
+                            .values(
+                                committed=commit_row["committed"],
+                                parents=commit_row["parents"],
+                                subject=commit_row["subject"],
+                            )  # fmt: skip
                         )
                 _insert_ignore(conn, cases, sorted(case_rows.values(), key=lambda r: r["case_id"]))
                 inserted = _insert_ignore(conn, runs, [run_row], returning=runs.c.run_id)
                 if not inserted:  # PostgreSQL: a concurrent ingest of the same run committed first
-                    raise _Rollback(f"run {run.run_id} is already stored (by a concurrent ingest): nothing to do")
+                    raise _Rollback(
+                        f"run {run.run_id} is already stored (by a concurrent ingest): nothing to do"
+                    )
                 if meas_rows:
                     conn.execute(measurements.insert(), meas_rows)
         except _Rollback as skip:
@@ -550,8 +559,11 @@ class Store:
             counts = {
                 r.machine_id: (r.n, r.c)
                 for r in conn.execute(
-                    select(runs.c.machine_id, func.count().label("n"),
-                           func.count(runs.c.commit.distinct()).label("c")).group_by(runs.c.machine_id)  # fmt: skip
+                    select(
+                        runs.c.machine_id,
+                        func.count().label("n"),
+                        func.count(runs.c.commit.distinct()).label("c"),
+                    ).group_by(runs.c.machine_id)  # fmt: skip
                 )
             }
             rows = conn.execute(select(machines).order_by(machines.c.label, machines.c.machine_id)).all()
@@ -560,7 +572,9 @@ class Store:
             for r in rows
         ]
 
-    def runs(self, machine_id: str | None = None, commit: str | None = None, origin: str | None = None) -> list[StoredRun]:
+    def runs(
+        self, machine_id: str | None = None, commit: str | None = None, origin: str | None = None
+    ) -> list[StoredRun]:
         q = select(*(runs.c[f] for f in StoredRun.__dataclass_fields__))
         if machine_id:
             q = q.where(runs.c.machine_id == machine_id)
@@ -603,13 +617,25 @@ class Store:
         with self._read() as conn:
             result = conn.execute(q.order_by(runs.c.started, runs.c.run_id, measurements.c.seq)).all()
         return [
-            Row(r.run_id, r.machine_id, r.commit, r.dirty, r.started, r.case_id, r.status, r.reason, r.loops,
-                tuple(json.loads(r.samples_ns)))  # fmt: skip
+            Row(
+                r.run_id,
+                r.machine_id,
+                r.commit,
+                r.dirty,
+                r.started,
+                r.case_id,
+                r.status,
+                r.reason,
+                r.loops,
+                tuple(json.loads(r.samples_ns)),
+            )  # fmt: skip
             for r in result
         ]
 
     def skips(self, machine_id: str | None = None, origin: str | None = None) -> list[Skip]:
-        q = select(skips.c.commit, skips.c.machine_id, skips.c.origin, skips.c.stage, skips.c.reason, skips.c.at)
+        q = select(
+            skips.c.commit, skips.c.machine_id, skips.c.origin, skips.c.stage, skips.c.reason, skips.c.at
+        )
         if machine_id:
             q = q.where(skips.c.machine_id == machine_id)
         if origin:
@@ -631,8 +657,14 @@ class Store:
             ).all()
         doc = json.loads(head)
         doc["measurements"] = [
-            dict(json.loads(r.record), case=json.loads(r.spec), status=r.status, reason=r.reason, loops=r.loops,
-                 samples_ns=json.loads(r.samples_ns))  # fmt: skip
+            dict(
+                json.loads(r.record),
+                case=json.loads(r.spec),
+                status=r.status,
+                reason=r.reason,
+                loops=r.loops,
+                samples_ns=json.loads(r.samples_ns),
+            )  # fmt: skip
             for r in rows
         ]
         return validate(doc, f"store run {run_id}")

@@ -189,3 +189,17 @@ def judge(
 ) -> Judgement:
     """head vs base from their per-call samples."""
     return decide(ratio_interval(base, head), rule, workload, base_rounds, head_rounds)
+
+
+# Instruction counts are repeatable to a few 1e-4 (harness/instructions.py), so they are gated at 1%:
+# the same rule, with an interval standing for their measured repeatability.
+INSTRUCTIONS_RULE = Rule(threshold=0.01, noise_band=0.002)
+COUNT_FLOOR = 1e-4  # what differs between two environments (variables, paths) even for identical code
+
+
+def count_estimate(base: float, head: float, base_spread: float, head_spread: float) -> RatioEstimate:
+    """head/base instructions per call with an interval of three times the larger repeatability
+    (the relative spread between a count's repeated segments), never narrower than COUNT_FLOOR."""
+    ratio = head / base
+    half = 3 * max(base_spread, head_spread, COUNT_FLOOR)
+    return RatioEstimate(ratio, (ratio * (1 - half), ratio * (1 + half)))

@@ -1,9 +1,11 @@
 """The HTML report's structure: the speed-up matrix, problems, changes between runs, plots and size.
 
 Checked without a browser (tests/test_report_browser.py renders the page in Chromium): matrix cells
-against the measurement table and the shared verdict, skips grouped by reason, several runs shown as
-a change computed by elbolab.compare, one colour per backend across every figure, legends clear of
-the axes, shared y ranges, and the size of the default report of the 720-case reference run.
+against the measurement table and the shared verdict, skips grouped by reason, anomalies grouped by
+kind, the machine's health, accuracy, instruction counts and the CUDA clock beside the time, thread
+scaling against the shared ratio estimate, several runs shown as a change computed by
+elbolab.compare, one colour per backend across every figure, legends clear of the axes, shared y
+ranges, and the size of the default report of the 720-case reference run.
 """
 
 from __future__ import annotations
@@ -17,15 +19,26 @@ from pathlib import Path
 
 import pytest
 from elbolab.case import Case
-from elbolab.measurement import Check, Measurement
+import numpy as np
+from elbolab.anomalies import find
+from elbolab.measurement import Check, InstructionCounts, Measurement
 from elbolab.report import plots
-from elbolab.report.html import build_views, fmt_speed, problems, render, speed_colour, speedup_matrices
+from elbolab.report.html import (
+    accuracy_text,
+    build_views,
+    check_digits,
+    fmt_speed,
+    problems,
+    render,
+    speed_colour,
+    speedup_matrices,
+)
 from elbolab.report.tables import LoadedRun, measurement_table, summary_table
 from elbolab.results import load
-from elbolab.verdict import Verdict
+from elbolab.verdict import Verdict, judge
 from matplotlib.text import Text
 
-from tests.builders import make_run, ok
+from tests.builders import make_run, noisy, ok
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "data" / "run_fixture.json"
@@ -323,6 +336,7 @@ def drawn(table, doc):
         mp.setattr(plots, "_svg", keep)
         for w in dict.fromkeys(part.workload):
             plots.time_vs_batch(part, w)
+        plots.thread_scaling(part, "elbo")
         plots.bandwidth(part, doc.limits)
         plots.roofline(part, doc.limits)
         plots.distributions(part)
@@ -348,10 +362,11 @@ def _geometry(fig) -> dict:
 
 
 def test_legends_never_cover_the_axes_and_text_stays_in_the_figure(drawn):
-    # a time figure per workload (elbo, vae_step), bandwidth, roofline, noise, training
+    # a time figure per workload (elbo, vae_step), thread scaling, bandwidth, roofline, noise, training
     assert [salt for salt, _, _ in drawn] == [
         "time-elbo",
         "time-vae_step",
+        "threads-elbo",
         "bandwidth",
         "roofline",
         "distributions",
@@ -362,7 +377,7 @@ def test_legends_never_cover_the_axes_and_text_stays_in_the_figure(drawn):
             for ax in g["axes"]:
                 overlap = legend.intersection(legend, ax)
                 assert overlap is None or overlap.width * overlap.height < 1, f"{salt}: legend over axes"
-        for t in g["texts"]:
+        for t in g["texts"] + g["legends"]:
             assert t.x0 >= -1 and t.y0 >= -1, f"{salt}: text cut off at the left/bottom"
             assert t.x1 <= g["bbox"].width + 1 and t.y1 <= g["bbox"].height + 1, f"{salt}: text cut off"
 
@@ -379,6 +394,9 @@ def test_facets_of_one_quantity_share_the_y_range(drawn):
     for salt, _fig, g in drawn:
         if salt.startswith(("time-", "bandwidth", "distributions")):
             assert len({tuple(np_round(y)) for y in g["ylims"]}) == 1, f"{salt}: y ranges differ"
+        if salt.startswith("threads-"):  # row 1: speed-up, row 2: efficiency, a panel per batch
+            half = len(g["ylims"]) // 2
+            assert len({tuple(y) for y in g["ylims"][:half]}) == 1 and len({tuple(y) for y in g["ylims"][half:]}) == 1
         if salt == "training" and len(g["ylims"]) > 2:  # a panel per dtype: the same quantity
             assert tuple(g["ylims"][1]) == tuple(g["ylims"][2])
 
@@ -413,7 +431,8 @@ def test_the_default_report_of_the_reference_run_is_under_1_mb(tmp_path):
     elapsed = time.perf_counter() - start
     size = len(page.encode("utf-8"))
     assert size < MAX_BYTES, f"{size} bytes"
-    assert page.count("<svg") <= 10  # one time figure per workload, not per workload x variant x kind
+    # a time and a thread-scaling figure per workload (not per workload x variant x kind), and 4 more
+    assert page.count("<svg") <= 12
     assert elapsed < 60  # generous: ~10 s on a 2-core machine; tests never assert a tight timing
     assert_one_colour_per_backend(page)
 
@@ -425,3 +444,216 @@ def test_a_run_without_measurements_or_without_the_baseline_still_renders():
     page = render(build_views([LoadedRun("r", "r.json", only_rust)], with_plots=False))
     matrix = page[page.index('id="matrix"') : page.index('id="problems"')]
     assert matrix.count(">n/a</td>") == 2 and "no numpy measurement to compare with" in matrix
+
+
+# ------------------------------------------------------------------------------ a run with everything
+
+EVIL = "<b>evil</b>"
+PER_CALL = {"Ir": 1_200_000, "Dr": 300_000, "Dw": 100_000, "I1mr": 50, "D1mr": 20_000, "D1mw": 5_000,
+            "ILmr": 10, "DLmr": 1_000, "DLmw": 200}  # fmt: skip
+HEALTH = {
+    "start": {
+        "facts": {"environment": {"OPENBLAS_CORETYPE": "Haswell"}, "cores_available": 4,
+                  "load_average": [0.5, 0.25, 0.125], "governor": None, "simd": ["avx2", "fma"],
+                  "blas": [{"internal_api": "openblas", "num_threads": 4}], "virtualisation": EVIL},
+        "warnings": [f"virtual machine ({EVIL}): neighbours on the host can slow it down",
+                     "OPENBLAS_CORETYPE=Haswell forces OpenBLAS's Haswell kernels"],
+    },  # fmt: skip
+    "end": {"load_average": [1.9, 1.2, 0.8]},
+}
+
+
+def counts(calls: int = 10) -> InstructionCounts:
+    start = {k: 500 for k in PER_CALL}
+    segments = [start] + [{k: start[k] + calls * v + i for k, v in PER_CALL.items()} for i in range(3)]
+    return InstructionCounts("callgrind", calls, tuple(segments))
+
+
+def rich_run():
+    """elbo float64: numpy (flat with threads) and rust (scales) at 1, 2 and 4 threads and four
+    batches, every rust case with a slow first call; torch on CUDA with device events; numba
+    counted, not timed; one less accurate case; an oversubscribed case; the machine's health."""
+    rng = np.random.default_rng(1)
+    fine = Check(ok=True, worst_output="elbo", rel_err=1e-16, error_units=1.5, bound_units=800.0,
+                 expected_units=40.0, digits=16.0)  # fmt: skip
+    sloppy = Check(ok=True, worst_output="recon", rel_err=5e-13, error_units=40.0, bound_units=900.0,
+                   expected_units=5.0, digits=12.3, less_accurate=True)  # fmt: skip
+    ms = []
+    for batch in (1, 128, 1024, 8192):
+        for t in (1, 2, 4):
+            per = 2e3 + 40.0 * batch
+            m = replace(ok(Case("elbo", "numpy", batch=batch, threads=t), noisy(rng, per)), check=fine)
+            if batch == 8192 and t == 2:
+                m = replace(m, cpu_ns=int(4e9), wall_ns=int(1e9))
+            ms.append(m)
+            rust = ok(Case("elbo", "rust", batch=batch, threads=t), noisy(rng, (5e2 + 10.0 * batch) / (1 + 0.8 * (t - 1))))
+            ms.append(replace(rust, first_call_ns=int(5e9), check=sloppy if (batch, t) == (1024, 1) else fine))
+        host = ok(Case("elbo", "torch", "cuda", batch=batch), noisy(rng, 3e4))
+        device = tuple(float(x) * host.loops for x in noisy(rng, 8e3, n=len(host.samples_ns)))
+        ms.append(replace(host, device_samples_ns=device, check=fine))
+        ms.append(Measurement(Case("elbo", "numba", batch=batch), "ok", loops=0, counts=counts(), check=fine))
+    return replace(make_run(ms), health=HEALTH)
+
+
+@pytest.fixture(scope="module")
+def rich():
+    run = rich_run()
+    return run, render(build_views([LoadedRun("rich", "rich.json", run)]))
+
+
+def _section(page: str, name: str) -> str:
+    start = page.index(f'<section id="{name}"')
+    return page[start : page.index("</section>", start)]
+
+
+def _block(page: str, workload: str) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of one per-case table, as text."""
+    details = _section(page, "details")
+    start = details.index(f"<summary>{workload}: ")
+    table = details[start : details.index("</table>", start)]
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    rows = [re.findall(r"<td>([^<]*)</td>", row) for row in re.findall(r"<tr class=[^>]*>(.*?)</tr>", table)]
+    return header, rows
+
+
+def test_thread_scaling_is_the_shared_ratio_over_each_backends_own_one_thread_time():
+    run = rich_run()
+    table = measurement_table(run)
+    sc = plots.thread_scaling_data(table, "elbo")
+    assert (sc.dtype, sc.variant) == ("float64", "eps=given")
+    assert sc.batches == [128, 8192]  # the batch nearest the log-middle of 1..8192, and the largest
+    pts = sc.points
+    assert set(pts.backend) == {"numpy", "rust"}  # torch (cuda) ran at one thread, numba was counted
+    assert sorted(set(pts.threads)) == [1, 2, 4] and set(pts.batch) == {128, 8192}
+    for r in pts[pts.threads > 1].itertuples():
+        rows = table[(table.workload == "elbo") & (table.backend == r.backend) & (table.batch == r.batch)]
+        one = rows[rows.threads == 1].iloc[0].m
+        at = rows[rows.threads == r.threads].iloc[0].m
+        j = judge(one.per_call_ns, at.per_call_ns, workload="elbo")
+        assert r.speedup == pytest.approx(j.speedup.value) and (r.lo, r.hi) == pytest.approx(j.speedup.ci95)
+        assert r.efficiency == pytest.approx(r.speedup / r.threads) and r.verdict == j.verdict.value
+    rust4 = pts[(pts.backend == "rust") & (pts.threads == 4) & (pts.batch == 8192)].iloc[0]
+    assert 3.0 < rust4.speedup < 3.8 and rust4.verdict == "faster"
+    numpy4 = pts[(pts.backend == "numpy") & (pts.threads == 4)]
+    assert all(0.9 < s < 1.1 for s in numpy4.speedup)
+    svg = plots.thread_scaling(table, "elbo")
+    tagged = set(re.findall(r'data-backend="([^"]+)" data-device="cpu"', svg))
+    assert tagged == {"numpy", "rust"}
+    assert "ideal: speed-up = threads" in svg and "efficiency" in svg
+    # one thread count only: nothing to scale
+    single = make_run([ok(Case("elbo", b, batch=n), [1e4] * 9) for b in ("numpy", "rust") for n in (1, 128)])
+    assert plots.thread_scaling(measurement_table(single), "elbo") is None
+
+
+def test_the_plots_have_a_thread_scaling_figure_per_workload(rich, fixture_page):
+    _, page = rich
+    plots_html = _section(page, "plots")
+    assert plots_html.count('aria-label="thread scaling: ') == 1  # elbo
+    assert plots_html.index('aria-label="time vs batch: elbo"') < plots_html.index('aria-label="thread scaling: elbo"')
+    # the fixture: threads 1 and 2 for five backends in every workload
+    assert _section(fixture_page, "plots").count('aria-label="thread scaling: ') == 4
+    assert_one_colour_per_backend(page, min_figures=3)
+
+
+def test_anomalies_are_grouped_by_kind_with_their_likely_cause(rich):
+    run, page = rich
+    found = find(run)
+    kinds = {a.kind for a in found}
+    assert {"slow first call", "oversubscribed"} <= kinds
+    p = _section(page, "problems")
+    total = len(found)
+    assert f"Anomalies: {total} in {len(kinds)} kinds" in p
+    slow = [a for a in found if a.kind == "slow first call"]
+    assert len(slow) == 12 and f"slow first call: {len(slow)}</strong>" in p
+    assert p.count(slow[0].likely_cause) == 1  # the cause once for the kind, not once per case
+    # many cases: collapsed; one case: listed
+    block = p[p.index("slow first call: 12") :]
+    assert block.index("<details><summary>the 12 cases</summary>") < block.index("elbo eps=given float64 B=1 t=1 rust (cpu)")
+    over = p[p.index("oversubscribed: 1") :]
+    assert "elbo eps=given float64 B=8192 t=2 numpy (cpu)" in over[: over.find("</table>")]
+    assert "<details>" not in over[: over.find("</table>")]
+    assert "CPU time 4.0x wall time" in p
+
+
+def test_the_machines_warnings_lead_the_problems_and_its_facts_are_in_the_machine_section(rich):
+    _, page = rich
+    p = _section(page, "problems")
+    machine = p.index("The machine")
+    assert machine < p.index("Failed, incorrect") if "Failed, incorrect" in p else machine < p.index("No case failed")
+    assert "2 warnings at the start of the run" in p
+    assert "virtual machine (&lt;b&gt;evil&lt;/b&gt;)" in p and "<b>evil" not in page
+    assert "OPENBLAS_CORETYPE=Haswell forces" in p
+    assert "0.50, 0.25, 0.12 at the start, 1.90, 1.20, 0.80 at the end" in p and "on 4 cores" in p
+    m = _section(page, "machine")
+    assert "Machine health" in m
+    assert "OPENBLAS_CORETYPE=Haswell" in m and "internal_api openblas, num_threads 4" in m
+    assert "avx2, fma" in m and "not visible here" in m  # governor None: the system does not show it
+    assert "load average at the end (1, 5, 15 min)</td><td class=\"wrap\">1.90, 1.20, 0.80" in m
+    # a run recorded before elbolab doctor says so, once, and has no health table
+    old = render(build_views([LoadedRun("old", "o.json", make_run([ok(Case("elbo", "numpy"), [1e4] * 9)]))],
+                             with_plots=False))  # fmt: skip
+    assert "No machine health recorded" in old and "Machine health" in _section(old, "machine")
+
+
+def test_accuracy_is_shown_beside_the_median_and_explained(rich):
+    _, page = rich
+    header, rows = _block(page, "elbo")
+    median = header.index("median / call [95% CI]")
+    assert header[median + 1] == "correct digits (worst output)"
+    acc = [r[median + 1] for r in rows]
+    assert acc.count("16.0 (elbo)") == len(rows) - 1
+    (sloppy,) = [a for a in acc if a.startswith("⚠")]
+    assert sloppy == "⚠ 12.3 (recon) less accurate: 40 u; careful ≤ 5 u, bound 900 u"
+    method = _section(page, "method")
+    assert "Higham and Mary" in method and "less accurate" in method and "correct decimal digits" in method
+    # schema-1 checks recorded only a relative error: digits as elbolab.accuracy computes them
+    assert check_digits(Check(ok=True, rel_err=1e-12)) == pytest.approx(12.0)
+    assert accuracy_text(Check(ok=True, rel_err=0.0)) == "exact"
+    assert accuracy_text(None) == "" and accuracy_text(Check(ok=True)) == ""
+    wrong = Check(ok=False, worst_output="z", error_units=5000.0, bound_units=900.0, digits=9.0)
+    assert accuracy_text(wrong) == "✗ 9.0 (z) beyond the bound: 5e+03 u; bound 900 u"
+
+
+def test_instruction_counts_stand_beside_time_and_never_enter_the_matrix_or_plots(rich):
+    run, page = rich
+    header, rows = _block(page, "elbo")
+    for col in ("instructions / call", "est. cycles / call", "L1 / LL misses / call"):
+        assert col in header
+    i, c, b = header.index("instructions / call"), header.index("est. cycles / call"), header.index("backend")
+    numba = [r for r in rows if r[b] == "numba"]
+    assert len(numba) == 4
+    m = next(x for x in run.measurements if x.counts is not None)
+    for r in numba:
+        assert r[header.index("median / call [95% CI]")] == "counted, not timed"
+        assert r[i].startswith("1.2 M") and r[c] == f"{m.counts.estimated_cycles / 1e6:.3g} M"
+    others = [r for r in rows if r[b] != "numba"]
+    assert all(r[i] == "" for r in others)
+    matrix = _section(page, "matrix")
+    assert matrix.count(">counted</td>") == 4 and "1.2 M instructions" in matrix
+    figures = re.findall(r"<svg.*?</svg>", _section(page, "plots"), flags=re.S)
+    assert figures and not any('data-backend="numba"' in f for f in figures)
+    # a run of counted cases only: no time anywhere, and the page still renders
+    only = make_run([Measurement(Case("elbo", b, batch=n), "ok", counts=counts()) for b in ("numpy", "rust")
+                     for n in (1, 128)])  # fmt: skip
+    page = render(build_views([LoadedRun("counted", "c.json", only)]))
+    assert _section(page, "matrix").count(">counted</td>") == 4 and "<svg" not in page
+    # columns that no case in a block needs are left out
+    header, _ = _block(render(build_views([LoadedRun("r", "r.json", make_run([ok(Case("elbo", "numpy"), [1e4] * 9)]))],
+                                          with_plots=False)), "elbo")  # fmt: skip
+    assert "instructions / call" not in header and "device / call (CUDA events) [95% CI]" not in header
+
+
+def test_cuda_times_say_which_clock_and_give_the_device_median(rich):
+    _, page = rich
+    header, rows = _block(page, "elbo")
+    b, med = header.index("backend"), header.index("median / call [95% CI]")
+    dev = header.index("device / call (CUDA events) [95% CI]")
+    cuda = [r for r in rows if r[b] == "torch (cuda)"]
+    assert len(cuda) == 4
+    for r in cuda:
+        assert r[med].endswith("(host clock)") and 25 < float(r[med].split()[0]) < 35  # ~30 µs on the host
+        assert r[dev].split()[1] == "µs" and 6 < float(r[dev].split()[0]) < 10  # ~8 µs between the CUDA events
+    assert all(r[dev] == "" and "host clock" not in r[med] for r in rows if r[b] != "torch (cuda)")
+    matrix = _section(page, "matrix")
+    assert "host clock, stopped after torch.cuda.synchronize(); CUDA events: " in matrix
+    assert "torch.cuda.synchronize()" in _section(page, "method")

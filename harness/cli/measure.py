@@ -49,7 +49,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         backends=args.backend, workloads=args.workload, batches=args.batch, dtypes=args.dtype,
         threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick, seed=args.seed,
         input_dim=args.input_dim, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
-        importance_samples=args.importance_samples,
+        importance_samples=args.importance_samples, measure=getattr(args, "measure", "time"),
     )  # fmt: skip
 
 
@@ -69,6 +69,10 @@ def add_commands(sub) -> None:
     existing.add_argument("--overwrite", action="store_true", help="replace the results file --out")
     p.add_argument("--timeout", type=seconds, help="seconds per case before its worker is killed")
     p.add_argument("--no-limits", action="store_true", help="skip measuring bandwidth and peak flops")
+    p.add_argument("--measure", choices=("time", "instructions"), default="time",
+                   help="time the cases (default), or count their instructions under Valgrind (callgrind)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="--measure instructions: cases counted side by side (counts do not depend on load)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train the digits VAE on every backend; record the loss curves")
@@ -121,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with RunProgress() as progress:
         run = run_plan(
             plan, out, mode=mode, case_timeout=args.timeout, measure_limits=not args.no_limits,
-            on_result=progress.measured, on_plan=progress.planned,
+            on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs,
         )  # fmt: skip
     print_run_summary(run, stdout_console())
     print(f"results: {out} (every case: elbolab show {out})")

@@ -129,8 +129,8 @@ def print_compare(report: Report, console: Console, outcome: str | None = None) 
         verdict = c.word
         table.add_row(
             escape(c.case.label()),
-            fmt_time(c.base_median, report.normalized),
-            fmt_time(c.head_median, report.normalized),
+            fmt_time(c.base_median, report.normalized, c.unit),
+            fmt_time(c.head_median, report.normalized, c.unit),
             f"{c.ratio:.3f} ({fmt_interval(c.ci95)})",
             fmt_change(c.ratio),
             f"[{style}]{verdict}[/]" if style else verdict,

@@ -50,6 +50,15 @@ def fmt_interval(ci: tuple[float, float], digits: int = 3) -> str:
     return f"{lo:.{digits}f}–{'∞' if math.isinf(hi) else f'{hi:.{digits}f}'}"
 
 
-def fmt_time(value: float, normalized: bool = False) -> str:
-    """A time per call, or a multiple of a normalization reference."""
+def fmt_time(value: float, normalized: bool = False, unit: str = "ns") -> str:
+    """A time per call, a multiple of a normalization reference, or instructions per call."""
+    if unit == "instructions":
+        return fmt_count(value) + " instr"
     return f"{value:.3g}× ref" if normalized else fmt_ns(value)
+
+
+def fmt_count(value: float) -> str:
+    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.4g}{suffix}"
+    return f"{value:.4g}"

@@ -26,8 +26,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
+from elbolab import anomalies
+from elbolab.case import Case
 from elbolab.compare import CompareError, Reference, Report, compare
+from elbolab.measurement import Check, Measurement
 from elbolab.report import plots
 from elbolab.report.claims import check_claims
 from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
@@ -40,6 +44,7 @@ from elbolab.report.tables import (
     measurement_table,
     summary_table,
 )
+from elbolab.stats import summarize
 from elbolab.verdict import DEFAULT_RULE, Verdict
 from markupsafe import Markup
 
@@ -56,6 +61,7 @@ class RunView:
     table: pd.DataFrame
     summary: pd.DataFrame
     claims: list = field(default_factory=list)
+    anomalies: list[dict] = field(default_factory=list)
     figures: list[tuple[str, Markup]] = field(default_factory=list)
 
 
@@ -77,7 +83,11 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
 
 
 def _case_text(r) -> str:
-    return f"{r.workload} {r.variant} {r.dtype} B={r.batch} t={r.threads} {r.backend} ({r.device})"
+    return case_text(r.m.case)
+
+
+def case_text(c: Case) -> str:
+    return f"{c.workload} {c.variant} {c.dtype} B={c.batch} t={c.threads} {c.backend} ({c.device})"
 
 
 def _workload_title(workload: str, variant: str) -> str:
@@ -113,6 +123,72 @@ def colour_scale() -> list[tuple[str, str, str]]:
         bg, fg = speed_colour(s)
         out.append((fmt_speed(s) if s >= 1 else f"1/{1 / s:.0f}", bg, fg))
     return out
+
+
+# ------------------------------------------------------------------------------------ one measurement
+
+CUDA_CLOCK = "host clock, stopped after torch.cuda.synchronize()"
+
+
+def fmt_count(v: float | None) -> str:
+    """A count per call with an SI prefix: '1.23 M'."""
+    if missing(v):
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.3g}"
+
+
+def check_digits(check: Check | None) -> float | None:
+    """Correct decimal digits of the worst output (17: exact), also for results that recorded only
+    a relative error (schema 1), computed as elbolab.accuracy does."""
+    if check is None:
+        return None
+    if check.digits is not None:
+        return check.digits
+    if check.rel_err is None or not math.isfinite(check.rel_err):
+        return None
+    return 17.0 if check.rel_err == 0 else min(17.0, max(0.0, -math.log10(check.rel_err)))
+
+
+def accuracy_text(check: Check | None) -> str:
+    """'15.7 (elbo)': correct digits of the worst output; the error and bounds in roundoff units
+    where it is less accurate than careful arithmetic, or wrong."""
+    digits = check_digits(check)
+    if digits is None:
+        return ""
+    text = "exact" if digits >= 17 else f"{digits:.1f}"
+    if check.worst_output:
+        text += f" ({check.worst_output})"
+    if check.less_accurate or not check.ok:
+        units = ""
+        if check.error_units is not None and check.bound_units is not None:
+            careful = f"careful ≤ {check.expected_units:.3g} u, " if check.expected_units is not None else ""
+            units = f": {check.error_units:.3g} u; {careful}bound {check.bound_units:.3g} u"
+        text = ("⚠ " if check.ok else "✗ ") + text + (" less accurate" if check.ok else " beyond the bound") + units
+    return text
+
+
+def counted(m: Measurement) -> bool:
+    """Measured by counting instructions, not timed: no time, so no speed-up and no plot."""
+    return m.counts is not None and not m.samples_ns
+
+
+def device_median(m: Measurement) -> tuple[float, float, float] | None:
+    """Median per call between CUDA events (device clock) with its 95% CI, or None."""
+    if not m.device_samples_ns or m.loops < 1:
+        return None
+    s = summarize(np.asarray(m.device_samples_ns, dtype=np.float64) / m.loops)
+    return s.median, s.ci95[0], s.ci95[1]
+
+
+def _time_note(m: Measurement) -> str:
+    """For a case on a device: which clock its time is, and the device's own median."""
+    if m.case.device == "cpu":
+        return ""
+    dev = device_median(m)
+    return f" ({CUDA_CLOCK}" + (f"; CUDA events: {fmt_ns(dev[0])} per call)" if dev else ")")
 
 
 # ------------------------------------------------------------------------------------ matrices
@@ -174,6 +250,10 @@ def _cell(r, baseline: str, winner: bool) -> Cell:
     if r is None:
         return Cell("", "none", title="not measured in this run")
     where = f"{r.label}, B={r.batch}"
+    if counted(r.m):
+        c = r.m.counts
+        return Cell("counted", "na", title=f"{where}: counted, not timed: {fmt_count(c.instructions)} instructions, "
+                    f"{fmt_count(c.estimated_cycles)} estimated cycles per call")  # fmt: skip
     if r.status == "skipped":
         return Cell("–", "skip", title=f"{where}: skipped: {_plain(r.reason)}")
     if r.status in BROKEN:
@@ -183,16 +263,17 @@ def _cell(r, baseline: str, winner: bool) -> Cell:
         return Cell(
             fmt_ns(r.median_ns),
             "base win" if winner else "base",
-            title=f"{where}: the baseline, median {fmt_ns(r.median_ns)} {ci} per call"
+            title=f"{where}: the baseline, median {fmt_ns(r.median_ns)} {ci} per call{_time_note(r.m)}"
             + ("; the fastest valid backend here" if winner else ""),
         )
     if r.implausible:
         return Cell("⚠ implausible", "flag", title=f"{where}: {r.plausibility}")
     if missing(r.speedup) or not r.verdict:
         return Cell("n/a", "na", title=f"{where}: {_plain(r.speedup_note) or 'no speed-up'}")
-    title = f"{where}: {fmt_ns(r.median_ns)} per call; over {baseline}"
+    title = f"{where}: {fmt_ns(r.median_ns)} per call{_time_note(r.m)}; over {baseline}"
     if winner:
-        title = f"{where} (the fastest valid backend here): {fmt_ns(r.median_ns)} per call; over {baseline}"
+        title = (f"{where} (the fastest valid backend here): {fmt_ns(r.median_ns)} per call{_time_note(r.m)}; "
+                 f"over {baseline}")  # fmt: skip
     return _speed_cell(r.speedup, r.speedup_lo, r.speedup_hi, Verdict(r.verdict), title, winner)
 
 
@@ -280,6 +361,69 @@ def problems(df: pd.DataFrame) -> dict:
     ]
     flagged = [(_case_text(r), r.plausibility) for r in df[df.implausible].itertuples()]
     return {"failures": failures, "skipped": skipped, "less_accurate": less, "implausible": flagged}
+
+
+COLLAPSE = 5  # an anomaly with more cases than this lists them collapsed
+
+
+def anomaly_groups(found: list[anomalies.Anomaly]) -> list[dict]:
+    """elbolab.anomalies grouped by kind, the most frequent first: the count, the likely cause(s)
+    and the cases with their details."""
+    groups: dict[str, dict] = {}
+    for a in found:
+        g = groups.setdefault(a.kind, {"kind": a.kind, "causes": [], "cases": []})
+        if a.likely_cause not in g["causes"]:
+            g["causes"].append(a.likely_cause)
+        g["cases"].append((case_text(a.case), a.detail))
+    out = sorted(groups.values(), key=lambda g: -len(g["cases"]))
+    for g in out:
+        g["count"] = len(g["cases"])
+        g["collapsed"] = g["count"] > COLLAPSE
+    return out
+
+
+def _loads(value) -> str:
+    if not isinstance(value, (list, tuple)) or not value:
+        return ""
+    return ", ".join(f"{x:.2f}" if isinstance(x, (int, float)) else _plain(x) for x in value)
+
+
+def machine_health(health: dict) -> dict:
+    """The problems section's view of elbolab.health: the warnings seen at the start of the run
+    and the load average at its start and end."""
+    start = health.get("start") if isinstance(health, dict) else None
+    end = health.get("end") if isinstance(health, dict) else None
+    start = start if isinstance(start, dict) else {}
+    end = end if isinstance(end, dict) else {}
+    facts = start.get("facts") if isinstance(start.get("facts"), dict) else {}
+    warnings = [_plain(w) for w in start.get("warnings") or [] if w]
+    end_load = end.get("load_average")
+    if end_load is None and isinstance(end.get("facts"), dict):
+        end_load = end["facts"].get("load_average")
+    return {
+        "recorded": bool(start or end),
+        "warnings": warnings,
+        "load_start": _loads(facts.get("load_average")),
+        "load_end": _loads(end_load),
+        "cores": _plain(facts.get("cores_available")),
+    }
+
+
+def _fact(v) -> str:
+    """A health fact as text: dicts as k=v, lists of dicts one item each."""
+    if v is None:
+        return "not visible here"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}={_plain(x)}" for k, x in v.items()) or "none"
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return "none"
+        if all(isinstance(x, dict) for x in v):
+            return "; ".join(", ".join(f"{k} {_plain(y)}" for k, y in x.items() if y not in (None, "")) for x in v)
+        if all(isinstance(x, float) for x in v):
+            return _loads(v)
+        return ", ".join(_plain(x) for x in v)
+    return _plain(v)
 
 
 # ------------------------------------------------------------------------------------ changes
@@ -432,6 +576,27 @@ def _section(view: RunView, section: str) -> dict:
     return view.run.run.header_json().get(section) or {}
 
 
+def _health_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
+    """elbolab doctor's facts at the start of each run, its warnings, and the load at the end."""
+    starts, ends = [], []
+    for v in views:
+        h = v.run.run.health if isinstance(v.run.run.health, dict) else {}
+        start, end = h.get("start") or {}, h.get("end") or {}
+        starts.append(start if isinstance(start, dict) else {})
+        ends.append(end if isinstance(end, dict) else {})
+    if not any(starts) and not any(ends):
+        return ["fact"] + [v.run.label for v in views], []
+    keys: list[str] = []
+    for s in starts:
+        for k in s.get("facts") or {}:
+            if k not in keys:
+                keys.append(k)
+    rows = [[k] + [_fact((s.get("facts") or {}).get(k)) for s in starts] for k in keys]
+    rows.append(["warnings at the start"] + ["; ".join(map(_plain, s.get("warnings") or [])) or "none" for s in starts])
+    rows.append(["load average at the end (1, 5, 15 min)"] + [machine_health(v.run.run.health)["load_end"] for v in views])
+    return ["fact"] + [v.run.label for v in views], rows
+
+
 def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
     def gb(x):
         return f"{x / 1e9:.3g} GB/s" if x else "not measured"
@@ -476,7 +641,9 @@ def _figures(view: RunView) -> list[tuple[str, Markup]]:
     if df.empty:
         figs: list[tuple[str, str | None]] = [("training", plots.training_losses(run.training))]
     else:
-        figs = [(f"time vs batch: {w}", plots.time_vs_batch(df, w)) for w in dict.fromkeys(df.workload)]
+        workloads = list(dict.fromkeys(df.workload))
+        figs = [(f"time vs batch: {w}", plots.time_vs_batch(df, w)) for w in workloads]
+        figs += [(f"thread scaling: {w}", plots.thread_scaling(df, w)) for w in workloads]
         figs += [
             ("achieved bandwidth", plots.bandwidth(df, run.limits)),
             ("roofline", plots.roofline(df, run.limits)),
@@ -494,6 +661,7 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
         summary = summary_table(table, baseline) if not table.empty else pd.DataFrame()
         view = RunView(run, table, summary)
         view.claims = check_claims(table, run.run)
+        view.anomalies = anomaly_groups(anomalies.find(run.run))
         if with_plots and i == len(runs) - 1:
             view.figures = _figures(view)
         views.append(view)
@@ -503,15 +671,51 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
 # ------------------------------------------------------------------------------------ render
 
 
+MEDIAN = "median / call [95% CI]"
+ACCURACY = "correct digits (worst output)"
+OPTIONAL = (ACCURACY, "device / call (CUDA events) [95% CI]", "instructions / call", "est. cycles / call",
+            "L1 / LL misses / call")  # fmt: skip
+
+
+def _case_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """display_table with accuracy beside the median, the device clock's median beside the host's
+    for CUDA cases, and the instruction counts of counted cases."""
+    shown = display_table(df)
+    ms = list(df["m"])
+    median = []
+    for text, m in zip(shown[MEDIAN], ms, strict=True):
+        if counted(m):
+            text = "counted, not timed"
+        elif text and m.case.device != "cpu":
+            text += " (host clock)"
+        median.append(text)
+    shown[MEDIAN] = median
+    extra = {ACCURACY: [accuracy_text(m.check) for m in ms]}
+    dev = [device_median(m) for m in ms]
+    extra[OPTIONAL[1]] = [f"{fmt_ns(d[0])} [{fmt_ns(d[1])}, {fmt_ns(d[2])}]" if d else "" for d in dev]
+    cs = [m.counts for m in ms]
+    extra[OPTIONAL[2]] = [
+        fmt_count(c.instructions) + (f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else "") if c else "" for c in cs
+    ]
+    extra[OPTIONAL[3]] = [fmt_count(c.estimated_cycles) if c else "" for c in cs]
+    extra[OPTIONAL[4]] = [f"{fmt_count(c.l1_misses)} / {fmt_count(c.ll_misses)}" if c else "" for c in cs]
+    at = list(shown.columns).index(MEDIAN) + 1
+    for i, (name, values) in enumerate(extra.items()):
+        shown.insert(at + i, name, values)
+    return shown
+
+
 def _details(v: RunView) -> list[dict]:
-    """The per-case table of one run, one collapsed block per workload."""
+    """The per-case table of one run, one collapsed block per workload; a column that is empty in
+    a block (no device clock, no counts) is left out of it."""
     if v.table.empty:
         return []
-    shown = display_table(v.table)
+    shown = _case_columns(v.table)
     out = []
     for workload in dict.fromkeys(v.table.workload):
         mask = (v.table.workload == workload).to_numpy()
         part, sub = shown[mask], v.table[mask]
+        part = part.drop(columns=[c for c in OPTIONAL if not any(part[c])])
         not_ok = int((sub.status != "ok").sum())
         out.append(
             {
@@ -558,6 +762,8 @@ def _run_ctx(v: RunView, baseline: str) -> dict:
         "winners_header": list(winners.columns),
         "winners_rows": _rows(winners),
         "problems": problems(v.table),
+        "health": machine_health(v.run.run.health),
+        "anomalies": v.anomalies,
         "claims": [c.to_json() for c in v.claims],
         "figures": v.figures,
         "training": _training(v),
@@ -585,11 +791,14 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
         scale=colour_scale(),
         rule=DEFAULT_RULE.describe(),
         key_fields=", ".join(KEY_FIELDS),
+        cuda_clock=CUDA_CLOCK,
+        svg_css=Markup(plots.SVG_CSS),
         meta=[
             ("Machine", _meta_rows(views, "machine")),
             ("Software", _meta_rows(views, "software")),
             ("Git", _meta_rows(views, "git")),
             ("Config", _meta_rows(views, "config")),
+            ("Machine health (elbolab doctor at the start of the run; load at its end)", _health_rows(views)),
             ("Measured limits", _limits_rows(views)),
         ],
     )

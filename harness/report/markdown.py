@@ -52,7 +52,7 @@ def compare_report(report: Report, title: str = "elbolab gate", outcome: str | N
     ]
     if report.comparisons:
         rows = [
-            (c.case.label(), fmt_time(c.base_median, report.normalized), fmt_time(c.head_median, report.normalized),
+            (c.case.label(), fmt_time(c.base_median, report.normalized, c.unit), fmt_time(c.head_median, report.normalized, c.unit),
              f"{c.ratio:.3f} ({fmt_interval(c.ci95)})", fmt_change(c.ratio), c.word)
             for c in report.comparisons
         ]  # fmt: skip

@@ -13,7 +13,8 @@ backend a path belongs to.
 
 The SVG is made small: coordinates rounded (0.1 pt in paths, 0.01 elsewhere), the per-text font
 list and identity transforms dropped (the page's CSS sets the font), matplotlib's unreferenced
-element ids removed, whitespace between tags collapsed.
+element ids removed, whitespace between tags collapsed, and the styles repeated on every grid line,
+tick and spine replaced by classes (the page includes SVG_CSS).
 """
 
 from __future__ import annotations
@@ -204,6 +205,18 @@ def _unwrap_bare_groups(text: str) -> str:
     return "".join(out)
 
 
+# The styles matplotlib repeats on every grid line, tick and spine, as classes set by the page's CSS
+# (SVG_CSS): a grid line's 90-character style attribute becomes class="g".
+STYLE_CLASSES = {
+    "fill: none; stroke: #b0b0b0; stroke-opacity: 0.3; stroke-width: 0.8; stroke-linecap: square": "g",
+    "stroke: #000000; stroke-width: 0.8": "t",
+    "fill: none; stroke: #000000; stroke-width: 0.8; stroke-linejoin: miter; stroke-linecap: square": "s",
+    "fill: none; stroke: #000000; stroke-linecap: square": "n",
+}
+SVG_CSS = " ".join(f".fig svg .{c} {{ {style} }}" for style, c in STYLE_CLASSES.items())
+_STYLE_ATTR = re.compile(r' style="([^"]*)"')
+
+
 def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
     buf = io.StringIO()
     with plt.rc_context({"svg.hashsalt": salt}):
@@ -236,6 +249,8 @@ def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
     text = re.sub(r' id="([^"]*)"', lambda m: m.group() if m.group(1) in referenced else "", text)
     text = re.sub(r">\s+<", "><", text)
     text = _unwrap_bare_groups(_hoist_use_styles(text))
+    text = _STYLE_ATTR.sub(lambda m: f' class="{STYLE_CLASSES[m.group(1)]}"' if m.group(1) in STYLE_CLASSES
+                           else m.group(), text)  # fmt: skip
     return text.strip()
 
 
@@ -310,7 +325,7 @@ def _legend_columns(labels: list[str], width: float) -> int:
     for ncol in range(min(len(labels), 6), 0, -1):
         rows = math.ceil(len(labels) / ncol)
         cols = [est[c * rows : (c + 1) * rows] for c in range(ncol)]
-        if sum(max(c) for c in cols if c) <= width - 0.3:
+        if sum(max(c) for c in cols if c) + 0.17 * (ncol - 1) <= width - 0.3:  # + column spacing
             return ncol
     return 1
 
@@ -640,3 +655,128 @@ def training_losses(training) -> str | None:
             )
         _finish(lay, handles, labels)
         return _svg(lay.fig, "training", tags)
+
+
+# ------------------------------------------------------------------------------- thread scaling
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """What a thread-scaling figure of one workload shows: its setting and one row per point."""
+
+    workload: str
+    variant: str
+    dtype: str
+    batches: list[int]  # a mid batch (when there is one) and the largest
+    points: pd.DataFrame  # backend, device, batch, threads, speedup, lo, hi, efficiency, verdict
+
+
+def thread_scaling_data(df: pd.DataFrame, workload: str) -> Scaling | None:
+    """Each backend's speed-up over its own 1-thread time at every thread count it was measured at
+    (Hodges-Lehmann ratio of the per-call samples, with its 95% interval and the shared verdict),
+    float64 (else the headline dtype), eps given (else the workload's first variant), at the largest
+    batch and one mid batch. Only backends measured at more than one thread count; None when none is."""
+    from elbolab.verdict import judge
+
+    sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
+    if sub.empty or sub.threads.nunique() < 2:
+        return None
+    variant = workload_pairs(sub)[0][1]
+    sub = sub[sub.variant == variant]
+    dtype, _ = headline_setting(sub)
+    sub = sub[sub.dtype == dtype]
+    dims = ["input_dim", "latent_dim", "hidden_dim", "importance_samples"]
+    common = sub.groupby(dims).size().idxmax()  # one shape: the most measured one
+    sub = sub[(sub[dims] == pd.Series(common, index=dims)).all(axis=1)]
+    scaled = {}
+    for key, rows in sub.groupby(["backend", "device", "batch"]):
+        if rows.threads.nunique() > 1 and (rows.threads == 1).any():
+            scaled[key] = rows
+    if not scaled:
+        return None
+    batches = sorted({k[2] for k in scaled})
+    largest = batches[-1]
+    rest = batches[:-1]
+    picked = [largest]
+    if rest:  # the batch nearest the middle of the range on a log scale
+        middle = math.sqrt(batches[0] * largest)
+        picked.insert(0, min(rest, key=lambda b: (abs(math.log(b / middle)), -b)))
+    out = []
+    for (backend, device, batch), rows in scaled.items():
+        if batch not in picked:
+            continue
+        one = rows[rows.threads == 1].iloc[0]
+        out.append(dict(backend=backend, device=device, batch=batch, threads=1, speedup=1.0, lo=1.0, hi=1.0,
+                        efficiency=1.0, verdict=""))  # fmt: skip
+        for r in rows[rows.threads > 1].sort_values("threads").itertuples():
+            j = judge(one.m.per_call_ns, r.m.per_call_ns, workload=workload)
+            s = j.speedup
+            out.append(dict(backend=backend, device=device, batch=batch, threads=int(r.threads), speedup=s.value,
+                            lo=s.ci95[0], hi=s.ci95[1], efficiency=s.value / r.threads,
+                            verdict=j.verdict.value))  # fmt: skip
+    points = pd.DataFrame(out).sort_values(["batch", "backend", "device", "threads"], ignore_index=True)
+    return Scaling(workload, variant, dtype, picked, points)
+
+
+def _pow2_axis(axis, lo: float, hi: float) -> None:
+    """A base-2 log axis with plain labels at the powers of two from lo to hi."""
+    ticks = [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+    axis.set_major_locator(ticker.FixedLocator(ticks))
+    axis.set_major_formatter(_PLAIN)
+    axis.set_minor_locator(ticker.NullLocator())
+
+
+def thread_scaling(df: pd.DataFrame, workload: str) -> str | None:
+    """Speed-up over each backend's own 1-thread time against threads (log-log, with the ideal line
+    speed-up = threads and the 95% intervals as bars), and the parallel efficiency (speed-up /
+    threads) below it: a column per batch (a mid one and the largest). Each row shares its y."""
+    sc = thread_scaling_data(df, workload)
+    if sc is None:
+        return None
+    pts = sc.points
+    pairs = sorted(set(zip(pts.backend, pts.device, strict=True)), key=series_order)
+    handles, labels = _series_handles(pairs)
+    handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
+    labels.append("ideal: speed-up = threads")
+    threads = sorted(set(pts.threads))
+    s_lo = min(0.5, float(np.nanmin(pts.lo)) * 0.9)
+    s_hi = max(float(threads[-1]), float(np.nanmax(pts.hi[np.isfinite(pts.hi)])) if np.isfinite(pts.hi).any() else 1)
+    e_hi = max(1.1, float(pts.efficiency.max()) * 1.08)
+    tags = _Tags()
+    with plt.rc_context(RC):
+        title = (f"{_name(workload, sc.variant)}: thread scaling, {_t(sc.dtype)}: speed-up over each backend's own "
+                 "1-thread time (bars: 95% CI)")  # fmt: skip
+        lay = _layout(2, len(sc.batches), (3.6, 2.0), labels, title, hspace=0.55)
+        for j, batch in enumerate(sc.batches):
+            top, bottom = lay.axes[0][j], lay.axes[1][j]
+            at = pts[pts.batch == batch]
+            for (backend, device), rows in sorted(at.groupby(["backend", "device"], sort=False),
+                                                  key=lambda kv: series_order(kv[0])):  # fmt: skip
+                style = backend_style(backend, device)
+                x = rows.threads.to_numpy()
+                lo, hi = rows.lo.to_numpy(), np.minimum(rows.hi.to_numpy(), s_hi * 4)
+                top.vlines(x[1:], lo[1:], hi[1:], color=style["color"], lw=1.2)
+                tags(top.plot(x, rows.speedup, ms=5, lw=1.5, **style)[0], backend, device)
+                tags(bottom.plot(x, 100 * rows.efficiency, ms=5, lw=1.5, **style)[0], backend, device)
+            top.plot(threads, threads, color=BOUND_COLOUR, ls=":", lw=2)
+            bottom.axhline(100, color=BOUND_COLOUR, ls=":", lw=2)
+            top.set_title(f"B={batch}: speed-up")
+            bottom.set_title(f"B={batch}: efficiency (speed-up / threads)")
+            for ax in (top, bottom):
+                ax.set_xscale("log", base=2)
+                _pow2_axis(ax.xaxis, threads[0], threads[-1])
+                ax.set_xlim(threads[0] / 1.25, threads[-1] * 1.25)
+            top.set_yscale("log", base=2)
+            _pow2_axis(top.yaxis, s_lo, s_hi)
+            top.set_ylim(s_lo / 1.1, s_hi * 1.15)
+            bottom.set_ylim(0, 100 * e_hi)
+            bottom.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:.0f}%"))
+            bottom.set_xlabel("threads")
+            if j == 0:
+                top.set_ylabel("speed-up")
+                bottom.set_ylabel("efficiency")
+            else:
+                top.tick_params(labelleft=False)
+                bottom.tick_params(labelleft=False)
+        _finish(lay, handles, labels)
+        return _svg(lay.fig, f"threads-{workload}", tags)

@@ -171,11 +171,14 @@ def series_plot(s: Series, changes: list[Change], commits: dict) -> Markup:
     x = np.arange(len(pts))
     med = np.array([p.median for p in pts])
     ci = np.array([p.ci95 for p in pts])
-    scale, unit = next(((f, u) for f, u in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")) if med.min() >= f), (1.0, "ns"))
+    scale, unit = next(
+        ((f, u) for f, u in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")) if med.min() >= f), (1.0, "ns")
+    )
     colour = backend_colour(s.case.backend)
     with plt.rc_context({"font.size": 7.5, "axes.titlesize": 8, "axes.spines.top": False,
                          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(3.5, 1.75), layout="constrained")
+        fig, ax = plt.subplots(figsize=(3.5, 1.75))
+        fig.subplots_adjust(left=0.15, right=0.98, top=0.86, bottom=0.16)
         ax.fill_between(x, ci[:, 0] / scale, ci[:, 1] / scale, color=colour, alpha=0.18, linewidth=0)
         ax.plot(x, med / scale, color=colour, marker="o", markersize=2.2, linewidth=1)
         index = {p.commit: i for i, p in enumerate(pts)}
@@ -184,14 +187,19 @@ def series_plot(s: Series, changes: list[Change], commits: dict) -> Markup:
             if not c.confirmed or c.bad not in index:
                 continue
             i = index[c.bad]
-            ax.axvline(i - 0.5, color=SLOWER if c.direction == "slower" else FASTER, linestyle="--", linewidth=1)
+            ax.axvline(
+                i - 0.5, color=SLOWER if c.direction == "slower" else FASTER, linestyle="--", linewidth=1
+            )
             ticks[i] = c.bad[:7]
         ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(ticks)))
-        ax.set_xticklabels([ticks[i] for i in sorted(ticks)], fontsize=6.5)
+        labels = ax.set_xticklabels([ticks[i] for i in sorted(ticks)], fontsize=6.5)
+        labels[0].set_horizontalalignment("left")
+        labels[-1].set_horizontalalignment("right")
         ax.set_xlim(-0.6, len(pts) - 0.4)
         ax.yaxis.set_major_locator(ticker.MaxNLocator(4))
         ax.set_ylabel(_t(unit))
-        ax.set_title(_t(s.case.label()), loc="left")
+        title = s.case.label().replace(" cpu ", " ", 1) if s.case.device == "cpu" else s.case.label()
+        ax.set_title(_t(title), loc="left", fontsize=7.5 if len(title) < 52 else 6.5)
     return _svg(fig)
 
 
@@ -221,10 +229,16 @@ def machine_view(history: History, machine, changes: dict, commits: dict, skips:
     found.sort(key=lambda c: (not c.regression, c.direction != "slower", -abs(math.log(c.judgement.ratio))))
     rows = [
         ChangeRow(
-            label=c.case.label(), good=c.good[:10], bad=c.bad[:10], subject=_subject(commits, c.bad),
-            between=c.between, before=fmt_ns(c.before_ns), after=fmt_ns(c.after_ns),
+            label=c.case.label(),
+            good=c.good[:10],
+            bad=c.bad[:10],
+            subject=_subject(commits, c.bad),
+            between=c.between,
+            before=fmt_ns(c.before_ns),
+            after=fmt_ns(c.after_ns),
             ratio=_x(c.judgement.ratio, c.judgement.ci95),
-            verdict=c.direction + (", regression" if c.regression else ""), regression=c.regression,
+            verdict=c.direction + (", regression" if c.regression else ""),
+            regression=c.regression,
             cls="reg" if c.regression else ("slower" if c.direction == "slower" else "faster"),
         )  # fmt: skip
         for c in found
