@@ -60,6 +60,7 @@ class ABConfig:
     max_pairs: int = 2
     case_budget_s: float = 30.0
     fixed_samples: int | None = None  # sample exactly this many per side and pair, never stop early
+    measure: str = "time"  # or "instructions": each side's cases counted under Valgrind, once
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -84,6 +85,11 @@ class Side:
         if not installs:
             return True  # no install of its own: this environment's elbolab, which does
         return "def serve_stdio" in installs[0].read_text()
+
+    def counts_instructions(self) -> bool:
+        """Whether this revision can count instructions (elbolab.instructions, added in 2026-11)."""
+        installs = [p / "elbolab" for p in self.extra_path if (p / "elbolab").is_dir()]
+        return not installs or (installs[0] / "instructions.py").exists()
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -204,7 +210,9 @@ def crate_hash(crate: Path) -> str:
     import hashlib
 
     h = hashlib.sha256(sys.version.encode())
-    for path in sorted(p for p in crate.rglob("*") if p.is_file() and "target" not in p.relative_to(crate).parts):
+    for path in sorted(
+        p for p in crate.rglob("*") if p.is_file() and "target" not in p.relative_to(crate).parts
+    ):
         h.update(str(path.relative_to(crate)).encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:20]
@@ -234,7 +242,9 @@ def install_side(side: Side, dest: Path, log: Log) -> None:
         raise UsageError(f"cannot install the {side.name} revision: {exc}") from None
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        raise UsageError(f"cannot install the {side.name} revision: {lines[-1].strip() if lines else proc.returncode}")
+        raise UsageError(
+            f"cannot install the {side.name} revision: {lines[-1].strip() if lines else proc.returncode}"
+        )
     side.extra_path.insert(0, dest)
     side.cli = "elbolab.cli" if (dest / "elbolab").is_dir() else "harness.cli"
 
@@ -257,7 +267,9 @@ def build_side(side: Side, needed: dict[Build, list[str]], tmp: Path, target_dir
 # ------------------------------------------------------------------------------------------ runs
 
 
-def run_argv(config: ABConfig, out: Path, leave_out: set[str], backends: Sequence[str], cli: str) -> list[str]:
+def run_argv(
+    config: ABConfig, out: Path, leave_out: set[str], backends: Sequence[str], cli: str
+) -> list[str]:
     argv = [sys.executable, "-m", cli, "run", "--out", str(out), "--no-limits"]
     for name in RUN_FILTERS:
         values = config.filter(name)
@@ -346,14 +358,21 @@ def measure_ab(config: ABConfig, rule: Rule = DEFAULT_RULE, log: Log = lambda _:
                     leave_out.update(needed[build])
                     notices.append(f"{side.name}: {build.module} failed to build, "
                                    f"{', '.join(needed[build])} not gated: {error}")  # fmt: skip
-            if config.interleave and all(s.serves_stdio() for s in sides.values()):
+            if config.measure == "instructions":
+                notices.insert(0, f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
+                               "instructions per call counted under callgrind (deterministic: one count a side)")  # fmt: skip
+                runs = measure_counted(config, sides, plan_for(config, backends, leave_out), log)
+                base, head = runs["base"], runs["head"]
+            elif config.interleave and all(s.serves_stdio() for s in sides.values()):
                 notices.insert(0, f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
                                "samples interleaved case by case (B H H B blocks) until decided or out of budget")  # fmt: skip
                 runs = measure_interleaved(config, rule, sides, plan_for(config, backends, leave_out), log)
                 base, head = runs["base"], runs["head"]
             else:
                 if config.interleave:
-                    notices.append("the base revision predates interleaved A/B workers: measured in whole runs")
+                    notices.append(
+                        "the base revision predates interleaved A/B workers: measured in whole runs"
+                    )
                 notices.insert(0, f"A/B on one machine: base {config.base_ref} ({sha[:10]}) vs the working tree, "
                                f"{config.rounds} alternating whole run(s) per side")  # fmt: skip
                 base, head = measure_rounds(config, sides, leave_out, list(backends), tmp, log)
@@ -375,7 +394,9 @@ def measure_rounds(config, sides, leave_out, backends, tmp: Path, log: Log) -> t
         side = sides[name]
         run = run_side(side, run_argv(config, out, leave_out, backends, side.cli), out)
         runs[name].append(run)
-        log(f"run {i + 1}/{len(order)} ({name}): {len(run.measurements)} cases, {time.perf_counter() - t0:.1f} s")
+        log(
+            f"run {i + 1}/{len(order)} ({name}): {len(run.measurements)} cases, {time.perf_counter() - t0:.1f} s"
+        )
     return pool_rounds(runs["base"]), pool_rounds(runs["head"])
 
 
@@ -391,7 +412,8 @@ def plan_for(config: ABConfig, backends: dict, leave_out: set[str]) -> list:
         names = tuple(b for b in (names or backends) if b not in leave_out)
     plan = Plan(backends=names, workloads=config.filter("workload"), batches=config.filter("batch"),
                 dtypes=config.filter("dtype"), threads=config.filter("threads"), devices=config.filter("device"),
-                variants=config.filter("variant"), quick=config.quick, seed=config.seed, **sizes)  # fmt: skip
+                variants=config.filter("variant"), quick=config.quick, seed=config.seed, measure=config.measure,
+                **sizes)  # fmt: skip
     return plan_cases(plan, backends)
 
 
@@ -423,7 +445,9 @@ def decided(base: _SideSamples, head: _SideSamples, threshold: float, min_rounds
         return f"decided: the interval {lo:.3f}-{hi:.3f} is below +{threshold:.0%}"
     if lo > 1 + threshold and len(head.rounds) >= min_rounds:
         if min(head.round_medians()) > max(base.round_medians()):
-            return f"decided: the interval {lo:.3f}-{hi:.3f} is above +{threshold:.0%} in every pair of workers"
+            return (
+                f"decided: the interval {lo:.3f}-{hi:.3f} is above +{threshold:.0%} in every pair of workers"
+            )
     return None
 
 
@@ -491,7 +515,9 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
             finally:
                 for w in workers.values():
                     w.close()
-            if stopped and ("below" in stopped or config.fixed_samples is not None and len(data["head"].rounds) >= 2):
+            if stopped and (
+                "below" in stopped or config.fixed_samples is not None and len(data["head"].rounds) >= 2
+            ):
                 break  # no regression of that size: one pair of workers suffices
         if not stopped and failure is None:
             stopped = f"undecided: the budget of {config.case_budget_s:g} s is spent"
@@ -522,6 +548,43 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                       {"ab": {"mode": "interleaved", "block": config.block, "min_samples": config.min_samples,
                               "max_pairs": config.max_pairs, "case_budget_s": config.case_budget_s},
                        "timer": timer.to_json()})  # fmt: skip
+        out[name] = replace(run, measurements=tuple(measured[name]), finished=now())
+    return out
+
+
+def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dict[str, Run]:
+    """Each case counted once per side under callgrind, in that side's environment and tree, with
+    the same calls per segment on both sides (head's choice), so the two counts differ only by code."""
+    from elbolab.instructions import count_case, unavailable_reason
+    from elbolab.machine import git_info, machine_info, software_info
+    from elbolab.results import new_run
+    from elbolab.runner import now
+
+    reason = unavailable_reason()
+    if reason:
+        raise UsageError(f"--measure instructions: {reason}")
+    old = [name for name, side in sides.items() if not side.counts_instructions()]
+    if old:
+        raise UsageError(f"--measure instructions: the {' and '.join(old)} revision cannot count instructions "
+                         "(it has no elbolab.instructions); gate on time, or pick a newer base")  # fmt: skip
+    started = now()
+    timeout = config.case_timeout or 900
+    measured: dict[str, list] = {"base": [], "head": []}
+    for i, case in enumerate(cases):
+        t0 = time.perf_counter()
+        head = count_case(case, env=sides["head"].env(), cwd=sides["head"].tree, timeout=timeout)
+        calls = head.counts.calls if head.counts is not None else None
+        base = count_case(case, env=sides["base"].env(), cwd=sides["base"].tree, timeout=timeout, calls=calls)
+        measured["head"].append(head)
+        measured["base"].append(base)
+        what = (f"{base.counts.instructions:,.0f} -> {head.counts.instructions:,.0f} instructions a call"
+                if base.counts and head.counts else f"base {base.status}, head {head.status}")  # fmt: skip
+        log(f"case {i + 1}/{len(cases)} {case.label()}: {what} ({time.perf_counter() - t0:.0f} s)")
+    out = {}
+    for name, side in sides.items():
+        git = {"commit": resolve(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}
+        run = new_run(f"ab-{name}-{started}", started, machine_info(), software_info(), git,
+                      {"ab": {"mode": "instructions"}, "measure": "instructions"})  # fmt: skip
         out[name] = replace(run, measurements=tuple(measured[name]), finished=now())
     return out
 

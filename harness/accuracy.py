@@ -97,7 +97,9 @@ class Tracked:
         o = self.of(other)
         v = self.value * o.value
         a, b = np.abs(self.value), np.abs(o.value)
-        return self._new(v, a * o.worst + b * self.worst + np.abs(v), a * o.careful + b * self.careful + np.abs(v))
+        return self._new(
+            v, a * o.worst + b * self.worst + np.abs(v), a * o.careful + b * self.careful + np.abs(v)
+        )
 
     __rmul__ = __mul__
 
@@ -278,7 +280,9 @@ def compare_output(name: str, got, want: Tracked, dtype: str) -> OutputError:
     return out
 
 
-def check(outputs: Mapping[str, object], expected: Mapping[str, Tracked], dtype: str, extra: list[str]) -> Check:
+def check(
+    outputs: Mapping[str, object], expected: Mapping[str, Tracked], dtype: str, extra: list[str]
+) -> Check:
     """Every output against its tracked reference; `extra` holds problems found elsewhere (a missing
     output, a bad eps draw)."""
     u = unit_roundoff(dtype)

@@ -32,7 +32,12 @@ class Anomaly:
     likely_cause: str
 
     def to_json(self) -> dict:
-        return {"case": self.case.to_json(), "kind": self.kind, "detail": self.detail, "likely_cause": self.likely_cause}
+        return {
+            "case": self.case.to_json(),
+            "kind": self.kind,
+            "detail": self.detail,
+            "likely_cause": self.likely_cause,
+        }
 
 
 def find(run: Run) -> list[Anomaly]:
@@ -63,8 +68,13 @@ def find(run: Run) -> list[Anomaly]:
     df = measurement_table(run)
     if not df.empty and "bw_share" in df:
         # eps given: drawing normals is arithmetic, not memory traffic
-        mem = df[df.workload.isin(MEMORY_BOUND) & df.timed_ok & (df.device == "cpu") & (df.batch >= 1024)
-                 & (df.variant == "eps=given")]
+        mem = df[
+            df.workload.isin(MEMORY_BOUND)
+            & df.timed_ok
+            & (df.device == "cpu")
+            & (df.batch >= 1024)
+            & (df.variant == "eps=given")
+        ]
         for _, group in mem.groupby(["workload", "variant", "dtype", "batch", "threads"]):
             best = group.bw_share.max()
             if not best >= ROOFLINE_PEER:

@@ -29,7 +29,7 @@ from elbolab.errors import UsageError
 from elbolab.measurement import BROKEN_STATUSES, Measurement
 from elbolab.results import Run
 from elbolab.stats import RatioEstimate, ratio_interval
-from elbolab.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, count_estimate, decide
+from elbolab.verdict import DEFAULT_RULE, INSTRUCTIONS_RULE, Judgement, Rule, Verdict, count_estimate, decide
 from elbolab.workloads import WORKLOADS
 
 REPORT_SCHEMA = "elbolab.compare/1"
@@ -163,6 +163,13 @@ class Report:
     rule: Rule
     reference: Reference | None  # normalization reference, or None for absolute times
     notices: tuple[str, ...] = field(default=())
+    # the rule for instruction counts, which are deterministic: a far smaller change is real
+    count_rule: Rule = INSTRUCTIONS_RULE
+
+    def describe_rules(self) -> list[str]:
+        """The rule(s) that decided this report's verdicts, one line per kind of measurement."""
+        units = list(dict.fromkeys(c.unit for c in self.comparisons)) or ["ns"]
+        return [(self.rule if u == "ns" else self.count_rule).describe(u) for u in units]
 
     @property
     def normalized(self) -> bool:
@@ -179,7 +186,9 @@ class Report:
     @property
     def unmeasured(self) -> tuple[NotCompared, ...]:
         """Cases measured ok in base that head did not measure (skipped there, or absent)."""
-        return tuple(n for n in self.not_compared if n.base_status == "ok" and n.head_status in (None, "skipped"))
+        return tuple(
+            n for n in self.not_compared if n.base_status == "ok" and n.head_status in (None, "skipped")
+        )
 
     @property
     def noisy(self) -> tuple[CaseComparison, ...]:
@@ -225,6 +234,7 @@ class Report:
             "base": self.base.to_json(),
             "head": self.head.to_json(),
             "rule": self.rule.to_json(),
+            "count_rule": self.count_rule.to_json(),
             "normalized_by": None if self.reference is None else self.reference.__dict__,
             "headline": self.headline(),
             "failed": self.failed,
@@ -282,6 +292,7 @@ def compare(
     head_run: Run,
     *,
     rule: Rule = DEFAULT_RULE,
+    count_rule: Rule = INSTRUCTIONS_RULE,
     allow_missing: bool = False,
     reference: Reference | None = None,
     base_label: str = "base",
@@ -293,7 +304,7 @@ def compare(
     Raises CompareError when they cannot be compared: no case in common, different case sets
     without `allow_missing`, different machines without a normalization reference.
     """
-    for w, _ in rule.per_workload:
+    for w, _ in rule.per_workload + count_rule.per_workload:
         if w not in WORKLOADS:
             raise CompareError(
                 f"unknown workload {w!r} in per-workload thresholds (known: {', '.join(WORKLOADS)})"
@@ -326,7 +337,7 @@ def compare(
         if mb.counted_ok and mh.counted_ok:  # instruction counts: deterministic, one rule all the same
             cb, ch = mb.counts, mh.counts
             estimate = count_estimate(cb.instructions, ch.instructions, cb.spread, ch.spread)
-            judgement = decide(estimate, rule, case.workload)
+            judgement = decide(estimate, count_rule, case.workload)
             comparisons.append(CaseComparison(case, cb.instructions, ch.instructions, len(cb.segments) - 1,
                                               len(ch.segments) - 1, judgement, unit="instructions"))  # fmt: skip
             continue
@@ -388,6 +399,7 @@ def compare(
         rule=rule,
         reference=reference,
         notices=tuple(dict.fromkeys(all_notices)),
+        count_rule=count_rule,
     )
 
 

@@ -20,8 +20,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # variables that pick kernels or thread counts in the libraries the backends use
-KERNEL_VARS = ("OPENBLAS_", "MKL_", "OMP_", "GOTO_", "BLIS_", "NUMBA_", "RAYON_", "KMP_", "TORCH_", "CUDA_", "NVIDIA_")
-THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "RAYON_NUM_THREADS")
+KERNEL_VARS = (
+    "OPENBLAS_",
+    "MKL_",
+    "OMP_",
+    "GOTO_",
+    "BLIS_",
+    "NUMBA_",
+    "RAYON_",
+    "KMP_",
+    "TORCH_",
+    "CUDA_",
+    "NVIDIA_",
+)
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+)
 
 
 @dataclass
@@ -61,14 +79,19 @@ def _gpus() -> list[dict]:
     smi = shutil.which("nvidia-smi")
     if not smi:
         return []
-    query = "name,clocks.sm,clocks.max.sm,clocks.mem,ecc.mode.current,mig.mode.current,temperature.gpu,power.draw"
+    query = (
+        "name,clocks.sm,clocks.max.sm,clocks.mem,ecc.mode.current,mig.mode.current,temperature.gpu,power.draw"
+    )
     try:
         out = subprocess.run([smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"], capture_output=True,
                              text=True, timeout=20).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return []
     keys = query.split(",")
-    return [dict(zip(keys, (v.strip() for v in line.split(",")), strict=False)) for line in out.strip().splitlines()]
+    return [
+        dict(zip(keys, (v.strip() for v in line.split(",")), strict=False))
+        for line in out.strip().splitlines()
+    ]
 
 
 def check(threads_asked: int | None = None) -> Health:
@@ -86,7 +109,9 @@ def check(threads_asked: int | None = None) -> Health:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     h.facts["cores_available"] = cores
     governor = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
-    boost = _read("/sys/devices/system/cpu/cpufreq/boost") or _read("/sys/devices/system/cpu/intel_pstate/no_turbo")
+    boost = _read("/sys/devices/system/cpu/cpufreq/boost") or _read(
+        "/sys/devices/system/cpu/intel_pstate/no_turbo"
+    )
     h.facts["governor"], h.facts["boost"] = governor, boost
     h.facts["load_average"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     h.facts["virtualisation"] = _virtualisation()
@@ -104,18 +129,24 @@ def check(threads_asked: int | None = None) -> Health:
         if var in env and threads_asked is not None and env[var] != str(threads_asked):
             h.warnings.append(f"{var}={env[var]} in the environment (each worker sets its own thread count)")
     if governor and governor not in ("performance",):
-        h.warnings.append(f"CPU frequency governor '{governor}': clocks change with load; 'performance' is steadier")
+        h.warnings.append(
+            f"CPU frequency governor '{governor}': clocks change with load; 'performance' is steadier"
+        )
     load = h.facts["load_average"]
     if load and cores and load[0] > 0.5 * cores:
         h.warnings.append(f"load average {load[0]:.1f} on {cores} cores: other work is competing for the CPU")
     if h.facts["virtualisation"]:
-        h.warnings.append(f"virtual machine ({h.facts['virtualisation']}): neighbours on the host can slow it down")
+        h.warnings.append(
+            f"virtual machine ({h.facts['virtualisation']}): neighbours on the host can slow it down"
+        )
     for gpu in h.facts["gpus"]:
         if gpu.get("mig.mode.current") not in (None, "", "[N/A]", "Disabled"):
             h.warnings.append(f"{gpu.get('name')}: MIG is {gpu.get('mig.mode.current')} (a slice of the GPU)")
         try:
             if float(gpu.get("clocks.sm", 0)) < 0.7 * float(gpu.get("clocks.max.sm", 0)):
-                h.warnings.append(f"{gpu.get('name')}: SM clock {gpu.get('clocks.sm')} MHz of {gpu.get('clocks.max.sm')}")
+                h.warnings.append(
+                    f"{gpu.get('name')}: SM clock {gpu.get('clocks.sm')} MHz of {gpu.get('clocks.max.sm')}"
+                )
         except ValueError:
             pass
     return h
@@ -138,8 +169,13 @@ def coretype_cost() -> dict | None:
     if "OPENBLAS_CORETYPE" not in os.environ:
         return None
     rates = {}
-    for label, env in (("with", dict(os.environ)), ("without", {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"})):
-        out = subprocess.run([sys.executable, "-c", _MATMUL], env=env, capture_output=True, text=True, timeout=120)
+    for label, env in (
+        ("with", dict(os.environ)),
+        ("without", {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", _MATMUL], env=env, capture_output=True, text=True, timeout=120
+        )
         if out.returncode != 0:
             return None
         rates[label] = float(out.stdout.strip())

@@ -520,15 +520,16 @@ def measure_commit(repo: Path, sha: str, config, needed: dict, backend_names: Se
     from elbolab.ab import Side, build_side, cargo_target_dir, git, install_side, run_argv, run_side
 
     short = sha[:12]
-    tree = tmp / f"src-{short}"
+    work = Path(tempfile.mkdtemp(prefix=f"{short}-", dir=tmp))  # a commit may be measured twice
+    tree = work / "src"
     git(repo, "worktree", "add", "--detach", "--force", str(tree), sha)
     try:
         side = Side(short, tree, extra_env=dict(extra_env or {}))
         try:
-            install_side(side, tmp / f"install-{short}", log)
+            install_side(side, work / "install", log)
         except UsageError as exc:
             return Failure("install", str(exc))
-        build_side(side, needed, tmp, cargo_target_dir(repo), log)
+        build_side(side, needed, work, cargo_target_dir(repo), log)
         leave_out: set[str] = set()
         notes = []
         for build, error in side.build_errors.items():
@@ -537,7 +538,7 @@ def measure_commit(repo: Path, sha: str, config, needed: dict, backend_names: Se
         selected = config.filter("backend") or tuple(backend_names)
         if leave_out and set(selected) <= leave_out:
             return Failure("build", "; ".join(notes))
-        out = tmp / f"run-{short}.json"
+        out = work / "run.json"
         try:
             run = run_side(side, run_argv(config, out, leave_out, backend_names, side.cli), out)
         except UsageError as exc:
@@ -548,7 +549,7 @@ def measure_commit(repo: Path, sha: str, config, needed: dict, backend_names: Se
         return Measured(run, tuple(notes))
     finally:
         git(repo, "worktree", "remove", "--force", str(tree), check=False)
-        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
 
 

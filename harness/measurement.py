@@ -258,8 +258,13 @@ class Measurement:
             "wall_ns": self.wall_ns,
             "device_samples_ns": [float(x) for x in self.device_samples_ns],
             "calibration": [list(c) for c in self.calibration],
-            "counts": None if self.counts is None else {"tool": self.counts.tool, "calls": self.counts.calls,
-                                                        "segments": [dict(x) for x in self.counts.segments]},
+            "counts": None
+            if self.counts is None
+            else {
+                "tool": self.counts.tool,
+                "calls": self.counts.calls,
+                "segments": [dict(x) for x in self.counts.segments],
+            },
             # derived, for a person reading the file; ignored on load
             SUMMARY_KEY: self.summary.to_json() if self.summary else None,
         }

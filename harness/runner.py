@@ -114,16 +114,23 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
             backend = backends[bname]
             scope = backend.default_scope or {}
             # unless asked for by name, a workload a backend does not implement is not a case
-            if plan.workloads is None and (wname not in backend.workloads or wname not in scope.get("workloads", (wname,))):
+            if plan.workloads is None and (
+                wname not in backend.workloads or wname not in scope.get("workloads", (wname,))
+            ):
                 continue
-            devices = plan.devices or backend.devices
+            counting = (
+                plan.measure == "instructions"
+            )  # counted cases: one thread on the CPU (see instructions)
+            devices = plan.devices or (("cpu",) if counting else backend.devices)
             for device, dtype, batch, threads, variant in itertools.product(
                 devices,
                 plan.dtypes or scope.get("dtypes", ("float64",) if plan.quick else DTYPES),
                 plan.batches or [b for b in batches if b in scope.get("batches", (b,))],
                 # a backend that runs on one thread whatever it is asked is measured at 1 by default
                 plan.threads
-                or scope.get("threads", (1,) if plan.quick or not backend.threaded else default_threads()),
+                or scope.get(
+                    "threads", (1,) if plan.quick or counting or not backend.threaded else default_threads()
+                ),
                 plan.variants and variants or [v for v in variants if v in scope.get("variants", (v,))],
             ):
                 if device not in backend.devices:
@@ -192,7 +199,11 @@ def config_differences(file_config: dict, config: dict) -> list[str]:
     out = []
     for section in ("plan", "timer"):
         a, b = file_config.get(section) or {}, config.get(section) or {}
-        out += [f"{section} {k}: file {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        out += [
+            f"{section} {k}: file {a.get(k)!r}, now {b.get(k)!r}"
+            for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)
+        ]
     return out
 
 
@@ -321,7 +332,9 @@ def _serve_group(
     return []
 
 
-def count(cases: Sequence[Case], run: RunFile, *, jobs: int, case_timeout: float, on_result: OnResult | None) -> None:
+def count(
+    cases: Sequence[Case], run: RunFile, *, jobs: int, case_timeout: float, on_result: OnResult | None
+) -> None:
     """Count each case's instructions under Valgrind (elbolab.instructions), `jobs` at a time: counts
     do not depend on the machine's load, so cases may run side by side. Interrupted, every counting
     process is killed (each leads its own session)."""
@@ -441,7 +454,9 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> Ru
     check_writable(out)
     exists = out.exists()
     if mode == "new" and exists:
-        raise UsageError(f"{out} exists; pass --resume to finish its missing cases or --overwrite to replace it")
+        raise UsageError(
+            f"{out} exists; pass --resume to finish its missing cases or --overwrite to replace it"
+        )
     if mode == "resume" and not exists:
         raise UsageError(f"--resume: {out} does not exist")
     lock = FileLock(out).acquire()
@@ -454,14 +469,20 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> Ru
             if mode == "resume":
                 different += config_differences(run.config, config)
             if different:
-                raise UsageError(f"{out} was measured differently ({'; '.join(different[:3])}); use a new --out")
+                raise UsageError(
+                    f"{out} was measured differently ({'; '.join(different[:3])}); use a new --out"
+                )
             rf = RunFile(out, run, lock)
             if mode == "resume":
                 rf.unfinish()
             return rf
         if exists:
             load(out)  # --overwrite replaces a results file, never some other file
-        rf = RunFile(out, new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config), lock)
+        rf = RunFile(
+            out,
+            new_run(uuid.uuid4().hex[:12], now(), machine_info(), software_info(), git_info(), config),
+            lock,
+        )
         rf.save()
         return rf
     except BaseException:
@@ -502,7 +523,13 @@ def run_plan(
         if plan.measure == "instructions":
             count(todo, run, jobs=jobs, case_timeout=case_timeout or 900, on_result=on_result)
         else:
-            execute(todo, run, timer, case_timeout=case_timeout or (120 if plan.quick else 300), on_result=on_result)
+            execute(
+                todo,
+                run,
+                timer,
+                case_timeout=case_timeout or (120 if plan.quick else 300),
+                on_result=on_result,
+            )
         run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
         run.finish(now())
         return run.run

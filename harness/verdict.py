@@ -88,11 +88,13 @@ class Rule:
     def threshold_for(self, workload: str) -> float:
         return dict(self.per_workload).get(workload, self.threshold)
 
-    def describe(self) -> str:
-        extra = "".join(f", {w} {t:.0%}" for w, t in self.per_workload)
+    def describe(self, unit: str = "ns") -> str:
+        extra = "".join(f", {w} {t:.1%}" for w, t in self.per_workload)
+        interval = "whole 95% rank interval" if unit == "ns" else "instruction count ± 3 x its repeat spread"
         return (
-            f"slower/faster = whole 95% rank interval beyond ±{self.noise_band:.0%}; same = within "
-            f"±{self.threshold:.0%}{extra}; regression = slower with a ratio above +{self.threshold:.0%}{extra}"
+            f"{'times' if unit == 'ns' else 'instruction counts'}: slower/faster = {interval} beyond "
+            f"±{self.noise_band:.1%}; same = within ±{self.threshold:.1%}{extra}; "
+            f"regression = slower with a ratio above +{self.threshold:.1%}{extra}"
         )
 
     def to_json(self) -> dict:

@@ -306,7 +306,10 @@ def _vae_cost(case: Case) -> Cost:
 
 
 def check_outputs(
-    workload: Workload, case: Case, inputs: Mapping[str, np.ndarray], got: Mapping[str, object],
+    workload: Workload,
+    case: Case,
+    inputs: Mapping[str, np.ndarray],
+    got: Mapping[str, object],
     next_eps: np.ndarray | None = None,
 ) -> Check:
     """A backend's outputs against the reference, every element held to the bound its arithmetic

@@ -65,7 +65,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gates", type=int, default=40, help="gates for A/A and +10%% (default 40)")
     parser.add_argument("--slow-gates", type=int, default=20, help="gates for +5%% (default 20)")
-    parser.add_argument("--true-samples", type=int, default=300, help="samples a side per pair for true ratios")
+    parser.add_argument(
+        "--true-samples", type=int, default=300, help="samples a side per pair for true ratios"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "scratch" / "gate-experiment.json")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

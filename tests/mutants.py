@@ -66,7 +66,9 @@ def _prepare_elbo(case: Case, inputs: dict, bug: str) -> Prepared:
         if bug == "f32_accumulation" and cols % VECTOR == 0:
             # a vector kernel whose 8 lane accumulators were declared float32: each lane sums its
             # column stripe in order, then the lanes are added
-            lanes = np.cumsum(sq.reshape(rows, -1, VECTOR).astype(np.float32), axis=1, dtype=np.float32)[:, -1]
+            lanes = np.cumsum(sq.reshape(rows, -1, VECTOR).astype(np.float32), axis=1, dtype=np.float32)[
+                :, -1
+            ]
             row_sums = lanes.sum(axis=1, dtype=np.float32).astype(np.float64)
         elif bug == "naive_sum":
             row_sums = np.cumsum(sq.ravel(), dtype=np.float32)[-1:]
@@ -102,7 +104,12 @@ def _prepare_iwae(case: Case, inputs: dict, bug: str) -> Prepared:
         z = mu + np.exp(0.5 * lv) * eps
         resid = x - (z @ w + bias)
         log_q = -0.5 * (eps * eps).sum(-1) - (0 if bug == "iwae_drop_logvar" else 0.5 * lv.sum(-1))
-        log_w = -0.5 * (resid * resid).sum(-1) - 0.5 * (z * z).sum(-1) - log_q - 0.5 * x.shape[1] * np.log(2 * np.pi)
+        log_w = (
+            -0.5 * (resid * resid).sum(-1)
+            - 0.5 * (z * z).sum(-1)
+            - log_q
+            - 0.5 * x.shape[1] * np.log(2 * np.pi)
+        )
         top = log_w.max(axis=0)
         out["iwae"] = np.mean(top + np.log(np.exp(log_w - top).sum(axis=0))) - np.log(k)
 
@@ -125,7 +132,9 @@ def _vae_with_shared_bug(x, eps, p: dict) -> tuple[float, dict]:
     h3_pre = z @ p["dec_w"] + p["dec_b"]
     h3 = np.maximum(h3_pre, 0)
     logits = h3 @ p["out_w"] + p["out_b"]
-    loss = (0.5 * np.sum(mu * mu + np.expm1(logvar) - logvar) - np.sum(x * logits - np.logaddexp(0, logits))) / b
+    loss = (
+        0.5 * np.sum(mu * mu + np.expm1(logvar) - logvar) - np.sum(x * logits - np.logaddexp(0, logits))
+    ) / b
     d_logits = (1 / (1 + np.exp(-logits)) - x) / b
     g = {"out_w": h3.T @ d_logits, "out_b": d_logits.sum(0)}
     d_h3 = (d_logits @ p["out_w"].T) * (h3_pre > 0)
@@ -155,7 +164,12 @@ def _prepare_vae(case: Case, inputs: dict, bug: str) -> Prepared:
 
 
 def _mutant(bug: str, workloads: tuple[str, ...]) -> Backend:
-    preparers = {"elbo": _prepare_elbo, "elbo_grad": _prepare_elbo, "iwae": _prepare_iwae, "vae_step": _prepare_vae}
+    preparers = {
+        "elbo": _prepare_elbo,
+        "elbo_grad": _prepare_elbo,
+        "iwae": _prepare_iwae,
+        "vae_step": _prepare_vae,
+    }
 
     def bound(prepare):
         return lambda case, inputs: prepare(case, inputs, bug)

@@ -43,7 +43,11 @@ def test_far_below_the_roofline_its_peers_reach():
     run = replace(make_run([fast, slow]), limits={"memory_bandwidth_bytes_per_s": 30e9,
                                                   "memory_bandwidth_single_thread_bytes_per_s": 30e9})  # fmt: skip
     kinds = _kinds(run)
-    assert ("slowpy", 1, "far below the roofline") in kinds and ("rust", 1, "far below the roofline") not in kinds
+    assert ("slowpy", 1, "far below the roofline") in kinds and (
+        "rust",
+        1,
+        "far below the roofline",
+    ) not in kinds
 
 
 def test_numba_parallel_runs_blas_on_one_thread_inside_its_parallel_kernel():

@@ -59,7 +59,9 @@ def files(tmp_path, monkeypatch):
         "foreign.json": json.dumps(dict(doc, schema="other.tool/1")),
         "noschema.json": json.dumps({"measurements": []}),
         "deep.json": "[" * 200_000 + "]" * 200_000,
-        "deepnotes.json": json.dumps(dict(doc, measurements=[])).replace('"config": {}', '"config": ' + "[" * 50_000 + "]" * 50_000),
+        "deepnotes.json": json.dumps(dict(doc, measurements=[])).replace(
+            '"config": {}', '"config": ' + "[" * 50_000 + "]" * 50_000
+        ),
         "nan.json": json.dumps(dict(doc, limits={"peak_flops": float("nan")})),
         "notalist.json": json.dumps(dict(doc, measurements={"a": 1})),
         "emptyid.json": json.dumps(dict(doc, run_id="")),
@@ -70,11 +72,19 @@ def files(tmp_path, monkeypatch):
         "loops_zero.json": _with_measurement(doc, _measurement_json(loops=0)),
         "samples_neg.json": _with_measurement(doc, _measurement_json(samples_ns=[-5.0])),
         "samples_str.json": _with_measurement(doc, _measurement_json(samples_ns="fast")),
-        "samples_inf.json": _with_measurement(doc, _measurement_json(samples_ns=[1.0, "INF"])).replace('"INF"', "Infinity"),
+        "samples_inf.json": _with_measurement(doc, _measurement_json(samples_ns=[1.0, "INF"])).replace(
+            '"INF"', "Infinity"
+        ),
         "status.json": _with_measurement(doc, _measurement_json(status="great")),
-        "batch_str.json": _with_measurement(doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), batch="128"))),
-        "batch_zero.json": _with_measurement(doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), batch=0))),
-        "case_extra.json": _with_measurement(doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), color="red"))),
+        "batch_str.json": _with_measurement(
+            doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), batch="128"))
+        ),
+        "batch_zero.json": _with_measurement(
+            doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), batch=0))
+        ),
+        "case_extra.json": _with_measurement(
+            doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), color="red"))
+        ),
         "memory_neg.json": _with_measurement(doc, _measurement_json(memory={"peak_rss_bytes": -5})),
         "check_str.json": _with_measurement(doc, _measurement_json(check={"ok": "yes"})),
         "rounds.json": _with_measurement(doc, _measurement_json(rounds=[1, 1])),
@@ -141,9 +151,17 @@ RESULTS_FILES_BAD = {
 
 CASES: list[tuple[list[str], str]] = []
 # every reader of results files, on every kind of bad file
-for reader in (["show"], ["claims"], ["report", "-o", "out.html"], ["compare", "good.json"], ["gate", "good.json"]):
+for reader in (
+    ["show"],
+    ["claims"],
+    ["report", "-o", "out.html"],
+    ["compare", "good.json"],
+    ["gate", "good.json"],
+):
     for name, message in RESULTS_FILES_BAD.items():
-        argv = [*reader[:1], name, *reader[1:]] if reader[0] in ("show", "claims", "report") else [*reader, name]
+        argv = (
+            [*reader[:1], name, *reader[1:]] if reader[0] in ("show", "claims", "report") else [*reader, name]
+        )
         CASES.append((argv, message))
 
 RUN = ["run", "--no-limits", "--out", "new.json"]
@@ -194,7 +212,10 @@ CASES += [
     (["run", "--no-limits", "--backend", "numpy", "--out", ""], "empty string"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "notes.txt/x.json"], "cannot create"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "readonly/new.json"], "permission denied"),
-    (["run", "--no-limits", "--backend", "numpy", "--out", "readonly/inside.json", "--overwrite"], "permission denied"),
+    (
+        ["run", "--no-limits", "--backend", "numpy", "--out", "readonly/inside.json", "--overwrite"],
+        "permission denied",
+    ),
     (["run", "--no-limits", "--backend", "numpy", "--out", "missing.json", "--resume"], "does not exist"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "truncated.json", "--resume"], "not valid JSON"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "other.json", "--resume"], "measured differently"),

@@ -75,7 +75,9 @@ def test_sigterm_stops_the_workers_and_leaves_a_valid_file(tmp_path):
     run = load(out)  # valid, with the cases finished before the signal
     assert 3 <= len(run.measurements) < 40 and run.finished is None
     time.sleep(0.5)
-    assert not [p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert not [
+        p for p in workers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     # and the run can be finished
     done = elbolab(*run_args(out), "--resume")
     assert done.wait(timeout=300) == 0 and len(load(out).measurements) == 40
@@ -160,5 +162,7 @@ def test_sigterm_during_an_ab_gate_removes_its_worktree_and_runs(tmp_path):
     assert "elbolab-gate-" not in _worktrees()
     assert {p.name for p in Path("/tmp").glob("elbolab-gate-*")} <= before
     time.sleep(1)
-    alive = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = [
+        p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
     assert not alive, "processes of the gate outlived it"

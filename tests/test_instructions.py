@@ -174,6 +174,10 @@ JOBS = {
         for w in (0.0, 0.02)
         for i in (1, 2)
     },
+    "test_gate_on_counts_fails_two_percent_and_passes_aa": {
+        f"slow-{w}-{i}": (Case("elbo", "numpy-slow", batch=128), w, 600, 12)
+        for w, i in ((0.0, 1), (0.0, 2), (0.02, 1))
+    },
     "test_incorrect_backend_is_reported_not_counted": {
         "lying": (Case("elbo", "lying", batch=7), None, 600, 8),
     },
@@ -291,3 +295,54 @@ def test_torch_cpu(counted):
     c = _ok(m)
     print(f"\ntorch: {_describe(m)}; phases {m.notes.get('child_phases_s')}")
     assert c.spread < 0.005 and c.instructions > 10_000
+
+
+@slow
+@needs_valgrind
+def test_gate_on_counts_fails_two_percent_and_passes_aa(counted, tmp_path):
+    """The same counted measurements through the gate (files, CLI): +2% work is a regression under
+    the default 1% count threshold; two counts of the same code are 'same'."""
+    from elbolab.compare import compare
+    from elbolab.results import save
+    from elbolab.verdict import Verdict
+
+    from tests.builders import make_run
+
+    base1, base2 = counted["slow-0.0-1"].result(), counted["slow-0.0-2"].result()
+    slow1 = counted["slow-0.02-1"].result()
+    aa = compare(make_run([base1], run_id="a"), make_run([base2], run_id="b"))
+    assert [c.verdict for c in aa.comparisons] == [Verdict.SAME] and aa.gate() == (0, aa.headline())
+    assert aa.comparisons[0].unit == "instructions"
+    for name, run in (("base", make_run([base1], run_id="a")), ("aa", make_run([base2], run_id="b")),
+                      ("slow", make_run([slow1], run_id="c"))):  # fmt: skip
+        save(tmp_path / f"{name}.json", run)
+
+    def gate(head: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "elbolab.cli", "gate", str(tmp_path / "base.json"),
+                               str(tmp_path / f"{head}.json"), *extra], capture_output=True, text=True)  # fmt: skip
+
+    slow_gate = gate("slow")
+    assert slow_gate.returncode == 1, slow_gate.stdout + slow_gate.stderr
+    assert "regression" in slow_gate.stdout and "instr" in slow_gate.stdout
+    assert "instruction counts: " in slow_gate.stdout  # the count rule is stated, not the time rule
+    # the time threshold does not apply to counts; --count-threshold does
+    assert gate("slow", "--count-threshold", "0.05").returncode == 0
+    assert gate("slow", "--threshold", "0.05").returncode == 1
+    aa_gate = gate("aa")
+    assert aa_gate.returncode == 0, aa_gate.stdout + aa_gate.stderr
+
+
+def test_ab_refuses_to_count_a_base_without_instruction_counting(tmp_path):
+    from elbolab.ab import ABConfig, Side, measure_counted
+    from elbolab.errors import UsageError
+
+    old = tmp_path / "old-install" / "elbolab"
+    old.mkdir(parents=True)
+    (old / "worker.py").write_text("")
+    sides = {"base": Side("base", ROOT, [old.parent]), "head": Side("head", ROOT)}
+    if _REASON is not None:
+        pytest.skip(f"cannot count instructions here: {_REASON}")
+    with pytest.raises(UsageError, match="the base revision cannot count instructions"):
+        measure_counted(
+            ABConfig("HEAD", measure="instructions"), sides, [Case("elbo", "numpy", batch=7)], print
+        )

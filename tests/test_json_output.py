@@ -33,7 +33,9 @@ def test_show_json(runs, capsys):
     code, doc = _json(capsys, ["show", str(runs / "base.json"), "--json", "--backend", "rust"])
     assert code == 0 and doc["schema"] == "elbolab.show/1"
     (case,) = doc["cases"]
-    assert case["case"]["backend"] == "rust" and isinstance(case["median_ns"], float) and case["status"] == "ok"
+    assert (
+        case["case"]["backend"] == "rust" and isinstance(case["median_ns"], float) and case["status"] == "ok"
+    )
 
 
 def test_compare_and_gate_json(runs, capsys):

@@ -26,7 +26,9 @@ def _peak(workload: str, backend: str, dtype: str, batch: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS")
+@pytest.mark.skipif(
+    not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to reset the peak RSS"
+)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("workload", list(SIZES))
 def test_admission_estimate_is_within_1_5x_of_the_measured_peak(workload, dtype):
@@ -34,7 +36,9 @@ def test_admission_estimate_is_within_1_5x_of_the_measured_peak(workload, dtype)
         r = _peak(workload, "numpy", dtype, batch)
         assert r["status"] == "ok"
         ratio = r["used"] / r["estimate"]
-        print(f"{workload} {dtype} B={batch}: peak {r['used'] / 2**20:.0f} MiB, estimate {r['estimate'] / 2**20:.0f} MiB, ratio {ratio:.2f}")
+        print(
+            f"{workload} {dtype} B={batch}: peak {r['used'] / 2**20:.0f} MiB, estimate {r['estimate'] / 2**20:.0f} MiB, ratio {ratio:.2f}"
+        )
         assert 1 / 1.5 <= ratio <= 1.5, (workload, dtype, batch, ratio)
 
 

@@ -71,7 +71,10 @@ SLOPPY = [
 def measured(tmp_path_factory):
     """Every case above, measured by the real runner in one run (workers, timer, checker)."""
     specs = ",".join(f"tests.mutants:{name}" for name in ALL)
-    env = {"ELBOLAB_BACKENDS": specs, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        "ELBOLAB_BACKENDS": specs,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     if str(ROOT) not in sys.path:
@@ -80,7 +83,9 @@ def measured(tmp_path_factory):
         path = tmp_path_factory.mktemp("mutations") / "run.json"
         run = RunFile(path, new_run("mutations", "now", {}, {}, {"commit": None}, {}))
         all_cases = [c for _, group in MUST_FAIL + MUST_PASS + SLOPPY for c in group]
-        timer = TimerConfig(target_sample_ns=1_000_000, sample_count=3, warmup=0, budget_ns=200_000_000, min_samples=3)
+        timer = TimerConfig(
+            target_sample_ns=1_000_000, sample_count=3, warmup=0, budget_ns=200_000_000, min_samples=3
+        )
         execute(all_cases, run, timer, case_timeout=300)
         return {m.case: m for m in run.run.measurements}
     finally:

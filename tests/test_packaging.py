@@ -59,4 +59,6 @@ def test_the_rust_wheel_is_abi3():
         pytest.skip("the Rust wheel is not built here (make rust)")
     name = wheels[-1].name
     assert "abi3" in name
-    assert any(n.startswith("elbolab_rust") and n.endswith(".so") for n in zipfile.ZipFile(wheels[-1]).namelist())
+    assert any(
+        n.startswith("elbolab_rust") and n.endswith(".so") for n in zipfile.ZipFile(wheels[-1]).namelist()
+    )

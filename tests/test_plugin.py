@@ -36,5 +36,7 @@ def test_an_installed_plugin_is_discovered_and_measured(tmp_path):
     run = load(out)
     cases = {(m.case.workload, m.case.variant) for m in run.measurements}
     assert cases == {(w, v) for w in ("elbo", "elbo_grad") for v in ("eps=given", "eps=sampled")}
-    assert all(m.status == "ok" for m in run.measurements), [(m.case.label(), m.reason) for m in run.measurements]
+    assert all(m.status == "ok" for m in run.measurements), [
+        (m.case.label(), m.reason) for m in run.measurements
+    ]
     assert run.software["backends"]["example"]["elbolab-plugin-example"] == "0.1.0"

@@ -1,6 +1,8 @@
 """The report in a real browser (headless Chromium): it renders offline without console errors or
 network requests, the speed-up matrix is on the first screen, nothing overflows at 400 px, SVG
-text is legible at its display size, and every backend has one colour in every figure.
+text is legible at its display size, and every backend has one colour in every figure. Besides the
+fixture and the reference run, a run built by tests.test_report_html.rich_run (threads 1-4, machine
+health, anomalies, instruction counts, CUDA device times) goes through a results file and the browser.
 
 How, without a DevTools-protocol client:
 
@@ -173,6 +175,21 @@ def fixture_page() -> Path:
 
 
 @pytest.fixture(scope="module")
+def rich_page(tmp_path_factory) -> Path:
+    """A run with what the fixture lacks: 1, 2 and 4 threads, the machine's health with warnings,
+    anomalies, instruction counts, CUDA device times and a less accurate case (saved as JSON and
+    read back, so all of it survives the results file)."""
+    from elbolab.results import save
+
+    from tests.test_report_html import rich_run
+
+    path = tmp_path_factory.mktemp("rich") / "rich.json"
+    save(path, rich_run())
+    REPORTS.mkdir(exist_ok=True)
+    return build(path, REPORTS / "report_rich.html")
+
+
+@pytest.fixture(scope="module")
 def reference_page() -> Path:
     """The default report of the committed 720-case reference run (what `make bench` writes)."""
     if not REFERENCE.exists():
@@ -205,13 +222,18 @@ def test_layout_probe_catches_an_overflowing_page(tmp_path):
     assert any("wide" in o for o in probe["overflow"]) and not any("scrolls" in o for o in probe["overflow"])
 
 
-@pytest.mark.parametrize("which", ["fixture", "reference"])
-def test_report_renders_offline_without_console_errors(which, fixture_page, reference_page, tmp_path):
-    page = fixture_page if which == "fixture" else reference_page
+@pytest.mark.parametrize("which", ["fixture", "reference", "rich"])
+def test_report_renders_offline_without_console_errors(which, request, tmp_path):
+    page = request.getfixturevalue(f"{which}_page")
     dom, console, requested = chromium(page, tmp_path, "--dump-dom")
     assert console == []
     assert requested == []
-    assert "Who wins: speed-up over numpy" in dom and dom.count("<svg") >= 7
+    assert "Who wins: speed-up over numpy" in dom and dom.count("<svg") >= (5 if which == "rich" else 7)
+    assert "thread scaling" in dom
+    if which == "rich":  # what the fixture lacks, as the browser built it
+        assert "2 warnings at the start of the run" in dom and "&lt;b&gt;evil&lt;/b&gt;" in dom
+        assert "slow first call: 12" in dom and ">counted</td>" in dom and "(host clock)" in dom
+        assert "<b>evil" not in dom
     if which == "fixture":
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # rendered as text after parsing too
         assert "<script>alert" not in dom
@@ -237,8 +259,8 @@ def test_matrix_is_on_the_first_screen_and_text_is_legible(reference_page, tmp_p
     assert probe["minHtmlFont"] >= 11
 
 
-def test_nothing_overflows_at_400_px(reference_page, fixture_page, tmp_path):
-    for page in (reference_page, fixture_page):
+def test_nothing_overflows_at_400_px(reference_page, fixture_page, rich_page, tmp_path):
+    for page in (reference_page, fixture_page, rich_page):
         probe = layout(page, tmp_path, 400)
         assert probe["viewport"] == [400, 900]
         assert probe["scrollWidth"] <= 400, probe["overflow"]

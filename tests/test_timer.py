@@ -131,7 +131,9 @@ def _noisy_kernel(clock: FakeClock, spreads):
 def test_sampling_stops_once_the_median_is_known_to_the_target():
     clock = FakeClock()
     quiet = _noisy_kernel(clock, [1.0])
-    cfg = TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=40, ci_target=0.01, warmup=0, max_loops=1)
+    cfg = TimerConfig(
+        target_sample_ns=10_000, min_samples=7, max_samples=40, ci_target=0.01, warmup=0, max_loops=1
+    )
     t = time_prepared(Prepared(call=quiet, outputs=dict), cfg, clock=clock)
     assert len(t.samples_ns) == 7 and "within ±1%" in t.stopped
 

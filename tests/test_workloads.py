@@ -139,7 +139,9 @@ def test_vae_gradients_match_finite_differences():
             up[name], down[name] = inp[name].copy(), inp[name].copy()
             up[name][idx] += step
             down[name][idx] -= step
-            fd = (float(ref_values(case, up)[1]["loss"]) - float(ref_values(case, down)[1]["loss"])) / (2 * step)
+            fd = (float(ref_values(case, up)[1]["loss"]) - float(ref_values(case, down)[1]["loss"])) / (
+                2 * step
+            )
             assert ref[f"grad_{name}"][idx] == pytest.approx(fd, rel=1e-5, abs=1e-8), (name, idx)
             assert ref[f"new_{name}"][idx] == pytest.approx(inp[name][idx] - 0.05 * ref[f"grad_{name}"][idx])
 
@@ -180,7 +182,9 @@ def test_float32_rounding_is_within_the_bound_and_a_wrong_sum_is_not():
     # in the sum alone is within what the arithmetic can give (the elementwise outputs catch more)
     assert _checked(case, lambda g: g.__setitem__("recon", g["recon"] * 1.001)).ok
     # in float64 the same sum is held to 50,176 u = 6e-12
-    assert not _checked(Case("elbo", "numpy", batch=64), lambda g: g.__setitem__("recon", g["recon"] * (1 + 1e-10))).ok
+    assert not _checked(
+        Case("elbo", "numpy", batch=64), lambda g: g.__setitem__("recon", g["recon"] * (1 + 1e-10))
+    ).ok
 
 
 def test_bounds_grow_with_the_number_of_terms():
@@ -188,7 +192,9 @@ def test_bounds_grow_with_the_number_of_terms():
     big_case = Case("elbo", "numpy", batch=512)
     big = WORKLOADS["elbo"].reference(WORKLOADS["elbo"].make_inputs(big_case), big_case)
     # in units of u relative to the value: grows with the number of terms for a sum ...
-    assert float(small["recon"].worst / abs(small["recon"].value)) < float(big["recon"].worst / abs(big["recon"].value))
+    assert float(small["recon"].worst / abs(small["recon"].value)) < float(
+        big["recon"].worst / abs(big["recon"].value)
+    )
     # ... but not for an elementwise output (relative to the size of its terms, mu and sigma * eps)
     for ref, c in ((small, Case("elbo", "numpy", batch=4)), (big, big_case)):
         inp = WORKLOADS["elbo"].make_inputs(c)
@@ -215,7 +221,10 @@ def test_near_zero_kl_the_cancelling_formula_is_flagged_and_the_accurate_one_is_
     mu, lv = inp["mu"], inp["logvar"]
     cancelling = -0.5 * np.sum(1.0 + lv - mu * mu - np.exp(lv)) / 64
     accurate = 0.5 * np.sum(mu * mu + (np.expm1(lv) - lv)) / 64
-    assert check_outputs(w, case, inp, dict(ref, kl=accurate, elbo=ref["recon"] - accurate)).less_accurate is False
+    assert (
+        check_outputs(w, case, inp, dict(ref, kl=accurate, elbo=ref["recon"] - accurate)).less_accurate
+        is False
+    )
     old = check_outputs(w, case, inp, dict(ref, kl=cancelling, elbo=ref["recon"] - cancelling))
     assert old.ok and old.less_accurate and old.worst_output == "kl"
 

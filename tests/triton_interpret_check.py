@@ -29,12 +29,20 @@ def main() -> int:
                 rows = torch.empty(b, dtype=torch.float64), torch.empty(b, dtype=torch.float64)
                 grads = None
                 if WORKLOADS[workload].has_gradients:
-                    grads = (torch.empty_like(t["x"]), torch.empty_like(t["mu"]), torch.empty_like(t["logvar"]))
+                    grads = (
+                        torch.empty_like(t["x"]),
+                        torch.empty_like(t["mu"]),
+                        torch.empty_like(t["logvar"]),
+                    )
                 consts = torch.tensor(fused.constants(b), dtype=t["x"].dtype)
-                recon, kl = fused.launch(t["x"], t["x_recon"], t["mu"], t["logvar"], t["eps"], z, grads, *rows, consts)
+                recon, kl = fused.launch(
+                    t["x"], t["x_recon"], t["mu"], t["logvar"], t["eps"], z, grads, *rows, consts
+                )
                 out = {"z": z.numpy(), "recon": recon.numpy(), "kl": kl.numpy(), "elbo": (recon - kl).numpy()}
                 if grads:
-                    out.update(grad_x_recon=grads[0].numpy(), grad_mu=grads[1].numpy(), grad_logvar=grads[2].numpy())
+                    out.update(
+                        grad_x_recon=grads[0].numpy(), grad_mu=grads[1].numpy(), grad_logvar=grads[2].numpy()
+                    )
                 check = check_outputs(WORKLOADS[workload], case, inputs, out)
                 results.append({"case": case.label() + f" logvar x{scale:g}", "ok": check.ok,
                                 "less_accurate": check.less_accurate, "detail": check.detail})  # fmt: skip

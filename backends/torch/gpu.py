@@ -63,7 +63,10 @@ def prepare_triton(case: Case, inputs: dict) -> Prepared:
     if WORKLOADS[case.workload].has_gradients:
         grads = (torch.empty_like(x), torch.empty_like(mu), torch.empty_like(logvar))
     z = torch.empty_like(mu)
-    rows = (torch.empty(b, dtype=torch.float64, device=device), torch.empty(b, dtype=torch.float64, device=device))
+    rows = (
+        torch.empty(b, dtype=torch.float64, device=device),
+        torch.empty(b, dtype=torch.float64, device=device),
+    )
     consts = torch.tensor(fused.constants(b), dtype=x.dtype, device=device)
     sampled = case.variant == "eps=sampled"
     eps = torch.empty_like(mu) if sampled else t["eps"]
@@ -77,7 +80,12 @@ def prepare_triton(case: Case, inputs: dict) -> Prepared:
         out["recon"], out["kl"] = fused.launch(x, x_recon, mu, logvar, eps, z, grads, *rows, consts)
 
     def outputs():
-        res = {"z": _np(z), "recon": _np(out["recon"]), "kl": _np(out["kl"]), "elbo": _np(out["recon"] - out["kl"])}
+        res = {
+            "z": _np(z),
+            "recon": _np(out["recon"]),
+            "kl": _np(out["kl"]),
+            "elbo": _np(out["recon"] - out["kl"]),
+        }
         if sampled:
             res["eps"] = _np(eps)
         if grads is not None:

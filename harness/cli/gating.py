@@ -27,7 +27,7 @@ from elbolab.compare import Reference, Report, compare
 from elbolab.errors import UsageError
 from elbolab.report import markdown
 from elbolab.results import load, save
-from elbolab.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
+from elbolab.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, INSTRUCTIONS_RULE, Rule
 
 
 def _threshold_for(text: str) -> tuple[str, float]:
@@ -47,6 +47,8 @@ def _add_compare_options(p: argparse.ArgumentParser) -> None:
                    help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%%)")  # fmt: skip
     p.add_argument("--threshold-for", type=_threshold_for, action="append", default=[], metavar="WORKLOAD=T",
                    help="a different threshold for one workload, e.g. vae_step=0.2 (repeatable)")  # fmt: skip
+    p.add_argument("--count-threshold", type=fraction, default=INSTRUCTIONS_RULE.threshold,
+                   help="the same for instruction counts, which are deterministic (default 0.01 = 1%%)")  # fmt: skip
     p.add_argument("--noise-band", type=fraction, default=DEFAULT_NOISE_BAND,
                    help="a confident change smaller than this is noise (default 0.03)")  # fmt: skip
     p.add_argument("--allow-missing", action="store_true",
@@ -81,12 +83,20 @@ def add_commands(sub) -> None:
         "--save-runs", type=path, metavar="DIR", help="keep the pooled base.json and head.json here"
     )
     ab.add_argument("--timeout", type=seconds, help="seconds per case (passed to each run)")
+    ab.add_argument("--measure", choices=("time", "instructions"), default="time",
+                    help="time the cases interleaved (default), or count their instructions under callgrind: "
+                         "deterministic, so a 1%% change is seen on any machine, however loaded")  # fmt: skip
     add_run_filters(ab)
     p.set_defaults(func=cmd_gate)
 
 
 def _rule(args: argparse.Namespace) -> Rule:
     return Rule.of(args.threshold, args.noise_band, dict(args.threshold_for))
+
+
+def _count_rule(args: argparse.Namespace) -> Rule:
+    # counts repeat to within ~0.01%: the noise band scales with the threshold, never above 0.2%
+    return Rule.of(args.count_threshold, min(INSTRUCTIONS_RULE.noise_band, args.count_threshold / 5))
 
 
 def _reference(args: argparse.Namespace) -> Reference | None:
@@ -104,8 +114,8 @@ def _write_markdown(path: Path | None, text: str) -> None:
 
 
 def _compare_files(args: argparse.Namespace, base: Path, head: Path) -> Report:
-    return compare(load(base), load(head), rule=_rule(args), allow_missing=args.allow_missing,
-                   reference=_reference(args))  # fmt: skip
+    return compare(load(base), load(head), rule=_rule(args), count_rule=_count_rule(args),
+                   allow_missing=args.allow_missing, reference=_reference(args))  # fmt: skip
 
 
 def _emit(report: Report, args: argparse.Namespace, title: str, outcome: str | None = None) -> None:
@@ -149,7 +159,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
 def _no_run_filters(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in RUN_FILTERS if getattr(args, name, None)]
     given += ["--quick"] if args.quick else []
-    given += [f"--{flag}" for flag, default, _ in SIZE_FLAGS if getattr(args, flag.replace("-", "_")) != default]
+    given += ["--measure"] if args.measure != "time" else []
+    given += [
+        f"--{flag}" for flag, default, _ in SIZE_FLAGS if getattr(args, flag.replace("-", "_")) != default
+    ]
     if given:
         raise UsageError(f"{', '.join(given)} only apply with --base GIT_REF (they choose what to measure)")
 
@@ -162,6 +175,7 @@ def _ab_gate(args: argparse.Namespace) -> Report:
         quick=args.quick,
         seed=args.seed,
         case_timeout=args.timeout,
+        measure=args.measure,
         sizes=tuple(
             (flag, getattr(args, flag.replace("-", "_")))
             for flag, default, _ in SIZE_FLAGS
@@ -177,5 +191,5 @@ def _ab_gate(args: argparse.Namespace) -> Report:
             raise UsageError(f"{args.save_runs}: cannot create ({exc.strerror})") from None
         save(args.save_runs / "base.json", result.base)
         save(args.save_runs / "head.json", result.head)
-    return compare(result.base, result.head, rule=rule, allow_missing=args.allow_missing, reference=reference,
+    return compare(result.base, result.head, rule=rule, count_rule=_count_rule(args), allow_missing=args.allow_missing, reference=reference,
                    base_label=result.base_label, head_label=result.head_label, notices=result.notices)  # fmt: skip

@@ -32,7 +32,9 @@ def add_run_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small matrix and short samples (CI)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the inputs (default 0)")
     for flag, default, what in SIZE_FLAGS:
-        p.add_argument(f"--{flag}", type=positive_int, default=default, metavar="N", help=f"{what} (default {default})")
+        p.add_argument(
+            f"--{flag}", type=positive_int, default=default, metavar="N", help=f"{what} (default {default})"
+        )
 
 
 # the size flags: (flag, default, what it is); Plan and Case name them with underscores
@@ -57,7 +59,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("list", help="backends, devices and whether they can run here")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("doctor", help="what about this machine could distort a measurement, and what it costs")
+    p = sub.add_parser(
+        "doctor", help="what about this machine could distort a measurement, and what it costs"
+    )
     p.add_argument("--json", action="store_true", help="print the facts and warnings as JSON")
     p.set_defaults(func=cmd_doctor)
 
@@ -69,15 +73,25 @@ def add_commands(sub) -> None:
     existing.add_argument("--overwrite", action="store_true", help="replace the results file --out")
     p.add_argument("--timeout", type=seconds, help="seconds per case before its worker is killed")
     p.add_argument("--no-limits", action="store_true", help="skip measuring bandwidth and peak flops")
-    p.add_argument("--measure", choices=("time", "instructions"), default="time",
-                   help="time the cases (default), or count their instructions under Valgrind (callgrind)")
-    p.add_argument("--jobs", type=positive_int, default=1,
-                   help="--measure instructions: cases counted side by side (counts do not depend on load)")
+    p.add_argument(
+        "--measure",
+        choices=("time", "instructions"),
+        default="time",
+        help="time the cases (default), or count their instructions under Valgrind (callgrind)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="--measure instructions: cases counted side by side (counts do not depend on load)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train the digits VAE on every backend; record the loss curves")
     p.add_argument("--backend", type=names, help="comma-separated (default: all but torch-compile)")
-    p.add_argument("--dtype", type=names, default=("float64", "float32"), help="float64,float32 (default: both)")
+    p.add_argument(
+        "--dtype", type=names, default=("float64", "float32"), help="float64,float32 (default: both)"
+    )
     p.add_argument("--steps", type=steps, default=300, help="SGD steps (default 300)")
     p.add_argument(
         "--out", type=path, required=True, help="results file (the curves are added to it if it exists)"

@@ -26,16 +26,26 @@ def print_run_table(run: Run, console: Console) -> None:
     for m in run.measurements:
         c, s = m.case, m.summary
         label = f"{c.workload} {c.backend}{'' if c.device == 'cpu' else ' ' + c.device} {_short_dtype(c.dtype)} B={c.batch} t={c.threads}"
-        label += "" if c.variant == "eps=given" else " " + c.variant.replace("eps=", "eps ")
+        label += "" if c.variant == "eps=given" else " " + c.variant
         label += "".join(f" {k}={v}" for k, v in zip("DLHK", (c.input_dim, c.latent_dim, c.hidden_dim, c.importance_samples),
                                                     strict=True) if v != {"D": 784, "L": 20, "H": 400, "K": 8}[k])  # fmt: skip
         gbps = f"{m.cost.bytes / s.median:.1f}" if s and m.cost and m.cost.bytes else "-"
-        status = m.status if m.status != "ok" else ("ok, less accurate" if m.check and m.check.less_accurate else "ok")
+        status = (
+            m.status
+            if m.status != "ok"
+            else ("ok, less accurate" if m.check and m.check.less_accurate else "ok")
+        )
         if m.reason:
             status += f": {m.reason}"
+        if m.counts is not None and s is None:
+            # counted, not timed: instructions per call in place of a time, their spread between
+            # the repeated segments in place of an interval (0 when the count is deterministic)
+            middle, spread = f"{m.counts.instructions:,.0f} instr", f"±{m.counts.spread:.2%}"
+        else:
+            middle = fmt_ns(s.median) if s else "-"
+            spread = f"{fmt_ns(s.ci95[0])}–{fmt_ns(s.ci95[1])}" if s else "-"
         table.add_row(
-            escape(label), fmt_ns(s.median) if s else "-", f"{fmt_ns(s.ci95[0])}–{fmt_ns(s.ci95[1])}" if s else "-",
-            fmt_ns(m.first_call_ns) or "-", gbps, escape(status[:200]),
+            escape(label), middle, spread, fmt_ns(m.first_call_ns) or "-", gbps, escape(status[:200]),
         )  # fmt: skip
     console.print(table)
 
@@ -48,15 +58,20 @@ def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> No
     ms = run.measurements
     counts = {s: sum(m.status == s for m in ms) for s in ("ok", "incorrect", "failed", "timeout", "skipped")}
     tally = ", ".join(
-        (f"[bold red]{n} {s}[/]" if s in ("incorrect", "failed", "timeout") and n else f"{n} {s}") for s, n in counts.items()
+        (f"[bold red]{n} {s}[/]" if s in ("incorrect", "failed", "timeout") and n else f"{n} {s}")
+        for s, n in counts.items()
     )
     console.print(f"run {escape(run.run_id)}: {len(ms)} cases: {tally}", highlight=False)
     problems = [m for m in ms if m.status in ("incorrect", "failed", "timeout")]
     for m in problems[:8]:
         line = f"{m.case.label()}: {m.reason or ''}"
-        console.print(f"  [red]{m.status}[/] {escape(line[: 94 - len(m.status)])}", highlight=False, overflow="ellipsis")
+        console.print(
+            f"  [red]{m.status}[/] {escape(line[: 94 - len(m.status)])}", highlight=False, overflow="ellipsis"
+        )
     if len(problems) > 8:
-        console.print(f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,failed,timeout)")
+        console.print(
+            f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,failed,timeout)"
+        )
     loose = [m for m in ms if m.check is not None and m.check.less_accurate]
     if loose:
         console.print(f"  {len(loose)} valid but less accurate than careful arithmetic (e.g. "
@@ -73,8 +88,17 @@ def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> No
         worst = group[0]
         console.print(f"  [yellow]{len(group)} {escape(kind)}[/] (e.g. {escape(worst.case.label())}: {escape(worst.detail)}; "
                       f"likely {escape(worst.likely_cause)})", highlight=False)  # fmt: skip
+    counted = [m for m in ms if m.counted_ok and not m.timed_ok]
+    if counted:
+        # an instruction count is not a time: no speed-up grid, the counts themselves
+        console.print(f"instructions per call ({len(counted)} counted case{'s' if len(counted) > 1 else ''}; "
+                      "callgrind, deterministic):", highlight=False)  # fmt: skip
+        for m in counted[:12]:
+            console.print(f"  {escape(m.case.label()):<60} {m.counts.instructions:>16,.0f}", highlight=False)
+        if len(counted) > 12:
+            console.print(f"  ... and {len(counted) - 12} more (elbolab show FILE)")
     df = measurement_table(run, baseline=baseline)
-    if df.empty or baseline not in set(df.backend):
+    if df.empty or baseline not in set(df.backend) or not any(m.timed_ok for m in ms):
         return
     given = df[(df.variant == "eps=given") & (df.device == "cpu")]
     if given.empty:
@@ -91,7 +115,9 @@ def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> No
         grid = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
         grid.add_column("")
         for w, b in columns:
-            grid.add_column(f"{w}\nB={b}" if b == min(x for ww, x in columns if ww == w) else f"\nB={b}", justify="right")
+            grid.add_column(
+                f"{w}\nB={b}" if b == min(x for ww, x in columns if ww == w) else f"\nB={b}", justify="right"
+            )
         backends = [b for b in dict.fromkeys(sel[sel.workload.isin(pair)].backend) if b != baseline]
         for backend in backends:
             cells = []
@@ -146,7 +172,8 @@ def print_compare(report: Report, console: Console, outcome: str | None = None) 
             console.print(f"  {mark}{escape(n.case.label())}: {escape(n.reason)}", highlight=False)
     for notice in report.notices:
         console.print(f"[yellow]note[/]: {escape(notice)}", highlight=False)
-    console.print(escape(report.rule.describe()), style="dim", highlight=False)
+    for line in report.describe_rules():
+        console.print(escape(line), style="dim", highlight=False)
     text = outcome or report.headline()
     bad = report.failed or "NOT PASSED" in text or "FAIL" in text
     console.print(text, style="bold red" if bad else "bold green", highlight=False, markup=False)

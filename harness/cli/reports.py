@@ -17,7 +17,10 @@ def add_commands(subparsers) -> None:
         "tables are written next to it (NAME.csv, NAME.md).",
     )
     p.add_argument(
-        "results", nargs="+", metavar="RUN.json", help="results file(s); with several, the first is the base and each later one is compared with it"
+        "results",
+        nargs="+",
+        metavar="RUN.json",
+        help="results file(s); with several, the first is the base and each later one is compared with it",
     )
     p.add_argument(
         "-o", "--out", default="reports/report.html", metavar="reports/NAME.html", help="output HTML path"

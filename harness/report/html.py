@@ -3,9 +3,16 @@
 The first screen answers "who wins, at which size, by how much, how sure": a speed-up matrix per
 workload (rows: backends, columns: batch sizes; the headline dtype and the fewest threads), each
 cell coloured by its speed-up over the baseline on a diverging log scale, its verdict mark from
-elbolab.verdict and its 95% interval on hover. Then the problems (failures by case, skips grouped by
-reason, less accurate and implausible cases), the claims check, the plots, the per-case tables
-(collapsed, one per workload) and the machine, software and limits.
+elbolab.verdict and its 95% interval on hover. Then the problems (the machine's health warnings
+from elbolab.health, failures by case, skips grouped by reason, elbolab.anomalies grouped by kind
+with their likely cause, less accurate and implausible cases), the claims check, the plots (time vs
+batch and thread scaling per workload, bandwidth, roofline, noise, training), the per-case tables
+(collapsed, one per workload; accuracy beside the median, the CUDA device clock beside the host's,
+instruction counts where a case was counted instead of timed) and the machine, its health facts,
+software and limits.
+
+A case measured by counting instructions has no time: it is shown as 'counted' in the matrix, with
+its counts in the per-case table, and enters no speed-up or plot.
 
 Several results files: the first is the base and each later one is compared with it by
 elbolab.compare (ratio with its interval and the shared verdict; times normalized by a reference case
@@ -166,7 +173,12 @@ def accuracy_text(check: Check | None) -> str:
         if check.error_units is not None and check.bound_units is not None:
             careful = f"careful ≤ {check.expected_units:.3g} u, " if check.expected_units is not None else ""
             units = f": {check.error_units:.3g} u; {careful}bound {check.bound_units:.3g} u"
-        text = ("⚠ " if check.ok else "✗ ") + text + (" less accurate" if check.ok else " beyond the bound") + units
+        text = (
+            ("⚠ " if check.ok else "✗ ")
+            + text
+            + (" less accurate" if check.ok else " beyond the bound")
+            + units
+        )
     return text
 
 
@@ -419,7 +431,9 @@ def _fact(v) -> str:
         if not v:
             return "none"
         if all(isinstance(x, dict) for x in v):
-            return "; ".join(", ".join(f"{k} {_plain(y)}" for k, y in x.items() if y not in (None, "")) for x in v)
+            return "; ".join(
+                ", ".join(f"{k} {_plain(y)}" for k, y in x.items() if y not in (None, "")) for x in v
+            )
         if all(isinstance(x, float) for x in v):
             return _loads(v)
         return ", ".join(_plain(x) for x in v)
@@ -591,9 +605,16 @@ def _health_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
         for k in s.get("facts") or {}:
             if k not in keys:
                 keys.append(k)
-    rows = [[k] + [_fact((s.get("facts") or {}).get(k)) for s in starts] for k in keys]
-    rows.append(["warnings at the start"] + ["; ".join(map(_plain, s.get("warnings") or [])) or "none" for s in starts])
-    rows.append(["load average at the end (1, 5, 15 min)"] + [machine_health(v.run.run.health)["load_end"] for v in views])
+    names = {"load_average": "load average at the start (1, 5, 15 min)"}
+    rows = [[names.get(k, k)] + [_fact((s.get("facts") or {}).get(k)) for s in starts] for k in keys]
+    rows.append(
+        ["warnings at the start"]
+        + ["; ".join(map(_plain, s.get("warnings") or [])) or "none" for s in starts]
+    )
+    rows.append(
+        ["load average at the end (1, 5, 15 min)"]
+        + [machine_health(v.run.run.health)["load_end"] for v in views]
+    )
     return ["fact"] + [v.run.label for v in views], rows
 
 
@@ -690,12 +711,16 @@ def _case_columns(df: pd.DataFrame) -> pd.DataFrame:
             text += " (host clock)"
         median.append(text)
     shown[MEDIAN] = median
+    shown["verdict"] = [
+        "counted: no time to compare" if counted(m) else v for v, m in zip(shown["verdict"], ms, strict=True)
+    ]
     extra = {ACCURACY: [accuracy_text(m.check) for m in ms]}
     dev = [device_median(m) for m in ms]
     extra[OPTIONAL[1]] = [f"{fmt_ns(d[0])} [{fmt_ns(d[1])}, {fmt_ns(d[2])}]" if d else "" for d in dev]
     cs = [m.counts for m in ms]
     extra[OPTIONAL[2]] = [
-        fmt_count(c.instructions) + (f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else "") if c else "" for c in cs
+        fmt_count(c.instructions) + (f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else "") if c else ""
+        for c in cs
     ]
     extra[OPTIONAL[3]] = [fmt_count(c.estimated_cycles) if c else "" for c in cs]
     extra[OPTIONAL[4]] = [f"{fmt_count(c.l1_misses)} / {fmt_count(c.ll_misses)}" if c else "" for c in cs]

@@ -47,7 +47,7 @@ def compare_report(report: Report, title: str = "elbolab gate", outcome: str | N
     lines += [
         f"- {md(report.base.describe())}",
         f"- {md(report.head.describe())}",
-        f"- {md(report.rule.describe())}",
+        *(f"- {md(line)}" for line in report.describe_rules()),
         "",
     ]
     if report.comparisons:

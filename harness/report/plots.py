@@ -740,7 +740,9 @@ def thread_scaling(df: pd.DataFrame, workload: str) -> str | None:
     labels.append("ideal: speed-up = threads")
     threads = sorted(set(pts.threads))
     s_lo = min(0.5, float(np.nanmin(pts.lo)) * 0.9)
-    s_hi = max(float(threads[-1]), float(np.nanmax(pts.hi[np.isfinite(pts.hi)])) if np.isfinite(pts.hi).any() else 1)
+    s_hi = max(
+        float(threads[-1]), float(np.nanmax(pts.hi[np.isfinite(pts.hi)])) if np.isfinite(pts.hi).any() else 1
+    )
     e_hi = max(1.1, float(pts.efficiency.max()) * 1.08)
     tags = _Tags()
     with plt.rc_context(RC):
