@@ -45,14 +45,13 @@ import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from elbolab.case import Case
 from elbolab.errors import UsageError
-from elbolab.measurement import SUMMARY_KEY
 from elbolab.results import Run, validate
 from sqlalchemy import (
     BigInteger,
@@ -194,11 +193,22 @@ def case_id(case: Case) -> str:
 
 
 def run_digest(run: Run) -> str:
-    """The content of a run, independent of how its file was formatted."""
-    doc = run.to_json()
-    for m in doc["measurements"]:
-        m.pop(SUMMARY_KEY, None)
-    return _digest(canonical(doc))
+    """The content of a run, independent of how its file was formatted (every field of every
+    measurement, none of the statistics derived from them, so it is cheap to compute)."""
+    doc = dict(run.header_json(), training=[t.to_json() for t in run.training],
+               measurements=[asdict(m) for m in run.measurements])  # fmt: skip
+    return _digest(canonical(_prune(doc)))
+
+
+def _prune(value):
+    """Without the keys whose value is None or empty: a field a later elbolab adds with such a
+    default leaves the digest of an old run as it was."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v is not None and v != [] and v != {}}
+    if isinstance(value, (list, tuple)):
+        return [_prune(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -447,6 +457,13 @@ class Store:
             raise UsageError(f"store {self.url}: {_one_line(exc)}") from None
 
     def _init(self) -> None:
+        from sqlalchemy import inspect
+
+        with self._read() as conn:  # the usual case, without taking a write lock
+            if inspect(conn).has_table("meta"):
+                found = conn.execute(select(meta.c.value).where(meta.c.key == "schema")).scalar()
+                if found == STORE_SCHEMA and all(inspect(conn).has_table(t) for t in metadata.tables):
+                    return
         with self._write() as conn:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
@@ -475,6 +492,13 @@ class Store:
         t0 = time.perf_counter()
         machine = Machine.of(run.machine, machine_name or os.environ.get(MACHINE_ENV) or None)
         digest = run_digest(run)
+        with self._read() as conn:  # the common repeat, answered without building any row
+            old = conn.execute(
+                select(runs.c.digest, runs.c.ingested).where(runs.c.run_id == run.run_id)
+            ).first()
+        if old is not None and old.digest == digest:
+            return Ingested(run.run_id, False, f"run {run.run_id} is already stored (ingested {old.ingested}): "
+                            "nothing to do", time.perf_counter() - t0, machine)  # fmt: skip
         case_rows, meas_rows = _measurement_rows(run)
         header = dict(run.header_json(), training=[t.to_json() for t in run.training])
         run_row = {
@@ -705,11 +729,12 @@ def _measurement_rows(run: Run) -> tuple[dict[str, dict], list[dict]]:
         if cid not in case_rows:
             spec = m.case.to_json()
             case_rows[cid] = dict(spec, case_id=cid, label=m.case.label(), spec=canonical(spec))
-        record = m.to_json()
-        samples = record.pop("samples_ns")
-        for key in ("case", "status", "reason", "loops", SUMMARY_KEY):
+        # every field but the ones with columns (asdict, not to_json: that computes the summary)
+        record = asdict(m)
+        for key in ("case", "status", "reason", "loops", "samples_ns"):
             record.pop(key, None)
-        median = m.median_ns
+        samples = [int(x) if float(x).is_integer() else float(x) for x in m.samples_ns]
+        median = float(np.median(samples)) / m.loops if samples and m.loops >= 1 else None
         rows.append({
             "run_id": run.run_id, "seq": seq, "case_id": cid, "status": m.status, "reason": m.reason,
             "loops": m.loops, "n_samples": len(m.samples_ns),

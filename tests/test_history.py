@@ -390,7 +390,9 @@ def test_bisect_finds_the_commit_that_slowed_the_kernel(tmp_path):
     slow_at = 7
     repo, shas = scratch_history(tmp_path, 12, slow_at)
     url = f"sqlite:///{tmp_path / 'find.sqlite'}"
-    proc = history_process(repo, "find", shas[1], "HEAD", "--case", SLOW_CASE, "--quick", "--store", url, *RULE)
+    proc = history_process(
+        repo, "find", shas[1], "HEAD", "--case", SLOW_CASE, "--quick", "--store", url, *RULE
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     print("\n" + proc.stdout)
     assert f"first bad commit: {shas[slow_at]}" in proc.stdout, proc.stdout + proc.stderr

@@ -23,10 +23,9 @@ from elbolab.anomalies import find
 from elbolab.case import Case
 from elbolab.measurement import Check, InstructionCounts, Measurement
 from elbolab.report import plots
+from elbolab.report.format import accuracy_text, check_digits
 from elbolab.report.html import (
-    accuracy_text,
     build_views,
-    check_digits,
     fmt_speed,
     problems,
     render,

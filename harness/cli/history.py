@@ -250,7 +250,8 @@ def cmd_runs(args) -> int:
                 table.add_column(col, overflow="fold")
             for r in stored:
                 subject = (commits.get(r.commit) or {}).get("subject") or ""
-                where = _short(r.commit) + (" (dirty)" if r.dirty else "") + ("" if r.commit in pos else " *")
+                where = _short(r.commit) if r.commit else "(no commit)"
+                where += (" (dirty)" if r.dirty else "") + (" *" if r.commit and r.commit not in pos else "")
                 table.add_row(escape(where), escape(subject[:50]), escape(r.run_id), escape(r.started[:19]),
                               str(r.n_measurements), escape(r.origin.split(" ", 1)[0]))  # fmt: skip
             console.print(table)

@@ -6,6 +6,10 @@ The one set of formatters for the console, the report, Markdown and the claims c
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from elbolab.measurement import Check
 
 
 def missing(v) -> bool:
@@ -53,12 +57,50 @@ def fmt_interval(ci: tuple[float, float], digits: int = 3) -> str:
 def fmt_time(value: float, normalized: bool = False, unit: str = "ns") -> str:
     """A time per call, a multiple of a normalization reference, or instructions per call."""
     if unit == "instructions":
-        return fmt_count(value) + " instr"
+        return fmt_count(value, 4) + " instr"
     return f"{value:.3g}× ref" if normalized else fmt_ns(value)
 
 
-def fmt_count(value: float) -> str:
-    for suffix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.4g}{suffix}"
-    return f"{value:.4g}"
+def fmt_count(v: float | None, digits: int = 3) -> str:
+    """A count per call with an SI prefix: '1.23 M'."""
+    if missing(v):
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.{digits}g} {unit}"
+    return f"{v:.{digits}g}"
+
+
+def check_digits(check: Check | None) -> float | None:
+    """Correct decimal digits of the worst output (17: exact), also for results that recorded only
+    a relative error (schema 1), computed as elbolab.accuracy does."""
+    if check is None:
+        return None
+    if check.digits is not None:
+        return check.digits
+    if check.rel_err is None or not math.isfinite(check.rel_err):
+        return None
+    return 17.0 if check.rel_err == 0 else min(17.0, max(0.0, -math.log10(check.rel_err)))
+
+
+def accuracy_text(check: Check | None) -> str:
+    """'15.7 (elbo)': correct digits of the worst output; the error and bounds in roundoff units
+    where it is less accurate than careful arithmetic, or wrong."""
+    digits = check_digits(check)
+    if digits is None:
+        return ""
+    text = "exact" if digits >= 17 else f"{digits:.1f}"
+    if check.worst_output:
+        text += f" ({check.worst_output})"
+    if check.less_accurate or not check.ok:
+        units = ""
+        if check.error_units is not None and check.bound_units is not None:
+            careful = f"careful ≤ {check.expected_units:.3g} u, " if check.expected_units is not None else ""
+            units = f": {check.error_units:.3g} u; {careful}bound {check.bound_units:.3g} u"
+        text = (
+            ("⚠ " if check.ok else "✗ ")
+            + text
+            + (" less accurate" if check.ok else " beyond the bound")
+            + units
+        )
+    return text

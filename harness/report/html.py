@@ -33,25 +33,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
-import numpy as np
 import pandas as pd
 from elbolab import anomalies
 from elbolab.case import Case
 from elbolab.compare import CompareError, Reference, Report, compare
-from elbolab.measurement import Check, Measurement
+from elbolab.measurement import Measurement
 from elbolab.report import plots
 from elbolab.report.claims import check_claims
-from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
+from elbolab.report.format import fmt_change, fmt_count, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
 from elbolab.report.tables import (
+    CUDA_CLOCK,
     KEY_FIELDS,
+    OPTIONAL,
     LoadedRun,
     backend_label,
+    counted,
+    device_median,
     display_summary,
     display_table,
     measurement_table,
     summary_table,
 )
-from elbolab.stats import summarize
 from elbolab.verdict import DEFAULT_RULE, Verdict
 from markupsafe import Markup
 
@@ -133,66 +135,6 @@ def colour_scale() -> list[tuple[str, str, str]]:
 
 
 # ------------------------------------------------------------------------------------ one measurement
-
-CUDA_CLOCK = "host clock, stopped after torch.cuda.synchronize()"
-
-
-def fmt_count(v: float | None) -> str:
-    """A count per call with an SI prefix: '1.23 M'."""
-    if missing(v):
-        return ""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.3g} {unit}"
-    return f"{v:.3g}"
-
-
-def check_digits(check: Check | None) -> float | None:
-    """Correct decimal digits of the worst output (17: exact), also for results that recorded only
-    a relative error (schema 1), computed as elbolab.accuracy does."""
-    if check is None:
-        return None
-    if check.digits is not None:
-        return check.digits
-    if check.rel_err is None or not math.isfinite(check.rel_err):
-        return None
-    return 17.0 if check.rel_err == 0 else min(17.0, max(0.0, -math.log10(check.rel_err)))
-
-
-def accuracy_text(check: Check | None) -> str:
-    """'15.7 (elbo)': correct digits of the worst output; the error and bounds in roundoff units
-    where it is less accurate than careful arithmetic, or wrong."""
-    digits = check_digits(check)
-    if digits is None:
-        return ""
-    text = "exact" if digits >= 17 else f"{digits:.1f}"
-    if check.worst_output:
-        text += f" ({check.worst_output})"
-    if check.less_accurate or not check.ok:
-        units = ""
-        if check.error_units is not None and check.bound_units is not None:
-            careful = f"careful ≤ {check.expected_units:.3g} u, " if check.expected_units is not None else ""
-            units = f": {check.error_units:.3g} u; {careful}bound {check.bound_units:.3g} u"
-        text = (
-            ("⚠ " if check.ok else "✗ ")
-            + text
-            + (" less accurate" if check.ok else " beyond the bound")
-            + units
-        )
-    return text
-
-
-def counted(m: Measurement) -> bool:
-    """Measured by counting instructions, not timed: no time, so no speed-up and no plot."""
-    return m.counts is not None and not m.samples_ns
-
-
-def device_median(m: Measurement) -> tuple[float, float, float] | None:
-    """Median per call between CUDA events (device clock) with its 95% CI, or None."""
-    if not m.device_samples_ns or m.loops < 1:
-        return None
-    s = summarize(np.asarray(m.device_samples_ns, dtype=np.float64) / m.loops)
-    return s.median, s.ci95[0], s.ci95[1]
 
 
 def _time_note(m: Measurement) -> str:
@@ -692,50 +634,12 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
 # ------------------------------------------------------------------------------------ render
 
 
-MEDIAN = "median / call [95% CI]"
-ACCURACY = "correct digits (worst output)"
-OPTIONAL = (ACCURACY, "device / call (CUDA events) [95% CI]", "instructions / call", "est. cycles / call",
-            "L1 / LL misses / call")  # fmt: skip
-
-
-def _case_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """display_table with accuracy beside the median, the device clock's median beside the host's
-    for CUDA cases, and the instruction counts of counted cases."""
-    shown = display_table(df)
-    ms = list(df["m"])
-    median = []
-    for text, m in zip(shown[MEDIAN], ms, strict=True):
-        if counted(m):
-            text = "counted, not timed"
-        elif text and m.case.device != "cpu":
-            text += " (host clock)"
-        median.append(text)
-    shown[MEDIAN] = median
-    shown["verdict"] = [
-        "counted: no time to compare" if counted(m) else v for v, m in zip(shown["verdict"], ms, strict=True)
-    ]
-    extra = {ACCURACY: [accuracy_text(m.check) for m in ms]}
-    dev = [device_median(m) for m in ms]
-    extra[OPTIONAL[1]] = [f"{fmt_ns(d[0])} [{fmt_ns(d[1])}, {fmt_ns(d[2])}]" if d else "" for d in dev]
-    cs = [m.counts for m in ms]
-    extra[OPTIONAL[2]] = [
-        fmt_count(c.instructions) + (f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else "") if c else ""
-        for c in cs
-    ]
-    extra[OPTIONAL[3]] = [fmt_count(c.estimated_cycles) if c else "" for c in cs]
-    extra[OPTIONAL[4]] = [f"{fmt_count(c.l1_misses)} / {fmt_count(c.ll_misses)}" if c else "" for c in cs]
-    at = list(shown.columns).index(MEDIAN) + 1
-    for i, (name, values) in enumerate(extra.items()):
-        shown.insert(at + i, name, values)
-    return shown
-
-
 def _details(v: RunView) -> list[dict]:
     """The per-case table of one run, one collapsed block per workload; a column that is empty in
     a block (no device clock, no counts) is left out of it."""
     if v.table.empty:
         return []
-    shown = _case_columns(v.table)
+    shown = display_table(v.table, drop_empty=False)
     out = []
     for workload in dict.fromkeys(v.table.workload):
         mask = (v.table.workload == workload).to_numpy()

@@ -24,8 +24,18 @@ import pandas as pd
 from elbolab.limits import bandwidth_limit_for, gpu_limits_for
 from elbolab.measurement import Measurement
 from elbolab.report import markdown
-from elbolab.report.format import fmt_ns, fmt_num, fmt_pct, fmt_x, missing
+from elbolab.report.format import (
+    accuracy_text,
+    check_digits,
+    fmt_count,
+    fmt_ns,
+    fmt_num,
+    fmt_pct,
+    fmt_x,
+    missing,
+)
 from elbolab.results import Run, write_text_atomic
+from elbolab.stats import summarize
 from elbolab.verdict import Verdict, judge
 
 # case fields that must match for two measurements to be compared (all but backend, device, seed)
@@ -153,6 +163,11 @@ def measurement_table(run: Run, *, baseline: str = "numpy", label: str = "") -> 
         row["implausible"] = bool(problems)
         row["plausibility"] = "; ".join(problems)
         row["timed_ok"] = m.timed_ok
+        row["correct_digits"] = check_digits(m.check)
+        row["instructions"] = m.counts.instructions if m.counts else math.nan
+        row["estimated_cycles"] = m.counts.estimated_cycles if m.counts else math.nan
+        dev = device_median(m)
+        row["device_median_ns"] = dev[0] if dev else math.nan
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -256,10 +271,60 @@ def text(v) -> str:
     return "" if missing(v) else str(v)
 
 
-def display_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The measurement table in human units, one string per cell (HTML and Markdown use it)."""
+CUDA_CLOCK = "host clock, stopped after torch.cuda.synchronize()"
+MEDIAN = "median / call [95% CI]"
+ACCURACY = "correct digits (worst output)"
+# columns display_table gives only where some row has them (DEVICE: CUDA cases; the rest: counted cases)
+DEVICE = "device / call (CUDA events) [95% CI]"
+COUNTS = ("instructions / call", "est. cycles / call", "L1 / LL misses / call")
+OPTIONAL = (ACCURACY, DEVICE, *COUNTS)
+
+
+def counted(m: Measurement) -> bool:
+    """Measured by counting instructions, not timed: no time, so no speed-up and no plot."""
+    return m.counts is not None and not m.samples_ns
+
+
+def device_median(m: Measurement) -> tuple[float, float, float] | None:
+    """Median per call between CUDA events (device clock) with its 95% CI, or None."""
+    if not m.device_samples_ns or m.loops < 1:
+        return None
+    s = summarize(np.asarray(m.device_samples_ns, dtype=np.float64) / m.loops)
+    return s.median, s.ci95[0], s.ci95[1]
+
+
+def _median_text(r, m: Measurement) -> str:
+    if counted(m):
+        return "counted, not timed"
+    if not r.n:
+        return ""
+    text = f"{fmt_ns(r.median_ns)} [{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}]"
+    return text + " (host clock)" if m.case.device != "cpu" else text
+
+
+def _optional_columns(ms: list[Measurement]) -> dict[str, list[str]]:
+    """Accuracy for every row; the device clock's median and the instruction counts where present."""
+    dev = [device_median(m) for m in ms]
+    cs = [m.counts for m in ms]
+    return {
+        ACCURACY: [accuracy_text(m.check) for m in ms],
+        DEVICE: [f"{fmt_ns(d[0])} [{fmt_ns(d[1])}, {fmt_ns(d[2])}]" if d else "" for d in dev],
+        COUNTS[0]: [
+            fmt_count(c.instructions) + (f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else "") if c else ""
+            for c in cs
+        ],  # fmt: skip
+        COUNTS[1]: [fmt_count(c.estimated_cycles) if c else "" for c in cs],
+        COUNTS[2]: [f"{fmt_count(c.l1_misses)} / {fmt_count(c.ll_misses)}" if c else "" for c in cs],
+    }
+
+
+def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
+    """The measurement table in human units, one string per cell (HTML, Markdown and CSV use it):
+    accuracy beside the median, and for CUDA cases the device clock's median beside the host's, for
+    counted cases their instruction counts. drop_empty: leave out an optional column no row fills."""
     if df.empty:
         return pd.DataFrame()
+    ms = list(df["m"])
     out = pd.DataFrame(
         {
             "run": df["run"],
@@ -270,12 +335,13 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
             "batch": df["batch"].astype(str),
             "backend": df["label"],
             "status": df["status"],
-            "median / call [95% CI]": [
-                f"{fmt_ns(r.median_ns)} [{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}]" if r.n else ""
-                for r in df.itertuples()
-            ],
+            MEDIAN: [_median_text(r, m) for r, m in zip(df.itertuples(), ms, strict=True)],
+            **_optional_columns(ms),
             "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in df.itertuples()],
-            "verdict": [text(r.verdict) or text(r.speedup_note) for r in df.itertuples()],
+            "verdict": [
+                "counted: no time to compare" if counted(m) else text(r.verdict) or text(r.speedup_note)
+                for r, m in zip(df.itertuples(), ms, strict=True)
+            ],
             "GB/s (share)": [
                 f"{fmt_num(r.gb_per_s)} ({fmt_pct(r.bw_share)} of {r.bw_limit_level})"
                 if r.bw_limit_level
@@ -296,6 +362,8 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
     )
     if df["run"].nunique() <= 1:
         out = out.drop(columns=["run"])
+    if drop_empty:
+        out = out.drop(columns=[c for c in OPTIONAL if not any(out[c])])
     return out
 
 
@@ -378,6 +446,10 @@ CSV_COLUMNS = (
     "speedup_note",
     "implausible",
     "plausibility",
+    "correct_digits",
+    "device_median_ns",
+    "instructions",
+    "estimated_cycles",
 )
 
 
