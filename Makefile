@@ -11,7 +11,7 @@ WHEELS := target/wheels
 RUN    ?= results/scratch/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
 ARGS   ?=
 
-.PHONY: bench quick test setup rust browser system lint clean
+.PHONY: bench quick trends test setup rust browser system lint clean
 
 TRAIN_STEPS ?= 300
 
@@ -22,6 +22,10 @@ bench: setup
 	$(BIN)/elbolab train --out $(RUN) --steps $(TRAIN_STEPS)
 	$(BIN)/elbolab history ingest --store $(STORE) $(RUN)
 	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
+
+# The history store as a page: every case's median per commit, with the change points found
+trends: setup
+	$(BIN)/elbolab history page --store $(STORE) -o reports/trends.html
 
 # The CI-sized version: a small matrix, short samples, a short training run.
 quick: ARGS += --quick

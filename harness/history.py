@@ -206,7 +206,10 @@ class Point:
 
     @property
     def status(self) -> str:
-        return "ok" if self.ok else (self.statuses[0] if self.statuses else "missing")
+        if self.ok:
+            return "ok"
+        bad = [st for st in self.statuses if st != "ok"]
+        return bad[0] if bad else "no timing samples" if self.statuses else "missing"
 
 
 @dataclass(frozen=True, eq=False)
@@ -582,7 +585,7 @@ def backfill(store: Store, repo: Path, commits: Sequence[str], config, machine_n
     backends = discover()
     needed = builds_needed(backends, config.filter("backend"))
     done = {r.commit for r in store.runs(machine.machine_id, origin=origin)}
-    failed = {s.commit: s.reason for s in store.skips(machine.machine_id, origin=origin)}
+    failed = {s.commit: f"{s.stage}: {s.reason}" for s in store.skips(machine.machine_id, origin=origin)}
     measured, skipped, already = [], [], []
     with tempfile.TemporaryDirectory(prefix="elbolab-history-") as tmpdir:
         tmp = Path(tmpdir)

@@ -273,28 +273,6 @@ def _load_marker():
     return lib
 
 
-def _runner(prepared):
-    """run(n): n calls (one Python loop, or call_n inside the backend), then the device sync.
-    run(0) makes no call: segment 0 measures the loop's and the markers' fixed cost."""
-    call, call_n, sync = prepared.call, prepared.call_n, prepared.sync
-    if call_n is not None:
-
-        def run(n: int) -> None:
-            if n:
-                call_n(n)
-            if sync:
-                sync()
-    else:
-
-        def run(n: int) -> None:
-            for _ in range(n):
-                call()
-            if sync:
-                sync()
-
-    return run
-
-
 def calls_for(instructions_per_call: float, target: int = TARGET_SEGMENT_INSTRUCTIONS) -> int:
     """The smallest power of two of calls whose instructions reach `target` (1..MAX_CALLS): a power
     of two, so a small change in the work per call rarely changes the count."""
@@ -351,6 +329,7 @@ def child(case_json: str, calls: int, repeats: int = REPEATS) -> dict:
     import numpy as np
     from elbolab.backend import discover
     from elbolab.case import Case
+    from elbolab.timer import loop_runner
     from elbolab.workloads import WORKLOADS, check_outputs
     from threadpoolctl import threadpool_limits
 
@@ -373,7 +352,7 @@ def child(case_json: str, calls: int, repeats: int = REPEATS) -> dict:
         with threadpool_limits(limits=case.threads):
             prepared = backend.prepare(case, {k: v.copy() for k, v in inputs.items()})
             notes = dict(prepared.notes)
-            run = _runner(prepared)
+            run = loop_runner(prepared)
             stage = "the first call"
             t0 = time.perf_counter_ns()
             run(1)

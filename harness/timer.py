@@ -64,15 +64,17 @@ class Timing:
 Clock = Callable[[], int]
 
 
-def _runner(prepared: Prepared, synced: bool = True) -> Callable[[int], None]:
-    """A function running `loops` calls, followed by a device sync unless `synced` is False."""
+def loop_runner(prepared: Prepared, synced: bool = True) -> Callable[[int], None]:
+    """run(loops): `loops` calls (a Python loop, or call_n inside the backend), then the device sync
+    unless `synced` is False. run(0) makes no call (instruction counting measures the fixed cost so)."""
     call, call_n = prepared.call, prepared.call_n
     sync = prepared.sync if synced else None
 
     if call_n is not None:
 
         def run(loops: int) -> None:
-            call_n(loops)
+            if loops:
+                call_n(loops)
             if sync:
                 sync()
     else:
@@ -94,9 +96,9 @@ class Sampler:
     """
 
     def __init__(self, prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns):
-        self.run, self.config, self.clock = _runner(prepared), config, clock
+        self.run, self.config, self.clock = loop_runner(prepared), config, clock
         self.events, self.sync = prepared.device_events, prepared.sync
-        self.calls = _runner(prepared, synced=False)  # with device events: the end event before the sync
+        self.calls = loop_runner(prepared, synced=False)  # with device events: the end event before the sync
         self.device_ns: list[float] = []  # per sample, between device events, when the backend has them
         with _gc_off():
             t0 = clock()

@@ -400,3 +400,28 @@ def test_bisect_finds_the_commit_that_slowed_the_kernel(tmp_path):
     assert len(measured) < 10  # a bisect, not a scan of the 10 commits
     with Store.open(url) as store:
         assert len(store.runs()) >= len(measured) + 1  # GOOD too: every measurement is kept
+
+
+def test_a_commit_that_does_not_install_is_skipped_with_the_reason_stored(tmp_path, capsys):
+    from elbolab.ab import ABConfig
+    from elbolab.history import backfill
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "pyproject.toml").write_text("this is not toml [")
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "broken")
+    sha = git(repo, "rev-parse", "HEAD")
+    url = f"sqlite:///{tmp_path / 'h.sqlite'}"
+    config = ABConfig("history", run_filters=(("backend", ("numpy",)),), quick=True)
+    with Store.open(url) as store:
+        result = backfill(store, repo, [sha], config)
+        assert result.measured == () and result.skipped[0][0] == sha and "install" in result.skipped[0][1]
+        (skip,) = store.skips()
+        assert skip.commit == sha and skip.stage == "install" and "\n" not in skip.reason
+        again = backfill(store, repo, [sha], config)  # not tried again without --force
+        assert again.skipped == result.skipped and len(store.skips()) == 1
+    assert "elbolab-history-" not in git(repo, "worktree", "list")  # the worktree is gone
+    code, out, _ = history_cli(["runs", "--store", url], capsys, repo)
+    assert code == 0

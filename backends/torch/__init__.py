@@ -149,6 +149,11 @@ def _setup(case: Case, inputs: dict, compiled: bool):
     return torch, device, tensors, notes, sync, peak
 
 
+def _prepared(torch, device, call, outputs, sync, peak, notes: dict) -> Prepared:
+    return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak,
+                    device_events=_events(torch, device), notes=notes)  # fmt: skip
+
+
 def _maybe_compile(torch, fn, compiled: bool):
     if not compiled:
         return fn
@@ -224,14 +229,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res.update(grad_x_recon=_np(x_recon.grad), grad_mu=_np(mu.grad), grad_logvar=_np(logvar.grad))
         return res
 
-    return Prepared(
-        call=call,
-        outputs=outputs,
-        sync=sync,
-        device_peak_bytes=peak,
-        device_events=_events(torch, device),
-        notes=notes,
-    )
+    return _prepared(torch, device, call, outputs, sync, peak, notes)
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -246,14 +244,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
         with torch.inference_mode():
             state["iwae"] = fn(*args)
 
-    return Prepared(
-        call=call,
-        outputs=lambda: {"iwae": _np(state["iwae"])},
-        sync=sync,
-        device_peak_bytes=peak,
-        device_events=_events(torch, device),
-        notes=notes,
-    )
+    return _prepared(torch, device, call, lambda: {"iwae": _np(state["iwae"])}, sync, peak, notes)
 
 
 def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -285,14 +276,7 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res[f"new_{name}"] = _np(n)
         return res
 
-    return Prepared(
-        call=call,
-        outputs=outputs,
-        sync=sync,
-        device_peak_bytes=peak,
-        device_events=_events(torch, device),
-        notes=notes,
-    )
+    return _prepared(torch, device, call, outputs, sync, peak, notes)
 
 
 # one module serves two backends: the same preparers, with the option bound
@@ -348,23 +332,18 @@ def _gpu_check(name: str):
     return check
 
 
-triton_backend = replace(
-    backend,
-    name="torch-triton",
-    description="elbo and elbo_grad as one fused Triton kernel on CUDA (one pass over the data)",
-    preparers={"elbo": _gpu("prepare_triton"), "elbo_grad": _gpu("prepare_triton")},
-    devices=("cuda",),
-    unavailable_reason=_gpu_check("triton_unavailable"),
-    device_unavailable_reason=_gpu_check("cuda_unavailable"),
-    threaded=False,
-)
+def _cuda_variant(name: str, description: str, prepare: str, **extra) -> Backend:
+    """A CUDA-only torch variant of elbo and elbo_grad, prepared in elbolab.backends.torch.gpu."""
+    return replace(backend, name=name, description=description, devices=("cuda",), threaded=False,
+                   preparers={"elbo": _gpu(prepare), "elbo_grad": _gpu(prepare)},
+                   device_unavailable_reason=_gpu_check("cuda_unavailable"), **extra)  # fmt: skip
 
-cudagraph_backend = replace(
-    backend,
-    name="torch-cudagraph",
-    description="the eager PyTorch ELBO captured as a CUDA graph and replayed: one launch per call",
-    preparers={"elbo": _gpu("prepare_cudagraph"), "elbo_grad": _gpu("prepare_cudagraph")},
-    devices=("cuda",),
-    device_unavailable_reason=_gpu_check("cuda_unavailable"),
-    threaded=False,
-)
+
+triton_backend = _cuda_variant(
+    "torch-triton", "elbo and elbo_grad as one fused Triton kernel on CUDA (one pass over the data)",
+    "prepare_triton", unavailable_reason=_gpu_check("triton_unavailable"),
+)  # fmt: skip
+cudagraph_backend = _cuda_variant(
+    "torch-cudagraph", "the eager PyTorch ELBO captured as a CUDA graph and replayed: one launch per call",
+    "prepare_cudagraph",
+)  # fmt: skip

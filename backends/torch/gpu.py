@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 from elbolab.backend import Prepared
-from elbolab.backends.torch import _events
+from elbolab.backends.torch import _device_unavailable_reason, _events
 from elbolab.case import Case
 from elbolab.workloads import WORKLOADS
 
@@ -32,11 +32,7 @@ def triton_unavailable() -> str | None:
 def cuda_unavailable(device: str) -> str | None:
     if device != "cuda":
         return f"{device}: this variant runs on CUDA only"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    return None
+    return _device_unavailable_reason(device)
 
 
 def _tensors(case: Case, inputs: dict):

@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from elbolab import __version__
-    from elbolab.cli import gating, measure, reports
+    from elbolab.cli import gating, history, measure, reports
 
     parser = Parser(
         prog="elbolab",
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_commands(sub)
     reports.add_commands(sub)
     gating.add_commands(sub)
+    history.add_commands(sub)
     return parser
 
 

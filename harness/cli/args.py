@@ -25,14 +25,22 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(_items(text, "names"))
 
 
-def _positive(text: str, what: str, limit: int = MAX_SIZE) -> int:
+def _number(text: str, convert, expected: str, valid, invalid: str):
+    """text converted by `convert` (int or float), else 'expected ...'; then `valid(value)`, else
+    `invalid` (formatted with the value)."""
     try:
-        value = int(text)
+        value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not 1 <= value <= limit:
-        raise argparse.ArgumentTypeError(f"{what} must be between 1 and {limit}, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(invalid.format(value=value, text=repr(text)))
     return value
+
+
+def _positive(text: str, what: str, limit: int = MAX_SIZE) -> int:
+    return _number(
+        text, int, what, lambda v: 1 <= v <= limit, f"{what} must be between 1 and {limit}, got {{value}}"
+    )
 
 
 def positive_int(text: str) -> int:
@@ -60,34 +68,19 @@ def steps(text: str) -> int:
 
 
 def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"a timeout must be a positive number of seconds, got {text!r}")
-    return value
+    return _number(text, float, "a number of seconds", lambda v: math.isfinite(v) and v > 0,
+                   "a timeout must be a positive number of seconds, got {text}")  # fmt: skip
 
 
 def seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a seed (an integer >= 0), got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"a seed must be an integer from 0 to 2^63 - 1, got {value}")
-    return value
+    return _number(text, int, "a seed (an integer >= 0)", lambda v: 0 <= v < 2**63,
+                   "a seed must be an integer from 0 to 2^63 - 1, got {value}")  # fmt: skip
 
 
 def fraction(text: str) -> float:
     """A threshold or noise band, e.g. 0.1; range checks are elbolab.verdict.Rule's."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction such as 0.1, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite fraction such as 0.1, got {text!r}")
-    return value
+    return _number(text, float, "a fraction such as 0.1", math.isfinite,
+                   "expected a finite fraction such as 0.1, got {text}")  # fmt: skip
 
 
 def path(text: str):

@@ -18,12 +18,15 @@ def missing(v) -> bool:
 
 def fmt_ns(ns: float | None) -> str:
     """A time in ns with the unit that keeps three significant digits: '22.6 µs'."""
-    if missing(ns):
+    return _scaled(ns, (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1)))
+
+
+def _scaled(v: float | None, units: tuple[tuple[str, float], ...], digits: int = 3) -> str:
+    """v in the first unit it reaches (the last one below all), to `digits` significant digits."""
+    if missing(v):
         return ""
-    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3)):
-        if abs(ns) >= scale:
-            return f"{ns / scale:.3g} {unit}"
-    return f"{ns:.3g} ns"
+    unit, scale = next(((u, s) for u, s in units if abs(v) >= s), units[-1])
+    return f"{v / scale:.{digits}g} {unit}".rstrip()
 
 
 def fmt_x(v: float | None, lo: float = math.nan, hi: float = math.nan) -> str:
@@ -63,12 +66,7 @@ def fmt_time(value: float, normalized: bool = False, unit: str = "ns") -> str:
 
 def fmt_count(v: float | None, digits: int = 3) -> str:
     """A count per call with an SI prefix: '1.23 M'."""
-    if missing(v):
-        return ""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.{digits}g} {unit}"
-    return f"{v:.{digits}g}"
+    return _scaled(v, (("G", 1e9), ("M", 1e6), ("k", 1e3), ("", 1)), digits)
 
 
 def check_digits(check: Check | None) -> float | None:
