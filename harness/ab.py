@@ -451,6 +451,15 @@ def decided(base: _SideSamples, head: _SideSamples, threshold: float, min_rounds
     return None
 
 
+def pair_above(data: dict[str, _SideSamples], threshold: float) -> bool:
+    """Whether the current pair of workers alone puts the whole interval above the threshold."""
+    from elbolab.stats import ratio_interval
+
+    base, head = data["base"].rounds[-1], data["head"].rounds[-1]
+    est = ratio_interval([t / base[0] for t in base[1]], [t / head[0] for t in head[1]])
+    return est.ci95[0] > 1 + threshold
+
+
 def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
     """Each case: one worker per side, alive together, sampled in alternating blocks (B H H B ...)
     until decided() or the case's budget is spent; then again with a fresh pair of workers (a new
@@ -509,6 +518,8 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                         stopped = decided(data["base"], data["head"], threshold, min_rounds=2) or ""
                         if stopped or spent > budget:
                             break
+                        if len(data["head"].rounds) < config.max_pairs and pair_above(data, threshold):
+                            break  # this pair shows a regression: a fresh pair must confirm it
             except RuntimeError as exc:  # the worker of side `name` died or hung
                 failure = (name, "failed", f"{exc} during {case.label()}")
                 break

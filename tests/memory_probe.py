@@ -30,7 +30,7 @@ def main() -> None:
     from elbolab.workloads import WORKLOADS
 
     backend = discover()[backend_name]
-    timer = TimerConfig(target_sample_ns=1_000_000, sample_count=3, warmup=0, min_samples=3)
+    timer = TimerConfig(target_sample_ns=1_000_000, max_samples=3, warmup=0, min_samples=3)
     measure_case(backend, Case(workload, backend_name, "cpu", dtype, 2), timer)  # imports, JIT
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

@@ -362,9 +362,9 @@ def history_process(repo: Path, *argv: str, timeout: float = 900) -> subprocess.
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_backfill_finds_the_commit_that_slowed_the_kernel(tmp_path):
-    """20 commits measured one by one in worktrees; the change point is the injected commit."""
-    slow_at = 12
-    repo, shas = scratch_history(tmp_path, 20, slow_at)
+    """10 commits measured one by one in worktrees; the change point is the injected commit."""
+    slow_at = 6
+    repo, shas = scratch_history(tmp_path, 10, slow_at)
     url = f"sqlite:///{tmp_path / 'history.sqlite'}"
     proc = history_process(repo, "run", f"{shas[0]}..HEAD", "--store", url, *ONE_CASE)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -84,7 +84,7 @@ def measured(tmp_path_factory):
         run = RunFile(path, new_run("mutations", "now", {}, {}, {"commit": None}, {}))
         all_cases = [c for _, group in MUST_FAIL + MUST_PASS + SLOPPY for c in group]
         timer = TimerConfig(
-            target_sample_ns=1_000_000, sample_count=3, warmup=0, budget_ns=200_000_000, min_samples=3
+            target_sample_ns=1_000_000, max_samples=3, warmup=0, budget_ns=200_000_000, min_samples=3
         )
         execute(all_cases, run, timer, case_timeout=300)
         return {m.case: m for m in run.run.measurements}
