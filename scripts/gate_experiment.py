@@ -29,7 +29,7 @@ from elbolab.ab import ABConfig, Side, measure_interleaved  # noqa: E402
 from elbolab.backend import discover  # noqa: E402
 from elbolab.case import Case  # noqa: E402
 from elbolab.compare import compare  # noqa: E402
-from elbolab.verdict import Rule  # noqa: E402
+from elbolab.verdict import DEFAULT_AB_THRESHOLD, Rule  # noqa: E402
 
 BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
 ARMS = {"A/A": 0.0, "+5%": 0.05, "+10%": 0.10}
@@ -72,7 +72,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ["ELBOLAB_BACKENDS"] = BACKENDS
-    config, rule = ABConfig(base_ref="-"), Rule()
+    config, rule = ABConfig(base_ref="-"), Rule(DEFAULT_AB_THRESHOLD)
     print(f"rule: {rule.describe()}; {len(cases())} cases a gate", flush=True)
     result = {"rule": rule.to_json(), "config": {k: getattr(config, k) for k in
                                                   ("block", "min_samples", "max_pairs", "case_budget_s")}}  # fmt: skip

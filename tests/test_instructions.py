@@ -150,7 +150,7 @@ _REASON = unavailable_reason()
 needs_valgrind = pytest.mark.skipif(_REASON is not None, reason=f"cannot count instructions here: {_REASON}")
 slow = pytest.mark.slow
 
-AA_CASES = [("numpy", 128), ("numpy", 1024), ("rust", 128), ("numba", 128)]
+AA_CASES = [("numpy", 128), ("rust", 128), ("numba", 128)]
 TORCH_TIMEOUT_S = 420 if COUNT_TORCH else 20
 
 

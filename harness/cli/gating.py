@@ -27,7 +27,13 @@ from elbolab.compare import Reference, Report, compare
 from elbolab.errors import UsageError
 from elbolab.report import markdown
 from elbolab.results import load, save
-from elbolab.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, INSTRUCTIONS_RULE, Rule
+from elbolab.verdict import (
+    DEFAULT_AB_THRESHOLD,
+    DEFAULT_NOISE_BAND,
+    DEFAULT_THRESHOLD,
+    INSTRUCTIONS_RULE,
+    Rule,
+)
 
 
 def _threshold_for(text: str) -> tuple[str, float]:
@@ -43,8 +49,9 @@ def _threshold_for(text: str) -> tuple[str, float]:
 
 
 def _add_compare_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=fraction, default=DEFAULT_THRESHOLD,
-                   help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%%)")  # fmt: skip
+    p.add_argument("--threshold", type=fraction, default=None,
+                   help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%% between "
+                        "two files, 0.05 in the interleaved A/B gate --base)")  # fmt: skip
     p.add_argument("--threshold-for", type=_threshold_for, action="append", default=[], metavar="WORKLOAD=T",
                    help="a different threshold for one workload, e.g. vae_step=0.2 (repeatable)")  # fmt: skip
     p.add_argument("--count-threshold", type=fraction, default=INSTRUCTIONS_RULE.threshold,
@@ -91,7 +98,13 @@ def add_commands(sub) -> None:
 
 
 def _rule(args: argparse.Namespace) -> Rule:
-    return Rule.of(args.threshold, args.noise_band, dict(args.threshold_for))
+    interleaved = getattr(args, "base", None) is not None
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else (DEFAULT_AB_THRESHOLD if interleaved else DEFAULT_THRESHOLD)
+    )
+    return Rule.of(threshold, args.noise_band, dict(args.threshold_for))
 
 
 def _count_rule(args: argparse.Namespace) -> Rule:
