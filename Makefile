@@ -34,11 +34,13 @@ quick: RUN := results/scratch/quick-$(shell date -u +%Y%m%dT%H%M%SZ).json
 quick: bench
 
 # The Rust unit tests first (no doc-tests: the crate has none), pytest last, so the log closes
-# on pytest's summary of the whole suite.
+# on pytest's summary of the whole suite. pytest runs in TEST_JOBS processes, a test file per
+# process (--dist loadfile keeps a file's module fixtures, e.g. a built history, in one process).
+TEST_JOBS ?= 2
 test: setup system
 	@if command -v cargo >/dev/null; then cargo test -q --release --lib --manifest-path backends/rust/Cargo.toml; \
 	 else echo "cargo not found: skipping the Rust unit tests"; fi
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 setup: $(STAMP) $(RUST_STAMP)
 

@@ -10,9 +10,14 @@ directory is shared and persistent, so unchanged crates compile once). A side wh
 reported and the backends needing that build are left out on both sides; the rest is still gated.
 Revisions from before the package was called `elbolab` (top-level `harness`) run as `harness.cli`.
 
-The two sides then run `python -m elbolab.cli run <filters>` alternately in balanced order
-(A B, B A, A B, ...) so slow machine drift hits both alike; each side's samples are pooled over the
-rounds (elbolab.compare.pool_rounds) and the pooled runs are compared by the caller.
+Timing (measure_interleaved): case by case, one worker per side is started and both stay alive;
+samples are taken in alternating blocks (base, head, head, base, ...) so drift hits both alike,
+until the case is decided (its interval clear of the threshold either way) or its time budget is
+spent (reported undecided). A regression must show in two pairs of workers. Instructions
+(measure_counted): each case counted once a side under callgrind. A base revision older than the
+interleaved workers is measured the old way (measure_rounds): whole `elbolab run`s alternately in
+balanced order (A B, B A, ...), pooled per side (elbolab.compare.pool_rounds).
+The caller compares the two runs with the shared verdict rule (elbolab.compare).
 
 This module never prints: progress goes to `log`.
 """

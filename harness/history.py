@@ -703,6 +703,11 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
                          [float(np.median(s)) for s in samples[good]],
                          [float(np.median(s)) for s in samples[sha]])  # fmt: skip
 
+        def not_a_regression(j: Judgement) -> bool:
+            # the question a bisect asks is "a regression or not", the gate's stopping rule: an
+            # interval wholly below the threshold answers "not", even where the verdict is noisy
+            return j.verdict is not Verdict.NOISY or j.ci95[1] < 1 + rule.threshold_for(case.workload)
+
         def classify(sha: str) -> Step:
             why = measure(sha)
             if why:
@@ -711,14 +716,18 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
                 j = verdict(sha)
                 if j.regression:
                     return Step(sha, "bad", j, _describe(j))
-                if j.verdict is not Verdict.NOISY or attempt + 1 == attempts:
+                if not_a_regression(j) or attempt + 1 == attempts:
                     break
                 log(f"{sha[:10]}: too noisy to tell ({_describe(j)}); measuring it and GOOD again")
                 why = measure(good) or measure(sha)
                 if why:
                     return Step(sha, "skip", j, why)
-            if j.verdict is Verdict.NOISY:
+            if not not_a_regression(j):
                 return Step(sha, "skip", j, f"still too noisy to tell: {_describe(j)}")
+            if j.verdict is Verdict.NOISY:
+                return Step(
+                    sha, "good", j, f"not a regression, the interval is below the threshold: {_describe(j)}"
+                )
             return Step(sha, "good", j, _describe(j))
 
         log(f"GOOD {good[:10]}: measuring {case.label()}")

@@ -282,6 +282,8 @@ CASES += [
     (["gate", "--base", "HEAD", "--rounds", "0"], "between 1 and"),
     (["gate", "--base", "HEAD", "--rounds", "x"], "expected a positive integer"),
     (["gate", "--base", "HEAD", "--timeout", "nan"], "positive number of seconds"),
+    (["gate", "--base", "HEAD", "--case-budget", "0"], "positive number of seconds"),
+    (["gate", "good.json", "good.json", "--case-budget", "60"], "only apply with --base"),
     (["gate", "--base", "HEAD", "--backend", "numpy,numpy"], "listed twice"),
     (["gate", "--base", "HEAD", "--threshold", "-2"], "threshold must be a positive"),
     (["list", "--verbose"], "unrecognized arguments"),

@@ -69,7 +69,7 @@ def steps(text: str) -> int:
 
 def seconds(text: str) -> float:
     return _number(text, float, "a number of seconds", lambda v: math.isfinite(v) and v > 0,
-                   "a timeout must be a positive number of seconds, got {text}")  # fmt: skip
+                   "expected a positive number of seconds, got {text}")  # fmt: skip
 
 
 def seed(text: str) -> int:

@@ -85,7 +85,11 @@ def add_commands(sub) -> None:
     _add_compare_options(p)
     ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
     ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
-    ab.add_argument("--rounds", type=positive_int, default=3, help="interleaved runs per side (default 3)")
+    ab.add_argument("--case-budget", type=seconds, default=ABConfig.case_budget_s, metavar="SECONDS",
+                    help="interleaved timing: seconds a case may sample before it is reported undecided "
+                         f"(default {ABConfig.case_budget_s:g})")  # fmt: skip
+    ab.add_argument("--rounds", type=positive_int, default=3,
+                    help="whole runs per side, only for a base revision older than the interleaved workers (default 3)")  # fmt: skip
     ab.add_argument(
         "--save-runs", type=path, metavar="DIR", help="keep the pooled base.json and head.json here"
     )
@@ -173,6 +177,7 @@ def _no_run_filters(args: argparse.Namespace) -> None:
     given = [f"--{name}" for name in RUN_FILTERS if getattr(args, name, None)]
     given += ["--quick"] if args.quick else []
     given += ["--measure"] if args.measure != "time" else []
+    given += ["--case-budget"] if args.case_budget != ABConfig.case_budget_s else []
     given += [
         f"--{flag}" for flag, default, _ in SIZE_FLAGS if getattr(args, flag.replace("-", "_")) != default
     ]
@@ -188,6 +193,7 @@ def _ab_gate(args: argparse.Namespace) -> Report:
         quick=args.quick,
         seed=args.seed,
         case_timeout=args.timeout,
+        case_budget_s=args.case_budget,
         measure=args.measure,
         sizes=tuple(
             (flag, getattr(args, flag.replace("-", "_")))
