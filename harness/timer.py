@@ -100,7 +100,7 @@ class Sampler:
         self.events, self.sync = prepared.device_events, prepared.sync
         self.calls = loop_runner(prepared, synced=False)  # with device events: the end event before the sync
         self.device_ns: list[float] = []  # per sample, between device events, when the backend has them
-        with _gc_off():
+        with _gc_off(collect=True):
             t0 = clock()
             self.run(1)
             self.first_call_ns = clock() - t0
@@ -132,9 +132,18 @@ class Sampler:
 
 
 class _gc_off:  # noqa: N801 (a context manager, named for what it does)
+    """The collector off while timing. A full collection runs once, when the Sampler is made:
+    one costs ~60 ms in a worker that has imported torch, and samples are asked for one or a few
+    at a time (adaptive stopping, the A/B blocks), so collecting before each would cost more than
+    the samples themselves. With the collector off no collection can start inside a sample."""
+
+    def __init__(self, collect: bool = False):
+        self.collect = collect
+
     def __enter__(self):
         self.was = gc.isenabled()
-        gc.collect()
+        if self.collect:
+            gc.collect()
         gc.disable()
 
     def __exit__(self, *exc):

@@ -117,6 +117,26 @@ def test_gc_is_disabled_while_timing_and_restored():
     assert gc.isenabled()
 
 
+def test_a_case_pays_for_one_full_collection_not_one_per_sample(monkeypatch):
+    """A full gc.collect() costs ~60 ms in a worker that has imported torch; adaptive sampling asks
+    for one sample at a time, so a collection per sample made a 0.4 s case take 4 s (make bench: an
+    hour instead of minutes). One collection, before the first call, is what a case may cost."""
+    import gc
+
+    import elbolab.timer as timer
+
+    collections = []
+    monkeypatch.setattr(timer.gc, "collect", lambda *a: collections.append(a) or 0)
+    clock = FakeClock()
+    noisy = _noisy_kernel(clock, [1.0, 1.3, 0.8, 1.1, 0.9, 1.25, 0.85])
+    cfg = TimerConfig(target_sample_ns=10_000, min_samples=7, max_samples=30, ci_target=0.01, warmup=2,
+                      max_loops=1, budget_ns=10**12)  # fmt: skip
+    t = time_prepared(Prepared(call=noisy, outputs=dict), cfg, clock=clock)
+    assert len(t.samples_ns) == 30  # sampled one at a time up to the cap
+    assert len(collections) == 1
+    assert gc.isenabled()
+
+
 def _noisy_kernel(clock: FakeClock, spreads):
     """A kernel whose k-th call costs 1000 ns * spreads[k % len(spreads)]."""
     state = {"k": 0}
