@@ -8,11 +8,14 @@ is written to disk (atomically) as soon as it arrives.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import itertools
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from elbolab.measurement import Measurement, not_measured
 from elbolab.results import FileLock, Run, RunFile, TrainingCurve, load, new_run, remove_stale_temporaries
 from elbolab.timer import TimerConfig
 from elbolab.worker import WorkerSpec, serve, thread_env
-from elbolab.workloads import WORKLOADS
+from elbolab.workloads import REFERENCE_CACHE_ENV, WORKLOADS
 
 # The default matrix of `make bench`: every workload over the batch sizes where it is interesting
 # (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound and
@@ -221,11 +224,11 @@ class _Worker:
 _CTX = multiprocessing.get_context("spawn")
 
 
-def _start_worker(spec: WorkerSpec, start_timeout: float) -> _Worker:
+def _start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | None = None) -> _Worker:
     parent, child = _CTX.Pipe()
     saved = dict(os.environ)
     # the child reads its thread environment at start-up, before it imports any library
-    os.environ.update(thread_env(spec.threads))
+    os.environ.update(thread_env(spec.threads), **(env or {}))
     try:
         process = _CTX.Process(target=serve, args=(child, spec), daemon=True)
         process.start()
@@ -297,17 +300,36 @@ def execute(
         if on_result:
             on_result(m)
 
-    for spec, group in groups.items():
-        pending = list(group)
-        while pending:
-            try:
-                worker = _start_worker(spec, start_timeout=case_timeout)
-            except RuntimeError as exc:
-                for case in pending:
-                    record(not_measured(case, "failed", str(exc)))
-                break
-            software[spec.backend] = worker.hello.get("versions", {})
-            pending = _serve_group(worker, pending, timer, case_timeout, record)
+    with _reference_folder() as references:
+        for spec, group in groups.items():
+            pending = list(group)
+            while pending:
+                try:
+                    worker = _start_worker(
+                        spec, start_timeout=case_timeout, env={REFERENCE_CACHE_ENV: references}
+                    )
+                except RuntimeError as exc:
+                    for case in pending:
+                        record(not_measured(case, "failed", str(exc)))
+                    break
+                software[spec.backend] = worker.hello.get("versions", {})
+                pending = _serve_group(worker, pending, timer, case_timeout, record)
+
+
+@contextlib.contextmanager
+def _reference_folder():
+    """A folder for the run's shared references (elbolab.workloads.cached_reference), removed at
+    the end; folders of runs that were killed (their process is gone) are removed first."""
+    prefix = "elbolab-references-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = stale.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _serve_group(
