@@ -10,10 +10,12 @@ directory is shared and persistent, so unchanged crates compile once). A side wh
 reported and the backends needing that build are left out on both sides; the rest is still gated.
 Revisions from before the package was called `elbolab` (top-level `harness`) run as `harness.cli`.
 
-Timing (measure_interleaved): case by case, one worker per side is started and both stay alive;
-samples are taken in alternating blocks (base, head, head, base, ...) so drift hits both alike,
-until the case is decided (its interval clear of the threshold either way) or its time budget is
-spent (reported undecided). A regression must show in two pairs of workers. Instructions
+Timing (measure_interleaved): case by case, a pair of workers (one per side, alive together) is
+sampled in alternating blocks (base, head, head, base, ...) so drift hits both alike, then closed,
+and a fresh pair started: a worker process carries an offset of its own on a shared machine, so the
+pairs are the units of replication and the case is judged on their paired medians, from 6 pairs
+on, until decided (a regression, or an interval wholly below the threshold) or its time budget is
+spent (reported undecided). Instructions
 (measure_counted): each case counted once a side under callgrind. A base revision older than the
 interleaved workers is measured the old way (measure_rounds): whole `elbolab run`s alternately in
 balanced order (A B, B A, ...), pooled per side (elbolab.compare.pool_rounds).
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elbolab.backend import Backend, Build, discover
-from elbolab.compare import pool_rounds
+from elbolab.compare import INTERLEAVED_PAIRS, pool_rounds
 from elbolab.errors import UsageError
 from elbolab.results import Run, load
 from elbolab.verdict import DEFAULT_RULE, Rule
@@ -57,14 +59,16 @@ class ABConfig:
     seed: int = 0
     case_timeout: float | None = None
     sizes: tuple[tuple[str, int], ...] = ()  # (flag, value) sizes other than the defaults
-    # interleaved mode: samples per block, the minimum per side before deciding, worker pairs per
-    # case at most, and the time a case may take before it is reported undecided
+    # interleaved mode: samples per block, samples a side from each pair of workers, the pairs
+    # before a case is judged (6: the fewest a 95% signed-rank interval can be made of) and at
+    # most, and the time a case may take before it is reported undecided
     interleave: bool = True
     block: int = 3
-    min_samples: int = 12
-    max_pairs: int = 2
-    case_budget_s: float = 30.0
-    fixed_samples: int | None = None  # sample exactly this many per side and pair, never stop early
+    pair_samples: int = 12
+    min_pairs: int = 6
+    max_pairs: int = 20
+    case_budget_s: float = 40.0
+    fixed_samples: int | None = None  # this many samples a side from each of max_pairs pairs, no early stop
     measure: str = "time"  # or "instructions": each side's cases counted under Valgrind, once
 
     def __post_init__(self) -> None:
@@ -438,61 +442,72 @@ class _SideSamples:
         return [float(np.median([t / loops for t in samples])) for loops, samples in self.rounds if samples]
 
 
-def decided(base: _SideSamples, head: _SideSamples, threshold: float, min_rounds: int) -> str | None:
-    """Why this case needs no more samples, or None. The interval must clear the threshold: all of it
-    below (no regression of that size) or, agreeing across at least `min_rounds` worker pairs, all
-    of it above (a regression)."""
-    from elbolab.stats import ratio_interval
+def decided(base: _SideSamples, head: _SideSamples, rule: Rule, workload: str) -> str | None:
+    """Why this case needs no more worker pairs, or None: judged by the shared rule on the paired
+    interval over the pairs so far (elbolab.stats.paired_ratio_interval, as compare will judge it),
+    it is a regression, or its interval is wholly below the threshold (no regression of that size)."""
+    from elbolab.stats import paired_ratio_interval
+    from elbolab.verdict import decide
 
-    est = ratio_interval(base.per_call(), head.per_call())
-    lo, hi = est.ci95
-    if hi < 1 + threshold:
-        return f"decided: the interval {lo:.3f}-{hi:.3f} is below +{threshold:.0%}"
-    if lo > 1 + threshold and len(head.rounds) >= min_rounds:
-        if min(head.round_medians()) > max(base.round_medians()):
-            return (
-                f"decided: the interval {lo:.3f}-{hi:.3f} is above +{threshold:.0%} in every pair of workers"
-            )
+    estimate = paired_ratio_interval(base.round_medians(), head.round_medians())
+    judgement, (lo, hi) = decide(estimate, rule, workload), estimate.ci95
+    where = f"the interval {lo:.3f}-{hi:.3f} over {len(head.rounds)} worker pairs"
+    if judgement.regression:
+        return f"decided: a regression, {judgement.ratio:.3f}x with {where}"
+    if hi < 1 + judgement.threshold:
+        return f"decided: {where} is below +{judgement.threshold:.0%}"
     return None
 
 
-def pair_above(data: dict[str, _SideSamples], threshold: float) -> bool:
-    """Whether the current pair of workers alone puts the whole interval above the threshold."""
-    from elbolab.stats import ratio_interval
+def _start_pair(sides: dict, case, timeout: float) -> dict:
+    """One worker per side, started together (their interpreters start on both cores at once)."""
+    from elbolab.worker import StdioWorker, thread_env
 
-    base, head = data["base"].rounds[-1], data["head"].rounds[-1]
-    est = ratio_interval([t / base[0] for t in base[1]], [t / head[0] for t in head[1]])
-    return est.ci95[0] > 1 + threshold
+    workers = {}
+    try:
+        for name, side in sides.items():
+            env = dict(side.env(), **thread_env(case.threads), PYTHONHASHSEED="0")
+            argv = [sys.executable, "-m", "elbolab.worker", case.backend, str(case.threads)]
+            workers[name] = StdioWorker(argv, env, side.tree, timeout=timeout, greet=False)
+        for w in workers.values():
+            w.greet()
+    except BaseException:
+        for w in workers.values():
+            w.close()
+        raise
+    return workers
 
 
 def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
-    """Each case: one worker per side, alive together, sampled in alternating blocks (B H H B ...)
-    until decided() or the case's budget is spent; then again with a fresh pair of workers (a new
-    round), so an offset one pair of processes happens to have (memory layout, placement) must
-    show in every round to count."""
+    """Each case: a pair of workers (one per side, alive together) sampled in alternating blocks
+    (B H H B ...) for `pair_samples` samples a side, then closed; then a fresh pair, and so on.
+    The pairs are the units of replication (a process carries an offset of its own on a shared
+    machine), so after `min_pairs` the case is judged on the pairs' medians, paired, and stops
+    once decided(), or once its budget is spent (undecided), or at `max_pairs`."""
     from elbolab.machine import git_info, machine_info, software_info
     from elbolab.measurement import Measurement, not_measured
     from elbolab.results import new_run
     from elbolab.runner import now
     from elbolab.timer import TimerConfig
-    from elbolab.worker import StdioWorker, thread_env
 
     timer = TimerConfig.quick() if config.quick else TimerConfig()
+    per_pair = config.fixed_samples or config.pair_samples
     started = now()
     measured: dict[str, list] = {"base": [], "head": []}
     versions: dict[str, dict] = {"base": {}, "head": {}}
     for i, case in enumerate(cases):
         t0 = time.perf_counter()
         data = {"base": _SideSamples(), "head": _SideSamples()}
-        threshold = rule.threshold_for(case.workload)
         stopped, failure = "", None
         for _ in range(config.max_pairs):
-            workers, name = {}, "base"
+            name = "base"
             try:
-                for name, side in sides.items():
-                    env = dict(side.env(), **thread_env(case.threads), PYTHONHASHSEED="0")
-                    argv = [sys.executable, "-m", "elbolab.worker", case.backend, str(case.threads)]
-                    workers[name] = w = StdioWorker(argv, env, side.tree, timeout=config.case_timeout or 300)
+                workers = _start_pair(sides, case, config.case_timeout or 300)
+            except RuntimeError as exc:
+                failure = (name, "failed", f"a worker could not start: {exc}")
+                break
+            try:
+                for name, w in workers.items():
                     if "error" in w.hello:
                         failure = (name, "skipped", w.hello["error"])
                         break
@@ -506,37 +521,30 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                     data[name].rounds.append((reply["loops"], []))
                 if failure:
                     break
-                budget = (config.case_budget_s / config.max_pairs) * 1e9
-                spent = 0
-                while True:
+                while len(data["head"].rounds[-1][1]) < per_pair:
                     for name in ("base", "head", "head", "base"):
                         got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
                         data[name].rounds[-1][1].extend(got)
-                        spent += sum(got)
-                    n = len(data["head"].rounds[-1][1])
-                    if config.fixed_samples is not None:
-                        if n >= config.fixed_samples:
-                            stopped = f"a fixed {config.fixed_samples} samples a side"
-                            break
-                        continue
-                    if n >= config.min_samples:
-                        stopped = decided(data["base"], data["head"], threshold, min_rounds=2) or ""
-                        if stopped or spent > budget:
-                            break
-                        if len(data["head"].rounds) < config.max_pairs and pair_above(data, threshold):
-                            break  # this pair shows a regression: a fresh pair must confirm it
             except RuntimeError as exc:  # the worker of side `name` died or hung
                 failure = (name, "failed", f"{exc} during {case.label()}")
                 break
             finally:
                 for w in workers.values():
                     w.close()
-            if stopped and (
-                "below" in stopped or config.fixed_samples is not None and len(data["head"].rounds) >= 2
-            ):
-                break  # no regression of that size: one pair of workers suffices
+            pairs = len(data["head"].rounds)
+            if config.fixed_samples is not None:
+                stopped = f"a fixed {pairs} worker pairs of {per_pair} samples a side"
+                continue
+            if pairs >= config.min_pairs:
+                stopped = decided(data["base"], data["head"], rule, case.workload) or ""
+                if stopped:
+                    break
+            if time.perf_counter() - t0 > config.case_budget_s:
+                break
         if not stopped and failure is None:
-            stopped = f"undecided: the budget of {config.case_budget_s:g} s is spent"
+            why = "budget" if len(data["head"].rounds) < config.max_pairs else "limit of worker pairs"
+            stopped = (f"undecided: the {why} ({config.case_budget_s:g} s, {config.max_pairs} pairs) is spent "
+                       f"after {len(data['head'].rounds)} pairs")  # fmt: skip
         for name in ("base", "head"):
             d = data[name]
             if failure and failure[0] == name:
@@ -561,8 +569,9 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
         software = dict(software_info(), backends=versions[name])
         git = {"commit": resolve(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}
         run = new_run(f"ab-{name}-{started}", started, machine_info(), software, git,
-                      {"ab": {"mode": "interleaved", "block": config.block, "min_samples": config.min_samples,
-                              "max_pairs": config.max_pairs, "case_budget_s": config.case_budget_s},
+                      {"ab": {"mode": INTERLEAVED_PAIRS, "block": config.block, "pair_samples": per_pair,
+                              "min_pairs": config.min_pairs, "max_pairs": config.max_pairs,
+                              "case_budget_s": config.case_budget_s},
                        "timer": timer.to_json()})  # fmt: skip
         out[name] = replace(run, measurements=tuple(measured[name]), finished=now())
     return out

@@ -28,7 +28,7 @@ from elbolab.case import Case
 from elbolab.errors import UsageError
 from elbolab.measurement import BROKEN_STATUSES, Measurement
 from elbolab.results import Run
-from elbolab.stats import RatioEstimate, ratio_interval
+from elbolab.stats import RatioEstimate, paired_ratio_interval, ratio_interval
 from elbolab.verdict import DEFAULT_RULE, INSTRUCTIONS_RULE, Judgement, Rule, Verdict, count_estimate, decide
 from elbolab.workloads import WORKLOADS
 
@@ -331,6 +331,7 @@ def compare(
     skipped = [NotCompared(base[k].case, base[k].status, None, f"only in {base_label}") for k in only_base]
     skipped += [NotCompared(head[k].case, None, head[k].status, f"only in {head_label}") for k in only_head]
     unstable: list[Case] = []
+    paired = _paired_design(base_run) and _paired_design(head_run)
     for key in common:
         mb, mh = base[key], head[key]
         case = mb.case
@@ -347,7 +348,8 @@ def compare(
         if not (mb.timed_ok and mh.timed_ok):
             skipped.append(_not_ok(case, mb, mh, base_label, head_label))
             continue
-        estimate = ratio_interval(mb.per_call_ns, mh.per_call_ns)
+        by_pairs = paired and len(mb.rounds) == len(mh.rounds) >= 2
+        estimate = _estimate(mb, mh, by_pairs)
         base_med, head_med = mb.median_ns, mh.median_ns
         if reference is not None:
             refs = (_reference_of(case, reference, base), _reference_of(case, reference, head))
@@ -360,10 +362,14 @@ def compare(
                     NotCompared(case, "ok", "ok", f"no reference ({reference.label(case)}) in {where}")
                 )
                 continue
-            ref_estimate = ratio_interval(refs[0].per_call_ns, refs[1].per_call_ns)
+            ref_estimate = _estimate(
+                refs[0], refs[1], by_pairs and len(refs[0].rounds) == len(refs[1].rounds)
+            )
             estimate = _normalized(estimate, ref_estimate)
             base_med, head_med = base_med / refs[0].median_ns, head_med / refs[1].median_ns
-        judgement = decide(estimate, rule, case.workload, mb.round_medians, mh.round_medians)
+        # paired pairs need no agreement test of their rounds: their interval is made of the rounds
+        rounds = () if by_pairs else (mb.round_medians, mh.round_medians)
+        judgement = decide(estimate, rule, case.workload, *rounds)
         if judgement.rounds_agree is False:
             unstable.append(case)
         comparisons.append(
@@ -422,6 +428,23 @@ def _normalized(case: RatioEstimate, ref: RatioEstimate) -> RatioEstimate:
     down = math.hypot(math.log(case.value / lo), math.log(rhi / ref.value))
     up = math.hypot(math.log(hi / case.value), math.log(ref.value / rlo))
     return RatioEstimate(value, (value * math.exp(-down), value * math.exp(up)))
+
+
+# The runs of an interleaved A/B gate say so in their config: their cases are judged by the
+# paired medians of their worker pairs (elbolab.ab.measure_interleaved), not by pooled samples.
+INTERLEAVED_PAIRS = "interleaved-pairs"
+
+
+def _paired_design(run: Run) -> bool:
+    return (run.config.get("ab") or {}).get("mode") == INTERLEAVED_PAIRS
+
+
+def _estimate(mb: Measurement, mh: Measurement, by_pairs: bool) -> RatioEstimate:
+    """The ratio interval of the design: over paired worker pairs for an interleaved A/B (the
+    processes are the units of replication), else over the pooled per-call samples."""
+    if by_pairs:
+        return paired_ratio_interval(mb.round_medians, mh.round_medians)
+    return ratio_interval(mb.per_call_ns, mh.per_call_ns)
 
 
 def pool_rounds(runs: Sequence[Run]) -> Run:

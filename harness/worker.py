@@ -350,13 +350,21 @@ def _open(backend, case, timer) -> tuple[dict, OpenCase | None]:
 class StdioWorker:
     """The driver's side of the A/B stdio protocol: one worker process of one revision."""
 
-    def __init__(self, argv: list[str], env: dict, cwd, timeout: float):
+    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True):
+        """Start the worker; with greet=False the caller reads its hello later (greet()), so that
+        several workers can start at once."""
         import subprocess
 
         self.timeout = timeout
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+        self.hello: dict = {}
+        if greet:
+            self.greet()
+
+    def greet(self) -> dict:
         self.hello = self._read()
+        return self.hello
 
     def _read(self) -> dict:
         import json

@@ -3,13 +3,14 @@
     .venv/bin/python scripts/gate_experiment.py [--gates 40] [--slow-gates 20] [--out FILE]
 
 Both sides of each gate are this working tree, run by the real interleaved A/B machinery
-(elbolab.ab.measure_interleaved: one worker per side alive together, B H H B blocks, adaptive
-stopping, a second pair of workers before a regression counts) on the cases of the issue: numpy and
-rust elbo at batch 128 and 1024, float64, one thread, eps given. The head side's backends do
-known extra work (tests/slow_backend.py: ELBOLAB_EXTRA_WORK, NumPy redoing that fraction of its
-main pass, Rust calling its kernel once more every 1/f calls). The arms: A/A (no extra work), +5%
-and +10% of work. Because extra work is not the same as extra time, the true time ratio of each arm
-is measured first, by long interleaved runs, and the detection rates are reported against it.
+(elbolab.ab.measure_interleaved: fresh pairs of workers, one per side alive together, B H H B
+blocks, judged on the pairs' paired medians from 6 pairs on, adaptive stopping) on the cases of
+the issue: numpy and rust elbo at batch 128 and 1024, float64, one thread, eps given. The head
+side's backends do known extra work (tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f calls the kernel
+once more every 1/f calls, inside the backend's own timing loop). The arms: A/A (no extra work),
++5% and +10% of work. Extra calls are not exactly extra time (caches, the call's fixed cost), so
+the true time ratio of each arm is measured first, over many worker pairs, and the detection rates
+are reported against it.
 """
 
 from __future__ import annotations
@@ -48,14 +49,15 @@ def sides(extra: float) -> dict[str, Side]:
     }
 
 
-def true_ratios(config: ABConfig, rule: Rule, samples: int) -> dict[str, dict[str, float]]:
-    """The time ratio each arm really causes, per case: long interleaved runs, two worker pairs."""
+def true_ratios(config: ABConfig, rule: Rule, samples: int, pairs: int) -> dict[str, dict[str, float]]:
+    """The time ratio each arm really causes, per case: `pairs` pairs of workers, `samples` each."""
     out = {}
-    fixed = replace(config, fixed_samples=samples, max_pairs=2, case_budget_s=1e9)
+    fixed = replace(config, fixed_samples=samples, max_pairs=pairs, case_budget_s=1e9)
     for arm, extra in ARMS.items():
         runs = measure_interleaved(fixed, rule, sides(extra), cases(), log=lambda _: None)
         report = compare(runs["base"], runs["head"], rule=rule)
         out[arm] = {c.case.label(): c.ratio for c in report.comparisons}
+        out[arm + " ci95"] = {c.case.label(): list(c.judgement.ci95) for c in report.comparisons}
         print(f"true ratio {arm}: " + ", ".join(f"{k.split(' cpu')[0]} B={k.split('B=')[1].split()[0]}: {v:.3f}"
                                                   for k, v in out[arm].items()), flush=True)  # fmt: skip
     return out
@@ -66,8 +68,9 @@ def main() -> int:
     parser.add_argument("--gates", type=int, default=40, help="gates for A/A and +10%% (default 40)")
     parser.add_argument("--slow-gates", type=int, default=20, help="gates for +5%% (default 20)")
     parser.add_argument(
-        "--true-samples", type=int, default=300, help="samples a side per pair for true ratios"
+        "--true-samples", type=int, default=60, help="samples a side per pair for true ratios"
     )
+    parser.add_argument("--true-pairs", type=int, default=16, help="worker pairs for true ratios")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "scratch" / "gate-experiment.json")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
@@ -75,12 +78,12 @@ def main() -> int:
     config, rule = ABConfig(base_ref="-"), Rule(DEFAULT_AB_THRESHOLD)
     print(f"rule: {rule.describe()}; {len(cases())} cases a gate", flush=True)
     result = {"rule": rule.to_json(), "config": {k: getattr(config, k) for k in
-                                                  ("block", "min_samples", "max_pairs", "case_budget_s")}}  # fmt: skip
-    result["true_ratios"] = true_ratios(config, rule, args.true_samples)
+                                                  ("block", "pair_samples", "min_pairs", "max_pairs", "case_budget_s")}}  # fmt: skip
+    result["true_ratios"] = true_ratios(config, rule, args.true_samples, args.true_pairs)
     result["arms"] = {}
     for arm, extra in ARMS.items():
         n = args.slow_gates if arm == "+5%" else args.gates
-        fired, case_fired, seconds, samples = 0, [], [], []
+        fired, case_fired, seconds, samples, per_case = 0, [], [], [], {}
         for g in range(n):
             t0 = time.perf_counter()
             runs = measure_interleaved(config, rule, sides(extra), cases(), log=lambda _: None)
@@ -88,12 +91,15 @@ def main() -> int:
             seconds.append(time.perf_counter() - t0)
             fired += report.failed
             case_fired += [int(c.regression) for c in report.comparisons]
+            for c in report.comparisons:
+                per_case.setdefault(c.case.label(), []).append(int(c.regression))
             samples += [c.head_n for c in report.comparisons]
             print(f"{arm} gate {g + 1}/{n}: {'FIRED' if report.failed else 'pass'} "
                   f"({', '.join(f'{c.ratio:.3f}' for c in report.comparisons)}; {seconds[-1]:.0f} s)", flush=True)  # fmt: skip
         result["arms"][arm] = {"gates": n, "fired": fired, "cases": len(case_fired), "cases_fired": sum(case_fired),
                                "seconds_per_gate": sum(seconds) / n, "max_seconds": max(seconds),
-                               "samples_per_case_median": sorted(samples)[len(samples) // 2]}  # fmt: skip
+                               "samples_per_case_median": sorted(samples)[len(samples) // 2],
+                               "fired_per_case": {k: sum(v) for k, v in per_case.items()}}  # fmt: skip
     print("\narm    true ratio (per case)            gates fired   cases fired   s/gate")
     for arm, r in result["arms"].items():
         ratios = ", ".join(f"{v:.3f}" for v in result["true_ratios"][arm].values())

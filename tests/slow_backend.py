@@ -1,9 +1,9 @@
-"""A test-only backend: the NumPy elbo kernels with a controlled amount of extra work.
+"""Test-only backends: the NumPy and Rust elbo kernels with a controlled amount of extra work.
 
-Registered with ELBOLAB_BACKENDS=tests.slow_backend:backend. ELBOLAB_EXTRA_WORK=0.25 makes every
-call also redo the kernel's dominant pass (x - x_recon, then its squared norm) over the first 25%
-of the rows: about +25% work, with the same backend name in every run so the cases of a slowed and
-an unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
+Registered with ELBOLAB_BACKENDS=tests.slow_backend:backend (numpy-slow) and
+tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 calls the kernel once more
+every 4 calls: +25% work, with the same backend name in every run so the cases of a slowed and an
+unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
 and the amount is recorded in the measurement's notes.
 
 Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a true slowdown.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-import numpy as np
 from elbolab.backend import Backend, Prepared
 from elbolab.backends.numpy import backend as numpy_backend
 from elbolab.case import Case
@@ -33,65 +32,58 @@ def extra_work() -> float:
     return value
 
 
-def prepare(case: Case, inputs: dict) -> Prepared:
-    prepared = numpy_backend.prepare(case, inputs)
-    fraction = extra_work()
-    notes = dict(prepared.notes, extra_work=fraction)
-    if fraction == 0:
-        return replace(prepared, notes=notes)
-    # `fraction` of the elements of the main pass again: whole passes, then a contiguous slice
-    x, x_recon = inputs["x"].reshape(-1), inputs["x_recon"].reshape(-1)
-    extra = int(round(fraction * x.size))
-    full_passes, rest = divmod(extra, x.size)
-    sink = np.zeros(1, dtype=np.float64)
+def with_extra_calls(prepared: Prepared, fraction: float) -> Prepared:
+    """The kernel called once more every 1/fraction calls (an accumulator decides, so the extra
+    work is exactly that fraction of kernel calls, evenly spread): a time ratio of 1 + fraction
+    by construction, whatever share of the call the kernel's main pass is. A backend's own
+    timing loop (call_n) is kept, with the extra calls added to it, so the slowed and unslowed
+    sides differ by the extra calls alone."""
+    call, call_n, owed = prepared.call, prepared.call_n, [0.0]
 
-    def burn():
-        acc = 0.0
-        for _ in range(full_passes):
-            d = x - x_recon
-            acc += float(np.dot(d, d))
-        if rest:
-            d = x[:rest] - x_recon[:rest]
-            acc += float(np.dot(d, d))
-        sink[0] = acc  # keep the result alive so the work cannot be skipped
-
-    call = prepared.call
+    def owing(calls: int) -> int:
+        owed[0] += fraction * calls
+        extra = int(owed[0])
+        owed[0] -= extra
+        return extra
 
     def slowed():
-        call()
-        burn()
+        for _ in range(1 + owing(1)):
+            call()
 
-    return replace(prepared, call=slowed, notes=notes)
+    def slowed_n(loops: int) -> None:
+        call_n(loops + owing(loops))
 
+    return replace(prepared, call=slowed, call_n=slowed_n if call_n is not None else None)
+
+
+def _slowed(prepare_kernel):
+    def prepare(case: Case, inputs: dict) -> Prepared:
+        prepared = prepare_kernel(case, inputs)
+        fraction = extra_work()
+        prepared = replace(prepared, notes=dict(prepared.notes, extra_work=fraction))
+        return with_extra_calls(prepared, fraction) if fraction else prepared
+
+    return prepare
+
+
+def _numpy_prepare(case: Case, inputs: dict) -> Prepared:
+    return numpy_backend.prepare(case, inputs)
+
+
+def _rust_prepare(case: Case, inputs: dict) -> Prepared:
+    from elbolab.backends.rust import backend as rust_backend
+
+    return rust_backend.prepare(case, inputs)
+
+
+prepare, prepare_rust = _slowed(_numpy_prepare), _slowed(_rust_prepare)
 
 backend: Backend = replace(
     numpy_backend,
     name="numpy-slow",
-    description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK of its main pass",
+    description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK more kernel calls",
     preparers={"elbo": prepare, "elbo_grad": prepare},
 )
-
-
-def prepare_rust(case: Case, inputs: dict) -> Prepared:
-    """The Rust kernel, called once more every 1/ELBOLAB_EXTRA_WORK calls (an accumulator decides,
-    so the extra work is exactly that fraction of kernel calls, evenly spread)."""
-    from elbolab.backends.rust import backend as rust_backend
-
-    prepared = rust_backend.prepare(case, inputs)
-    fraction = extra_work()
-    notes = dict(prepared.notes, extra_work=fraction)
-    if fraction == 0:
-        return replace(prepared, notes=notes)
-    call, owed = prepared.call, [0.0]
-
-    def slowed():
-        call()
-        owed[0] += fraction
-        while owed[0] >= 1.0:
-            call()
-            owed[0] -= 1.0
-
-    return replace(prepared, call=slowed, call_n=None, notes=notes)
 
 
 def _rust_unavailable() -> str | None:

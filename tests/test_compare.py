@@ -325,3 +325,32 @@ def test_report_is_a_frozen_value():
     with pytest.raises(AttributeError):
         report.rule = Rule()  # type: ignore[misc]
     assert replace(report, notices=()).comparisons == report.comparisons
+
+
+def test_interleaved_ab_runs_are_judged_by_their_worker_pairs():
+    """An A/A whose processes differ by a few percent each: pooled samples call one side slower;
+    the runs of an interleaved A/B are judged by their pairs, and say it cannot tell (or same)."""
+    from elbolab.compare import INTERLEAVED_PAIRS
+    from elbolab.stats import paired_ratio_interval
+
+    rng = np.random.default_rng(11)
+    offsets = [1.08, 0.93, 1.06, 0.95, 1.10, 0.97]  # head's process offset in each of 6 pairs
+    base_pairs = [100.0 * np.exp(rng.normal(0, 0.01, 12)) for _ in offsets]
+    head_pairs = [100.0 * o * np.exp(rng.normal(0, 0.01, 12)) for o in offsets]
+
+    def run(pairs, run_id, paired):
+        m = Measurement(ELBO, "ok", loops=1, samples_ns=tuple(np.concatenate(pairs)), first_call_ns=1,
+                        rounds=tuple(len(p) for p in pairs))  # fmt: skip
+        r = make_run([m], run_id=run_id)
+        return replace(r, config={"ab": {"mode": INTERLEAVED_PAIRS}}) if paired else r
+
+    pooled = compare(run(base_pairs, "b", False), run(head_pairs, "h", False), rule=Rule(0.05))
+    paired = compare(run(base_pairs, "b", True), run(head_pairs, "h", True), rule=Rule(0.05))
+    (p,) = paired.comparisons
+    want = paired_ratio_interval([np.median(x) for x in base_pairs], [np.median(x) for x in head_pairs])
+    assert p.judgement.ci95 == pytest.approx(want.ci95) and p.ratio == pytest.approx(want.value)
+    assert (
+        pooled.comparisons[0].judgement.ci95[1] - pooled.comparisons[0].judgement.ci95[0]
+        < p.ci95[1] - p.ci95[0]
+    )
+    assert not p.regression and p.verdict is not Verdict.SLOWER

@@ -231,10 +231,11 @@ def test_ab_gate_against_head_in_this_repo(tmp_path):
     assert "elbo numpy cpu float64 B=128 t=1" in proc.stdout
     assert "elbolab gate" in summary.read_text()
     base = json.loads((tmp_path / "runs" / "base.json").read_text())
-    # interleaved: each side's samples come from one or more worker pairs (rounds), all kept
-    assert base["config"]["ab"]["mode"] == "interleaved"
+    # interleaved: each side's samples come from at least 6 worker pairs (rounds), all kept
+    assert base["config"]["ab"]["mode"] == "interleaved-pairs"
     m = base["measurements"][0]
-    assert m["status"] == "ok" and len(m["rounds"]) >= 1 and sum(m["rounds"]) == len(m["samples_ns"])
+    assert m["status"] == "ok" and len(m["rounds"]) >= 6 and sum(m["rounds"]) == len(m["samples_ns"])
+    assert "pairs" in m["notes"]["ab_stopped"]
     worktrees = subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True
     ).stdout

@@ -32,12 +32,18 @@ def test_a_served_reference_is_the_computed_one(workload, tmp_path, monkeypatch)
     assert len(list(tmp_path.glob("*.npz"))) == 1
 
 
-def test_other_inputs_under_the_same_case_are_never_served_its_reference(tmp_path, monkeypatch):
+def _elbo_stored(tmp_path, monkeypatch):
+    """A small float64 elbo case whose reference is computed and stored in tmp_path."""
     monkeypatch.setenv(REFERENCE_CACHE_ENV, str(tmp_path))
     case = Case("elbo", "numpy", "cpu", "float64", 7, input_dim=13, latent_dim=3)
     w = WORKLOADS["elbo"]
     inputs = w.make_inputs(case)
     cached_reference(w, inputs, case)
+    return w, case, inputs
+
+
+def test_other_inputs_under_the_same_case_are_never_served_its_reference(tmp_path, monkeypatch):
+    w, case, inputs = _elbo_stored(tmp_path, monkeypatch)
     changed = dict(inputs, x_recon=inputs["x_recon"] * 0.5)
     _same(cached_reference(w, changed, case), w.reference(changed, case))
     assert len(list(tmp_path.glob("*.npz"))) == 2
@@ -57,11 +63,7 @@ def test_a_sampled_case_is_checked_against_its_own_draw_never_a_stored_reference
 
 
 def test_a_damaged_reference_is_computed_again(tmp_path, monkeypatch):
-    monkeypatch.setenv(REFERENCE_CACHE_ENV, str(tmp_path))
-    case = Case("elbo", "numpy", "cpu", "float64", 7, input_dim=13, latent_dim=3)
-    w = WORKLOADS["elbo"]
-    inputs = w.make_inputs(case)
-    cached_reference(w, inputs, case)
+    w, case, inputs = _elbo_stored(tmp_path, monkeypatch)
     (stored,) = tmp_path.glob("*.npz")
     stored.write_bytes(stored.read_bytes()[:100])  # writers replace atomically; damaged by other means
     _same(cached_reference(w, inputs, case), w.reference(inputs, case))

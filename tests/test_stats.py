@@ -96,3 +96,56 @@ def test_empty_samples_rejected():
         summarize([])
     with pytest.raises(ValueError):
         ratio_interval([], [1.0])
+
+
+# ------------------------------------------------------------------ paired units (A/B worker pairs)
+
+
+def test_signed_rank_critical_values_match_the_tables():
+    from elbolab.stats import signed_rank_critical
+
+    assert [signed_rank_critical(n) for n in (5, 6, 8, 10, 15, 20)] == [-1, 0, 3, 8, 25, 52]
+
+
+def _pairs_with_process_offsets(rng, n_pairs: int, ratio: float, offset_sigma=0.10, samples=12, noise=0.05):
+    """Worker pairs as measured on the 2-core VM: each process has an offset of its own (sigma 10%),
+    each sample noise around it. Returns per-side samples and per-side pair medians."""
+    base, head, base_meds, head_meds = [], [], [], []
+    for _ in range(n_pairs):
+        b = np.exp(rng.normal(0, offset_sigma)) * np.exp(rng.normal(0, noise, samples))
+        h = ratio * np.exp(rng.normal(0, offset_sigma)) * np.exp(rng.normal(0, noise, samples))
+        base += list(b)
+        head += list(h)
+        base_meds.append(float(np.median(b)))
+        head_meds.append(float(np.median(h)))
+    return base, head, base_meds, head_meds
+
+
+def test_pairs_not_pooled_samples_are_the_unit_when_processes_carry_offsets():
+    """The reason the A/B gate judges by worker pairs: with per-process offsets, pooled samples give
+    an interval that misses the truth most of the time; the paired interval keeps its 95%."""
+    from elbolab.stats import paired_ratio_interval
+
+    rng = np.random.default_rng(7)
+    pooled_misses = paired_misses = 0
+    trials = 300
+    for _ in range(trials):
+        base, head, bm, hm = _pairs_with_process_offsets(rng, 8, 1.0)
+        lo, hi = ratio_interval(base, head).ci95
+        pooled_misses += not lo <= 1.0 <= hi
+        lo, hi = paired_ratio_interval(bm, hm).ci95
+        paired_misses += not lo <= 1.0 <= hi
+    assert paired_misses / trials <= 0.06
+    assert pooled_misses / trials >= 0.4
+
+
+def test_paired_interval_needs_six_pairs_and_finds_a_real_change():
+    from elbolab.stats import paired_ratio_interval
+
+    assert paired_ratio_interval([1.0] * 5, [1.2] * 5).ci95 == (0.0, math.inf)
+    rng = np.random.default_rng(3)
+    _, _, bm, hm = _pairs_with_process_offsets(rng, 20, 1.3)
+    est = paired_ratio_interval(bm, hm)
+    assert 1.0 < est.ci95[0] < 1.3 < est.ci95[1] and est.value == pytest.approx(1.3, rel=0.1)
+    with pytest.raises(ValueError):
+        paired_ratio_interval([1.0, 2.0], [1.0])
