@@ -333,48 +333,14 @@ def compare(
     unstable: list[Case] = []
     paired = _paired_design(base_run) and _paired_design(head_run)
     for key in common:
-        mb, mh = base[key], head[key]
-        case = mb.case
-        if mb.counted_ok and mh.counted_ok:  # instruction counts: deterministic, one rule all the same
-            cb, ch = mb.counts, mh.counts
-            estimate = count_estimate(cb.instructions, ch.instructions, cb.spread, ch.spread)
-            judgement = decide(estimate, count_rule, case.workload)
-            comparisons.append(CaseComparison(case, cb.instructions, ch.instructions, len(cb.segments) - 1,
-                                              len(ch.segments) - 1, judgement, unit="instructions"))  # fmt: skip
+        got = _compare_case(base[key], head[key], rule, count_rule, reference, (base, head),
+                            (base_label, head_label), paired)  # fmt: skip
+        if isinstance(got, NotCompared):
+            skipped.append(got)
             continue
-        if (mb.counted_ok and mh.timed_ok) or (mb.timed_ok and mh.counted_ok):
-            skipped.append(NotCompared(case, mb.status, mh.status, "one side was timed, the other counted"))
-            continue
-        if not (mb.timed_ok and mh.timed_ok):
-            skipped.append(_not_ok(case, mb, mh, base_label, head_label))
-            continue
-        by_pairs = paired and len(mb.rounds) == len(mh.rounds) >= 2
-        estimate = _estimate(mb, mh, by_pairs)
-        base_med, head_med = mb.median_ns, mh.median_ns
-        if reference is not None:
-            refs = (_reference_of(case, reference, base), _reference_of(case, reference, head))
-            if mb in refs or mh in refs:
-                skipped.append(NotCompared(case, "ok", "ok", "the normalization reference itself"))
-                continue
-            if refs[0] is None or refs[1] is None:
-                where = base_label if refs[0] is None else head_label
-                skipped.append(
-                    NotCompared(case, "ok", "ok", f"no reference ({reference.label(case)}) in {where}")
-                )
-                continue
-            ref_estimate = _estimate(
-                refs[0], refs[1], by_pairs and len(refs[0].rounds) == len(refs[1].rounds)
-            )
-            estimate = _normalized(estimate, ref_estimate)
-            base_med, head_med = base_med / refs[0].median_ns, head_med / refs[1].median_ns
-        # paired pairs need no agreement test of their rounds: their interval is made of the rounds
-        rounds = () if by_pairs else (mb.round_medians, mh.round_medians)
-        judgement = decide(estimate, rule, case.workload, *rounds)
-        if judgement.rounds_agree is False:
-            unstable.append(case)
-        comparisons.append(
-            CaseComparison(case, base_med, head_med, mb.per_call_ns.size, mh.per_call_ns.size, judgement)
-        )
+        if got.judgement.rounds_agree is False:
+            unstable.append(got.case)
+        comparisons.append(got)
 
     if (
         reference is not None
@@ -407,6 +373,39 @@ def compare(
         notices=tuple(dict.fromkeys(all_notices)),
         count_rule=count_rule,
     )
+
+
+def _compare_case(mb: Measurement, mh: Measurement, rule: Rule, count_rule: Rule, reference: Reference | None,
+                  runs: tuple[dict, dict], labels: tuple[str, str], paired: bool) -> CaseComparison | NotCompared:  # fmt: skip
+    """One case of both runs: its comparison, or why it was not compared."""
+    case = mb.case
+    base_label, head_label = labels
+    if mb.counted_ok and mh.counted_ok:  # instruction counts: deterministic, one rule all the same
+        cb, ch = mb.counts, mh.counts
+        estimate = count_estimate(cb.instructions, ch.instructions, cb.spread, ch.spread)
+        return CaseComparison(case, cb.instructions, ch.instructions, len(cb.segments) - 1, len(ch.segments) - 1,
+                              decide(estimate, count_rule, case.workload), unit="instructions")  # fmt: skip
+    if (mb.counted_ok and mh.timed_ok) or (mb.timed_ok and mh.counted_ok):
+        return NotCompared(case, mb.status, mh.status, "one side was timed, the other counted")
+    if not (mb.timed_ok and mh.timed_ok):
+        return _not_ok(case, mb, mh, base_label, head_label)
+    by_pairs = paired and len(mb.rounds) == len(mh.rounds) >= 2
+    estimate = _estimate(mb, mh, by_pairs)
+    base_med, head_med = mb.median_ns, mh.median_ns
+    if reference is not None:
+        refs = (_reference_of(case, reference, runs[0]), _reference_of(case, reference, runs[1]))
+        if mb in refs or mh in refs:
+            return NotCompared(case, "ok", "ok", "the normalization reference itself")
+        if refs[0] is None or refs[1] is None:
+            where = base_label if refs[0] is None else head_label
+            return NotCompared(case, "ok", "ok", f"no reference ({reference.label(case)}) in {where}")
+        ref_estimate = _estimate(refs[0], refs[1], by_pairs and len(refs[0].rounds) == len(refs[1].rounds))
+        estimate = _normalized(estimate, ref_estimate)
+        base_med, head_med = base_med / refs[0].median_ns, head_med / refs[1].median_ns
+    # paired pairs need no agreement test of their rounds: their interval is made of the rounds
+    rounds = () if by_pairs else (mb.round_medians, mh.round_medians)
+    judgement = decide(estimate, rule, case.workload, *rounds)
+    return CaseComparison(case, base_med, head_med, mb.per_call_ns.size, mh.per_call_ns.size, judgement)
 
 
 def _not_ok(case: Case, mb: Measurement, mh: Measurement, base_label: str, head_label: str) -> NotCompared:
