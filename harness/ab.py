@@ -459,8 +459,19 @@ def decided(base: _SideSamples, head: _SideSamples, rule: Rule, workload: str) -
     return None
 
 
-def _start_pair(sides: dict, case, timeout: float) -> dict:
-    """One worker per side, started together (their interpreters start on both cores at once)."""
+def _pair_cpus(pair: int, threads: int) -> set[int] | None:
+    """The cores both workers of a pair run on: the same ones for both sides (a core that is slower,
+    or busier with interrupts, cannot favour one side), moving round the machine from pair to pair;
+    None when the case needs every core."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if not allowed or threads >= len(allowed):
+        return None
+    start = pair * threads
+    return {allowed[(start + j) % len(allowed)] for j in range(threads)}
+
+
+def _start_pair(sides: dict, case, timeout: float, cpus: set[int] | None) -> dict:
+    """One worker per side, started together (their interpreters start at once), pinned to `cpus`."""
     from elbolab.worker import StdioWorker, thread_env
 
     workers = {}
@@ -468,7 +479,7 @@ def _start_pair(sides: dict, case, timeout: float) -> dict:
         for name, side in sides.items():
             env = dict(side.env(), **thread_env(case.threads), PYTHONHASHSEED="0")
             argv = [sys.executable, "-m", "elbolab.worker", case.backend, str(case.threads)]
-            workers[name] = StdioWorker(argv, env, side.tree, timeout=timeout, greet=False)
+            workers[name] = StdioWorker(argv, env, side.tree, timeout=timeout, greet=False, cpus=cpus)
         for w in workers.values():
             w.greet()
     except BaseException:
@@ -479,8 +490,9 @@ def _start_pair(sides: dict, case, timeout: float) -> dict:
 
 
 def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
-    """Each case: a pair of workers (one per side, alive together) sampled in alternating blocks
-    (B H H B ...) for `pair_samples` samples a side, then closed; then a fresh pair, and so on.
+    """Each case: a pair of workers (one per side, alive together, pinned to the same cores) sampled
+    in alternating blocks (A B B A ..., the first side alternating from pair to pair) for
+    `pair_samples` samples a side, then closed; then a fresh pair, and so on.
     The pairs are the units of replication (a process carries an offset of its own on a shared
     machine), so after `min_pairs` the case is judged on the pairs' medians, paired, and stops
     once decided(), or once its budget is spent (undecided), or at `max_pairs`."""
@@ -499,15 +511,19 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
         t0 = time.perf_counter()
         data = {"base": _SideSamples(), "head": _SideSamples()}
         stopped, failure = "", None
-        for _ in range(config.max_pairs):
-            name = "base"
+        for pair in range(config.max_pairs):
+            # who goes first alternates from pair to pair: any effect of order (who opens first,
+            # whose block starts a cycle) falls on each side in half the pairs
+            first, second = ("base", "head") if pair % 2 == 0 else ("head", "base")
+            name = first
             try:
-                workers = _start_pair(sides, case, config.case_timeout or 300)
+                workers = _start_pair(sides, case, config.case_timeout or 300, _pair_cpus(pair, case.threads))
             except RuntimeError as exc:
                 failure = (name, "failed", f"a worker could not start: {exc}")
                 break
             try:
-                for name, w in workers.items():
+                for name in (first, second):
+                    w = workers[name]
                     if "error" in w.hello:
                         failure = (name, "skipped", w.hello["error"])
                         break
@@ -521,8 +537,13 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                     data[name].rounds.append((reply["loops"], []))
                 if failure:
                     break
+                # A B B A repeated is balanced only in steady state: each side's blocks follow its own
+                # block once and the other side's once a cycle. A discarded block of the first side
+                # makes the first counted block follow that side too, as in every later cycle (else
+                # it follows the other side's open: an A/A measured the second side ~2% faster).
+                workers[first].ask({"op": "sample", "count": config.block})
                 while len(data["head"].rounds[-1][1]) < per_pair:
-                    for name in ("base", "head", "head", "base"):
+                    for name in (first, second, second, first):
                         got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
                         data[name].rounds[-1][1].extend(got)
             except RuntimeError as exc:  # the worker of side `name` died or hung

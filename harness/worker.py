@@ -350,14 +350,17 @@ def _open(backend, case, timer) -> tuple[dict, OpenCase | None]:
 class StdioWorker:
     """The driver's side of the A/B stdio protocol: one worker process of one revision."""
 
-    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True):
-        """Start the worker; with greet=False the caller reads its hello later (greet()), so that
-        several workers can start at once."""
+    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True,
+                 cpus: set[int] | None = None):  # fmt: skip
+        """Start the worker (on `cpus` only, when given); with greet=False the caller reads its
+        hello later (greet()), so that several workers can start at once."""
         import subprocess
 
         self.timeout = timeout
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+                                     preexec_fn=pin)  # fmt: skip
         self.hello: dict = {}
         if greet:
             self.greet()
