@@ -13,7 +13,7 @@ Revisions from before the package was called `elbolab` (top-level `harness`) run
 Timing (measure_interleaved): case by case, a pair of workers (one per side, alive together) is
 sampled in alternating blocks (base, head, head, base, ...) so drift hits both alike, then closed,
 and a fresh pair started: a worker process carries an offset of its own on a shared machine, so the
-pairs are the units of replication and the case is judged on their paired medians, from 6 pairs
+pairs are the units of replication and the case is judged on their paired medians (99% interval), from 8 pairs
 on, until decided (a regression, or an interval wholly below the threshold) or its time budget is
 spent (reported undecided). Instructions
 (measure_counted): each case counted once a side under callgrind. A base revision older than the
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from elbolab.backend import Backend, Build, discover
-from elbolab.compare import INTERLEAVED_PAIRS, pool_rounds
+from elbolab.compare import INTERLEAVED_PAIRS, PAIRED_CONFIDENCE, pool_rounds
 from elbolab.errors import UsageError
 from elbolab.results import Run, load
 from elbolab.verdict import DEFAULT_RULE, Rule
@@ -60,12 +60,12 @@ class ABConfig:
     case_timeout: float | None = None
     sizes: tuple[tuple[str, int], ...] = ()  # (flag, value) sizes other than the defaults
     # interleaved mode: samples per block, samples a side from each pair of workers, the pairs
-    # before a case is judged (6: the fewest a 95% signed-rank interval can be made of) and at
+    # before a case is judged (8: the fewest a 99% signed-rank interval can be made of) and at
     # most, and the time a case may take before it is reported undecided
     interleave: bool = True
     block: int = 3
     pair_samples: int = 12
-    min_pairs: int = 6
+    min_pairs: int = 8
     max_pairs: int = 20
     case_budget_s: float = 40.0
     fixed_samples: int | None = None  # this many samples a side from each of max_pairs pairs, no early stop
@@ -449,7 +449,7 @@ def decided(base: _SideSamples, head: _SideSamples, rule: Rule, workload: str) -
     from elbolab.stats import paired_ratio_interval
     from elbolab.verdict import decide
 
-    estimate = paired_ratio_interval(base.round_medians(), head.round_medians())
+    estimate = paired_ratio_interval(base.round_medians(), head.round_medians(), PAIRED_CONFIDENCE)
     judgement, (lo, hi) = decide(estimate, rule, workload), estimate.ci95
     where = f"the interval {lo:.3f}-{hi:.3f} over {len(head.rounds)} worker pairs"
     if judgement.regression:

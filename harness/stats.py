@@ -188,7 +188,7 @@ def paired_ratio_interval(
     kernel, one pair 0.65x and the next 1.23x), which no number of samples from the same two
     processes can average out; pooled samples then give an interval far too narrow (A/A gates
     fired). The pairs are the independent units, so the interval is built from them. It needs
-    6 pairs or more at 95% (else the interval is (0, inf))."""
+    6 pairs or more at 95%, 8 at 99% (else the interval is (0, inf))."""
     a = np.log(np.asarray(base, dtype=np.float64))
     b = np.log(np.asarray(head, dtype=np.float64))
     if a.size != b.size or a.size == 0:

@@ -4,7 +4,7 @@
 
 Both sides of each gate are this working tree, run by the real interleaved A/B machinery
 (elbolab.ab.measure_interleaved: fresh pairs of workers, one per side alive together, B H H B
-blocks, judged on the pairs' paired medians from 6 pairs on, adaptive stopping) on the cases of
+blocks, judged on the pairs' paired medians (99%) from 8 pairs on, adaptive stopping) on the cases of
 the issue: numpy and rust elbo at batch 128 and 1024, float64, one thread, eps given. The head
 side's backends do known extra work (tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f calls the kernel
 once more every 1/f calls, inside the backend's own timing loop). The arms: A/A (no extra work),

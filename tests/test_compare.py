@@ -330,11 +330,11 @@ def test_report_is_a_frozen_value():
 def test_interleaved_ab_runs_are_judged_by_their_worker_pairs():
     """An A/A whose processes differ by a few percent each: pooled samples call one side slower;
     the runs of an interleaved A/B are judged by their pairs, and say it cannot tell (or same)."""
-    from elbolab.compare import INTERLEAVED_PAIRS
+    from elbolab.compare import INTERLEAVED_PAIRS, PAIRED_CONFIDENCE
     from elbolab.stats import paired_ratio_interval
 
     rng = np.random.default_rng(11)
-    offsets = [1.08, 0.93, 1.06, 0.95, 1.10, 0.97]  # head's process offset in each of 6 pairs
+    offsets = [1.08, 0.93, 1.06, 0.95, 1.10, 0.97, 1.04, 0.99]  # head's process offset in each of 8 pairs
     base_pairs = [100.0 * np.exp(rng.normal(0, 0.01, 12)) for _ in offsets]
     head_pairs = [100.0 * o * np.exp(rng.normal(0, 0.01, 12)) for o in offsets]
 
@@ -347,7 +347,8 @@ def test_interleaved_ab_runs_are_judged_by_their_worker_pairs():
     pooled = compare(run(base_pairs, "b", False), run(head_pairs, "h", False), rule=Rule(0.05))
     paired = compare(run(base_pairs, "b", True), run(head_pairs, "h", True), rule=Rule(0.05))
     (p,) = paired.comparisons
-    want = paired_ratio_interval([np.median(x) for x in base_pairs], [np.median(x) for x in head_pairs])
+    medians = [np.median(x) for x in base_pairs], [np.median(x) for x in head_pairs]
+    want = paired_ratio_interval(*medians, PAIRED_CONFIDENCE)
     assert p.judgement.ci95 == pytest.approx(want.ci95) and p.ratio == pytest.approx(want.value)
     assert (
         pooled.comparisons[0].judgement.ci95[1] - pooled.comparisons[0].judgement.ci95[0]

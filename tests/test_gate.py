@@ -231,10 +231,10 @@ def test_ab_gate_against_head_in_this_repo(tmp_path):
     assert "elbo numpy cpu float64 B=128 t=1" in proc.stdout
     assert "elbolab gate" in summary.read_text()
     base = json.loads((tmp_path / "runs" / "base.json").read_text())
-    # interleaved: each side's samples come from at least 6 worker pairs (rounds), all kept
+    # interleaved: each side's samples come from at least 8 worker pairs (rounds), all kept
     assert base["config"]["ab"]["mode"] == "interleaved-pairs"
     m = base["measurements"][0]
-    assert m["status"] == "ok" and len(m["rounds"]) >= 6 and sum(m["rounds"]) == len(m["samples_ns"])
+    assert m["status"] == "ok" and len(m["rounds"]) >= 8 and sum(m["rounds"]) == len(m["samples_ns"])
     assert "pairs" in m["notes"]["ab_stopped"]
     worktrees = subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True
@@ -291,3 +291,12 @@ def test_a_rust_build_that_fails_is_one_line_not_an_exception(tmp_path):
     error = build_maturin(tmp_path, build, tmp_path / "site", lambda msg: None, tmp_path / "target")
     assert error and "\n" not in error
     assert not (tmp_path / "site").exists()
+
+
+def test_both_workers_of_a_pair_share_cores_that_move_from_pair_to_pair(monkeypatch):
+    from elbolab import ab
+
+    monkeypatch.setattr(ab.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert [ab._pair_cpus(p, 1) for p in range(5)] == [{0}, {1}, {2}, {3}, {0}]
+    assert [ab._pair_cpus(p, 2) for p in range(3)] == [{0, 1}, {2, 3}, {0, 1}]
+    assert ab._pair_cpus(0, 4) is None  # the case needs every core

@@ -5,9 +5,10 @@ verdict and an exit code.
     elbolab gate BASE.json HEAD.json [--threshold 0.10] [--threshold-for WORKLOAD=0.2 ...]
                  [--allow-missing] [--normalize [--reference numpy:elbo]] [--markdown PATH] [--json]
     elbolab gate --base GIT_REF [run filters: --backend numpy --workload elbo --batch 128 --quick ...]
-                 [--rounds 3]
+                 [--case-budget 40] [--measure instructions] [--count-threshold 0.01]
 
-`gate` exits 1 on a confident regression (or a case that broke), 0 otherwise, 2 on bad input.
+`gate` exits 1 on a confident regression (or a case that broke), 0 otherwise, 2 when it could not
+decide (nothing compared, a case measured in base but not head, bad input).
 The comparison is elbolab.compare, the A/B measuring elbolab.ab, the verdict elbolab.verdict.
 """
 
@@ -86,7 +87,7 @@ def add_commands(sub) -> None:
     ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
     ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
     ab.add_argument("--case-budget", type=seconds, default=ABConfig.case_budget_s, metavar="SECONDS",
-                    help="interleaved timing: seconds a case may sample before it is reported undecided "
+                    help="interleaved timing: seconds a case may take (pairs of workers) before it is reported undecided "
                          f"(default {ABConfig.case_budget_s:g})")  # fmt: skip
     ab.add_argument("--rounds", type=positive_int, default=3,
                     help="whole runs per side, only for a base revision older than the interleaved workers (default 3)")  # fmt: skip
