@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import numpy as np
 from elbolab.backend import Backend, Prepared
 from elbolab.backends.numpy import backend as numpy_backend
 from elbolab.case import Case
@@ -83,6 +84,48 @@ backend: Backend = replace(
     name="numpy-slow",
     description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK more kernel calls",
     preparers={"elbo": prepare, "elbo_grad": prepare},
+)
+
+
+def prepare_pass(case: Case, inputs: dict) -> Prepared:
+    """NumPy elbo that redoes ELBOLAB_EXTRA_WORK of its main pass (x - x_recon, its squared norm) in
+    every call: the same extra work in each call, so instruction counts (per-call segments) see
+    exactly that fraction, where extra whole calls would fall unevenly between segments."""
+    prepared = numpy_backend.prepare(case, inputs)
+    fraction = extra_work()
+    notes = dict(prepared.notes, extra_work=fraction)
+    if fraction == 0:
+        return replace(prepared, notes=notes)
+    # `fraction` of the elements of the main pass again: whole passes, then a contiguous slice
+    x, x_recon = inputs["x"].reshape(-1), inputs["x_recon"].reshape(-1)
+    extra = int(round(fraction * x.size))
+    full_passes, rest = divmod(extra, x.size)
+    sink = np.zeros(1, dtype=np.float64)
+
+    def burn():
+        acc = 0.0
+        for _ in range(full_passes):
+            d = x - x_recon
+            acc += float(np.dot(d, d))
+        if rest:
+            d = x[:rest] - x_recon[:rest]
+            acc += float(np.dot(d, d))
+        sink[0] = acc  # keep the result alive so the work cannot be skipped
+
+    call = prepared.call
+
+    def slowed():
+        call()
+        burn()
+
+    return replace(prepared, call=slowed, notes=notes)
+
+
+pass_backend: Backend = replace(
+    numpy_backend,
+    name="numpy-pass",
+    description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK of its main pass in every call",
+    preparers={"elbo": prepare_pass, "elbo_grad": prepare_pass},
 )
 
 
