@@ -194,3 +194,16 @@ def test_save_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert path.read_text() == before  # the old complete file survives
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
     assert load(path).schema == SCHEMA
+
+
+def test_every_committed_results_file_loads():
+    """results/ holds run files only: each one loads and validates (a summary JSON put there once
+    broke `elbolab show results/...`)."""
+    from pathlib import Path
+
+    from elbolab.results import load
+
+    files = sorted((Path(__file__).resolve().parent.parent / "results").glob("*.json"))
+    assert files
+    for f in files:
+        assert load(f).measurements, f
