@@ -21,10 +21,15 @@ accumulate each row in the case dtype and the rows in float64, or sum pairwise (
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+import zipfile
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from elbolab.accuracy import (
@@ -345,12 +350,6 @@ def cached_reference(workload: Workload, inputs: Mapping[str, np.ndarray], case:
     with eps drawn inside the call the reference depends on the backend's draw. The key is what the
     inputs are made from (workload, dtype, sizes, seed; elbolab.workloads._rng) plus a fingerprint
     of the inputs themselves, so a reference can never be served for other data."""
-    import hashlib
-    import json
-    import os
-    import zipfile
-    from pathlib import Path
-
     folder = os.environ.get(REFERENCE_CACHE_ENV)
     if not folder or case.variant == "eps=sampled":
         return workload.reference(inputs, case)
