@@ -470,8 +470,9 @@ def _pair_cpus(pair: int, threads: int) -> set[int] | None:
     return {allowed[(start + j) % len(allowed)] for j in range(threads)}
 
 
-def _start_pair(sides: dict, case, timeout: float, cpus: set[int] | None) -> dict:
-    """One worker per side, started together (their interpreters start at once), pinned to `cpus`."""
+def _start_pair(sides: dict, case, timeout: float) -> dict:
+    """One worker per side, started together: they import on separate cores at once (the pair is
+    pinned to its cores once both have opened the case)."""
     from elbolab.worker import StdioWorker, thread_env
 
     workers = {}
@@ -479,14 +480,22 @@ def _start_pair(sides: dict, case, timeout: float, cpus: set[int] | None) -> dic
         for name, side in sides.items():
             env = dict(side.env(), **thread_env(case.threads), PYTHONHASHSEED="0")
             argv = [sys.executable, "-m", "elbolab.worker", case.backend, str(case.threads)]
-            workers[name] = StdioWorker(argv, env, side.tree, timeout=timeout, greet=False, cpus=cpus)
+            workers[name] = StdioWorker(argv, env, side.tree, timeout=timeout, greet=False)
         for w in workers.values():
             w.greet()
     except BaseException:
-        for w in workers.values():
-            w.close()
+        _close_pair(workers)
         raise
     return workers
+
+
+def _close_pair(workers: dict) -> None:
+    """Unpinned first, so the two exit on separate cores, at once."""
+    for w in workers.values():
+        w.pin(None)
+        w.stop()
+    for w in workers.values():
+        w.close()
 
 
 def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
@@ -517,18 +526,24 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
             first, second = ("base", "head") if pair % 2 == 0 else ("head", "base")
             name = first
             try:
-                workers = _start_pair(sides, case, config.case_timeout or 300, _pair_cpus(pair, case.threads))
+                workers = _start_pair(sides, case, config.case_timeout or 300)
             except RuntimeError as exc:
                 failure = (name, "failed", f"a worker could not start: {exc}")
                 break
             try:
                 for name in (first, second):
-                    w = workers[name]
-                    if "error" in w.hello:
-                        failure = (name, "skipped", w.hello["error"])
+                    if "error" in workers[name].hello:
+                        failure = (name, "skipped", workers[name].hello["error"])
                         break
-                    versions[name].setdefault(case.backend, w.hello["hello"]["versions"])
-                    reply = w.ask({"op": "open", "case": case.to_json(), "timer": timer.to_json()})
+                    versions[name].setdefault(case.backend, workers[name].hello["hello"]["versions"])
+                if failure:
+                    break
+                # both open the case at once (inputs, calibration, first call), each on a core of
+                # its own; the pair is pinned to its cores for the sampling only
+                for name in (first, second):
+                    workers[name].send({"op": "open", "case": case.to_json(), "timer": timer.to_json()})
+                for name in (first, second):
+                    reply = workers[name].receive()
                     if data[name].reply is None:
                         data[name].reply = reply
                     if reply["status"] != "ok":
@@ -537,6 +552,9 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                     data[name].rounds.append((reply["loops"], []))
                 if failure:
                     break
+                cpus = _pair_cpus(pair, case.threads)
+                for w in workers.values():
+                    w.pin(cpus)
                 # A B B A repeated is balanced only in steady state: each side's blocks follow its own
                 # block once and the other side's once a cycle. A discarded block of the first side
                 # makes the first counted block follow that side too, as in every later cycle (else
@@ -550,8 +568,7 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
                 failure = (name, "failed", f"{exc} during {case.label()}")
                 break
             finally:
-                for w in workers.values():
-                    w.close()
+                _close_pair(workers)
             pairs = len(data["head"].rounds)
             if config.fixed_samples is not None:
                 stopped = f"a fixed {pairs} worker pairs of {per_pair} samples a side"

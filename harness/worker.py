@@ -350,20 +350,34 @@ def _open(backend, case, timer) -> tuple[dict, OpenCase | None]:
 class StdioWorker:
     """The driver's side of the A/B stdio protocol: one worker process of one revision."""
 
-    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True,
-                 cpus: set[int] | None = None):  # fmt: skip
-        """Start the worker (on `cpus` only, when given); with greet=False the caller reads its
-        hello later (greet()), so that several workers can start at once."""
+    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True):
+        """Start the worker; with greet=False the caller reads its hello later (greet()), so that
+        several workers can start at once."""
         import subprocess
 
         self.timeout = timeout
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True,
-                                     preexec_fn=pin)  # fmt: skip
+                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
         self.hello: dict = {}
         if greet:
             self.greet()
+
+    def pin(self, cpus: set[int] | None) -> None:
+        """Run every thread of the worker (those its backend has started too, e.g. a thread pool)
+        on `cpus` only; None: on every core this process may use. Pinning after start-up lets the
+        two workers of a pair import and open on separate cores, then sample on the same ones."""
+        if not hasattr(os, "sched_setaffinity"):
+            return
+        cpus = cpus or os.sched_getaffinity(0)
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")]
+        except OSError:
+            tids = [self.proc.pid]
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:  # a thread that has just ended
+                pass
 
     def greet(self) -> dict:
         self.hello = self._read()
@@ -380,20 +394,34 @@ class StdioWorker:
             raise RuntimeError("the worker hung" if code is None else f"the worker died (exit code {code})")
         return json.loads(line)
 
-    def ask(self, msg: dict) -> dict:
+    def send(self, msg: dict) -> None:
+        """Send a request without waiting for its answer (read it with receive())."""
         import json
 
         self.proc.stdin.write(json.dumps(msg) + "\n")
         self.proc.stdin.flush()
+
+    def receive(self) -> dict:
         return self._read()
+
+    def ask(self, msg: dict) -> dict:
+        self.send(msg)
+        return self._read()
+
+    def stop(self) -> None:
+        """Ask the worker to exit, without waiting (close() waits): workers stopped together exit together."""
+        try:
+            self.proc.stdin.write('{"op": "stop"}\n')
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
 
     def close(self) -> None:
         import signal
         import subprocess
 
         try:
-            self.proc.stdin.write('{"op": "stop"}\n')
-            self.proc.stdin.flush()
+            self.stop()
             self.proc.wait(5)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             try:

@@ -1,39 +1,63 @@
 """The A/B gate's error rates, measured for real on this machine (docs/gating.md reports them).
 
-    .venv/bin/python scripts/gate_experiment.py [--gates 40] [--slow-gates 20] [--out FILE]
+    .venv/bin/python scripts/gate_experiment.py [--gates 40] [--slow-gates 20] [--out FILE] [--resume]
 
 Both sides of each gate are this working tree, run by the real interleaved A/B machinery
-(elbolab.ab.measure_interleaved: fresh pairs of workers, one per side alive together, B H H B
-blocks, judged on the pairs' paired medians (99%) from 8 pairs on, adaptive stopping) on the cases of
-the issue: numpy and rust elbo at batch 128 and 1024, float64, one thread, eps given. The head
-side's backends do known extra work (tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f calls the kernel
-once more every 1/f calls, inside the backend's own timing loop). The arms: A/A (no extra work),
-+5% and +10% of work. Extra calls are not exactly extra time (caches, the call's fixed cost), so
-the true time ratio of each arm is measured first, over many worker pairs, and the detection rates
-are reported against it.
+(elbolab.ab.measure_interleaved with its default settings: fresh pairs of workers, one per side
+alive together, B H H B blocks, judged on the pairs' paired medians (99%) from 8 pairs on,
+adaptive stopping, 40 s a case) on the cases of the issue: numpy and rust elbo at batch 128 and
+1024, float64, one thread, eps given. The head side's backends do known extra work
+(tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f calls the kernel once more every 1/f calls, inside
+the backend's own timing loop). The arms: A/A (no extra work), +5% and +10% of work.
+
+The arms take turns (A/A, +10%, +5%, A/A, ...), so a quiet or a busy hour of the shared host
+falls on all of them alike. Extra calls are not exactly extra time (caches, the call's fixed
+cost), so each arm's true time ratio is measured, per case: the median, over every gate of the
+arm, of the per-pair ratios of the first 8 pairs (the pairs every case takes before the gate may
+stop, so adaptive stopping cannot bias them), with its distribution-free 95% interval.
+
+The results file is rewritten after every gate; --resume continues a file made by the same code
+(the gate's modules are fingerprinted) until each arm has its gates.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 from elbolab.ab import ABConfig, Side, measure_interleaved  # noqa: E402
 from elbolab.backend import discover  # noqa: E402
 from elbolab.case import Case  # noqa: E402
 from elbolab.compare import compare  # noqa: E402
+from elbolab.machine import machine_info  # noqa: E402
+from elbolab.results import write_text_atomic  # noqa: E402
+from elbolab.stats import median_ci_ranks  # noqa: E402
 from elbolab.verdict import DEFAULT_AB_THRESHOLD, Rule  # noqa: E402
 
 BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
-ARMS = {"A/A": 0.0, "+5%": 0.05, "+10%": 0.10}
+ARMS = {"A/A": 0.0, "+10%": 0.10, "+5%": 0.05}
+# what decides the gate's behaviour: a file measured with other versions of these is not resumed
+CODE = ["harness/ab.py", "harness/compare.py", "harness/stats.py", "harness/verdict.py", "harness/timer.py",
+        "harness/worker.py", "tests/slow_backend.py", "backends/numpy/__init__.py", "backends/rust/src"]  # fmt: skip
+
+
+def code_fingerprint() -> str:
+    h = hashlib.sha256()
+    for name in CODE:
+        path = ROOT / name
+        for f in sorted(path.rglob("*") if path.is_dir() else [path]):
+            if f.is_file():
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def cases() -> list[Case]:
@@ -49,64 +73,103 @@ def sides(extra: float) -> dict[str, Side]:
     }
 
 
-def true_ratios(config: ABConfig, rule: Rule, samples: int, pairs: int) -> dict[str, dict[str, float]]:
-    """The time ratio each arm really causes, per case: `pairs` pairs of workers, `samples` each."""
+def one_gate(config: ABConfig, rule: Rule, arm: str) -> dict:
+    """One real gate of this arm: its verdict, and per case what it decided and its first pairs."""
+    t0 = time.perf_counter()
+    runs = measure_interleaved(config, rule, sides(ARMS[arm]), cases(), log=lambda _: None)
+    report = compare(runs["base"], runs["head"], rule=rule)
+    per_case = {}
+    for c, b, h in zip(report.comparisons, runs["base"].measurements, runs["head"].measurements):
+        first = config.min_pairs
+        per_case[c.case.label()] = {
+            "ratio": c.ratio, "interval": list(c.judgement.ci95), "verdict": c.judgement.verdict.value,
+            "regression": bool(c.regression), "pairs": h.notes.get("ab_pairs"), "stopped": h.notes.get("ab_stopped"),
+            "first_pair_ratios": [hm / bm for bm, hm in zip(b.round_medians[:first], h.round_medians[:first])],
+        }  # fmt: skip
+    return {"arm": arm, "fired": bool(report.failed), "seconds": time.perf_counter() - t0,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": per_case}  # fmt: skip
+
+
+def true_ratio(ratios: list[float]) -> dict:
+    """The median of the pairs' ratios and its distribution-free 95% interval."""
+    x = np.sort(np.asarray(ratios))
+    lo, hi = median_ci_ranks(len(x))
+    return {"median": float(np.median(x)), "ci95": [float(x[lo - 1]), float(x[hi - 1])], "pairs": len(x)}
+
+
+def summary(gates: list[dict]) -> dict:
     out = {}
-    fixed = replace(config, fixed_samples=samples, max_pairs=pairs, case_budget_s=1e9)
-    for arm, extra in ARMS.items():
-        runs = measure_interleaved(fixed, rule, sides(extra), cases(), log=lambda _: None)
-        report = compare(runs["base"], runs["head"], rule=rule)
-        out[arm] = {c.case.label(): c.ratio for c in report.comparisons}
-        out[arm + " ci95"] = {c.case.label(): list(c.judgement.ci95) for c in report.comparisons}
-        print(f"true ratio {arm}: " + ", ".join(f"{k.split(' cpu')[0]} B={k.split('B=')[1].split()[0]}: {v:.3f}"
-                                                  for k, v in out[arm].items()), flush=True)  # fmt: skip
+    for arm in ARMS:
+        mine = [g for g in gates if g["arm"] == arm]
+        if not mine:
+            continue
+        labels = list(mine[0]["cases"])
+        out[arm] = {
+            "gates": len(mine),
+            "fired": sum(g["fired"] for g in mine),
+            "seconds_per_gate": float(np.mean([g["seconds"] for g in mine])),
+            "max_seconds": max(g["seconds"] for g in mine),
+            "cases": {label: {
+                "fired": sum(g["cases"][label]["regression"] for g in mine),
+                "undecided": sum(g["cases"][label]["stopped"].startswith("undecided") for g in mine),
+                "pairs_median": float(np.median([g["cases"][label]["pairs"] for g in mine])),
+                "true_ratio": true_ratio([r for g in mine for r in g["cases"][label]["first_pair_ratios"]]),
+            } for label in labels},
+        }  # fmt: skip
     return out
+
+
+def table(result: dict) -> str:
+    lines = ["arm    gates fired  s/gate (max)   per case: true ratio [95%] fired/gates, undecided"]
+    for arm, s in result["summary"].items():
+        cases_ = "; ".join(
+            f"{label.split(' cpu')[0].replace('elbo ', '')} B={label.split('B=')[1].split()[0]}: "
+            f"{c['true_ratio']['median']:.3f} [{c['true_ratio']['ci95'][0]:.3f}, {c['true_ratio']['ci95'][1]:.3f}] "
+            f"{c['fired']}/{s['gates']}, {c['undecided']} undecided"
+            for label, c in s["cases"].items()
+        )
+        lines.append(f"{arm:5s}  {s['gates']:5d} {s['fired']:5d}  {s['seconds_per_gate']:5.0f} ({s['max_seconds']:.0f})"
+                     f"    {cases_}")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gates", type=int, default=40, help="gates for A/A and +10%% (default 40)")
     parser.add_argument("--slow-gates", type=int, default=20, help="gates for +5%% (default 20)")
-    parser.add_argument(
-        "--true-samples", type=int, default=60, help="samples a side per pair for true ratios"
-    )
-    parser.add_argument("--true-pairs", type=int, default=16, help="worker pairs for true ratios")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "scratch" / "gate-experiment.json")
+    parser.add_argument("--resume", action="store_true", help="add gates to --out (same code only)")
     args = parser.parse_args()
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ["ELBOLAB_BACKENDS"] = BACKENDS
     config, rule = ABConfig(base_ref="-"), Rule(DEFAULT_AB_THRESHOLD)
-    print(f"rule: {rule.describe()}; {len(cases())} cases a gate", flush=True)
-    result = {"rule": rule.to_json(), "config": {k: getattr(config, k) for k in
-                                                  ("block", "pair_samples", "min_pairs", "max_pairs", "case_budget_s")}}  # fmt: skip
-    result["true_ratios"] = true_ratios(config, rule, args.true_samples, args.true_pairs)
-    result["arms"] = {}
-    for arm, extra in ARMS.items():
-        n = args.slow_gates if arm == "+5%" else args.gates
-        fired, case_fired, seconds, samples, per_case = 0, [], [], [], {}
-        for g in range(n):
-            t0 = time.perf_counter()
-            runs = measure_interleaved(config, rule, sides(extra), cases(), log=lambda _: None)
-            report = compare(runs["base"], runs["head"], rule=rule)
-            seconds.append(time.perf_counter() - t0)
-            fired += report.failed
-            case_fired += [int(c.regression) for c in report.comparisons]
-            for c in report.comparisons:
-                per_case.setdefault(c.case.label(), []).append(int(c.regression))
-            samples += [c.head_n for c in report.comparisons]
-            print(f"{arm} gate {g + 1}/{n}: {'FIRED' if report.failed else 'pass'} "
-                  f"({', '.join(f'{c.ratio:.3f}' for c in report.comparisons)}; {seconds[-1]:.0f} s)", flush=True)  # fmt: skip
-        result["arms"][arm] = {"gates": n, "fired": fired, "cases": len(case_fired), "cases_fired": sum(case_fired),
-                               "seconds_per_gate": sum(seconds) / n, "max_seconds": max(seconds),
-                               "samples_per_case_median": sorted(samples)[len(samples) // 2],
-                               "fired_per_case": {k: sum(v) for k, v in per_case.items()}}  # fmt: skip
-    print("\narm    true ratio (per case)            gates fired   cases fired   s/gate")
-    for arm, r in result["arms"].items():
-        ratios = ", ".join(f"{v:.3f}" for v in result["true_ratios"][arm].values())
-        print(f"{arm:5s}  {ratios:32s} {r['fired']:3d}/{r['gates']:<3d}      {r['cases_fired']:3d}/{r['cases']:<4d}"
-              f"   {r['seconds_per_gate']:.0f}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    fingerprint = code_fingerprint()
+    result = {"rule": rule.to_json(), "code": fingerprint, "machine": machine_info(), "gates": [],
+              "config": {k: getattr(config, k) for k in ("block", "pair_samples", "min_pairs", "max_pairs", "case_budget_s")},
+              "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}  # fmt: skip
+    if args.resume and args.out.exists():
+        old = json.loads(args.out.read_text())
+        if old.get("code") != fingerprint:
+            print(f"{args.out} was measured with other gate code ({old.get('code')}, now {fingerprint})", file=sys.stderr)
+            return 2
+        result["gates"] = old["gates"]
+    wanted = {"A/A": args.gates, "+10%": args.gates, "+5%": args.slow_gates}
+    print(f"rule: {rule.describe()}; {len(cases())} cases a gate; arms take turns", flush=True)
+    while True:
+        done = {arm: sum(g["arm"] == arm for g in result["gates"]) for arm in ARMS}
+        todo = [arm for arm in ARMS if done[arm] < wanted[arm]]
+        if not todo:
+            break
+        arm = min(todo, key=lambda a: done[a] / wanted[a])  # the arm furthest behind goes next
+        gate = one_gate(config, rule, arm)
+        result["gates"].append(gate)
+        result["summary"] = summary(result["gates"])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(args.out, json.dumps(result, indent=1))
+        ratios = ", ".join(f"{c['ratio']:.3f}{'!' if c['regression'] else ''}" for c in gate["cases"].values())
+        print(f"{arm} gate {done[arm] + 1}/{wanted[arm]}: {'FIRED' if gate['fired'] else 'pass'} "
+              f"({ratios}; {gate['seconds']:.0f} s)", flush=True)  # fmt: skip
+    print("\n" + table(result))
     print(f"written {args.out}")
     return 0
 

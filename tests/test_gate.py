@@ -300,3 +300,27 @@ def test_both_workers_of_a_pair_share_cores_that_move_from_pair_to_pair(monkeypa
     assert [ab._pair_cpus(p, 1) for p in range(5)] == [{0}, {1}, {2}, {3}, {0}]
     assert [ab._pair_cpus(p, 2) for p in range(3)] == [{0, 1}, {2, 3}, {0, 1}]
     assert ab._pair_cpus(0, 4) is None  # the case needs every core
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's sched_setaffinity")
+def test_pinning_a_worker_pins_the_threads_it_has_already_started():
+    """A pair is pinned after both workers have opened the case, when a backend may have started
+    a thread pool: every thread must move, not only the main one."""
+    from elbolab.worker import StdioWorker
+
+    script = ("import json, sys, threading, time\n"
+              "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+              "print(json.dumps({'hello': {}}), flush=True)\n"
+              "sys.stdin.readline()\n")  # fmt: skip
+    worker = StdioWorker([sys.executable, "-c", script], dict(os.environ), ".", timeout=30)
+    try:
+        tasks = Path(f"/proc/{worker.proc.pid}/task")
+        assert len(list(tasks.iterdir())) == 2
+        one = min(os.sched_getaffinity(0))
+        worker.pin({one})
+        assert all(os.sched_getaffinity(int(t.name)) == {one} for t in tasks.iterdir())
+        worker.pin(None)
+        assert all(os.sched_getaffinity(int(t.name)) == os.sched_getaffinity(0) for t in tasks.iterdir())
+    finally:
+        worker.close()
+    assert worker.proc.returncode is not None
