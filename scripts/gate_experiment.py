@@ -78,13 +78,16 @@ def one_gate(config: ABConfig, rule: Rule, arm: str) -> dict:
     t0 = time.perf_counter()
     runs = measure_interleaved(config, rule, sides(ARMS[arm]), cases(), log=lambda _: None)
     report = compare(runs["base"], runs["head"], rule=rule)
+    measured = {side: {m.case.label(): m for m in runs[side].measurements} for side in ("base", "head")}
     per_case = {}
-    for c, b, h in zip(report.comparisons, runs["base"].measurements, runs["head"].measurements):
-        first = config.min_pairs
-        per_case[c.case.label()] = {
+    for c in report.comparisons:
+        label, first = c.case.label(), config.min_pairs
+        b, h = measured["base"][label], measured["head"][label]
+        pairs = list(zip((b.round_medians or ())[:first], (h.round_medians or ())[:first], strict=True))
+        per_case[label] = {
             "ratio": c.ratio, "interval": list(c.judgement.ci95), "verdict": c.judgement.verdict.value,
             "regression": bool(c.regression), "pairs": h.notes.get("ab_pairs"), "stopped": h.notes.get("ab_stopped"),
-            "first_pair_ratios": [hm / bm for bm, hm in zip(b.round_medians[:first], h.round_medians[:first])],
+            "first_pair_ratios": [hm / bm for bm, hm in pairs],
         }  # fmt: skip
     return {"arm": arm, "fired": bool(report.failed), "seconds": time.perf_counter() - t0,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": per_case}  # fmt: skip
@@ -150,7 +153,10 @@ def main() -> int:
     if args.resume and args.out.exists():
         old = json.loads(args.out.read_text())
         if old.get("code") != fingerprint:
-            print(f"{args.out} was measured with other gate code ({old.get('code')}, now {fingerprint})", file=sys.stderr)
+            print(
+                f"{args.out} was measured with other gate code ({old.get('code')}, now {fingerprint})",
+                file=sys.stderr,
+            )
             return 2
         result["gates"] = old["gates"]
     wanted = {"A/A": args.gates, "+10%": args.gates, "+5%": args.slow_gates}
@@ -166,7 +172,9 @@ def main() -> int:
         result["summary"] = summary(result["gates"])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(args.out, json.dumps(result, indent=1))
-        ratios = ", ".join(f"{c['ratio']:.3f}{'!' if c['regression'] else ''}" for c in gate["cases"].values())
+        ratios = ", ".join(
+            f"{c['ratio']:.3f}{'!' if c['regression'] else ''}" for c in gate["cases"].values()
+        )
         print(f"{arm} gate {done[arm] + 1}/{wanted[arm]}: {'FIRED' if gate['fired'] else 'pass'} "
               f"({ratios}; {gate['seconds']:.0f} s)", flush=True)  # fmt: skip
     print("\n" + table(result))
