@@ -1,5 +1,7 @@
 """The timer, driven by a fake clock: no test here depends on real time."""
 
+import numpy as np
+import pytest
 from elbolab.backend import Prepared
 from elbolab.timer import TimerConfig, time_prepared
 
@@ -207,3 +209,42 @@ def test_device_events_time_each_sample_on_the_device_as_well():
     sampler = Sampler(prepared, cfg, clock)
     host = sampler.sample(3)
     assert len(sampler.device_ns) == 3 and all(h >= d for h, d in zip(host, sampler.device_ns, strict=True))
+
+
+def test_survivors_of_a_case_s_collection_are_frozen_and_new_garbage_is_still_collected():
+    """The full collection runs once per worker in effect: its survivors are frozen, so the next
+    case's collection looks only at new objects, and a cycle made by a case is still collected."""
+    import gc
+    import weakref
+
+    from elbolab.timer import _gc_off
+
+    class Node:
+        pass
+
+    try:
+        with _gc_off(collect=True):
+            pass
+        assert gc.get_freeze_count() > 0
+        a, b = Node(), Node()
+        a.other, b.other = b, a  # a cycle: only the collector frees it
+        alive = weakref.ref(a)
+        del a, b
+        with _gc_off(collect=True):
+            pass
+        assert alive() is None
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_stopping_rule_is_the_summary_s_interval(seed):
+    """precise_enough skips the rest of the summary, not its interval."""
+    from elbolab.stats import summarize
+    from elbolab.timer import precise_enough
+
+    rng = np.random.default_rng(seed)
+    samples = [int(x) for x in rng.lognormal(np.log(1e6), rng.uniform(0.001, 0.05), size=rng.integers(5, 40))]
+    s = summarize(samples)
+    expected = max(s.median - s.ci95[0], s.ci95[1] - s.median) <= 0.01 * s.median
+    assert precise_enough(samples, 0.01) == expected
