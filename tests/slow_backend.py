@@ -1,9 +1,9 @@
 """Test-only backends: the NumPy and Rust elbo kernels with a controlled amount of extra work.
 
 Registered with ELBOLAB_BACKENDS=tests.slow_backend:backend (numpy-slow) and
-tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 calls the kernel once more
-every 4 calls: +25% work, with the same backend name in every run so the cases of a slowed and an
-unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
+tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 makes every kernel call take
+25% longer (with_extra_time), with the same backend name in every run so the cases of a slowed and
+an unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
 and the amount is recorded in the measurement's notes.
 
 Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a true slowdown.
@@ -12,6 +12,7 @@ Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a tru
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -33,26 +34,33 @@ def extra_work() -> float:
     return value
 
 
-def with_extra_calls(prepared: Prepared, fraction: float) -> Prepared:
-    """The kernel called once more every 1/fraction calls (an accumulator decides, so the extra
-    work is exactly that fraction of kernel calls, evenly spread): a time ratio of 1 + fraction
-    by construction, whatever share of the call the kernel's main pass is. A backend's own
-    timing loop (call_n) is kept, with the extra calls added to it, so the slowed and unslowed
-    sides differ by the extra calls alone."""
-    call, call_n, owed = prepared.call, prepared.call_n, [0.0]
+def with_extra_time(prepared: Prepared, fraction: float) -> Prepared:
+    """Every call (and every call_n batch, the backend's own timing loop) takes 1 + fraction times
+    as long: the kernel runs, then the thread stays busy for `fraction` of the time the kernel just
+    took. The slowdown is the same in every sample, and scales with the kernel's time when the
+    host slows it down, as a real regression does.
 
-    def owing(calls: int) -> int:
-        owed[0] += fraction * calls
-        extra = int(owed[0])
-        owed[0] -= extra
-        return extra
+    Why not extra kernel calls (this backend's first design: one more call every 1/fraction calls):
+    a sample of `loops` calls then holds floor or ceil(loops * fraction) extra calls, e.g. 0 or 1
+    at 5 loops a sample (numpy at batch 1024); the samples become bimodal and their median lands
+    anywhere between the modes (a "+10%" arm measured 1.05 there, 1.17 for rust at batch 1024)."""
+    call, call_n = prepared.call, prepared.call_n
+
+    def stay_busy(started: int) -> None:
+        took = time.perf_counter_ns() - started
+        until = time.perf_counter_ns() + int(fraction * took)
+        while time.perf_counter_ns() < until:
+            pass
 
     def slowed():
-        for _ in range(1 + owing(1)):
-            call()
+        t0 = time.perf_counter_ns()
+        call()
+        stay_busy(t0)
 
     def slowed_n(loops: int) -> None:
-        call_n(loops + owing(loops))
+        t0 = time.perf_counter_ns()
+        call_n(loops)
+        stay_busy(t0)
 
     return replace(prepared, call=slowed, call_n=slowed_n if call_n is not None else None)
 
@@ -62,7 +70,7 @@ def _slowed(prepare_kernel):
         prepared = prepare_kernel(case, inputs)
         fraction = extra_work()
         prepared = replace(prepared, notes=dict(prepared.notes, extra_work=fraction))
-        return with_extra_calls(prepared, fraction) if fraction else prepared
+        return with_extra_time(prepared, fraction) if fraction else prepared
 
     return prepare
 
@@ -82,7 +90,7 @@ prepare, prepare_rust = _slowed(_numpy_prepare), _slowed(_rust_prepare)
 backend: Backend = replace(
     numpy_backend,
     name="numpy-slow",
-    description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK more kernel calls",
+    description="test backend: NumPy elbo, each call ELBOLAB_EXTRA_WORK longer",
     preparers={"elbo": prepare, "elbo_grad": prepare},
 )
 
@@ -138,7 +146,7 @@ def _rust_unavailable() -> str | None:
 rust_backend: Backend = replace(
     numpy_backend,
     name="rust-slow",
-    description="test backend: the Rust elbo plus ELBOLAB_EXTRA_WORK more kernel calls",
+    description="test backend: the Rust elbo, each call ELBOLAB_EXTRA_WORK longer",
     preparers={"elbo": prepare_rust, "elbo_grad": prepare_rust},
     unavailable_reason=_rust_unavailable,
 )

@@ -324,3 +324,34 @@ def test_pinning_a_worker_pins_the_threads_it_has_already_started():
     finally:
         worker.close()
     assert worker.proc.returncode is not None
+
+
+def test_the_slowed_backend_makes_every_call_longer_by_the_fraction():
+    """Each call and each call_n batch takes 1 + f times the kernel's own time (never less: the
+    thread stays busy until then), so every sample of a slowed side carries the same slowdown."""
+    import time
+    from dataclasses import replace
+
+    from elbolab.backend import Prepared
+
+    from tests.slow_backend import with_extra_time
+
+    took: list[int] = []
+
+    def kernel():
+        t0 = time.perf_counter_ns()
+        while time.perf_counter_ns() - t0 < 2_000_000:
+            pass
+        took.append(time.perf_counter_ns() - t0)
+
+    def kernel_n(loops):
+        for _ in range(loops):
+            kernel()
+
+    slowed = with_extra_time(replace(Prepared(call=kernel, outputs=dict), call_n=kernel_n), 0.5)
+    for run in (slowed.call, lambda: slowed.call_n(3)):
+        took.clear()
+        t0 = time.perf_counter_ns()
+        run()
+        ratio = (time.perf_counter_ns() - t0) / sum(took)
+        assert 1.5 <= ratio < 2.5
