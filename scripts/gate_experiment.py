@@ -6,10 +6,10 @@ Both sides of each gate are this working tree, run by the real interleaved A/B m
 (elbolab.ab.measure_interleaved with its default settings: fresh pairs of workers, one per side
 alive together, B H H B blocks, judged on the pairs' paired medians (99%) from 8 pairs on,
 adaptive stopping, 40 s a case) on the cases of the issue: numpy and rust elbo at batch 128 and
-1024, float64, one thread, eps given. The head side's kernels are slowed by a known fraction
-(tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f keeps the thread busy for f times the kernel's own
-time after every call, inside the backend's own timing loop, so every sample is 1 + f times as
-long). The arms: A/A (no slowdown), +5% and +10%.
+1024, float64, one thread, eps given. The head side's kernels do a known fraction more work
+(tests/slow_backend.py: ELBOLAB_EXTRA_WORK=f makes every batch of n calls do the work of
+n * (1 + f) calls, the fraction left over as one call on that share of the rows, so every
+sample carries the same extra work). The arms: A/A (no extra work), +5% and +10%.
 
 The arms take turns (A/A, +10%, +5%, A/A, ...), so a quiet or a busy hour of the shared host
 falls on all of them alike. Each arm's true time ratio is measured too (a check on the injected

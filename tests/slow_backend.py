@@ -1,9 +1,9 @@
 """Test-only backends: the NumPy and Rust elbo kernels with a controlled amount of extra work.
 
 Registered with ELBOLAB_BACKENDS=tests.slow_backend:backend (numpy-slow) and
-tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 makes every kernel call take
-25% longer (with_extra_time), with the same backend name in every run so the cases of a slowed and
-an unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
+tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 makes every batch of calls
+the timer asks for do 25% more of the kernel's work (with_extra_work), with the same backend name
+in every run so the cases of a slowed and an unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
 and the amount is recorded in the measurement's notes.
 
 Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a true slowdown.
@@ -12,7 +12,6 @@ Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a tru
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -34,35 +33,39 @@ def extra_work() -> float:
     return value
 
 
-def with_extra_time(prepared: Prepared, fraction: float) -> Prepared:
-    """Every call (and every call_n batch, the backend's own timing loop) takes 1 + fraction times
-    as long: the kernel runs, then the thread stays busy for `fraction` of the time the kernel just
-    took. The slowdown is the same in every sample, and scales with the kernel's time when the
-    host slows it down, as a real regression does.
+def with_extra_work(prepared: Prepared, fraction: float, batch: int, prepare_rows) -> Prepared:
+    """Every batch of `loops` calls the timer asks for (call_n) does the kernel's work of
+    loops * (1 + fraction) calls: the loops, then int(loops * fraction) more whole calls, then the
+    rest as one call of the same kernel on that fraction of the `batch` rows (`prepare_rows(rows)`,
+    a plan on the first rows of the inputs, made once per row count). So every sample carries the
+    same extra work, real kernel work on real data, and only one call's fixed cost more.
 
-    Why not extra kernel calls (this backend's first design: one more call every 1/fraction calls):
-    a sample of `loops` calls then holds floor or ceil(loops * fraction) extra calls, e.g. 0 or 1
-    at 5 loops a sample (numpy at batch 1024); the samples become bimodal and their median lands
-    anywhere between the modes (a "+10%" arm measured 1.05 there, 1.17 for rust at batch 1024)."""
-    call, call_n = prepared.call, prepared.call_n
+    Two earlier designs measured something else than they meant:
+    - one extra call every 1/fraction calls: a sample of `loops` calls held floor or
+      ceil(loops * fraction) extra calls, e.g. 0 or 1 at 5 loops a sample (NumPy at batch 1024);
+      the samples were bimodal and their median landed anywhere between the modes (a "+10%"
+      arm measured 1.05 there, 1.17 for Rust at batch 1024);
+    - keeping the thread busy for `fraction` of the kernel's time: +10% of waiting measured
+      +12-14% on NumPy at batch 128 (a Python loop between calls disturbs the next call) and
+      +0-1% on the memory-bound Rust elbo at batch 1024 (a waiting core is not its bottleneck)."""
+    call, plans = prepared.call, {}
 
-    def stay_busy(started: int) -> None:
-        took = time.perf_counter_ns() - started
-        until = time.perf_counter_ns() + int(fraction * took)
-        while time.perf_counter_ns() < until:
-            pass
+    def each(loops: int) -> None:  # the timer's own loop, for backends without a call_n
+        for _ in range(loops):
+            call()
 
-    def slowed():
-        t0 = time.perf_counter_ns()
-        call()
-        stay_busy(t0)
+    call_n = prepared.call_n or each
 
     def slowed_n(loops: int) -> None:
-        t0 = time.perf_counter_ns()
-        call_n(loops)
-        stay_busy(t0)
+        whole, part = divmod(loops * fraction, 1.0)
+        call_n(loops + int(whole))
+        rows = round(part * batch)
+        if rows:
+            if rows not in plans:
+                plans[rows] = prepare_rows(rows)
+            plans[rows].call()
 
-    return replace(prepared, call=slowed, call_n=slowed_n if call_n is not None else None)
+    return replace(prepared, call_n=slowed_n)
 
 
 def _slowed(prepare_kernel):
@@ -70,7 +73,15 @@ def _slowed(prepare_kernel):
         prepared = prepare_kernel(case, inputs)
         fraction = extra_work()
         prepared = replace(prepared, notes=dict(prepared.notes, extra_work=fraction))
-        return with_extra_time(prepared, fraction) if fraction else prepared
+
+        def prepare_rows(rows: int) -> Prepared:
+            per_row = {k: np.ascontiguousarray(v[:rows]).copy()
+                       if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == case.batch else v
+                       for k, v in inputs.items()}  # fmt: skip
+            return prepare_kernel(replace(case, batch=rows), per_row)
+
+        # at 0 too: both sides time the same loop
+        return with_extra_work(prepared, fraction, case.batch, prepare_rows)
 
     return prepare
 
@@ -90,7 +101,7 @@ prepare, prepare_rust = _slowed(_numpy_prepare), _slowed(_rust_prepare)
 backend: Backend = replace(
     numpy_backend,
     name="numpy-slow",
-    description="test backend: NumPy elbo, each call ELBOLAB_EXTRA_WORK longer",
+    description="test backend: NumPy elbo plus ELBOLAB_EXTRA_WORK of its work",
     preparers={"elbo": prepare, "elbo_grad": prepare},
 )
 
@@ -146,7 +157,7 @@ def _rust_unavailable() -> str | None:
 rust_backend: Backend = replace(
     numpy_backend,
     name="rust-slow",
-    description="test backend: the Rust elbo, each call ELBOLAB_EXTRA_WORK longer",
+    description="test backend: the Rust elbo plus ELBOLAB_EXTRA_WORK of its work",
     preparers={"elbo": prepare_rust, "elbo_grad": prepare_rust},
     unavailable_reason=_rust_unavailable,
 )

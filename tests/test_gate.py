@@ -326,32 +326,24 @@ def test_pinning_a_worker_pins_the_threads_it_has_already_started():
     assert worker.proc.returncode is not None
 
 
-def test_the_slowed_backend_makes_every_call_longer_by_the_fraction():
-    """Each call and each call_n batch takes 1 + f times the kernel's own time (never less: the
-    thread stays busy until then), so every sample of a slowed side carries the same slowdown."""
-    import time
-    from dataclasses import replace
-
+def test_the_slowed_backend_adds_the_same_work_to_every_batch_of_calls():
+    """call_n(loops) does loops * (1 + f) calls' work: int(loops * f) more whole calls, then the
+    fraction left as one call on that share of the rows; the same in every batch of calls."""
     from elbolab.backend import Prepared
 
-    from tests.slow_backend import with_extra_time
+    from tests.slow_backend import with_extra_work
 
-    took: list[int] = []
+    rows_called: list[int] = []
 
-    def kernel():
-        t0 = time.perf_counter_ns()
-        while time.perf_counter_ns() - t0 < 2_000_000:
-            pass
-        took.append(time.perf_counter_ns() - t0)
+    def prepare_rows(rows):
+        return Prepared(call=lambda: rows_called.append(rows), outputs=dict)
 
-    def kernel_n(loops):
-        for _ in range(loops):
-            kernel()
-
-    slowed = with_extra_time(replace(Prepared(call=kernel, outputs=dict), call_n=kernel_n), 0.5)
-    for run in (slowed.call, lambda: slowed.call_n(3)):
-        took.clear()
-        t0 = time.perf_counter_ns()
-        run()
-        ratio = (time.perf_counter_ns() - t0) / sum(took)
-        assert 1.5 <= ratio < 2.5
+    prepared = Prepared(call=lambda: rows_called.append(100), outputs=dict)
+    slowed = with_extra_work(prepared, 0.25, 100, prepare_rows)
+    for _ in range(3):
+        rows_called.clear()
+        slowed.call_n(10)  # 10 calls and 2.5 more: 12 whole calls, then half the rows once
+        assert rows_called == [100] * 12 + [50]
+    rows_called.clear()
+    with_extra_work(prepared, 0.0, 100, prepare_rows).call_n(7)
+    assert rows_called == [100] * 7
