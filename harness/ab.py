@@ -35,6 +35,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -632,17 +633,23 @@ def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dic
                          "(it has no elbolab.instructions); gate on time, or pick a newer base")  # fmt: skip
     started = now()
     timeout = config.case_timeout or 900
-    measured: dict[str, list] = {"base": [], "head": []}
-    for i, case in enumerate(cases):
+
+    def count_both(i: int, case) -> tuple:
         t0 = time.perf_counter()
         head = count_case(case, env=sides["head"].env(), cwd=sides["head"].tree, timeout=timeout)
         calls = head.counts.calls if head.counts is not None else None
         base = count_case(case, env=sides["base"].env(), cwd=sides["base"].tree, timeout=timeout, calls=calls)
-        measured["head"].append(head)
-        measured["base"].append(base)
         what = (f"{base.counts.instructions:,.0f} -> {head.counts.instructions:,.0f} instructions a call"
                 if base.counts and head.counts else f"base {base.status}, head {head.status}")  # fmt: skip
         log(f"case {i + 1}/{len(cases)} {case.label()}: {what} ({time.perf_counter() - t0:.0f} s)")
+        return base, head
+
+    # Counts do not depend on what else runs (Valgrind runs each program on a simulated CPU), so
+    # the cases are counted in parallel, one per core: a 4-case gate takes half the time on 2 cores.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with ThreadPoolExecutor(max_workers=max(1, min(cores, len(cases)))) as pool:
+        counted = list(pool.map(count_both, range(len(cases)), cases))
+    measured = {"base": [b for b, _ in counted], "head": [h for _, h in counted]}
     out = {}
     for name, side in sides.items():
         git = {"commit": resolve(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}

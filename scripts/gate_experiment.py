@@ -35,17 +35,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from elbolab.ab import ABConfig, Side, measure_interleaved  # noqa: E402
+from elbolab.ab import ABConfig, Side, measure_counted, measure_interleaved  # noqa: E402
 from elbolab.backend import discover  # noqa: E402
 from elbolab.case import Case  # noqa: E402
 from elbolab.compare import compare  # noqa: E402
 from elbolab.machine import machine_info  # noqa: E402
 from elbolab.results import write_text_atomic  # noqa: E402
 from elbolab.stats import median_ci_ranks  # noqa: E402
-from elbolab.verdict import DEFAULT_AB_THRESHOLD, Rule  # noqa: E402
+from elbolab.verdict import DEFAULT_AB_THRESHOLD, INSTRUCTIONS_RULE, Rule  # noqa: E402
 
 BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
-ARMS = {"A/A": 0.0, "+10%": 0.10, "+5%": 0.05}
+TIME_ARMS = {"A/A": 0.0, "+10%": 0.10, "+5%": 0.05}
+COUNT_ARMS = {"A/A": 0.0, "+2%": 0.02}  # --measure instructions
 # what decides the gate's behaviour: a file measured with other versions of these is not resumed
 CODE = ["harness/ab.py", "harness/compare.py", "harness/stats.py", "harness/verdict.py", "harness/timer.py",
         "harness/worker.py", "tests/slow_backend.py", "backends/numpy/__init__.py", "backends/rust/src"]  # fmt: skip
@@ -61,9 +62,12 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+BATCHES = [128, 1024]  # --batches
+
+
 def cases() -> list[Case]:
     names = ["numpy-slow"] + (["rust-slow"] if discover()["rust"].unavailable_reason() is None else [])
-    return [Case("elbo", n, "cpu", "float64", b, threads=1) for n in names for b in (128, 1024)]
+    return [Case("elbo", n, "cpu", "float64", b, threads=1) for n in names for b in BATCHES]
 
 
 def sides(extra: float) -> dict[str, Side]:
@@ -74,22 +78,30 @@ def sides(extra: float) -> dict[str, Side]:
     }
 
 
-def one_gate(config: ABConfig, rule: Rule, arm: str) -> dict:
-    """One real gate of this arm: its verdict, and per case what it decided and its first pairs."""
+def one_gate(config: ABConfig, rule: Rule, arm: str, extra: float) -> dict:
+    """One real gate of this arm: its verdict, and per case what it decided (and, timing, the
+    ratios of its first pairs; counting, the two counts)."""
     t0 = time.perf_counter()
-    runs = measure_interleaved(config, rule, sides(ARMS[arm]), cases(), log=lambda _: None)
+    if config.measure == "instructions":
+        runs = measure_counted(config, sides(extra), cases(), log=lambda _: None)
+    else:
+        runs = measure_interleaved(config, rule, sides(extra), cases(), log=lambda _: None)
     report = compare(runs["base"], runs["head"], rule=rule)
     measured = {side: {m.case.label(): m for m in runs[side].measurements} for side in ("base", "head")}
     per_case = {}
     for c in report.comparisons:
         label, first = c.case.label(), config.min_pairs
         b, h = measured["base"][label], measured["head"][label]
+        per_case[label] = {"ratio": c.ratio, "interval": list(c.judgement.ci95), "verdict": c.judgement.verdict.value,
+                           "regression": bool(c.regression)}  # fmt: skip
+        if config.measure == "instructions":
+            per_case[label]["instructions"] = [b.counts.instructions, h.counts.instructions]
+            per_case[label]["first_pair_ratios"] = [h.counts.instructions / b.counts.instructions]
+            per_case[label].update(pairs=1, stopped="counted once a side")
+            continue
         pairs = list(zip((b.round_medians or ())[:first], (h.round_medians or ())[:first], strict=True))
-        per_case[label] = {
-            "ratio": c.ratio, "interval": list(c.judgement.ci95), "verdict": c.judgement.verdict.value,
-            "regression": bool(c.regression), "pairs": h.notes.get("ab_pairs"), "stopped": h.notes.get("ab_stopped"),
-            "first_pair_ratios": [hm / bm for bm, hm in pairs],
-        }  # fmt: skip
+        per_case[label].update(pairs=h.notes.get("ab_pairs"), stopped=h.notes.get("ab_stopped"),
+                               first_pair_ratios=[hm / bm for bm, hm in pairs])  # fmt: skip
     return {"arm": arm, "fired": bool(report.failed), "seconds": time.perf_counter() - t0,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cases": per_case}  # fmt: skip
 
@@ -101,9 +113,9 @@ def true_ratio(ratios: list[float]) -> dict:
     return {"median": float(np.median(x)), "ci95": [float(x[lo - 1]), float(x[hi - 1])], "pairs": len(x)}
 
 
-def summary(gates: list[dict]) -> dict:
+def summary(gates: list[dict], arms: dict[str, float]) -> dict:
     out = {}
-    for arm in ARMS:
+    for arm in arms:
         mine = [g for g in gates if g["arm"] == arm]
         if not mine:
             continue
@@ -128,7 +140,7 @@ def table(result: dict) -> str:
     for arm, s in result["summary"].items():
         cases_ = "; ".join(
             f"{label.split(' cpu')[0].replace('elbo ', '')} B={label.split('B=')[1].split()[0]}: "
-            f"{c['true_ratio']['median']:.3f} [{c['true_ratio']['ci95'][0]:.3f}, {c['true_ratio']['ci95'][1]:.3f}] "
+            f"{c['true_ratio']['median']:.4f} [{c['true_ratio']['ci95'][0]:.4f}, {c['true_ratio']['ci95'][1]:.4f}] "
             f"{c['fired']}/{s['gates']}, {c['undecided']} undecided"
             for label, c in s["cases"].items()
         )
@@ -139,47 +151,69 @@ def table(result: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gates", type=int, default=40, help="gates for A/A and +10%% (default 40)")
+    parser.add_argument(
+        "--measure",
+        choices=("time", "instructions"),
+        default="time",
+        help="time (arms A/A, +10%%, +5%%) or instructions (A/A, +2%%, counted under callgrind)",
+    )
+    parser.add_argument(
+        "--gates", type=int, help="gates for A/A and +10%% or +2%% (default 40 timing, 10 counting)"
+    )
     parser.add_argument("--slow-gates", type=int, default=20, help="gates for +5%% (default 20)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "scratch" / "gate-experiment.json")
+    parser.add_argument(
+        "--out", type=Path, help="default results/scratch/gate-experiment[-instructions].json"
+    )
     parser.add_argument("--resume", action="store_true", help="add gates to --out (same code only)")
+    parser.add_argument("--batches", default="128,1024", help="the elbo batch sizes gated (default 128,1024)")
     args = parser.parse_args()
+    BATCHES[:] = [int(b) for b in args.batches.split(",")]
+    counting = args.measure == "instructions"
+    arms = COUNT_ARMS if counting else TIME_ARMS
+    gates = args.gates or (10 if counting else 40)
+    wanted = {"A/A": gates, "+10%": gates, "+2%": gates, "+5%": args.slow_gates}
+    out = (
+        args.out
+        or ROOT / "results" / "scratch" / f"gate-experiment{'-instructions' if counting else ''}.json"
+    )
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     os.environ["ELBOLAB_BACKENDS"] = BACKENDS
-    config, rule = ABConfig(base_ref="-"), Rule(DEFAULT_AB_THRESHOLD)
+    config = ABConfig(base_ref="-", measure=args.measure)
+    rule = INSTRUCTIONS_RULE if counting else Rule(DEFAULT_AB_THRESHOLD)
     fingerprint = code_fingerprint()
-    result = {"rule": rule.to_json(), "code": fingerprint, "machine": machine_info(), "gates": [],
-              "config": {k: getattr(config, k) for k in ("block", "pair_samples", "min_pairs", "max_pairs", "case_budget_s")},
-              "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}}  # fmt: skip
-    if args.resume and args.out.exists():
-        old = json.loads(args.out.read_text())
-        if old.get("code") != fingerprint:
-            print(
-                f"{args.out} was measured with other gate code ({old.get('code')}, now {fingerprint})",
-                file=sys.stderr,
-            )
+    result = {"measure": args.measure, "rule": rule.to_json(), "code": fingerprint, "machine": machine_info(),
+              "gates": [], "batches": BATCHES, "env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
+              "config": {k: getattr(config, k) for k in ("block", "pair_samples", "min_pairs", "max_pairs", "case_budget_s")}}  # fmt: skip
+    if args.resume and out.exists():
+        old = json.loads(out.read_text())
+        if (old.get("code"), old.get("measure", "time"), old.get("batches", [128, 1024])) != (
+            fingerprint,
+            args.measure,
+            BATCHES,
+        ):
+            print(f"{out} was measured with other gate code or mode ({old.get('code')}, now {fingerprint})",
+                  file=sys.stderr)  # fmt: skip
             return 2
         result["gates"] = old["gates"]
-    wanted = {"A/A": args.gates, "+10%": args.gates, "+5%": args.slow_gates}
     print(f"rule: {rule.describe()}; {len(cases())} cases a gate; arms take turns", flush=True)
     while True:
-        done = {arm: sum(g["arm"] == arm for g in result["gates"]) for arm in ARMS}
-        todo = [arm for arm in ARMS if done[arm] < wanted[arm]]
+        done = {arm: sum(g["arm"] == arm for g in result["gates"]) for arm in arms}
+        todo = [arm for arm in arms if done[arm] < wanted[arm]]
         if not todo:
             break
         arm = min(todo, key=lambda a: done[a] / wanted[a])  # the arm furthest behind goes next
-        gate = one_gate(config, rule, arm)
+        gate = one_gate(config, rule, arm, arms[arm])
         result["gates"].append(gate)
-        result["summary"] = summary(result["gates"])
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(args.out, json.dumps(result, indent=1))
+        result["summary"] = summary(result["gates"], arms)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out, json.dumps(result, indent=1))
         ratios = ", ".join(
-            f"{c['ratio']:.3f}{'!' if c['regression'] else ''}" for c in gate["cases"].values()
+            f"{c['ratio']:.4f}{'!' if c['regression'] else ''}" for c in gate["cases"].values()
         )
         print(f"{arm} gate {done[arm] + 1}/{wanted[arm]}: {'FIRED' if gate['fired'] else 'pass'} "
               f"({ratios}; {gate['seconds']:.0f} s)", flush=True)  # fmt: skip
     print("\n" + table(result))
-    print(f"written {args.out}")
+    print(f"written {out}")
     return 0
 
 
