@@ -75,8 +75,10 @@ def _slowed(prepare_kernel):
         prepared = replace(prepared, notes=dict(prepared.notes, extra_work=fraction))
 
         def prepare_rows(rows: int) -> Prepared:
-            per_row = {k: np.ascontiguousarray(v[:rows]).copy()
-                       if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == case.batch else v
+            # views of the first rows (C-contiguous), not copies: the extra call reads memory the
+            # kernel reads anyway, as more work on the same data would (copies made the working set
+            # larger, and the memory-bound Rust kernel at batch 1024 1.4x slower, not 1.1x)
+            per_row = {k: v[:rows] if isinstance(v, np.ndarray) and v.ndim and v.shape[0] == case.batch else v
                        for k, v in inputs.items()}  # fmt: skip
             return prepare_kernel(replace(case, batch=rows), per_row)
 
