@@ -1,6 +1,8 @@
 """The A/B gate's error rates, measured for real on this machine (docs/gating.md reports them).
 
     .venv/bin/python scripts/gate_experiment.py [--gates 40] [--slow-gates 20] [--out FILE] [--resume]
+    .venv/bin/python scripts/gate_experiment.py --measure instructions [--gates 10] [--batches 128]
+    .venv/bin/python scripts/gate_experiment.py --table FILE      (the results as Markdown)
 
 Both sides of each gate are this working tree, run by the real interleaved A/B machinery
 (elbolab.ab.measure_interleaved with its default settings: fresh pairs of workers, one per side
@@ -135,17 +137,38 @@ def summary(gates: list[dict], arms: dict[str, float]) -> dict:
     return out
 
 
+def rate(k: int, n: int) -> str:
+    """k of n with its exact (Clopper-Pearson) 95% interval."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(method="exact")
+    return f"{k}/{n} ({ci.low:.0%}-{ci.high:.0%})"
+
+
 def table(result: dict) -> str:
-    lines = ["arm    gates fired  s/gate (max)   per case: true ratio [95%] fired/gates, undecided"]
+    """The experiment as Markdown (docs/gating.md quotes it): per arm, then per case."""
+    counting = result.get("measure") == "instructions"
+    lines = ["| arm | gates fired (95% CI) | seconds a gate: mean, max |", "|---|---|---|"]
     for arm, s in result["summary"].items():
-        cases_ = "; ".join(
-            f"{label.split(' cpu')[0].replace('elbo ', '')} B={label.split('B=')[1].split()[0]}: "
-            f"{c['true_ratio']['median']:.4f} [{c['true_ratio']['ci95'][0]:.4f}, {c['true_ratio']['ci95'][1]:.4f}] "
-            f"{c['fired']}/{s['gates']}, {c['undecided']} undecided"
-            for label, c in s["cases"].items()
+        lines.append(
+            f"| {arm} | {rate(s['fired'], s['gates'])} | {s['seconds_per_gate']:.0f}, {s['max_seconds']:.0f} |"
         )
-        lines.append(f"{arm:5s}  {s['gates']:5d} {s['fired']:5d}  {s['seconds_per_gate']:5.0f} ({s['max_seconds']:.0f})"
-                     f"    {cases_}")  # fmt: skip
+    what = (
+        "count ratio, median over the gates [95%]"
+        if counting
+        else "true time ratio, median of the first 8 pairs of every gate [95%]"
+    )
+    lines += [
+        "",
+        f"| arm | case | {what} | fired | undecided | pairs a case (median) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for arm, s in result["summary"].items():
+        for label, c in s["cases"].items():
+            name = f"{label.split(' cpu')[0].replace('elbo ', '')} B={label.split('B=')[1].split()[0]}"
+            t = c["true_ratio"]
+            lines.append(f"| {arm} | {name} | {t['median']:.4f} [{t['ci95'][0]:.4f}, {t['ci95'][1]:.4f}] ({t['pairs']}) "
+                         f"| {c['fired']}/{s['gates']} | {c['undecided']} | {c['pairs_median']:g} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -166,7 +189,13 @@ def main() -> int:
     )
     parser.add_argument("--resume", action="store_true", help="add gates to --out (same code only)")
     parser.add_argument("--batches", default="128,1024", help="the elbo batch sizes gated (default 128,1024)")
+    parser.add_argument(
+        "--table", type=Path, metavar="FILE", help="print FILE's results as Markdown, run nothing"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
     BATCHES[:] = [int(b) for b in args.batches.split(",")]
     counting = args.measure == "instructions"
     arms = COUNT_ARMS if counting else TIME_ARMS
