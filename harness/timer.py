@@ -138,7 +138,7 @@ class Sampler:
 class _gc_off:  # noqa: N801 (a context manager, named for what it does)
     """The collector off while timing. A full collection runs once, when the Sampler is made, and
     the survivors are then frozen (gc.freeze: moved where later collections do not look), so the
-    next case's collection looks only at what was made since: a full collection costs ~60 ms in a
+    next case's collection looks only at what was made since: a full collection costs 60-200 ms in a
     worker that has imported torch, paid once per worker instead of once per case (~700 cases in
     make bench). Samples are asked for one or a few at a time (adaptive stopping, the A/B blocks),
     so collecting before each would cost more than the samples themselves. With the collector off

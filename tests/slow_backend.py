@@ -3,8 +3,8 @@
 Registered with ELBOLAB_BACKENDS=tests.slow_backend:backend (numpy-slow) and
 tests.slow_backend:rust_backend (rust-slow). ELBOLAB_EXTRA_WORK=0.25 makes every batch of calls
 the timer asks for do 25% more of the kernel's work (with_extra_work), with the same backend name
-in every run so the cases of a slowed and an unslowed run match. The environment variable is read in `prepare`, i.e. in the worker process,
-and the amount is recorded in the measurement's notes.
+in every run so the cases of a slowed and an unslowed run match. The environment variable is read
+in `prepare`, i.e. in the worker process, and the amount is recorded in the measurement's notes.
 
 Used by tests/test_gate.py and scripts/gate_experiment.py to give the gate a true slowdown.
 """

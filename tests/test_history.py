@@ -313,9 +313,9 @@ def test_the_page_stays_small_for_many_commits_and_cases(tmp_path):
 
 def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "2") -> tuple[Path, list[str]]:
     """A copy of this repository's code, then n-1 commits; the one at `slow_at` changes the test
-    backend's default extra work from 0 to `extra` (2: the elbo kernel's main pass done twice more
-    per call, as test_gate does; its 800 KB temporaries make that several times slower on a 2-core
-    VM, plain above the run-to-run noise of a shared machine)."""
+    backend's default extra work from 0 to `extra` (2: the elbo kernel's work done twice more in
+    every batch of calls, as test_gate does: about 3x the time, plain above the run-to-run noise of
+    a shared 2-core VM)."""
     repo = tmp_path / "repo"
     for part in ("harness", "backends", "pyproject.toml", "README.md", ".gitignore", "tests/__init__.py",
                  "tests/slow_backend.py"):  # fmt: skip
