@@ -32,9 +32,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent import futures as cf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -619,7 +621,7 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
 def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dict[str, Run]:
     """Each case counted once per side under callgrind, in that side's environment and tree, with
     the same calls per segment on both sides (head's choice), so the two counts differ only by code."""
-    from elbolab.instructions import count_case, unavailable_reason
+    from elbolab.instructions import count_case, end_all_counts, unavailable_reason
     from elbolab.machine import git_info, machine_info, software_info
     from elbolab.results import new_run
     from elbolab.runner import now
@@ -634,10 +636,16 @@ def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dic
     started = now()
     timeout = config.case_timeout or 900
 
+    stopping = threading.Event()
+
     def count_both(i: int, case) -> tuple:
         t0 = time.perf_counter()
+        if stopping.is_set():
+            raise InterruptedError
         head = count_case(case, env=sides["head"].env(), cwd=sides["head"].tree, timeout=timeout)
         calls = head.counts.calls if head.counts is not None else None
+        if stopping.is_set():
+            raise InterruptedError
         base = count_case(case, env=sides["base"].env(), cwd=sides["base"].tree, timeout=timeout, calls=calls)
         what = (f"{base.counts.instructions:,.0f} -> {head.counts.instructions:,.0f} instructions a call"
                 if base.counts and head.counts else f"base {base.status}, head {head.status}")  # fmt: skip
@@ -647,8 +655,20 @@ def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dic
     # Counts do not depend on what else runs (Valgrind runs each program on a simulated CPU), so
     # the cases are counted in parallel, one per core: a 4-case gate takes half the time on 2 cores.
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    with ThreadPoolExecutor(max_workers=max(1, min(cores, len(cases)))) as pool:
-        counted = list(pool.map(count_both, range(len(cases)), cases))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(cores, len(cases))))
+    futures = [pool.submit(count_both, i, case) for i, case in enumerate(cases)]
+    try:
+        counted = [f.result() for f in futures]
+    except BaseException:  # interrupted (Ctrl-C and SIGTERM reach this thread only): end every count
+        stopping.set()
+        for f in futures:
+            f.cancel()
+        while not all(f.done() for f in futures):
+            end_all_counts()
+            cf.wait(futures, timeout=0.2)
+        raise
+    finally:
+        pool.shutdown(wait=True)
     measured = {"base": [b for b, _ in counted], "head": [h for _, h in counted]}
     out = {}
     for name, side in sides.items():

@@ -51,6 +51,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
@@ -487,6 +488,23 @@ def _end_session(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+# The counting processes now running, so that a caller counting in threads (the A/B gate) can end
+# them all when it is interrupted: the interrupt reaches its main thread only.
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def end_all_counts() -> None:
+    """Kill every counting process this process has running (their count_case calls then return)."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def count_case(case: Case, *, calls: int | None = None, repeats: int = REPEATS, env: Mapping[str, str] | None = None,
                cwd: str | os.PathLike | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                python: str | None = None, keep_dir: str | os.PathLike | None = None) -> Measurement:  # fmt: skip
@@ -528,6 +546,8 @@ def count_case(case: Case, *, calls: int | None = None, repeats: int = REPEATS, 
         proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(env, case.threads, marker, out_dir),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, errors="replace", start_new_session=True)  # fmt: skip
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -537,6 +557,9 @@ def count_case(case: Case, *, calls: int | None = None, repeats: int = REPEATS, 
         except BaseException:  # interrupted: leave no valgrind behind (it has its own session)
             _end_session(proc)
             raise
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
         wall_s = time.perf_counter() - t0
         report = _report_line(stdout)
         if report is None:

@@ -346,3 +346,41 @@ def test_ab_refuses_to_count_a_base_without_instruction_counting(tmp_path):
         measure_counted(
             ABConfig("HEAD", measure="instructions"), sides, [Case("elbo", "numpy", batch=7)], print
         )
+
+
+def test_an_interrupted_instruction_gate_ends_every_count_at_once(monkeypatch):
+    """The gate counts cases in threads; Ctrl-C or SIGTERM reaches its main thread only. Every
+    counting process still running is killed and no new count starts: the gate stops in moments,
+    not when the counts (minutes under Valgrind) would have finished."""
+    import time
+
+    from elbolab import ab
+    from elbolab.measurement import not_measured
+
+    started: list[subprocess.Popen] = []
+
+    def fake_count(case, **kwargs):  # a count that would run a minute, registered as count_case does
+        if case.batch == 1:
+            time.sleep(0.5)  # the other case's process has started by then
+            raise KeyboardInterrupt
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        started.append(proc)
+        with instructions._RUNNING_LOCK:
+            instructions._RUNNING.add(proc)
+        try:
+            proc.wait()
+        finally:
+            with instructions._RUNNING_LOCK:
+                instructions._RUNNING.discard(proc)
+        return not_measured(case, "failed", "killed")
+
+    monkeypatch.setattr(instructions, "count_case", fake_count)
+    monkeypatch.setattr(instructions, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(ab.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    sides = {"base": ab.Side("base", ROOT), "head": ab.Side("head", ROOT)}
+    cases = [Case("elbo", "numpy", batch=1), Case("elbo", "numpy", batch=2)]
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        ab.measure_counted(ab.ABConfig("HEAD", measure="instructions"), sides, cases, lambda _: None)
+    assert time.perf_counter() - t0 < 20
+    assert len(started) == 1 and started[0].poll() is not None  # killed, and no base count started
