@@ -478,13 +478,17 @@ def diagnose(stderr: str, returncode: int | None) -> tuple[str, str]:
     return "failed", f"the counting process exited with code {returncode} and no result: {last}"
 
 
-def _end_session(proc: subprocess.Popen) -> None:
+def _kill_session(proc: subprocess.Popen) -> None:
     """Kill the counting process and whatever it started: it leads its own session (and nothing else
     is in it), so its process group is exactly what this module started."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _end_session(proc: subprocess.Popen) -> None:
+    _kill_session(proc)
     proc.communicate()
 
 
@@ -499,10 +503,7 @@ def end_all_counts() -> None:
     with _RUNNING_LOCK:
         running = list(_RUNNING)
     for proc in running:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_session(proc)
 
 
 def count_case(case: Case, *, calls: int | None = None, repeats: int = REPEATS, env: Mapping[str, str] | None = None,

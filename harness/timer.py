@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import gc
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from elbolab.backend import Prepared
-from elbolab.stats import median_ci_ranks
+from elbolab.stats import median_ci
 
 
 @dataclass(frozen=True)
@@ -162,12 +161,9 @@ class _gc_off:  # noqa: N801 (a context manager, named for what it does)
 
 
 def precise_enough(samples: list[int], target: float) -> bool:
-    """Whether the 95% interval of the median (stats.summarize's, without the rest of the summary:
-    this runs after every sample) is within `target` of it, either side."""
-    x = sorted(samples)
-    lo, hi = median_ci_ranks(len(x))
-    median = statistics.median(x)
-    return median > 0 and max(median - x[lo - 1], x[hi - 1] - median) <= target * median
+    """Whether the 95% interval of the median is within `target` of it, either side."""
+    median, lo, hi = median_ci(sorted(samples))
+    return median > 0 and max(median - lo, hi - median) <= target * median
 
 
 def sample_until_precise(sampler: Sampler, config: TimerConfig) -> tuple[list[int], str]:

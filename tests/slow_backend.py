@@ -18,6 +18,7 @@ import numpy as np
 from elbolab.backend import Backend, Prepared
 from elbolab.backends.numpy import backend as numpy_backend
 from elbolab.case import Case
+from elbolab.timer import loop_runner
 
 EXTRA_WORK_ENV = "ELBOLAB_EXTRA_WORK"
 
@@ -48,13 +49,8 @@ def with_extra_work(prepared: Prepared, fraction: float, batch: int, prepare_row
     - keeping the thread busy for `fraction` of the kernel's time: +10% of waiting measured
       +12-14% on NumPy at batch 128 (a Python loop between calls disturbs the next call) and
       +0-1% on the memory-bound Rust elbo at batch 1024 (a waiting core is not its bottleneck)."""
-    call, plans = prepared.call, {}
-
-    def each(loops: int) -> None:  # the timer's own loop, for backends without a call_n
-        for _ in range(loops):
-            call()
-
-    call_n = prepared.call_n or each
+    plans = {}
+    call_n = loop_runner(prepared, synced=False)  # call_n, or the timer's own loop of calls
 
     def slowed_n(loops: int) -> None:
         whole, part = divmod(loops * fraction, 1.0)
@@ -110,8 +106,8 @@ backend: Backend = replace(
 
 def prepare_pass(case: Case, inputs: dict) -> Prepared:
     """NumPy elbo that redoes ELBOLAB_EXTRA_WORK of its main pass (x - x_recon, its squared norm) in
-    every call: the same extra work in each call, so instruction counts (per-call segments) see
-    exactly that fraction, where extra whole calls would fall unevenly between segments."""
+    every call: extra work inside each call, a fraction of one pass (numpy-slow adds a fraction of
+    the whole kernel). tests/test_instructions.py counts it."""
     prepared = numpy_backend.prepare(case, inputs)
     fraction = extra_work()
     notes = dict(prepared.notes, extra_work=fraction)
