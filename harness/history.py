@@ -18,7 +18,8 @@ Backfill and bisect. A past commit is measured in a temporary git worktree with 
 of elbolab.ab (install_side, build_side, run_side: that revision's own code, installed and built,
 run by its own `elbolab run`), and stored. A commit that does not install or build, or whose run
 fails, is skipped with the reason recorded in the store. `find` bisects GOOD..BAD (first-parent
-line) by measurement: a commit is bad when the shared verdict against GOOD is a regression.
+line) by measurement: a commit is bad when the shared verdict against GOOD is a regression, each
+commit timed paired with GOOD by the gate's interleaved worker pairs (see find).
 
 This module never prints: progress goes to `log`.
 """
@@ -31,16 +32,18 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from elbolab.ab import Side
 from elbolab.case import SIZE_FIELDS, Case
 from elbolab.errors import UsageError
 from elbolab.results import Git, Run
 from elbolab.stats import summarize
-from elbolab.store import MachineRow, Row, Store, canonical, case_id
+from elbolab.store import MACHINE_ENV, Machine, MachineRow, Row, Store, canonical, case_id
 from elbolab.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, judge
 
 Log = Callable[[str], None]
@@ -516,44 +519,69 @@ class Measured:
     notes: tuple[str, ...] = ()
 
 
-def measure_commit(repo: Path, sha: str, config, needed: dict, backend_names: Sequence[str], tmp: Path,
-                   log: Log, extra_env: dict[str, str] | None = None) -> Measured | Failure:  # fmt: skip
-    """Measure one commit in a temporary worktree: its own code installed, its builds built, its
-    own `elbolab run` with the filters of `config` (an elbolab.ab.ABConfig)."""
-    from elbolab.ab import Side, build_side, cargo_target_dir, git, install_side, run_argv, run_side
+@contextmanager
+def commit_side(repo: Path, sha: str, needed: dict, tmp: Path, log: Log, extra_env: dict[str, str] | None = None,
+                name: str | None = None) -> Iterator[Side | Failure]:  # fmt: skip
+    """A commit checked out in a temporary worktree, its own code installed and its builds built:
+    an elbolab.ab.Side (with build_errors for the builds that failed), or the Failure to install.
+    The worktree is removed on exit."""
+    from elbolab.ab import Side, build_side, cargo_target_dir, git, install_side
 
     short = sha[:12]
-    work = Path(tempfile.mkdtemp(prefix=f"{short}-", dir=tmp))  # a commit may be measured twice
+    work = Path(tempfile.mkdtemp(prefix=f"{short}-", dir=tmp))  # a commit may be checked out twice
     tree = work / "src"
     git(repo, "worktree", "add", "--detach", "--force", str(tree), sha)
     try:
-        side = Side(short, tree, extra_env=dict(extra_env or {}))
+        side = Side(name or short, tree, extra_env=dict(extra_env or {}))
         try:
             install_side(side, work / "install", log)
         except UsageError as exc:
-            return Failure("install", str(exc))
+            yield Failure("install", str(exc))
+            return
         build_side(side, needed, work, cargo_target_dir(repo), log)
-        leave_out: set[str] = set()
-        notes = []
-        for build, error in side.build_errors.items():
-            leave_out.update(needed[build])
-            notes.append(f"{build.module} did not build ({', '.join(needed[build])} not measured): {error}")
-        selected = config.filter("backend") or tuple(backend_names)
-        if leave_out and set(selected) <= leave_out:
-            return Failure("build", "; ".join(notes))
-        out = work / "run.json"
-        try:
-            run = run_side(side, run_argv(config, out, leave_out, backend_names, side.cli), out)
-        except UsageError as exc:
-            return Failure("run", str(exc))
-        # the run's own git facts describe the temporary install, not the commit: say which it was
-        run = replace(run, git=Git(commit=sha, dirty=False),
-                      config=dict(run.config, history={"commit": sha, "worktree": True, "notes": notes}))  # fmt: skip
-        return Measured(run, tuple(notes))
+        yield side
     finally:
         git(repo, "worktree", "remove", "--force", str(tree), check=False)
         shutil.rmtree(work, ignore_errors=True)
         git(repo, "worktree", "prune", check=False)
+
+
+def left_out(side: Side, needed: dict) -> tuple[set[str], list[str]]:
+    """The backends a side cannot run (their build failed), and a note on each failed build."""
+    names: set[str] = set()
+    notes = []
+    for build, error in side.build_errors.items():
+        names.update(needed[build])
+        notes.append(f"{build.module} did not build ({', '.join(needed[build])} not measured): {error}")
+    return names, notes
+
+
+def as_commit(run: Run, sha: str, **history) -> Run:
+    """A run made in a temporary install, described as the commit it measured (its own git facts
+    describe the install, not the commit)."""
+    return replace(run, git=Git(commit=sha, dirty=False),
+                   config=dict(run.config, history={"commit": sha, "worktree": True, **history}))  # fmt: skip
+
+
+def measure_commit(repo: Path, sha: str, config, needed: dict, backend_names: Sequence[str], tmp: Path,
+                   log: Log, extra_env: dict[str, str] | None = None) -> Measured | Failure:  # fmt: skip
+    """Measure one commit in a temporary worktree: its own code installed, its builds built, its
+    own `elbolab run` with the filters of `config` (an elbolab.ab.ABConfig)."""
+    from elbolab.ab import run_argv, run_side
+
+    with commit_side(repo, sha, needed, tmp, log, extra_env) as side:
+        if isinstance(side, Failure):
+            return side
+        leave, notes = left_out(side, needed)
+        selected = config.filter("backend") or tuple(backend_names)
+        if leave and set(selected) <= leave:
+            return Failure("build", "; ".join(notes))
+        out = side.tree.parent / "run.json"
+        try:
+            run = run_side(side, run_argv(config, out, leave, backend_names, side.cli), out)
+        except UsageError as exc:
+            return Failure("run", str(exc))
+        return Measured(as_commit(run, sha, notes=notes), tuple(notes))
 
 
 def origin_of(kind: str, config) -> str:
@@ -578,7 +606,6 @@ def backfill(store: Store, repo: Path, commits: Sequence[str], config, machine_n
     from elbolab.ab import builds_needed
     from elbolab.backend import discover
     from elbolab.machine import machine_info
-    from elbolab.store import MACHINE_ENV, Machine
 
     machine = Machine.of(machine_info(), machine_name or os.environ.get(MACHINE_ENV) or None)
     origin = origin_of("backfill", config)
@@ -646,11 +673,17 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
     """Bisect GOOD..BAD (first-parent line) to the first commit whose `case` is a regression
     against GOOD by the shared verdict. Every measurement is stored. A commit that cannot be
     measured, or stays 'too noisy to tell' after `attempts` measurements, is skipped (as `git
-    bisect skip` does) and a neighbour is tried."""
+    bisect skip` does) and a neighbour is tried.
+
+    Each commit is measured paired with GOOD: both installed side by side and timed by the gate's
+    interleaved worker pairs (elbolab.ab.measure_interleaved), judged on the paired interval over
+    the worker pairs, so that a shared machine's load, which can double a time between two separate
+    runs, falls on both alike. Separate runs, judged on their pooled samples, are the fallback: with
+    `reuse` (stored runs of this machine stand in for measuring), or a GOOD that predates the
+    interleaved workers."""
     from elbolab.ab import builds_needed
     from elbolab.backend import discover
     from elbolab.machine import machine_info
-    from elbolab.store import MACHINE_ENV, Machine
 
     good, bad = rev(repo, good_ref), rev(repo, bad_ref)
     if good == bad:
@@ -667,41 +700,33 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
     origin = origin_of("find", config)
     backends = discover()
     needed = builds_needed(backends, config.filter("backend"))
-    cid = case_id(case)
-    samples: dict[str, list[np.ndarray]] = {}
     steps: list[Step] = []
 
-    with tempfile.TemporaryDirectory(prefix="elbolab-find-") as tmpdir:
+    with tempfile.TemporaryDirectory(prefix="elbolab-find-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
-
-        def measure(sha: str) -> str | None:
-            """Add one measurement of the case at sha; None, or why it could not."""
-            if reuse and sha not in samples:
-                rows = [
-                    r for r in store.rows(machine.machine_id, [cid]) if r.commit == sha and r.status == "ok"
-                ]
-                if rows:
-                    samples[sha] = [r.per_call_ns for r in rows]
-                    log(f"{sha[:10]}: {len(rows)} stored run(s) reused")
-                    return None
-            got = measure_commit(repo, sha, config, needed, tuple(backends), tmp, log, extra_env)
-            if isinstance(got, Failure):
-                store.record_skip(sha, machine.machine_id, origin, got.stage, got.reason)
-                return f"{got.stage} failed: {got.reason}"
-            store.ingest(got.run, source=f"history find {sha}", machine_name=machine_name, origin=origin,
-                         commit_info=commit_info(repo, sha))  # fmt: skip
-            ms = [m for m in got.run.measurements if m.case.key() == case.key()]
-            if not ms:
-                return f"the run did not measure {case.label()}"
-            if not ms[0].timed_ok:
-                return f"{ms[0].status}: {ms[0].reason or ''}".strip()
-            samples.setdefault(sha, []).append(ms[0].per_call_ns)
-            return None
-
-        def verdict(sha: str) -> Judgement:
-            return judge(np.concatenate(samples[good]), np.concatenate(samples[sha]), rule, case.workload,
-                         [float(np.median(s)) for s in samples[good]],
-                         [float(np.median(s)) for s in samples[sha]])  # fmt: skip
+        good_side = None
+        if not reuse:
+            good_side = stack.enter_context(commit_side(repo, good, needed, tmp, log, extra_env, "base"))
+            if isinstance(good_side, Failure):
+                raise UsageError(f"cannot measure GOOD ({good_ref}, {good[:10]}): {good_side.stage} failed: "
+                                 f"{good_side.reason}")  # fmt: skip
+            leave, notes = left_out(good_side, needed)
+            if case.backend in leave:
+                raise UsageError(f"cannot measure GOOD ({good_ref}, {good[:10]}): {'; '.join(notes)}")
+            if not good_side.serves_stdio():
+                log("GOOD predates the interleaved A/B workers: each commit is measured in a run of its own")
+                good_side = None
+        if good_side is not None:
+            log(f"each commit is measured paired with GOOD {good[:10]} (interleaved worker pairs)")
+            session = _PairedWithGood(store, repo, good, good_side, case, config, rule, needed, tmp, log,
+                                      extra_env, machine, machine_name, origin, backends)  # fmt: skip
+        else:
+            session = _SeparateRuns(store, repo, good, case, config, rule, needed, tmp, log, extra_env,
+                                    machine, machine_name, origin, reuse, tuple(backends))  # fmt: skip
+            log(f"GOOD {good[:10]}: measuring {case.label()}")
+            why = session.measure(good)
+            if why:
+                raise UsageError(f"cannot measure GOOD ({good_ref}, {good[:10]}): {why}")
 
         def not_a_regression(j: Judgement) -> bool:
             # the question a bisect asks is "a regression or not", the gate's stopping rule: an
@@ -709,17 +734,17 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
             return j.verdict is not Verdict.NOISY or j.ci95[1] < 1 + rule.threshold_for(case.workload)
 
         def classify(sha: str) -> Step:
-            why = measure(sha)
+            why = session.measure(sha)
             if why:
                 return Step(sha, "skip", None, why)
             for attempt in range(attempts):
-                j = verdict(sha)
+                j = session.verdict(sha)
                 if j.regression:
                     return Step(sha, "bad", j, _describe(j))
                 if not_a_regression(j) or attempt + 1 == attempts:
                     break
-                log(f"{sha[:10]}: too noisy to tell ({_describe(j)}); measuring it and GOOD again")
-                why = measure(good) or measure(sha)
+                log(f"{sha[:10]}: too noisy to tell ({_describe(j)}); measuring it {session.again}")
+                why = session.measure_again(sha)
                 if why:
                     return Step(sha, "skip", j, why)
             if not not_a_regression(j):
@@ -730,10 +755,6 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
                 )
             return Step(sha, "good", j, _describe(j))
 
-        log(f"GOOD {good[:10]}: measuring {case.label()}")
-        why = measure(good)
-        if why:
-            raise UsageError(f"cannot measure GOOD ({good_ref}, {good[:10]}): {why}")
         log(f"BAD {bad[:10]}: measuring")
         first = classify(bad)
         steps.append(first)
@@ -772,6 +793,135 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
         else:
             msg = f"first bad commit: {first_bad} ({_describe(judgements[first_bad])} against GOOD)"
         return FindResult(good, bad, first_bad, last_good, judgements[first_bad], tuple(steps), msg)
+
+
+@dataclass
+class _SeparateRuns:
+    """Bisect measurements as separate runs: each commit's own `elbolab run` (or its stored runs,
+    with `reuse`), judged on the per-call samples pooled over its runs against GOOD's."""
+
+    store: Store
+    repo: Path
+    good: str
+    case: Case
+    config: object
+    rule: Rule
+    needed: dict
+    tmp: Path
+    log: Log
+    extra_env: dict[str, str] | None
+    machine: Machine
+    machine_name: str | None
+    origin: str
+    reuse: bool
+    backend_names: tuple[str, ...]
+    samples: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    again = "and GOOD again"
+
+    def measure(self, sha: str) -> str | None:
+        """Add one measurement of the case at sha; None, or why it could not."""
+        case, store = self.case, self.store
+        if self.reuse and sha not in self.samples:
+            rows = [r for r in store.rows(self.machine.machine_id, [case_id(case)])
+                    if r.commit == sha and r.status == "ok"]  # fmt: skip
+            if rows:
+                self.samples[sha] = [r.per_call_ns for r in rows]
+                self.log(f"{sha[:10]}: {len(rows)} stored run(s) reused")
+                return None
+        got = measure_commit(self.repo, sha, self.config, self.needed, self.backend_names, self.tmp, self.log,
+                             self.extra_env)  # fmt: skip
+        if isinstance(got, Failure):
+            store.record_skip(sha, self.machine.machine_id, self.origin, got.stage, got.reason)
+            return f"{got.stage} failed: {got.reason}"
+        store.ingest(got.run, source=f"history find {sha}", machine_name=self.machine_name, origin=self.origin,
+                     commit_info=commit_info(self.repo, sha))  # fmt: skip
+        ms = [m for m in got.run.measurements if m.case.key() == case.key()]
+        if not ms:
+            return f"the run did not measure {case.label()}"
+        if not ms[0].timed_ok:
+            return f"{ms[0].status}: {ms[0].reason or ''}".strip()
+        self.samples.setdefault(sha, []).append(ms[0].per_call_ns)
+        return None
+
+    def measure_again(self, sha: str) -> str | None:
+        return self.measure(self.good) or self.measure(sha)
+
+    def verdict(self, sha: str) -> Judgement:
+        good, mine = self.samples[self.good], self.samples[sha]
+        return judge(np.concatenate(good), np.concatenate(mine), self.rule, self.case.workload,
+                     [float(np.median(s)) for s in good], [float(np.median(s)) for s in mine])  # fmt: skip
+
+
+@dataclass
+class _PairedWithGood:
+    """Bisect measurements paired with GOOD: the commit and GOOD (installed once for the whole
+    bisect) timed together by interleaved worker pairs, as the gate does; each such session stores
+    a run of either side; a commit's sessions are pooled pair by pair and judged as the gate judges
+    (elbolab.compare, on the paired interval over the worker pairs)."""
+
+    store: Store
+    repo: Path
+    good: str
+    good_side: Side
+    case: Case
+    config: object
+    rule: Rule
+    needed: dict
+    tmp: Path
+    log: Log
+    extra_env: dict[str, str] | None
+    machine: Machine
+    machine_name: str | None
+    origin: str
+    backends: dict
+    sessions: dict[str, list[tuple[Run, Run]]] = field(default_factory=dict)  # (GOOD's run, the commit's)
+    again = "paired with GOOD again"
+
+    def measure(self, sha: str) -> str | None:
+        from elbolab.ab import measure_interleaved, plan_for
+
+        case, store = self.case, self.store
+        with commit_side(self.repo, sha, self.needed, self.tmp, self.log, self.extra_env, "head") as side:
+            if isinstance(side, Failure):
+                store.record_skip(sha, self.machine.machine_id, self.origin, side.stage, side.reason)
+                return f"{side.stage} failed: {side.reason}"
+            leave, notes = left_out(side, self.needed)
+            if case.backend in leave:
+                store.record_skip(sha, self.machine.machine_id, self.origin, "build", "; ".join(notes))
+                return f"build failed: {'; '.join(notes)}"
+            if not side.serves_stdio():
+                return "it predates the interleaved A/B workers, so it cannot be paired with GOOD"
+            cases = [c for c in plan_for(self.config, self.backends, set()) if c.key() == case.key()]
+            if not cases:
+                return f"{case.label()} is not a case of this lab's plan"
+            runs = measure_interleaved(self.config, self.rule, {"base": self.good_side, "head": side}, cases,
+                                       self.log)  # fmt: skip
+        pair = (
+            as_commit(runs["base"], self.good, paired_with=sha),
+            as_commit(runs["head"], sha, paired_with=self.good),
+        )
+        for commit, run in ((self.good, pair[0]), (sha, pair[1])):
+            store.ingest(run, source=f"history find {sha} paired with GOOD", machine_name=self.machine_name,
+                         origin=self.origin, commit_info=commit_info(self.repo, commit))  # fmt: skip
+        for run in pair:
+            (m,) = [m for m in run.measurements if m.case.key() == case.key()]
+            if not m.timed_ok:
+                return f"{m.status}: {m.reason or ''}".strip()
+        self.sessions.setdefault(sha, []).append(pair)
+        return None
+
+    def measure_again(self, sha: str) -> str | None:
+        return self.measure(sha)
+
+    def verdict(self, sha: str) -> Judgement:
+        from elbolab.compare import compare, pool_rounds
+
+        sessions = self.sessions[sha]
+        report = compare(
+            pool_rounds([g for g, _ in sessions]), pool_rounds([m for _, m in sessions]), rule=self.rule
+        )
+        (c,) = [c for c in report.comparisons if c.case.key() == self.case.key()]
+        return c.judgement
 
 
 def _describe(j: Judgement) -> str:

@@ -130,7 +130,10 @@ def add_commands(sub) -> None:
     _rule_options(p)
     p.add_argument("--quick", action="store_true", help="short samples (as `elbolab run --quick`)")
     p.add_argument(
-        "--reuse", action="store_true", help="use stored runs of this machine where there are some"
+        "--reuse",
+        action="store_true",
+        help="use stored runs of this machine where there are some (judged as separate runs, not paired "
+        "with GOOD)",
     )
     p.add_argument("--attempts", type=positive_int, default=2,
                    help="measurements of a commit before 'too noisy to tell' skips it (default 2)")  # fmt: skip
