@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -222,19 +223,23 @@ class _Worker:
 
 
 _CTX = multiprocessing.get_context("spawn")
+# a child takes its thread environment from os.environ at start: one start at a time (training
+# starts workers from several threads)
+_START_LOCK = threading.Lock()
 
 
 def _start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | None = None) -> _Worker:
     parent, child = _CTX.Pipe()
-    saved = dict(os.environ)
-    # the child reads its thread environment at start-up, before it imports any library
-    os.environ.update(thread_env(spec.threads), **(env or {}))
-    try:
-        process = _CTX.Process(target=serve, args=(child, spec), daemon=True)
-        process.start()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with _START_LOCK:
+        saved = dict(os.environ)
+        # the child reads its thread environment at start-up, before it imports any library
+        os.environ.update(thread_env(spec.threads), **(env or {}))
+        try:
+            process = _CTX.Process(target=serve, args=(child, spec), daemon=True)
+            process.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
     child.close()
     worker = _Worker(spec, process, parent)
     if not parent.poll(start_timeout):
@@ -402,23 +407,38 @@ def run_training(
     config,
     *,
     timeout: float = 600,
+    jobs: int | None = None,
     on_result: Callable[[TrainingCurve], None] | None = None,
 ) -> None:
-    """Train the digits VAE on every backend (one worker each); put the curves into `run`,
-    replacing earlier curves of the same backend, device and dtype only."""
+    """Train the digits VAE on every backend (one worker a backend, for each of its devices and
+    dtypes; `jobs` workers at once, by default one per core: nothing in training is timed, and
+    each trains on one thread); put the curves into `run`, replacing earlier curves of the same
+    backend, device and dtype only."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from elbolab.train import DATASET, bias_only_loss, curve_difference, digits
 
     backends = discover()
     check_names(backend_names, backends, "backend")
     check_names(dtypes, DTYPES, "dtype")
+    if jobs is None:
+        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    todo = {
+        name: [(device, dtype) for device in backends[name].devices for dtype in dtypes]
+        for name in backend_names
+    }
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = {
+            name: pool.submit(_train_in_worker, name, runs, config, timeout) for name, runs in todo.items()
+        }
+        done = {name: f.result() for name, f in futures.items()}
     entries = []
-    for name in backend_names:
-        for device in backends[name].devices:
-            for dtype in dtypes:
-                entry = {"backend": name, "device": device, "dtype": dtype, "threads": 1,
-                         "dataset": DATASET, **config.to_json()}  # fmt: skip
-                entry.update(_train_in_worker(WorkerSpec(name, 1), device, dtype, config, timeout))
-                entries.append(entry)
+    for name, runs in todo.items():
+        for (device, dtype), result in zip(runs, done[name], strict=True):
+            entry = {"backend": name, "device": device, "dtype": dtype, "threads": 1,
+                     "dataset": DATASET, **config.to_json()}  # fmt: skip
+            entry.update(result)
+            entries.append(entry)
     baseline = bias_only_loss(digits())
     # for the record, each curve beside NumPy's in the same dtype and in float64
     reference = {e["dtype"]: e["losses"] for e in entries if e["backend"] == "numpy" and e.get("losses")}
@@ -440,23 +460,38 @@ def run_training(
     run.put_training(curves)
 
 
-def _train_in_worker(spec: WorkerSpec, device: str, dtype: str, config, timeout: float) -> dict:
-    try:
-        worker = _start_worker(spec, start_timeout=timeout)
-    except RuntimeError as exc:
-        return {"status": "failed", "reason": str(exc)}
-    try:
-        worker.conn.send(("train", device, dtype, 1, config.to_json()))
-        if not worker.conn.poll(timeout):
+def _train_in_worker(backend: str, runs: list[tuple[str, str]], config, timeout: float) -> list[dict]:
+    """Each (device, dtype) of `runs` trained in one worker of the backend, in turn; a worker that
+    dies or hangs loses only the training it was doing: a fresh one takes the rest."""
+    results: list[dict] = []
+    worker = None
+    for device, dtype in runs:
+        if worker is None:
+            try:
+                worker = _start_worker(WorkerSpec(backend, 1), start_timeout=timeout)
+            except RuntimeError as exc:
+                results.append({"status": "failed", "reason": str(exc)})
+                continue
+        try:
+            worker.conn.send(("train", device, dtype, 1, config.to_json()))
+            if not worker.conn.poll(timeout):
+                _kill(worker)
+                worker = None
+                results.append({"status": "timeout", "reason": f"no result within {timeout:.0f} s"})
+                continue
+            results.append(worker.conn.recv()[1])
+        except (EOFError, OSError):
+            results.append(
+                {
+                    "status": "failed",
+                    "reason": f"worker died during training ({_exit_reason(worker.process)})",
+                }
+            )
             _kill(worker)
-            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
-        result = worker.conn.recv()[1]
-    except (EOFError, OSError):
-        reason = f"worker died during training ({_exit_reason(worker.process)})"
-        _kill(worker)
-        return {"status": "failed", "reason": reason}
-    _stop(worker)
-    return result
+            worker = None
+    if worker is not None:
+        _stop(worker)
+    return results
 
 
 def now() -> str:

@@ -1,7 +1,8 @@
 """Backends that misbehave on purpose, for the runner's isolation tests.
 
 Registered through ELBOLAB_BACKENDS (e.g. "tests.fault_backends:crashing"). Each behaves like the
-NumPy backend except on the batch size FAULT_BATCH, where it segfaults, hangs, raises or lies.
+NumPy backend except on the batch size FAULT_BATCH (or, for crashing_float32, in float32), where
+it segfaults, hangs, raises or lies.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from elbolab.case import Case
 FAULT_BATCH = 7
 
 
-def _wrapping(name: str, fault) -> Backend:
+def _wrapping(name: str, fault, faulty=lambda case: case.batch == FAULT_BATCH) -> Backend:
     def prepare(case: Case, inputs: dict) -> Prepared:
         prepared = numpy_backend.prepare(case, inputs)
-        if case.batch != FAULT_BATCH:
+        if not faulty(case):
             return prepared
         return fault(prepared)
 
@@ -73,6 +74,8 @@ hanging = _wrapping("hanging", _hang)
 raising = _wrapping("raising", _raise)
 lying = _wrapping("lying", _lie)
 aborting = _wrapping("aborting", _abort)
+# in every float32 case (training, whose batch is its own, trains each dtype in turn)
+crashing_float32 = _wrapping("crashing-float32", _segfault, lambda case: case.dtype == "float32")
 
 gone = replace(
     numpy_backend, name="gone", description="test backend: library missing",

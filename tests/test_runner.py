@@ -12,7 +12,9 @@ from elbolab.backend import discover
 from elbolab.case import Case
 from elbolab.errors import UsageError
 from elbolab.results import load
-from elbolab.runner import Plan, plan_cases, run_plan
+from elbolab.runner import Plan, now, open_run, plan_cases, run_plan, run_training
+from elbolab.timer import TimerConfig
+from elbolab.train import TrainConfig
 
 from tests.fault_backends import FAULT_BATCH
 
@@ -45,6 +47,28 @@ def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_p
     # every other case ran, including those after the crash on a fresh worker
     others = {k: v for k, v in s.items() if k[1] != FAULT_BATCH or k[0] == "numpy"}
     assert all(v == ("ok", None) for v in others.values()), others
+
+
+def test_training_loses_only_what_a_crash_was_training_while_backends_train_side_by_side(
+    tmp_path, fault_backends, monkeypatch
+):
+    """A worker a backend trains its dtypes in turn, two backends at once; a crash loses only the
+    training it was doing, and a fresh worker trains the next dtype."""
+    monkeypatch.setenv("ELBOLAB_BACKENDS", "tests.fault_backends:crashing_float32")
+    out = tmp_path / "run.json"
+    with open_run(out, Plan(), TimerConfig()) as run:
+        run_training(
+            run, ["crashing-float32", "numpy"], ["float32", "float64"], TrainConfig(steps=20), jobs=2
+        )
+        run.finish(now())
+    t = {(c.backend, c.dtype): c for c in load(out).training}
+    assert set(t) == {(b, d) for b in ("crashing-float32", "numpy") for d in ("float32", "float64")}
+    crashed = t[("crashing-float32", "float32")]
+    assert crashed.status == "failed" and "SIGSEGV" in crashed.reason and not crashed.losses
+    after = t[("crashing-float32", "float64")]
+    assert after.status == "ok" and len(after.losses) == 20
+    assert after.losses == t[("numpy", "float64")].losses  # the same kernel on the same batches
+    assert t[("numpy", "float32")].status == "ok" and len(t[("numpy", "float32")].losses) == 20
 
 
 def test_unavailable_backend_cases_are_skipped_with_reason(tmp_path, fault_backends, monkeypatch):
