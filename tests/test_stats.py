@@ -17,6 +17,23 @@ def test_median_ci_ranks_match_published_tables(n, ranks):
     assert median_ci_ranks(n) == ranks
 
 
+@pytest.mark.parametrize("confidence", [0.95, 0.99])
+def test_median_ci_ranks_are_the_exact_binomial_ranks(confidence):
+    """The ranks from scipy.special's binomial CDF (cheap to import in every worker) are those of
+    the definition, checked here with scipy.stats' binomial: the smallest lo with
+    P(K <= lo) >= alpha/2, and coverage P(lo <= K <= n - lo) >= confidence."""
+    from scipy.stats import binom
+
+    alpha = 1 - confidence
+    for n in [*range(1, 301), 1000, 5001]:
+        lo, hi = median_ci_ranks(n, confidence)
+        if (lo, hi) == (1, n) and binom.cdf(n - 1, n, 0.5) - binom.cdf(0, n, 0.5) < confidence:
+            continue  # too few samples for any narrower interval
+        assert hi == n - lo + 1
+        assert binom.cdf(lo - 1, n, 0.5) <= alpha / 2 < binom.cdf(lo, n, 0.5), n
+        assert binom.cdf(hi - 1, n, 0.5) - binom.cdf(lo - 1, n, 0.5) >= confidence, n
+
+
 def test_median_ci_too_few_samples_is_full_range():
     assert median_ci_ranks(5) == (1, 5)
     assert median_ci_ranks(1) == (1, 1)
