@@ -525,7 +525,7 @@ def commit_side(repo: Path, sha: str, needed: dict, tmp: Path, log: Log, extra_e
     """A commit checked out in a temporary worktree, its own code installed and its builds built:
     an elbolab.ab.Side (with build_errors for the builds that failed), or the Failure to install.
     The worktree is removed on exit."""
-    from elbolab.ab import Side, build_side, cargo_target_dir, git, install_side
+    from elbolab.ab import build_side, cargo_target_dir, git, install_side
 
     short = sha[:12]
     work = Path(tempfile.mkdtemp(prefix=f"{short}-", dir=tmp))  # a commit may be checked out twice
