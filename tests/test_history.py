@@ -311,11 +311,11 @@ def test_the_page_stays_small_for_many_commits_and_cases(tmp_path):
 # ----------------------------------------------------------------------------- for real
 
 
-def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "2") -> tuple[Path, list[str]]:
+def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "5") -> tuple[Path, list[str]]:
     """A copy of this repository's code, then n-1 commits; the one at `slow_at` changes the test
-    backend's default extra work from 0 to `extra` (2: the elbo kernel's work done twice more in
-    every batch of calls, as test_gate does: about 3x the time, plain above the run-to-run noise of
-    a shared 2-core VM)."""
+    backend's default extra work from 0 to `extra` (5: the elbo kernel's work done five times more
+    in every batch of calls: about 6x the time, plain above what load does to separate runs on a
+    shared 2-core VM, see RULE)."""
     repo = tmp_path / "repo"
     for part in ("harness", "backends", "pyproject.toml", "README.md", ".gitignore", "tests/__init__.py",
                  "tests/slow_backend.py"):  # fmt: skip
@@ -343,9 +343,12 @@ def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "2") -> t
     return repo, git(repo, "rev-list", "--reverse", "HEAD").split()
 
 
-# the shared rule with a threshold and a noise band for a shared 2-core machine, whose separate runs
-# of the same code differ by up to ~25% when other jobs run; the injected slowdown is far beyond both
-RULE = ["--threshold", "0.5", "--noise-band", "0.25"]
+# the shared rule with a threshold and a noise band for separate runs on a shared 2-core machine
+# while the suite's other process runs: there, a run of unchanged code measured 1.9x slower than an
+# earlier one (CI, 2026-11-29). A change is beyond 2x, a regression beyond 2.5x; the injected
+# slowdown (~6x) is far beyond both. (The bisect times each commit paired with GOOD, which load
+# cannot fool so; it uses the same rule.)
+RULE = ["--threshold", "1.5", "--noise-band", "1.0"]
 ONE_CASE = ["--backend", "numpy-slow", "--workload", "elbo", "--batch", "128", "--dtype", "float64",
             "--threads", "1", "--variant", "eps=given", "--quick"]  # fmt: skip
 SLOW_CASE = "elbo numpy-slow cpu float64 B=128 t=1"
@@ -378,7 +381,7 @@ def test_backfill_finds_the_commit_that_slowed_the_kernel(tmp_path):
     print(f"\ninjected at {shas[slow_at][:10]}, found {change['good'][:10]}..{change['bad'][:10]}: "
           f"ratio {change['ratio']:.3f} [{change['ci95'][0]:.3f}, {change['ci95'][1]:.3f}], {change['verdict']}")  # fmt: skip
     assert change["bad"] == shas[slow_at] and change["good"] == shas[slow_at - 1]
-    assert change["verdict"] == "slower" and change["regression"] and change["ratio"] > 1.5
+    assert change["verdict"] == "slower" and change["regression"] and change["ratio"] > 3
     page = tmp_path / "trends.html"
     assert history_process(repo, "page", "-o", str(page), "--store", url).returncode == 0
     assert shas[slow_at][:10] in page.read_text()
