@@ -716,13 +716,13 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
             if not good_side.serves_stdio():
                 log("GOOD predates the interleaved A/B workers: each commit is measured in a run of its own")
                 good_side = None
+        common = dict(store=store, repo=repo, good=good, case=case, config=config, rule=rule, needed=needed, tmp=tmp,
+                      log=log, extra_env=extra_env, machine=machine, machine_name=machine_name, origin=origin)  # fmt: skip
         if good_side is not None:
             log(f"each commit is measured paired with GOOD {good[:10]} (interleaved worker pairs)")
-            session = _PairedWithGood(store, repo, good, good_side, case, config, rule, needed, tmp, log,
-                                      extra_env, machine, machine_name, origin, backends)  # fmt: skip
+            session = _PairedWithGood(**common, good_side=good_side, backends=backends)
         else:
-            session = _SeparateRuns(store, repo, good, case, config, rule, needed, tmp, log, extra_env,
-                                    machine, machine_name, origin, reuse, tuple(backends))  # fmt: skip
+            session = _SeparateRuns(**common, reuse=reuse, backend_names=tuple(backends))
             log(f"GOOD {good[:10]}: measuring {case.label()}")
             why = session.measure(good)
             if why:
@@ -796,9 +796,9 @@ def find(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, conf
 
 
 @dataclass
-class _SeparateRuns:
-    """Bisect measurements as separate runs: each commit's own `elbolab run` (or its stored runs,
-    with `reuse`), judged on the per-call samples pooled over its runs against GOOD's."""
+class _Bisecting:
+    """What every bisect measurement needs: where to store it, the commits, the case and rule, how
+    to build a commit, and the machine it is stored under."""
 
     store: Store
     repo: Path
@@ -813,6 +813,13 @@ class _SeparateRuns:
     machine: Machine
     machine_name: str | None
     origin: str
+
+
+@dataclass
+class _SeparateRuns(_Bisecting):
+    """Bisect measurements as separate runs: each commit's own `elbolab run` (or its stored runs,
+    with `reuse`), judged on the per-call samples pooled over its runs against GOOD's."""
+
     reuse: bool
     backend_names: tuple[str, ...]
     samples: dict[str, list[np.ndarray]] = field(default_factory=dict)
@@ -853,26 +860,13 @@ class _SeparateRuns:
 
 
 @dataclass
-class _PairedWithGood:
+class _PairedWithGood(_Bisecting):
     """Bisect measurements paired with GOOD: the commit and GOOD (installed once for the whole
     bisect) timed together by interleaved worker pairs, as the gate does; each such session stores
     a run of either side; a commit's sessions are pooled pair by pair and judged as the gate judges
     (elbolab.compare, on the paired interval over the worker pairs)."""
 
-    store: Store
-    repo: Path
-    good: str
     good_side: Side
-    case: Case
-    config: object
-    rule: Rule
-    needed: dict
-    tmp: Path
-    log: Log
-    extra_env: dict[str, str] | None
-    machine: Machine
-    machine_name: str | None
-    origin: str
     backends: dict
     sessions: dict[str, list[tuple[Run, Run]]] = field(default_factory=dict)  # (GOOD's run, the commit's)
     again = "paired with GOOD again"

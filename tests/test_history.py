@@ -385,6 +385,12 @@ def test_backfill_finds_the_commit_that_slowed_the_kernel(tmp_path):
     page = tmp_path / "trends.html"
     assert history_process(repo, "page", "-o", str(page), "--store", url).returncode == 0
     assert shas[slow_at][:10] in page.read_text()
+    # a bisect with --reuse judges the stored runs (separate runs), measuring nothing
+    proc = history_process(repo, "find", shas[1], "HEAD", "--case", SLOW_CASE, "--reuse", "--quick", "--store",
+                           url, *RULE)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"first bad commit: {shas[slow_at]}" in proc.stdout, proc.stdout + proc.stderr
+    assert "installing" not in proc.stderr and "stored run(s) reused" in proc.stderr
 
 
 @pytest.mark.slow
