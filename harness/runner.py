@@ -416,7 +416,7 @@ def run_training(
     backend, device and dtype only."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from elbolab.train import DATASET, bias_only_loss, curve_difference, digits
+    from elbolab.train import DATASET, bias_only_loss, curve_difference, digits, final_loss
 
     backends = discover()
     check_names(backend_names, backends, "backend")
@@ -447,7 +447,7 @@ def run_training(
         losses = e.get("losses") or []
         if losses:
             e["bias_only_loss"] = baseline
-            e["learned"] = losses[-1] < baseline
+            e["learned"] = final_loss(losses) < baseline
             if e["dtype"] in reference:
                 e["max_rel_diff_vs_numpy"] = curve_difference(losses, reference[e["dtype"]])
             if "float64" in reference:

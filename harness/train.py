@@ -7,7 +7,8 @@ through the backend's own `vae_step` kernel (the one that is timed). What is hel
   the same inputs (its own current weights), with the bounds of elbolab.accuracy, so a float32
   curve is judged by what float32 arithmetic can give at each step, not by a flat tolerance on how
   far a chaotic trajectory drifted from another backend's;
-- the end: that it learned, i.e. the final loss is below that of the best model that ignores its
+- the end: that it learned, i.e. the final loss (the mean over the last 20 steps) is below that of
+  the best model that ignores its
   input (a decoder with constant logits, the per-pixel log-odds of the data, and no KL): the
   bias-only negative ELBO of the data;
 - and, for the record, how far each curve is from NumPy's in the same dtype.
@@ -66,6 +67,17 @@ class Trained:
     max_bound_used: float
     incorrect_step: str | None  # the first step whose outputs failed the check, and why
     less_accurate_steps: int  # steps whose outputs were valid but less accurate than careful arithmetic
+
+
+# Each step's loss is on a fresh minibatch of 64 digits, so one step's figure scatters by about
+# +-0.5 nats around the model's loss (the bias-only loss is 27.1); the mean of the last steps is the
+# estimate of the trained model's loss (slightly high: the model still improves over those steps).
+FINAL_STEPS = 20
+
+
+def final_loss(losses) -> float:
+    """The trained model's loss: the mean of the last FINAL_STEPS steps' minibatch losses."""
+    return float(np.mean(losses[-FINAL_STEPS:]))
 
 
 def bias_only_loss(data: np.ndarray) -> float:

@@ -149,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from elbolab.runner import check_names, open_run, run_training
     from elbolab.timer import TimerConfig
-    from elbolab.train import TrainConfig
+    from elbolab.train import FINAL_STEPS, TrainConfig, final_loss
 
     # by default every backend whose default matrix has vae_step (torch.compile would recompile at
     # each of the hundreds of steps, since every step is a fresh prepare); any can be named
@@ -173,7 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         learned = "learned" if c.learned else "did NOT learn"
         steps = "every step within its bound" if c.status == "ok" else f"INCORRECT at {c.reason}"
         console.print(
-            head + f"final loss {c.losses[-1]:.4f} ({learned}: bias-only {c.bias_only_loss:.2f}); {steps}",
+            head + f"final loss {final_loss(c.losses):.4f}, the mean of the last {min(FINAL_STEPS, len(c.losses))} steps "
+            f"({learned}: bias-only {c.bias_only_loss:.2f}); {steps}",
             highlight=False, markup=False,
         )  # fmt: skip
 

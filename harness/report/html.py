@@ -54,6 +54,7 @@ from elbolab.report.tables import (
     measurement_table,
     summary_table,
 )
+from elbolab.train import final_loss
 from elbolab.verdict import DEFAULT_RULE, Verdict
 from markupsafe import Markup
 
@@ -665,7 +666,7 @@ def _training(v: RunView) -> list[dict]:
     for t in v.run.run.training:
         row = {k: _plain(getattr(t, k)) for k in ("backend", "device", "dtype", "threads", "status", "reason",
                                                    "steps", "batch", "lr", "dataset")}  # fmt: skip
-        row["final"] = f"{t.losses[-1]:.6g}" if t.losses else ""
+        row["final"] = f"{final_loss(t.losses):.6g}" if t.losses else ""
         row["bias_only"] = f"{t.bias_only_loss:.6g}" if t.bias_only_loss is not None else ""
         row["learned"] = {True: "yes", False: "no", None: ""}[t.learned]
         row["diff"] = f"{t.max_rel_diff_vs_numpy:.2g}" if t.max_rel_diff_vs_numpy is not None else ""
