@@ -8,8 +8,13 @@ Memory bandwidth is a STREAM-like probe in NumPy: `copy` (b = a, np.copyto; 2 wo
 one read, one write) and `add` (c = a + b, np.add(..., out=c); 3 words: two reads, one write). Like
 STREAM, the bytes counted are the ones the kernel must move (no write-allocate traffic) and the best
 trial is reported. It runs at several working-set sizes that match the cases (the elbo kernel at batch
-1 ... 8192 touches 13 KB ... 100 MB): in the private cache, about the size of a batch-128 case, half the
-last-level cache, and in DRAM (at least 4x the last-level cache). Threads: the arrays are split into
+1 ... 8192 touches 13 KB ... 100 MB): in the private cache, about the size of a batch-128 case, a quarter
+of the last-level cache, and in DRAM (at least 4x the last-level cache). A quarter, not a half: the
+last-level cache a core can fill is often smaller than the one sysfs names (shared with neighbours,
+or split between core complexes), and at half of it a probe sits at that edge. On the 2-core EPYC VM
+(32 MB named) the one-thread figure held at 60-64 GB/s from 4 to 12 MB, fell to 52 GB/s at 16.7 MB
+(35 GB/s in one make bench, under load), and to 19 GB/s at 24 MB; rust-inner's elbo at batch 1024
+(6.7 MB) then measured 130% of the "limit". Threads: the arrays are split into
 one contiguous chunk per thread and each thread runs the ufunc over its own chunk, `reps` times, in a
 ThreadPoolExecutor (NumPy releases the GIL inside large ufuncs and copies), so all threads stream at
 once and the pool's overhead is paid once per trial.
@@ -58,7 +63,7 @@ def working_sets(llc_bytes: int) -> list[tuple[str, int]]:
     return [
         ("l2", 256 * 2**10),
         ("batch128", 2 * 2**20),  # ~ an elbo case at batch 128 (1.7 MB in float64)
-        ("llc", max(llc_bytes // 2, 4 * 2**20)),
+        ("llc", max(llc_bytes // 4, 4 * 2**20)),  # well inside it (see the module docstring)
         ("dram", max(4 * llc_bytes, MIN_DRAM_BYTES)),
     ]
 
@@ -250,7 +255,7 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
             "traffic counted; arrays split into one chunk per thread, each thread repeats its ufunc "
             "`reps` times in a ThreadPoolExecutor (NumPy releases the GIL); best of the trials",
             "sizes": "working set = total bytes of the arrays a probe touches: l2 256 KiB, batch128 "
-            "2 MiB (an elbo case at batch 128), llc half the last-level cache, dram max(4 x LLC, 256 MiB)",
+            "2 MiB (an elbo case at batch 128), llc a quarter of the last-level cache, dram max(4 x LLC, 256 MiB)",
             "flops": "np.matmul of two n x n matrices (2 n^3 flops), float64 and float32, BLAS threads set "
             "with threadpoolctl; best of the trials",
             "gpus": GPU_METHOD,
@@ -264,7 +269,7 @@ def bandwidth_limit_for(
     """The fastest bandwidth a kernel touching `working_set_bytes` can plausibly reach here.
 
     Data cannot live in a cache level smaller than it, so the limit is the best figure measured at any
-    probed working set at least as large (the half-LLC probe counting for anything up to the LLC's
+    probed working set at least as large (the LLC probe counting for anything up to the LLC's
     size; DRAM when it is larger than all of them), at any thread count
     up to `threads` (all counts when None). Returns (bytes/s, size label) or None without limits.
     """
@@ -275,7 +280,7 @@ def bandwidth_limit_for(
     llc = limits.get("last_level_cache_bytes") or 0
 
     def capacity(s: dict) -> float:
-        # the half-LLC probe stands for everything that fits in the last-level cache
+        # the LLC probe stands for everything that fits in the last-level cache
         return max(s["working_set_bytes"], llc) if s.get("size_label") == "llc" else s["working_set_bytes"]
 
     candidates = [s for s in sizes if capacity(s) >= working_set_bytes] or [
