@@ -654,7 +654,9 @@ def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dic
 
     # Counts do not depend on what else runs (Valgrind runs each program on a simulated CPU), so
     # the cases are counted in parallel, one per core: a 4-case gate takes half the time on 2 cores.
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from elbolab.machine import usable_cores
+
+    cores = usable_cores()
     pool = ThreadPoolExecutor(max_workers=max(1, min(cores, len(cases))))
     futures = [pool.submit(count_both, i, case) for i, case in enumerate(cases)]
     try:

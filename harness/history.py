@@ -814,6 +814,11 @@ class _Bisecting:
     machine_name: str | None
     origin: str
 
+    def skipped(self, sha: str, failure: Failure) -> str:
+        """Store why sha could not be measured; the reason, for the bisect's log."""
+        self.store.record_skip(sha, self.machine.machine_id, self.origin, failure.stage, failure.reason)
+        return f"{failure.stage} failed: {failure.reason}"
+
 
 @dataclass
 class _SeparateRuns(_Bisecting):
@@ -838,8 +843,7 @@ class _SeparateRuns(_Bisecting):
         got = measure_commit(self.repo, sha, self.config, self.needed, self.backend_names, self.tmp, self.log,
                              self.extra_env)  # fmt: skip
         if isinstance(got, Failure):
-            store.record_skip(sha, self.machine.machine_id, self.origin, got.stage, got.reason)
-            return f"{got.stage} failed: {got.reason}"
+            return self.skipped(sha, got)
         store.ingest(got.run, source=f"history find {sha}", machine_name=self.machine_name, origin=self.origin,
                      commit_info=commit_info(self.repo, sha))  # fmt: skip
         ms = [m for m in got.run.measurements if m.case.key() == case.key()]
@@ -877,12 +881,10 @@ class _PairedWithGood(_Bisecting):
         case, store = self.case, self.store
         with commit_side(self.repo, sha, self.needed, self.tmp, self.log, self.extra_env, "head") as side:
             if isinstance(side, Failure):
-                store.record_skip(sha, self.machine.machine_id, self.origin, side.stage, side.reason)
-                return f"{side.stage} failed: {side.reason}"
+                return self.skipped(sha, side)
             leave, notes = left_out(side, self.needed)
             if case.backend in leave:
-                store.record_skip(sha, self.machine.machine_id, self.origin, "build", "; ".join(notes))
-                return f"build failed: {'; '.join(notes)}"
+                return self.skipped(sha, Failure("build", "; ".join(notes)))
             if not side.serves_stdio():
                 return "it predates the interleaved A/B workers, so it cannot be paired with GOOD"
             cases = [c for c in plan_for(self.config, self.backends, set()) if c.key() == case.key()]

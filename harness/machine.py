@@ -15,6 +15,11 @@ import scipy
 import threadpoolctl
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), or the machine's count where there is none."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _cpu_model() -> str:
     try:
         import cpuinfo

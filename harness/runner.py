@@ -72,7 +72,9 @@ class Plan:
 def default_threads() -> tuple[int, ...]:
     """1, 2, 4, ... up to the cores this process may use, and that count itself: a scaling sweep on
     a many-core machine, (1, 2) on two cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from elbolab.machine import usable_cores
+
+    cores = usable_cores()
     counts = {1, cores}
     t = 2
     while t < cores:
@@ -367,7 +369,7 @@ def count(
     process is killed (each leads its own session)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from elbolab.instructions import count_case
+    from elbolab.instructions import count_case, end_all_counts
 
     pool = ThreadPoolExecutor(max_workers=jobs)
     try:
@@ -379,11 +381,7 @@ def count(
                 on_result(m)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
-        for child in psutil.Process().children():
-            try:
-                os.killpg(child.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        end_all_counts()
         raise
     pool.shutdown()
 
@@ -422,7 +420,9 @@ def run_training(
     check_names(backend_names, backends, "backend")
     check_names(dtypes, DTYPES, "dtype")
     if jobs is None:
-        jobs = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        from elbolab.machine import usable_cores
+
+        jobs = usable_cores()
     todo = {
         name: [(device, dtype) for device in backends[name].devices for dtype in dtypes]
         for name in backend_names
@@ -481,12 +481,8 @@ def _train_in_worker(backend: str, runs: list[tuple[str, str]], config, timeout:
                 continue
             results.append(worker.conn.recv()[1])
         except (EOFError, OSError):
-            results.append(
-                {
-                    "status": "failed",
-                    "reason": f"worker died during training ({_exit_reason(worker.process)})",
-                }
-            )
+            reason = f"worker died during training ({_exit_reason(worker.process)})"
+            results.append({"status": "failed", "reason": reason})
             _kill(worker)
             worker = None
     if worker is not None:

@@ -53,11 +53,8 @@ def median_ci_ranks(n: int, confidence: float = 0.95) -> tuple[int, int]:
 
     alpha = 1.0 - confidence
     cdf = bdtr(np.arange(n + 1), n, 0.5)  # P(K <= k)
-    lo = int(np.searchsorted(cdf, alpha / 2, side="left"))  # the smallest k with CDF(k) >= alpha/2
-    # the rank must leave <= alpha/2 below it
-    while lo > 0 and cdf[lo - 1] > alpha / 2:
-        lo -= 1
-    lo = max(lo, 1)
+    # the smallest k with CDF(k) >= alpha/2: the rank leaves less than alpha/2 below it
+    lo = max(int(np.searchsorted(cdf, alpha / 2, side="left")), 1)
     hi = n - lo + 1
     if cdf[hi - 1] - cdf[lo - 1] < confidence:
         return 1, n

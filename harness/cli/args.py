@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 MAX_STEPS = 1_000_000
 MAX_SIZE = 1 << 31
@@ -54,7 +53,9 @@ def ints(text: str) -> tuple[int, ...]:
 
 def max_threads() -> int:
     """Thread counts beyond this many times the cores are a typo, not an experiment."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from elbolab.machine import usable_cores
+
+    cores = usable_cores()
     return max(64, 8 * cores)
 
 

@@ -54,7 +54,7 @@ from elbolab.report.tables import (
     measurement_table,
     summary_table,
 )
-from elbolab.train import final_loss
+from elbolab.train import FINAL_STEPS, final_loss
 from elbolab.verdict import DEFAULT_RULE, Verdict
 from markupsafe import Markup
 
@@ -697,6 +697,7 @@ def _run_ctx(v: RunView, baseline: str) -> dict:
         "claims": [c.to_json() for c in v.claims],
         "figures": v.figures,
         "training": _training(v),
+        "final_steps": FINAL_STEPS,
         "details": _details(v),
     }
 
