@@ -11,7 +11,7 @@ WHEELS := target/wheels
 RUN    ?= results/scratch/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
 ARGS   ?=
 
-.PHONY: bench quick trends test setup rust browser system lint clean
+.PHONY: bench bench-full quick trends test setup rust browser system lint clean
 
 TRAIN_STEPS ?= 300
 
@@ -22,6 +22,11 @@ bench: setup
 	$(BIN)/elbolab train --out $(RUN) --steps $(TRAIN_STEPS)
 	$(BIN)/elbolab history ingest --store $(STORE) $(RUN)
 	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
+
+# The whole matrix: every variant at every size (make bench draws eps inside the call only where
+# the claims check reads it)
+bench-full: ARGS += --full
+bench-full: bench
 
 # The history store as a page: every case's median per commit, with the change points found
 trends: setup

@@ -255,15 +255,24 @@ def compare_output(name: str, got, want: Tracked, dtype: str) -> OutputError:
         return _wrong(name, f"{name}: {where} is {value.ravel()[i]}, the reference {ref.ravel()[i]}")
     if not finite_ref.any():
         return OutputError(name, 0.0, 0.0, 0.0, 0.0, 0.0)
+    # the finite elements, flat (all of them, without a copy, in the usual case); the arithmetic
+    # below is in place: an elbo_grad output at batch 8192 has 6.4 M elements, checked ~100 times
+    # in a make bench
+    finite = slice(None) if finite_ref.all() else finite_ref.ravel()
     with np.errstate(invalid="ignore"):
-        diff = np.abs(value - ref)[finite_ref]
-    v = np.abs(ref[finite_ref])
-    slack = ELEMENTWISE_ROUNDINGS * v
+        diff = np.abs(value - ref).ravel()[finite]
+    v = np.abs(ref).ravel()[finite]
     floor = 4 * float(np.finfo(np.dtype(dtype)).tiny)  # exact zeros: allow subnormal noise
-    # the backend's rounding in its dtype, plus the float64 reference's own (same formula, u64)
-    worst = (np.broadcast_to(want.worst, ref.shape)[finite_ref] + slack) * (u + U64) + floor
-    careful = (np.broadcast_to(want.careful, ref.shape)[finite_ref] + slack) * (u + U64) + floor
-    careful = np.maximum(careful, u * v)  # nothing is more accurate than its own rounding
+
+    def bound(rounding: np.ndarray) -> np.ndarray:
+        # the backend's rounding in its dtype, plus the float64 reference's own (same formula, u64)
+        out = np.broadcast_to(rounding, ref.shape).ravel()[finite] + ELEMENTWISE_ROUNDINGS * v
+        out *= u + U64
+        out += floor
+        return out
+
+    worst = bound(want.worst)
+    careful = np.maximum(bound(want.careful), u * v)  # nothing is more accurate than its own rounding
     scale = float(v.max()) or 1.0
     used = float(np.max(diff / worst))
     out = OutputError(
@@ -272,7 +281,7 @@ def compare_output(name: str, got, want: Tracked, dtype: str) -> OutputError:
     )  # fmt: skip
     if used > 1.0:
         i = int(np.argmax(diff / worst))
-        at = np.unravel_index(np.flatnonzero(finite_ref.ravel())[i], ref.shape)
+        at = np.unravel_index(np.arange(ref.size)[finite][i], ref.shape)
         where = f" at element {tuple(int(j) for j in at)}" if ref.ndim else ""
         problem = (f"{name}: error {diff[i]:.3g}{where} is {used:.3g}x what the arithmetic can give "
                    f"(bound {worst[i]:.3g}; relative error {out.rel_err:.2g})")  # fmt: skip

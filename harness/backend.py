@@ -95,6 +95,11 @@ class Backend:
     # Whether the backend uses more than one thread when asked to; single-threaded backends
     # still run at every thread count the user asks for, so the count is always explicit.
     threaded: bool = False
+    # Whether the backend sets its thread count per case at run time, up to a pool sized when it
+    # is imported (numba: NUMBA_NUM_THREADS, then numba.set_num_threads(case.threads)). One worker,
+    # started with the largest count, then serves every thread count of a run: a JIT backend
+    # compiles each kernel once a run instead of once a thread count.
+    threads_per_case: bool = False
     # A narrower default matrix for a backend whose cases are expensive to set up (e.g. a compile
     # per case): keys among workloads, batches, dtypes, threads, variants. It applies only to the
     # dimensions the user did not filter explicitly, so any case can still be asked for by name.

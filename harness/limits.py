@@ -306,9 +306,15 @@ GPU_METHOD = (
 )
 
 
+# what a GPU driver creates: NVIDIA's (Linux), AMD's ROCm (torch.cuda on ROCm builds), WSL's
+GPU_DRIVER_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
 def measure_gpu_limits(quick: bool = False) -> list[dict]:
     """HBM bandwidth and peak FLOP/s of each CUDA device ([] without torch or a GPU). The probe runs
     in the process that calls it (the runner, before any case): the numbers belong to the run."""
+    if not any(os.path.exists(node) for node in GPU_DRIVER_NODES):
+        return []  # no GPU driver: importing torch only to learn so took 3.6 s of every run
     try:
         import torch
     except ImportError:

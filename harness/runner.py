@@ -44,6 +44,10 @@ DEFAULT_BATCHES = {
 # --quick (CI): the overhead-bound and a DRAM-bound elbo, the rest at the tutorial's batch; one
 # thread and float64 (every JIT compile counts: a CI machine starts cold)
 QUICK_BATCHES = {"elbo": (1, 128, 4096), "elbo_grad": (128,), "iwae": (128,), "vae_step": (128,)}
+# Variants: unless asked for (--variant, or --full for the whole matrix), a workload is measured in
+# its first variant (eps given: the like-for-like comparison), and in the others only where the
+# claims check reads them (the tutorial's eps drawn inside the call, at its setting). Every
+# variant at every batch size doubled the elbo family's cases, and `make bench`'s time.
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class Plan:
     devices: tuple[str, ...] | None = None
     variants: tuple[str, ...] | None = None
     quick: bool = False
+    full: bool = False  # every variant at every size, not only where the claims check reads them
     input_dim: int = 784
     latent_dim: int = 20
     hidden_dim: int = 400
@@ -157,10 +162,27 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
                         plan.seed,
                     )  # fmt: skip
                 )
+    if plan.variants is None and not plan.full:
+        claimed = claims_cases()
+        cases = [c for c in cases if c.variant == WORKLOADS[c.workload].variants[0] or claimed(c)]
     if not cases:
         raise UsageError("the filters select no case (check --backend/--workload/--device/--variant)")
     _check_memory(cases)
     return cases
+
+
+def claims_cases() -> Callable[[Case], bool]:
+    """Whether the claims check (elbolab.report.claims) reads a case: one of its specs, at the
+    claims' setting, on one thread."""
+    from elbolab.report.claims import CLAIMS, SETTING, Spec
+
+    specs = {spec for claim in CLAIMS for spec in claim.specs if isinstance(spec, Spec)}
+    return lambda c: (
+        Spec(c.backend, c.workload, c.variant, c.dtype, c.device) in specs
+        and c.threads == 1
+        and (c.batch, c.input_dim, c.latent_dim)
+        == (SETTING["batch"], SETTING["input_dim"], SETTING["latent_dim"])
+    )
 
 
 def _check_memory(cases: Sequence[Case]) -> None:
@@ -298,8 +320,8 @@ def execute(
 ) -> None:
     """Measure every case, appending each measurement to `run` as it arrives."""
     groups: dict[WorkerSpec, list[Case]] = {}
-    for case in cases:
-        groups.setdefault(WorkerSpec(case.backend, case.threads), []).append(case)
+    for spec, case in zip(worker_specs(cases), cases, strict=True):
+        groups.setdefault(spec, []).append(case)
     software = run.software.setdefault("backends", {})
 
     def record(m: Measurement) -> None:
@@ -321,6 +343,23 @@ def execute(
                     break
                 software[spec.backend] = worker.hello.get("versions", {})
                 pending = _serve_group(worker, pending, timer, case_timeout, record)
+
+
+def worker_specs(cases: Sequence[Case]) -> list[WorkerSpec]:
+    """The worker that measures each case: one per backend and thread count (thread variables are
+    read when a library is imported), except for a backend that sets its threads per case, whose
+    one worker starts with the largest count among its cases."""
+    backends = discover()
+    widest: dict[str, int] = {}
+    for case in cases:
+        widest[case.backend] = max(widest.get(case.backend, 1), case.threads)
+    return [
+        WorkerSpec(
+            c.backend,
+            widest[c.backend] if getattr(backends.get(c.backend), "threads_per_case", False) else c.threads,
+        )
+        for c in cases
+    ]
 
 
 @contextlib.contextmanager

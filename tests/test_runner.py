@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 from elbolab.backend import discover
@@ -81,6 +82,27 @@ def test_unavailable_backend_cases_are_skipped_with_reason(tmp_path, fault_backe
     assert m.status == "skipped" and m.reason == "gonelib not installed"
 
 
+def test_numba_serves_every_thread_count_from_one_worker_compiling_once(tmp_path):
+    """numba sets its threads per case (numba.set_num_threads), so one worker, sized for the most
+    threads, measures both counts: the kernel compiles in the first case only. numpy, whose
+    libraries read their thread variables at import, keeps a worker per count."""
+    pytest.importorskip("numba")
+    out = tmp_path / "run.json"
+    plan = Plan(backends=("numba-parallel", "numpy"), workloads=("elbo",), batches=(1,), dtypes=("float64",),
+                threads=(1, 2), variants=("eps=given",), quick=True)  # fmt: skip
+    run_plan(plan, out, measure_limits=False)
+    got = {(m.case.backend, m.case.threads): m for m in load(out).measurements}
+    assert all(m.status == "ok" for m in got.values()), [m.reason for m in got.values()]
+    one, two = got[("numba-parallel", 1)], got[("numba-parallel", 2)]
+    assert one.notes["worker_pid"] == two.notes["worker_pid"]
+    assert one.notes["NUMBA_NUM_THREADS"] == two.notes["NUMBA_NUM_THREADS"] == 2
+    assert (one.notes["numba_threads"], two.notes["numba_threads"]) == (1, 2)
+    # compiled by the first case, reused by the second (a fresh worker would compile again)
+    assert one.notes["jit_signatures_compiled_before_case"] < two.notes["jit_signatures_compiled_before_case"]
+    assert two.first_call_ns < one.first_call_ns / 10
+    assert got[("numpy", 1)].notes["worker_pid"] != got[("numpy", 2)].notes["worker_pid"]
+
+
 def test_plan_rejects_bad_input():
     backends = discover()
     with pytest.raises(UsageError, match="unknown backend 'nope'"):
@@ -103,6 +125,7 @@ def test_plan_is_the_product_of_the_filters():
             batches=(1, 2),
             dtypes=("float32",),
             threads=(1, 2),
+            full=True,
         ),
         discover(),
     )
@@ -110,6 +133,28 @@ def test_plan_is_the_product_of_the_filters():
     assert len(cases) == 8 + 4
     assert all(c.dtype == "float32" for c in cases)
     assert Case("iwae", "numpy", batch=2, dtype="float32", threads=2) in cases
+
+
+def test_default_matrix_draws_eps_inside_the_call_only_where_the_claims_check_reads_it():
+    from elbolab.report.claims import CLAIMS, Spec
+
+    plan = Plan(backends=("numpy", "rust"), workloads=("elbo", "iwae"), batches=(1, 128), threads=(1, 2))
+    cases = plan_cases(plan, discover())
+    sampled = {c for c in cases if c.variant == "eps=sampled"}
+    # the tutorial's setting: elbo, float64, batch 128, one thread (C1, C5, C7, C8 read these)
+    assert sampled == {Case("elbo", b, batch=128, variant="eps=sampled") for b in ("numpy", "rust")}
+    # every other case eps given: 2 workloads x 2 backends x 2 dtypes x 2 batches x 2 threads
+    assert len(cases) - len(sampled) == 32 and all(c.variant == "eps=given" for c in set(cases) - sampled)
+    # asked for, a variant is measured everywhere; --full measures every variant everywhere
+    assert len(plan_cases(replace(plan, variants=("eps=sampled",)), discover())) == 2 * 2 * 2 * 2
+    assert len(plan_cases(replace(plan, full=True), discover())) == 32 + 16
+
+    # the default matrix holds every case the claims check reads
+    everything = set(plan_cases(Plan(), discover()))
+    for claim in CLAIMS:
+        for spec in claim.specs:
+            if isinstance(spec, Spec) and spec.backend in discover():
+                assert Case(spec.workload, spec.backend, spec.device, spec.dtype, 128, variant=spec.variant) in everything
 
 
 def _cli(*args, **kw):
@@ -122,7 +167,7 @@ def _cli(*args, **kw):
 def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
     out = tmp_path / "run.json"
     args = ["run", "--backend", "numpy", "--workload", "elbo,iwae", "--batch", "1,64,128,256",
-            "--dtype", "float64,float32", "--threads", "1", "--quick", "--no-limits", "--out", str(out)]  # fmt: skip
+            "--dtype", "float64,float32", "--threads", "1", "--quick", "--full", "--no-limits", "--out", str(out)]  # fmt: skip
     proc = _cli(*args)
     deadline = time.time() + 60
     n = 0

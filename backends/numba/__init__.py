@@ -210,6 +210,8 @@ backend = Backend(
     unavailable_reason=_unavailable_reason,
     versions=_versions,
     threaded=True,  # only through BLAS in vae_step
+    # numba.set_num_threads in prepare, BLAS through threadpoolctl: one worker for every count
+    threads_per_case=True,
 )
 
 parallel_backend = replace(

@@ -28,8 +28,13 @@ def add_run_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", type=names, help="float64,float32 (default: both)")
     p.add_argument("--threads", type=thread_counts, help="thread counts (default: 1 and all cores)")
     p.add_argument("--device", type=names, help="cpu,cuda (default: every device of each backend)")
-    p.add_argument("--variant", type=names, help="eps=given,eps=sampled (default: all of each workload)")
+    p.add_argument(
+        "--variant",
+        type=names,
+        help="eps=given,eps=sampled (default: eps=given, and eps=sampled where the claims check reads it)",
+    )
     p.add_argument("--quick", action="store_true", help="small matrix and short samples (CI)")
+    p.add_argument("--full", action="store_true", help="every variant at every size (default: see --variant)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the inputs (default 0)")
     for flag, default, what in SIZE_FLAGS:
         p.add_argument(
@@ -49,7 +54,8 @@ SIZE_FLAGS = (
 def plan_from_args(args: argparse.Namespace) -> Plan:
     return Plan(
         backends=args.backend, workloads=args.workload, batches=args.batch, dtypes=args.dtype,
-        threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick, seed=args.seed,
+        threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick,
+        full=getattr(args, "full", False), seed=args.seed,
         input_dim=args.input_dim, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
         importance_samples=args.importance_samples, measure=getattr(args, "measure", "time"),
     )  # fmt: skip
