@@ -154,7 +154,10 @@ def test_default_matrix_draws_eps_inside_the_call_only_where_the_claims_check_re
     for claim in CLAIMS:
         for spec in claim.specs:
             if isinstance(spec, Spec) and spec.backend in discover():
-                assert Case(spec.workload, spec.backend, spec.device, spec.dtype, 128, variant=spec.variant) in everything
+                assert (
+                    Case(spec.workload, spec.backend, spec.device, spec.dtype, 128, variant=spec.variant)
+                    in everything
+                )
 
 
 def _cli(*args, **kw):

@@ -292,6 +292,9 @@ backend = Backend(
     device_unavailable_reason=_device_unavailable_reason,
     versions=_versions,
     threaded=True,
+    # torch.set_num_threads(case.threads) in prepare: one worker serves every thread count (a
+    # torch worker takes ~6 s to start on 2 cores, most of it importing torch)
+    threads_per_case=True,
 )
 
 compiled_backend = replace(
