@@ -242,6 +242,22 @@ def test_non_finite_values_match_only_the_same_non_finite_reference():
     assert not check_outputs(w, case, inp, dict(ref, recon=np.nan)).ok  # nan where the reference is finite
 
 
+@pytest.mark.parametrize("with_inf", [False, True])
+def test_a_wrong_element_is_named_where_it_is(with_inf):
+    """The check compares the finite elements only (flat, in place); the element it names must be
+    the wrong one whether or not some elements are non-finite (masked) or none are (all of them)."""
+    from elbolab.accuracy import compare_output
+
+    ref = np.linspace(1.0, 2.0, 12).reshape(3, 4)
+    if with_inf:
+        ref[0, 1] = ref[2, 0] = np.inf
+    got = ref.copy()
+    got[1, 3] *= 1 + 1e-9  # beyond float64 rounding
+    err = compare_output("g", got, Tracked(ref), "float64")
+    assert not err.ok and "at element (1, 3)" in err.problem
+    assert compare_output("g", ref.copy(), Tracked(ref), "float64").ok
+
+
 def test_sampled_eps_is_checked_exactly_against_the_backends_own_draw():
     case = Case("elbo", "numpy", batch=256, variant="eps=sampled")
     w = WORKLOADS["elbo"]
