@@ -29,7 +29,7 @@ def test_an_installed_plugin_is_discovered_and_measured(tmp_path):
     assert listing.returncode == 0 and "example" in listing.stdout
     out = tmp_path / "run.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "elbolab.cli", "run", "--backend", "example", "--batch", "1,7,128", "--quick",
+        [sys.executable, "-m", "elbolab.cli", "run", "--backend", "example", "--batch", "1,7,128", "--quick", "--full",
          "--no-limits", "--out", str(out)], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
