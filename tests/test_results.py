@@ -43,6 +43,21 @@ def test_roundtrip_and_summary_recomputed_from_raw_samples(tmp_path):
     assert loaded == run.run
 
 
+def test_a_run_in_flight_is_the_document_save_json_writes(tmp_path):
+    """A RunFile joins each measurement's text, encoded once when it was added; the file must be
+    the very text save_json writes for the whole document, with training curves and a header
+    holding non-finite values (written as null)."""
+    path = tmp_path / "run.json"
+    run = RunFile(path, _run())
+    run.set_limits({"memory_bandwidth_bytes_per_s": math.inf, "gpus": []})
+    run.add(_ok())
+    run.add(Measurement(Case("iwae", "numpy", batch=7), "failed", 'a "quoted" reason, ünïcode'))
+    run.put_training([TrainingCurve("numpy", "cpu", "float64", "ok", losses=(3.0, 2.0))])
+    save_json(tmp_path / "whole.json", run.run.to_json())
+    assert path.read_text() == (tmp_path / "whole.json").read_text()
+    assert load(path) == load(tmp_path / "whole.json")
+
+
 def test_every_status_kept_with_reason(tmp_path):
     path = tmp_path / "run.json"
     run = RunFile(path, _run())
