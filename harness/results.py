@@ -412,8 +412,7 @@ class RunFile:
         self.lock = lock
         self._header = run.header_json()
         self._measurements = list(run.measurements)
-        self._measurement_json = [_strict(m.to_json()) for m in run.measurements]
-        self._measurement_text = [_compact(m) for m in self._measurement_json]
+        self._measurement_text = [_compact(_strict(m.to_json())) for m in run.measurements]
         self._training = list(run.training)
 
     @property
@@ -427,8 +426,9 @@ class RunFile:
 
     def save(self, pretty: bool = False) -> None:
         training = _strict([t.to_json() for t in self._training])
-        if pretty:
-            doc = dict(_strict(self._header), measurements=self._measurement_json, training=training)
+        if pretty:  # once, when the run is finished
+            measurements = [json.loads(t) for t in self._measurement_text]
+            doc = dict(_strict(self._header), measurements=measurements, training=training)
             save_json(self.path, doc, pretty=True, strict=True)
             return
         # the document save_json would write compact, with the measurements' texts joined in
@@ -439,8 +439,7 @@ class RunFile:
 
     def add(self, m: Measurement) -> None:
         self._measurements.append(m)
-        self._measurement_json.append(_strict(m.to_json()))
-        self._measurement_text.append(_compact(self._measurement_json[-1]))
+        self._measurement_text.append(_compact(_strict(m.to_json())))
         self.save()
 
     def set_limits(self, limits: dict) -> None:

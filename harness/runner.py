@@ -319,13 +319,15 @@ def execute(
     cases: Sequence[Case],
     run: RunFile,
     timer: TimerConfig,
+    backends: dict[str, Backend],
     *,
     case_timeout: float,
     on_result: OnResult | None = None,
 ) -> None:
-    """Measure every case, appending each measurement to `run` as it arrives."""
+    """Measure every case (of `backends`, as discovered by the plan), appending each measurement to
+    `run` as it arrives."""
     groups: dict[WorkerSpec, list[Case]] = {}
-    for spec, case in zip(worker_specs(cases), cases, strict=True):
+    for spec, case in zip(worker_specs(cases, backends), cases, strict=True):
         groups.setdefault(spec, []).append(case)
     software = run.software.setdefault("backends", {})
 
@@ -350,11 +352,11 @@ def execute(
                 pending = _serve_group(worker, pending, timer, case_timeout, record)
 
 
-def worker_specs(cases: Sequence[Case]) -> list[WorkerSpec]:
+def worker_specs(cases: Sequence[Case], backends: dict[str, Backend]) -> list[WorkerSpec]:
     """The worker that measures each case: one per backend and thread count (thread variables are
     read when a library is imported), except for a backend that sets its threads per case, whose
     one worker starts with the largest count among its cases."""
-    shared = {name for name, backend in discover().items() if backend.threads_per_case}
+    shared = {name for name, backend in backends.items() if backend.threads_per_case}
     widest: dict[str, int] = {}
     for case in cases:
         widest[case.backend] = max(widest.get(case.backend, 1), case.threads)
@@ -618,6 +620,7 @@ def run_plan(
                 todo,
                 run,
                 timer,
+                backends,
                 case_timeout=case_timeout or (120 if plan.quick else 300),
                 on_result=on_result,
             )

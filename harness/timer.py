@@ -36,8 +36,8 @@ class TimerConfig:
     # At least 7 samples (the smallest count whose median has a distribution-free 95% interval
     # that excludes the extremes), at most 15, the fixed count before sampling stopped adaptively.
     # On a noisy 2-core VM most cases reach the cap: in a make bench capped at 25, 458 of 552 cases
-    # did, and the median case's interval was +-2.6% after 25 samples, +-3.7% after its first 15;
-    # those 10 samples a case were 40% of the run's sampling time.
+    # did, and the median case's interval was +-2.6% after 25 samples, +-3.7% after its first 15:
+    # 10 more samples in most cases for an interval a third narrower.
     min_samples: int = 7
     max_samples: int = 15
     # stop once the 95% interval of the median is within this fraction of it, either side

@@ -7,10 +7,9 @@ through the backend's own `vae_step` kernel (the one that is timed). What is hel
   the same inputs (its own current weights), with the bounds of elbolab.accuracy, so a float32
   curve is judged by what float32 arithmetic can give at each step, not by a flat tolerance on how
   far a chaotic trajectory drifted from another backend's;
-- the end: that it learned, i.e. the final loss (the mean over the last 20 steps) is below that of
-  the best model that ignores its
-  input (a decoder with constant logits, the per-pixel log-odds of the data, and no KL): the
-  bias-only negative ELBO of the data;
+- the end: that it learned, i.e. the final loss (the mean over the last FINAL_STEPS steps) is below
+  that of the best model that ignores its input (a decoder with constant logits, the per-pixel
+  log-odds of the data, and no KL): the bias-only negative ELBO of the data;
 - and, for the record, how far each curve is from NumPy's in the same dtype.
 
 The digits (8x8, 1797 images) ship with scikit-learn: no download.

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from elbolab.backend import discover
 from elbolab.case import Case
 from elbolab.results import RunFile, new_run
 from elbolab.runner import execute
@@ -86,7 +87,7 @@ def measured(tmp_path_factory):
         timer = TimerConfig(
             target_sample_ns=1_000_000, max_samples=3, warmup=0, budget_ns=200_000_000, min_samples=3
         )
-        execute(all_cases, run, timer, case_timeout=300)
+        execute(all_cases, run, timer, discover(), case_timeout=300)
         return {m.case: m for m in run.run.measurements}
     finally:
         for k, v in saved.items():
