@@ -1,4 +1,4 @@
-"""The backends elbolab ships: each sub-package exposes `backend`, an elbolab.backend.Backend.
+"""The backends elbolab ships: each sub-package exposes `backend`, an elbolab.model.backend.Backend.
 
 Each imports its library lazily (inside functions), so the registry loads even where a library is
 missing and the backend can say why it is unavailable.

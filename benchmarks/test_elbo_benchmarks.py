@@ -16,10 +16,11 @@ confidence intervals. Filter with -k, e.g. -k "elbo-numpy" or -k "B128 and float
 from __future__ import annotations
 
 import pytest
-from elbolab.backend import discover_with_errors
-from elbolab.case import Case
-from elbolab.workloads import WORKLOADS, check_outputs
 from threadpoolctl import threadpool_limits
+
+from elbolab.model.backend import discover_with_errors
+from elbolab.model.case import Case
+from elbolab.model.workloads import WORKLOADS, check_outputs
 
 BATCHES = {"elbo": (1, 128, 1024), "elbo_grad": (128, 1024), "iwae": (128,), "vae_step": (128,)}
 DTYPES = ("float64", "float32")

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/gate_experiment.py --table FILE      (the results as Markdown)
 
 Both sides of each gate are this working tree, run by the real interleaved A/B machinery
-(elbolab.ab.measure_interleaved with its default settings: fresh pairs of workers, one per side
+(elbolab.gate.ab.measure_interleaved with its default settings: fresh pairs of workers, one per side
 alive together, B H H B blocks, judged on the pairs' paired medians (99%) from 8 pairs on,
 adaptive stopping, 40 s a case) on the cases of the issue: numpy and rust elbo at batch 128 and
 1024, float64, one thread, eps given. The head side's kernels do a known fraction more work
@@ -37,14 +37,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-from elbolab.ab import ABConfig, Side, measure_counted, measure_interleaved  # noqa: E402
-from elbolab.backend import discover  # noqa: E402
-from elbolab.case import Case  # noqa: E402
-from elbolab.compare import compare  # noqa: E402
-from elbolab.machine import machine_info  # noqa: E402
-from elbolab.results import write_text_atomic  # noqa: E402
-from elbolab.stats import median_ci_ranks  # noqa: E402
-from elbolab.verdict import DEFAULT_AB_THRESHOLD, INSTRUCTIONS_RULE, Rule  # noqa: E402
+
+from elbolab.analyse.compare import compare  # noqa: E402
+from elbolab.analyse.verdict import DEFAULT_AB_THRESHOLD, INSTRUCTIONS_RULE, Rule  # noqa: E402
+from elbolab.gate.ab import ABConfig, Side, measure_counted, measure_interleaved  # noqa: E402
+from elbolab.measure.machine import machine_info  # noqa: E402
+from elbolab.model.backend import discover  # noqa: E402
+from elbolab.model.case import Case  # noqa: E402
+from elbolab.model.stats import median_ci_ranks  # noqa: E402
+from elbolab.store.results import write_text_atomic  # noqa: E402
 
 BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
 TIME_ARMS = {"A/A": 0.0, "+10%": 0.10, "+5%": 0.05}

@@ -12,7 +12,7 @@ RUN="$OUT/h200.json"
 
 # No install needed: the lab runs from the tree; its backends are named explicitly
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-export ELBOLAB_BACKENDS=elbolab.backends.numpy:backend,elbolab.backends.torch:backend,elbolab.backends.torch:compiled_backend,elbolab.backends.numba:backend,elbolab.backends.numba:parallel_backend,elbolab.backends.rust:backend,elbolab.backends.rust:inner_loop_backend,elbolab.backends.rust:tutorial_backend
+export ELBOLAB_BACKENDS=backends.numpy:backend,backends.torch:backend,backends.torch:compiled_backend,backends.numba:backend,backends.numba:parallel_backend,backends.rust:backend,backends.rust:inner_loop_backend,backends.rust:tutorial_backend
 ls target/wheels/elbolab_rust-*.whl >/dev/null 2>&1 && \
   $PY -m pip install -q --no-deps --no-index --force-reinstall target/wheels/elbolab_rust-*.whl 2>&1 | tail -1
 

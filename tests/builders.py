@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from elbolab.case import Case
-from elbolab.measurement import Measurement
-from elbolab.results import Run, new_run
+
+from elbolab.model.case import Case
+from elbolab.model.measurement import Measurement
+from elbolab.store.results import Run, new_run
 
 CPU = "Test CPU 9000"
 

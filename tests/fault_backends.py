@@ -12,9 +12,9 @@ import os
 import time
 from dataclasses import replace
 
-from elbolab.backend import Backend, Prepared
-from elbolab.backends.numpy import backend as numpy_backend
-from elbolab.case import Case
+from backends.numpy import backend as numpy_backend
+from elbolab.model.backend import Backend, Prepared
+from elbolab.model.case import Case
 
 FAULT_BATCH = 7
 

@@ -29,8 +29,8 @@ def _num(x) -> float | None:
 
 def tables(path: Path) -> dict:
     from elbolab.analyse.anomalies import scan
-    from elbolab.analyse.claims import check_claims
-    from elbolab.report.tables import measurement_table, summary_table
+    from elbolab.analyse.table import measurement_table, summary_table
+    from elbolab.report.claims import check_claims
     from elbolab.store.results import load
 
     run = load(path)
@@ -68,7 +68,10 @@ def comparison(base: Path, head: Path) -> list[dict]:
     from elbolab.store.results import load
 
     report = compare(load(base), load(head), allow_missing=True, reference=Reference.parse("numpy"))
-    return [{"case": c.case.label(), "ratio": _num(c.ratio), "verdict": c.verdict.value} for c in report.comparisons]
+    return [
+        {"case": c.case.label(), "ratio": _num(c.ratio), "verdict": c.verdict.value}
+        for c in report.comparisons
+    ]
 
 
 def everything() -> dict:

@@ -23,11 +23,11 @@ def _status(field: str) -> int:
 
 def main() -> None:
     workload, backend_name, dtype, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    from elbolab.backend import discover
-    from elbolab.case import Case
-    from elbolab.timer import TimerConfig
-    from elbolab.worker import measure_case
-    from elbolab.workloads import WORKLOADS
+    from elbolab.measure.timer import TimerConfig
+    from elbolab.measure.worker import measure_case
+    from elbolab.model.backend import discover
+    from elbolab.model.case import Case
+    from elbolab.model.workloads import WORKLOADS
 
     backend = discover()[backend_name]
     timer = TimerConfig(target_sample_ns=1_000_000, max_samples=3, warmup=0, min_samples=3)

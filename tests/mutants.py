@@ -25,10 +25,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from elbolab.backend import Backend, Prepared
-from elbolab.backends.numpy import backend as numpy_backend
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS, WORKLOADS
+
+from backends.numpy import backend as numpy_backend
+from elbolab.model.backend import Backend, Prepared
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 VECTOR = 8  # the SIMD width whose tail `tail_skip` gets wrong
 

@@ -15,10 +15,11 @@ import os
 from dataclasses import replace
 
 import numpy as np
-from elbolab.backend import Backend, Prepared
-from elbolab.backends.numpy import backend as numpy_backend
-from elbolab.case import Case
-from elbolab.timer import loop_runner
+
+from backends.numpy import backend as numpy_backend
+from elbolab.measure.timer import loop_runner
+from elbolab.model.backend import Backend, Prepared
+from elbolab.model.case import Case
 
 EXTRA_WORK_ENV = "ELBOLAB_EXTRA_WORK"
 
@@ -89,7 +90,7 @@ def _numpy_prepare(case: Case, inputs: dict) -> Prepared:
 
 
 def _rust_prepare(case: Case, inputs: dict) -> Prepared:
-    from elbolab.backends.rust import backend as rust_backend
+    from backends.rust import backend as rust_backend
 
     return rust_backend.prepare(case, inputs)
 
@@ -147,7 +148,7 @@ pass_backend: Backend = replace(
 
 
 def _rust_unavailable() -> str | None:
-    from elbolab.backends.rust import backend as rust_backend
+    from backends.rust import backend as rust_backend
 
     return rust_backend.unavailable_reason()
 

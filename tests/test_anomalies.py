@@ -6,33 +6,33 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from elbolab.anomalies import find
-from elbolab.case import Case
-from elbolab.cli import main
-from elbolab.health import check
-from elbolab.workloads import WORKLOADS
 
+from elbolab.analyse.anomalies import scan
+from elbolab.cli import main
+from elbolab.measure.health import survey
+from elbolab.model.case import Case
+from elbolab.model.workloads import WORKLOADS
 from tests.builders import make_run, noisy, ok
 
 
 def _kinds(run):
-    return {(a.case.backend, a.case.threads, a.kind) for a in find(run)}
+    return {(a.case.backend, a.case.threads, a.kind) for a in scan(run)}
 
 
 def test_slower_with_more_threads_is_flagged():
     rng = np.random.default_rng(0)
     one, two = Case("vae_step", "numba-parallel", threads=1), Case("vae_step", "numba-parallel", threads=2)
     run = make_run([ok(one, noisy(rng, 1e7)), ok(two, noisy(rng, 1.2e8))])
-    (a,) = find(run)
+    (a,) = scan(run)
     assert a.kind == "slower with more threads" and a.case == two and "oversubscription" in a.likely_cause
     same = make_run([ok(one, noisy(rng, 1e7)), ok(two, noisy(rng, 0.6e7))])
-    assert not find(same)
+    assert not scan(same)
 
 
 def test_first_call_and_oversubscription_are_flagged():
     m = ok(Case("elbo", "numba"), [1e4] * 9)
     run = make_run([replace(m, first_call_ns=int(2e9), cpu_ns=int(3e9), wall_ns=int(1e9))])
-    assert {a.kind for a in find(run)} == {"slow first call", "oversubscribed"}
+    assert {a.kind for a in scan(run)} == {"slow first call", "oversubscribed"}
 
 
 def test_far_below_the_roofline_its_peers_reach():
@@ -52,7 +52,7 @@ def test_far_below_the_roofline_its_peers_reach():
 
 def test_numba_parallel_runs_blas_on_one_thread_inside_its_parallel_kernel():
     pytest.importorskip("numba")
-    from elbolab.backends.numba import parallel_backend
+    from backends.numba import parallel_backend
 
     case = Case("vae_step", "numba-parallel", batch=8, input_dim=9, latent_dim=2, hidden_dim=5, threads=2)
     prepared = parallel_backend.prepare(case, WORKLOADS["vae_step"].make_inputs(case))
@@ -61,7 +61,7 @@ def test_numba_parallel_runs_blas_on_one_thread_inside_its_parallel_kernel():
 
 def test_health_sees_an_openblas_override_and_the_load(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
-    h = check()
+    h = survey()
     assert h.facts["environment"]["OPENBLAS_CORETYPE"] == "Haswell"
     assert any("OPENBLAS_CORETYPE=Haswell" in w for w in h.warnings)
     assert len(h.facts["load_average"]) == 3 and h.facts["cores_available"] >= 1

@@ -14,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from elbolab.case import Case
-from elbolab.cli import main
-from elbolab.measurement import Measurement
-from elbolab.results import save
 
+from elbolab.cli import main
+from elbolab.model.case import Case
+from elbolab.model.measurement import Measurement
+from elbolab.store.results import save
 from tests.builders import make_run, ok
 
 DATA = Path(__file__).parent / "data"

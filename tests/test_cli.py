@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from elbolab.results import load
-from elbolab.train import final_loss
+from elbolab.measure.training import final_loss
+from elbolab.store.results import load
 
 
 def _run_cli(*args):

@@ -1,4 +1,4 @@
-"""elbolab.compare: the statistic, the verdicts, the gate's error rates on simulated noise, rendering.
+"""elbolab.analyse.compare: the statistic, the verdicts, the gate's error rates on simulated noise, rendering.
 
 Nothing here times anything: samples are simulated with fixed seeds, so every number is
 deterministic. The simulation is the realistic-noise proof the gate's defaults rest on.
@@ -12,15 +12,15 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from elbolab.ab import balanced_order
-from elbolab.case import Case
-from elbolab.cli.render import print_compare
-from elbolab.compare import CompareError, Reference, compare, pool_rounds
-from elbolab.measurement import Measurement
-from elbolab.report.markdown import compare_report
-from elbolab.verdict import Rule, RuleError, Verdict
 from rich.console import Console
 
+from elbolab.analyse.compare import CompareError, Reference, compare, pool_rounds
+from elbolab.analyse.verdict import Rule, RuleError, Verdict
+from elbolab.cli.render import print_compare
+from elbolab.gate.ab import balanced_order
+from elbolab.model.case import Case
+from elbolab.model.measurement import Measurement
+from elbolab.report.markdown import compare_report
 from tests.builders import make_run, noisy, ok
 
 ELBO = Case("elbo", "numpy", batch=128)
@@ -330,8 +330,8 @@ def test_report_is_a_frozen_value():
 def test_interleaved_ab_runs_are_judged_by_their_worker_pairs():
     """An A/A whose processes differ by a few percent each: pooled samples call one side slower;
     the runs of an interleaved A/B are judged by their pairs, and say it cannot tell (or same)."""
-    from elbolab.compare import INTERLEAVED_PAIRS, PAIRED_CONFIDENCE
-    from elbolab.stats import paired_ratio_interval
+    from elbolab.analyse.compare import INTERLEAVED_PAIRS, PAIRED_CONFIDENCE
+    from elbolab.model.stats import paired_ratio_interval
 
     rng = np.random.default_rng(11)
     offsets = [1.08, 0.93, 1.06, 0.95, 1.10, 0.97, 1.04, 0.99]  # head's process offset in each of 8 pairs

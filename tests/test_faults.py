@@ -17,7 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from elbolab.results import load
+
+from elbolab.store.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from elbolab.ab import balanced_order, build_maturin
-from elbolab.backend import Build
-from elbolab.case import Case
-from elbolab.cli import main
-from elbolab.compare import pool_rounds
-from elbolab.measurement import Measurement
-from elbolab.results import save
 
+from elbolab.analyse.compare import pool_rounds
+from elbolab.cli import main
+from elbolab.gate.ab import balanced_order
+from elbolab.gate.revisions import build_maturin
+from elbolab.model.backend import Build
+from elbolab.model.case import Case
+from elbolab.model.measurement import Measurement
+from elbolab.store.results import save
 from tests.builders import make_run, noisy, ok
 from tests.test_compare import ELBO, GRAD
 
@@ -176,15 +177,14 @@ def test_pool_rounds_pools_per_call_samples_across_loop_counts():
 
 
 def test_slow_backend_does_extra_work_and_stays_correct(monkeypatch):
-    from elbolab.verify import verify
-
+    from elbolab.measure.opening import check_case
     from tests import slow_backend
 
     case = Case("elbo", slow_backend.backend.name, batch=16)
     for extra in ("0", "0.25", "1.5"):
         monkeypatch.setenv(slow_backend.EXTRA_WORK_ENV, extra)
-        assert verify(slow_backend.backend, case).ok
-        from elbolab.workloads import WORKLOADS
+        assert check_case(slow_backend.backend, case).ok
+        from elbolab.model.workloads import WORKLOADS
 
         prepared = slow_backend.backend.prepare(case, WORKLOADS["elbo"].make_inputs(case))
         assert prepared.notes["extra_work"] == float(extra)
@@ -294,7 +294,7 @@ def test_a_rust_build_that_fails_is_one_line_not_an_exception(tmp_path):
 
 
 def test_both_workers_of_a_pair_share_cores_that_move_from_pair_to_pair(monkeypatch):
-    from elbolab import ab
+    from elbolab.gate import ab
 
     monkeypatch.setattr(ab.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert [ab._pair_cpus(p, 1) for p in range(5)] == [{0}, {1}, {2}, {3}, {0}]
@@ -306,7 +306,7 @@ def test_both_workers_of_a_pair_share_cores_that_move_from_pair_to_pair(monkeypa
 def test_pinning_a_worker_pins_the_threads_it_has_already_started():
     """A pair is pinned after both workers have opened the case, when a backend may have started
     a thread pool: every thread must move, not only the main one."""
-    from elbolab.worker import StdioWorker
+    from elbolab.measure.worker import StdioWorker
 
     script = ("import json, sys, threading, time\n"
               "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
@@ -329,8 +329,7 @@ def test_pinning_a_worker_pins_the_threads_it_has_already_started():
 def test_the_slowed_backend_adds_the_same_work_to_every_batch_of_calls():
     """call_n(loops) does loops * (1 + f) calls' work: int(loops * f) more whole calls, then the
     fraction left as one call on that share of the rows; the same in every batch of calls."""
-    from elbolab.backend import Prepared
-
+    from elbolab.model.backend import Prepared
     from tests.slow_backend import with_extra_work
 
     rows_called: list[int] = []

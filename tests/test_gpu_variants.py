@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from elbolab.backend import discover
-from elbolab.case import Case
-from elbolab.verify import verify
+
+from elbolab.measure.opening import check_case
+from elbolab.model.backend import discover
+from elbolab.model.case import Case
 
 ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = discover()
@@ -58,5 +59,5 @@ def _cuda() -> bool:
 @pytest.mark.parametrize("variant", ["eps=given", "eps=sampled"])
 @pytest.mark.parametrize("batch", [1, 128, 8192])
 def test_cuda_variants_agree_with_the_reference(name, workload, dtype, variant, batch):
-    check = verify(BACKENDS[name], Case(workload, name, "cuda", dtype, batch, variant=variant))
+    check = check_case(BACKENDS[name], Case(workload, name, "cuda", dtype, batch, variant=variant))
     assert check.ok and not check.less_accurate, check.detail

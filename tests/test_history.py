@@ -1,4 +1,4 @@
-"""History across commits (elbolab.history, `elbolab history`, the trends page).
+"""History across commits (elbolab.analyse.changes, `elbolab history`, the trends page).
 
 Fast tests use simulated runs stored against the commits of a scratch git repository; the slow ones
 (marked `slow`) measure for real: a scratch copy of this repository's code with a slowdown of known
@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from elbolab.case import Case
-from elbolab.errors import UsageError
-from elbolab.history import CaseQuery, candidates, change_points, load_history, order_commits
-from elbolab.store import Store
-from elbolab.verdict import DEFAULT_RULE, Verdict
 
+from elbolab.analyse.changes import candidates, change_points, load_history
+from elbolab.analyse.verdict import DEFAULT_RULE, Verdict
+from elbolab.model.case import Case
+from elbolab.model.errors import UsageError
+from elbolab.model.query import CaseQuery
+from elbolab.store.commits import order_commits
+from elbolab.store.database import Store
 from tests.builders import make_run, noisy, ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,8 +291,10 @@ def test_trends_page_is_self_contained_with_one_section_per_machine(tmp_path, ca
 
 def test_the_page_stays_small_for_many_commits_and_cases(tmp_path):
     """~100 commits x 200 cases: only changed cases get a plot, the rest a table row."""
-    from elbolab.history import History, MachineRow, Order, Point, Series
+    from elbolab.analyse.changes import History, Point, Series
     from elbolab.report.trends import render_page
+    from elbolab.store.commits import Order
+    from elbolab.store.database import MachineRow
 
     rng = np.random.default_rng(0)
     shas = [f"{i:040x}" for i in range(100)]
@@ -414,8 +418,8 @@ def test_bisect_finds_the_commit_that_slowed_the_kernel(tmp_path):
 
 
 def test_a_commit_that_does_not_install_is_skipped_with_the_reason_stored(tmp_path, capsys):
-    from elbolab.ab import ABConfig
-    from elbolab.history import backfill
+    from elbolab.gate.backfill import backfill
+    from elbolab.gate.revisions import ABConfig
 
     repo = tmp_path / "repo"
     repo.mkdir()

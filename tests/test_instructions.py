@@ -1,4 +1,4 @@
-"""Instruction counting (elbolab.instructions): deterministic, sensitive, honest about failures.
+"""Instruction counting (elbolab.measure.instructions): deterministic, sensitive, honest about failures.
 
 The counting tests run cases under Valgrind's callgrind (skipped with the reason where Valgrind or a
 C compiler is missing). Every case of this module that the selected tests need is started at once
@@ -17,9 +17,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from elbolab import instructions
-from elbolab.case import Case
-from elbolab.instructions import (
+
+from elbolab.measure import instructions
+from elbolab.measure.instructions import (
     Dump,
     calls_for,
     count_case,
@@ -27,7 +27,8 @@ from elbolab.instructions import (
     parse_dump,
     unavailable_reason,
 )
-from elbolab.measurement import InstructionCounts, Measurement
+from elbolab.model.case import Case
+from elbolab.model.measurement import InstructionCounts, Measurement
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_BACKENDS = "tests.slow_backend:pass_backend,tests.fault_backends:lying,tests.fault_backends:crashing"
@@ -43,7 +44,7 @@ DUMP = """# callgrind format
 version: 1
 creator: callgrind-3.19.0
 pid: 4242
-cmd:  python -m elbolab.instructions
+cmd:  python -m elbolab.measure.instructions
 part: 3
 
 
@@ -103,7 +104,9 @@ def test_diagnose_names_what_went_wrong_under_valgrind():
     assert status == "skipped" and "cannot emulate an instruction" in reason and "0x62" in reason
     status, reason = diagnose("==12== Process terminating with default action of signal 11 (SIGSEGV)\n", -11)
     assert status == "failed" and "SIGSEGV under valgrind" in reason
-    status, reason = diagnose("==3== blah\nModuleNotFoundError: No module named 'elbolab.instructions'\n", 1)
+    status, reason = diagnose(
+        "==3== blah\nModuleNotFoundError: No module named 'elbolab.measure.instructions'\n", 1
+    )
     assert status == "failed" and "No module named" in reason and "\n" not in reason
 
 
@@ -138,7 +141,7 @@ def test_marker_library_is_cached_and_loads(tmp_path):
     assert instructions.build_marker(tmp_path) == lib  # built once
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".build-")]  # nothing left behind
     code = f"import os; os.environ['{instructions.MARKER_ENV}'] = {str(lib)!r}; " \
-           "from elbolab.instructions import _load_marker; m = _load_marker(); " \
+           "from elbolab.measure.instructions import _load_marker; m = _load_marker(); " \
            "m.elbolab_dump(b'x'); print(m.elbolab_on_valgrind())"  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"  # client requests are no-ops outside Valgrind
@@ -302,10 +305,9 @@ def test_torch_cpu(counted):
 def test_gate_on_counts_fails_two_percent_and_passes_aa(counted, tmp_path):
     """The same counted measurements through the gate (files, CLI): +2% work is a regression under
     the default 1% count threshold; two counts of the same code are 'same'."""
-    from elbolab.compare import compare
-    from elbolab.results import save
-    from elbolab.verdict import Verdict
-
+    from elbolab.analyse.compare import compare
+    from elbolab.analyse.verdict import Verdict
+    from elbolab.store.results import save
     from tests.builders import make_run
 
     base1, base2 = counted["slow-0.0-1"].result(), counted["slow-0.0-2"].result()
@@ -333,8 +335,8 @@ def test_gate_on_counts_fails_two_percent_and_passes_aa(counted, tmp_path):
 
 
 def test_ab_refuses_to_count_a_base_without_instruction_counting(tmp_path):
-    from elbolab.ab import ABConfig, Side, measure_counted
-    from elbolab.errors import UsageError
+    from elbolab.gate.ab import ABConfig, Side, measure_counted
+    from elbolab.model.errors import UsageError
 
     old = tmp_path / "old-install" / "elbolab"
     old.mkdir(parents=True)
@@ -354,8 +356,8 @@ def test_an_interrupted_instruction_gate_ends_every_count_at_once(monkeypatch):
     not when the counts (minutes under Valgrind) would have finished."""
     import time
 
-    from elbolab import ab
-    from elbolab.measurement import not_measured
+    from elbolab.gate import ab
+    from elbolab.model.measurement import not_measured
 
     started: list[subprocess.Popen] = []
 
@@ -374,8 +376,8 @@ def test_an_interrupted_instruction_gate_ends_every_count_at_once(monkeypatch):
                 instructions._RUNNING.discard(proc)
         return not_measured(case, "failed", "killed")
 
-    monkeypatch.setattr(instructions, "count_case", fake_count)
-    monkeypatch.setattr(instructions, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(ab, "count_case", fake_count)
+    monkeypatch.setattr(ab, "unavailable_reason", lambda: None)
     monkeypatch.setattr(ab.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     sides = {"base": ab.Side("base", ROOT), "head": ab.Side("head", ROOT)}
     cases = [Case("elbo", "numpy", batch=1), Case("elbo", "numpy", batch=2)]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from elbolab.case import Case
-from elbolab.cli import main
-from elbolab.results import save
 
+from elbolab.cli import main
+from elbolab.model.case import Case
+from elbolab.store.results import save
 from tests.builders import make_run, noisy, ok
 
 

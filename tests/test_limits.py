@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from elbolab.limits import bandwidth_limit_for, measure_limits
+
+from elbolab.measure.probes import measure_limits
+from elbolab.model.roofline import bandwidth_limit_for
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,7 @@ def test_bandwidth_limit_for_a_working_set():
 
 
 def test_working_set_between_the_llc_probe_and_the_llc_size_is_held_to_the_llc_figure():
-    from elbolab.limits import bandwidth_limit_for
+    from elbolab.model.roofline import bandwidth_limit_for
 
     limits = {
         "last_level_cache_bytes": 32 * 2**20,

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from elbolab.backend import discover
+
+from elbolab.model.backend import discover
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from elbolab.backend import discover
-from elbolab.case import Case
-from elbolab.results import RunFile, new_run
-from elbolab.runner import execute
-from elbolab.timer import TimerConfig
 
+from elbolab.measure.runner import execute
+from elbolab.measure.timer import TimerConfig
+from elbolab.model.backend import discover
+from elbolab.model.case import Case
+from elbolab.store.results import RunFile, new_run
 from tests.mutants import ALL
 
 ROOT = Path(__file__).resolve().parent.parent

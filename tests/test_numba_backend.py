@@ -6,13 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-from elbolab.backend import _load
-from elbolab.case import Case
-from elbolab.verify import verify
-from elbolab.workloads import VAE_PARAMS, WORKLOADS, iwae_reference
+
+from elbolab.measure.opening import check_case
+from elbolab.model.backend import _load
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS, iwae_reference
 
 numba = pytest.importorskip("numba")
-import elbolab.backends.numba as bn  # noqa: E402
+import backends.numba as bn  # noqa: E402
 
 CASES = [(w, v) for w in ("elbo", "elbo_grad", "iwae", "vae_step") for v in WORKLOADS[w].variants]
 BATCHES = (1, 7, 128)  # 7: not a multiple of any vector width
@@ -21,7 +22,7 @@ TWO_THREADS = min(2, numba.config.NUMBA_NUM_THREADS)
 
 
 def _assert_ok(backend, case):
-    result = verify(backend, case)
+    result = check_case(backend, case)
     assert result.ok, f"{case.label()}: {result.detail}"
 
 
@@ -109,8 +110,8 @@ def test_threads_set_clamped_and_recorded():
 
 
 def test_registered_entry_points_load():
-    assert _load("elbolab.backends.numba:backend").name == "numba"
-    assert _load("elbolab.backends.numba:parallel_backend").name == "numba-parallel"
+    assert _load("backends.numba:backend").name == "numba"
+    assert _load("backends.numba:parallel_backend").name == "numba-parallel"
 
 
 def test_unavailable_reason_when_numba_is_missing(monkeypatch):

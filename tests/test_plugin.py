@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from elbolab.results import load
+
+from elbolab.store.results import load
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

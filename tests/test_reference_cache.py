@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from elbolab.case import Case
-from elbolab.workloads import REFERENCE_CACHE_ENV, WORKLOADS, cached_reference, check_outputs
+
+from elbolab.model.case import Case
+from elbolab.model.workloads import REFERENCE_CACHE_ENV, WORKLOADS, cached_reference, check_outputs
 
 
 def _same(a, b):
@@ -72,7 +73,7 @@ def test_a_damaged_reference_is_computed_again(tmp_path, monkeypatch):
 def test_a_killed_runs_reference_folder_is_removed_by_the_next_run(tmp_path, monkeypatch):
     import tempfile
 
-    from elbolab import runner
+    from elbolab.measure import runner
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = tmp_path / "elbolab-references-999999999-abc"  # no such pid

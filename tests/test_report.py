@@ -13,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from elbolab.analyse.table import KEY_FIELDS, measurement_table, summary_table
+from elbolab.analyse.verdict import judge
 from elbolab.cli.reports import add_commands
-from elbolab.errors import UsageError
-from elbolab.measurement import Measurement
+from elbolab.model.errors import UsageError
+from elbolab.model.measurement import Measurement
+from elbolab.model.stats import median_ci_ranks
 from elbolab.report.claims import NOT_MEASURED, Outcome, check_claims
 from elbolab.report.html import build_views, render
-from elbolab.report.tables import KEY_FIELDS, LoadedRun, measurement_table, summary_table, write_exports
-from elbolab.results import Run, load, save
-from elbolab.stats import median_ci_ranks
-from elbolab.verdict import judge
+from elbolab.report.tables import LoadedRun, write_exports
+from elbolab.store.results import Run, load, save
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "run_fixture.json"
@@ -317,8 +319,7 @@ def test_cli_claims_json(capsys, claims_file):
 
 
 def test_exports_escape_what_a_results_file_carries(tmp_path):
-    from elbolab.case import Case
-
+    from elbolab.model.case import Case
     from tests.builders import make_run, ok
 
     evil = '=HYPERLINK("http://x")'

@@ -34,9 +34,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from elbolab.cli.reports import add_commands
 from elbolab.report.html import SATURATE, speed_colour
-
 from tests.test_report_html import assert_one_colour_per_backend, series_colours
 
 pytestmark = pytest.mark.browser
@@ -179,8 +179,7 @@ def rich_page(tmp_path_factory) -> Path:
     """A run with what the fixture lacks: 1, 2 and 4 threads, the machine's health with warnings,
     anomalies, instruction counts, CUDA device times and a less accurate case (saved as JSON and
     read back, so all of it survives the results file)."""
-    from elbolab.results import save
-
+    from elbolab.store.results import save
     from tests.test_report_html import rich_run
 
     path = tmp_path_factory.mktemp("rich") / "rich.json"

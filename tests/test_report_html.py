@@ -4,7 +4,7 @@ Checked without a browser (tests/test_report_browser.py renders the page in Chro
 against the measurement table and the shared verdict, skips grouped by reason, anomalies grouped by
 kind, the machine's health, accuracy, instruction counts and the CUDA clock beside the time, thread
 scaling against the shared ratio estimate, several runs shown as a change computed by
-elbolab.compare, one colour per backend across every figure, legends clear of the axes, shared y
+elbolab.analyse.compare, one colour per backend across every figure, legends clear of the axes, shared y
 ranges, and the size of the default report of the 720-case reference run.
 """
 
@@ -19,11 +19,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from elbolab.anomalies import find
-from elbolab.case import Case
-from elbolab.measurement import Check, InstructionCounts, Measurement
+from matplotlib.text import Text
+
+from elbolab.analyse.anomalies import scan
+from elbolab.analyse.table import measurement_table, summary_table
+from elbolab.analyse.verdict import Verdict, judge
+from elbolab.model.case import Case
+from elbolab.model.measurement import Check, InstructionCounts, Measurement, correct_digits
 from elbolab.report import plots
-from elbolab.report.format import accuracy_text, check_digits
+from elbolab.report.format import accuracy_text
 from elbolab.report.html import (
     build_views,
     fmt_speed,
@@ -32,11 +36,8 @@ from elbolab.report.html import (
     speed_colour,
     speedup_matrices,
 )
-from elbolab.report.tables import LoadedRun, measurement_table, summary_table
-from elbolab.results import load
-from elbolab.verdict import Verdict, judge
-from matplotlib.text import Text
-
+from elbolab.report.tables import LoadedRun
+from elbolab.store.results import load
 from tests.builders import make_run, noisy, ok
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -574,7 +575,7 @@ def test_the_plots_have_a_thread_scaling_figure_per_workload(rich, fixture_page)
 
 def test_anomalies_are_grouped_by_kind_with_their_likely_cause(rich):
     run, page = rich
-    found = find(run)
+    found = scan(run)
     kinds = {a.kind for a in found}
     assert {"slow first call", "oversubscribed"} <= kinds
     p = _section(page, "problems")
@@ -625,8 +626,8 @@ def test_accuracy_is_shown_beside_the_median_and_explained(rich):
     assert sloppy == "⚠ 12.3 (recon) less accurate: 40 u; careful ≤ 5 u, bound 900 u"
     method = _section(page, "method")
     assert "Higham and Mary" in method and "less accurate" in method and "correct decimal digits" in method
-    # schema-1 checks recorded only a relative error: digits as elbolab.accuracy computes them
-    assert check_digits(Check(ok=True, rel_err=1e-12)) == pytest.approx(12.0)
+    # schema-1 checks recorded only a relative error: digits as elbolab.model.accuracy computes them
+    assert correct_digits(Check(ok=True, rel_err=1e-12)) == pytest.approx(12.0)
     assert accuracy_text(Check(ok=True, rel_err=0.0)) == "exact"
     assert accuracy_text(None) == "" and accuracy_text(Check(ok=True)) == ""
     wrong = Check(ok=False, worst_output="z", error_units=5000.0, bound_units=900.0, digits=9.0)

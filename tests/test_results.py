@@ -7,9 +7,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from elbolab.case import Case
-from elbolab.measurement import Check, Measurement
-from elbolab.results import SCHEMA, ResultsError, RunFile, TrainingCurve, load, new_run, save, save_json
+
+from elbolab.model.case import Case
+from elbolab.model.measurement import Check, Measurement
+from elbolab.store.results import SCHEMA, ResultsError, RunFile, TrainingCurve, load, new_run, save, save_json
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,7 +217,7 @@ def test_every_committed_results_file_loads():
     broke `elbolab show results/...`)."""
     from pathlib import Path
 
-    from elbolab.results import load
+    from elbolab.store.results import load
 
     files = sorted((Path(__file__).resolve().parent.parent / "results").glob("*.json"))
     assert files

@@ -9,14 +9,15 @@ import time
 from dataclasses import replace
 
 import pytest
-from elbolab.backend import discover
-from elbolab.case import Case
-from elbolab.errors import UsageError
-from elbolab.results import load
-from elbolab.runner import Plan, now, open_run, plan_cases, run_plan, run_training
-from elbolab.timer import TimerConfig
-from elbolab.train import TrainConfig
 
+from elbolab.measure.plan import Plan, plan_cases
+from elbolab.measure.runner import open_run, run_plan, run_training
+from elbolab.measure.timer import TimerConfig
+from elbolab.measure.training import TrainConfig
+from elbolab.model.backend import discover
+from elbolab.model.case import Case
+from elbolab.model.errors import UsageError
+from elbolab.store.results import load, now
 from tests.fault_backends import FAULT_BATCH
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The Rust backend (elbolab.backends.rust, extension elbolab_rust): agreement with the float64 reference
+"""The Rust backend (backends.rust, extension elbolab_rust): agreement with the float64 reference
 (also at odd sizes that exercise every vector tail), bad input raising Python exceptions, the GIL
 contract (inputs read-only while a plan holds them, plans keeping their arrays alive), the eps a
 sampled call drew (eps_out), the rust-inner call_n path, and the rust-tutorial backend (the
@@ -15,14 +15,14 @@ import pytest
 
 ext = pytest.importorskip("elbolab_rust", reason="elbolab_rust extension not built: run `make rust`")
 
-from elbolab.backends.rust import backend, inner_loop_backend, tutorial_backend  # noqa: E402
-from elbolab.case import Case  # noqa: E402
-from elbolab.verify import verify  # noqa: E402
-from elbolab.workloads import VAE_PARAMS, WORKLOADS, check_outputs, iwae_reference  # noqa: E402
+from backends.rust import backend, inner_loop_backend, tutorial_backend  # noqa: E402
+from elbolab.measure.opening import check_case  # noqa: E402
+from elbolab.model.case import Case  # noqa: E402
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS, check_outputs, iwae_reference  # noqa: E402
 
 
 def _value(ref) -> np.ndarray:
-    """A reference output as a float64 array (the references return elbolab.accuracy.Tracked)."""
+    """A reference output as a float64 array (the references return elbolab.model.accuracy.Tracked)."""
     return np.asarray(getattr(ref, "value", ref), dtype=np.float64)
 
 
@@ -40,7 +40,7 @@ def _case(
     variant="eps=given",
     seed=0,
 ) -> Case:
-    """A Case built positionally (the field holding K is being renamed in elbolab.case)."""
+    """A Case built positionally (the field holding K is being renamed in elbolab.model.case)."""
     fields = (dtype, batch, input_dim, latent_dim, hidden_dim, samples, threads, variant, seed)
     return Case(workload, backend_name, "cpu", *fields)
 
@@ -58,7 +58,7 @@ CASES = [
 @pytest.mark.parametrize(("workload", "variant"), CASES)
 def test_agrees_with_reference(workload, variant, batch, dtype, threads):
     case = Case(workload, "rust", dtype=dtype, batch=batch, threads=threads, variant=variant)
-    result = verify(backend, case)
+    result = check_case(backend, case)
     assert result.ok, result.detail
 
 
@@ -302,12 +302,12 @@ def test_elbo_grad_is_as_accurate_as_careful_arithmetic(dtype, logvar_scale, thr
     checker holds it to the careful (expm1) bound, so rust elbo_grad is not 'less accurate', on the
     workload's own inputs and with logvar scaled to ~1e-6 (where (1 - e^logvar)/(2B) would keep
     only ~u/|logvar| of relative accuracy: ~1e-10 in float64, nothing in float32)."""
-    from elbolab.backend import discover
+    from elbolab.model.backend import discover
 
     rust = discover()["rust"]
     case = Case("elbo_grad", "rust", dtype=dtype, batch=1024, threads=threads)
     if logvar_scale == 1.0:
-        check = verify(rust, case)
+        check = check_case(rust, case)
     else:
         workload = WORKLOADS["elbo_grad"]
         inputs = workload.make_inputs(case)
@@ -330,7 +330,7 @@ TUTORIAL_VARIANTS = WORKLOADS["elbo"].variants
 @pytest.mark.parametrize("variant", TUTORIAL_VARIANTS)
 def test_tutorial_agrees_with_reference(variant, batch, dtype):
     case = Case("elbo", "rust-tutorial", dtype=dtype, batch=batch, variant=variant)
-    result = verify(tutorial_backend, case)
+    result = check_case(tutorial_backend, case)
     assert result.ok, result.detail
 
 

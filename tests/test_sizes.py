@@ -3,18 +3,19 @@
 784 is a multiple of every SIMD width, so the default sizes never exercise a kernel's tail. Here the
 input dim D, latent dim L, hidden width H, IWAE's K and the batch B vary independently over sizes
 that are not, in a covering grid (every value of every size appears) and in property-based tests
-(hypothesis) against the reference, each checked with the bounds of elbolab.accuracy.
+(hypothesis) against the reference, each checked with the bounds of elbolab.model.accuracy.
 """
 
 from __future__ import annotations
 
 import pytest
-from elbolab.backend import discover
-from elbolab.case import Case
-from elbolab.verify import verify
-from elbolab.workloads import WORKLOADS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from elbolab.measure.opening import check_case
+from elbolab.model.backend import discover
+from elbolab.model.case import Case
+from elbolab.model.workloads import WORKLOADS
 
 BACKENDS = discover()
 # torch.compile compiles anew for every shape: one odd case for it, in its own test
@@ -42,7 +43,7 @@ def _verify_or_skip(name: str, case: Case):
     reason = backend.skip_reason(case)
     if reason:
         pytest.skip(reason)
-    return verify(backend, case)
+    return check_case(backend, case)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

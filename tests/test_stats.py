@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pytest
-from elbolab.stats import mann_whitney_critical, median_ci_ranks, ratio_interval, summarize
+
+from elbolab.model.stats import mann_whitney_critical, median_ci_ranks, ratio_interval, summarize
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def test_empty_samples_rejected():
 
 
 def test_signed_rank_critical_values_match_the_tables():
-    from elbolab.stats import signed_rank_critical
+    from elbolab.model.stats import signed_rank_critical
 
     assert [signed_rank_critical(n) for n in (5, 6, 8, 10, 15, 20)] == [-1, 0, 3, 8, 25, 52]
 
@@ -141,7 +142,7 @@ def _pairs_with_process_offsets(rng, n_pairs: int, ratio: float, offset_sigma=0.
 def test_pairs_not_pooled_samples_are_the_unit_when_processes_carry_offsets():
     """The reason the A/B gate judges by worker pairs: with per-process offsets, pooled samples give
     an interval that misses the truth most of the time; the paired interval keeps its 95%."""
-    from elbolab.stats import paired_ratio_interval
+    from elbolab.model.stats import paired_ratio_interval
 
     rng = np.random.default_rng(7)
     pooled_misses = paired_misses = 0
@@ -157,7 +158,7 @@ def test_pairs_not_pooled_samples_are_the_unit_when_processes_carry_offsets():
 
 
 def test_paired_interval_needs_six_pairs_and_finds_a_real_change():
-    from elbolab.stats import paired_ratio_interval
+    from elbolab.model.stats import paired_ratio_interval
 
     assert paired_ratio_interval([1.0] * 5, [1.2] * 5).ci95 == (0.0, math.inf)
     rng = np.random.default_rng(3)

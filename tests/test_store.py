@@ -1,4 +1,4 @@
-"""The results store (elbolab.store) on SQLite and on a real PostgreSQL server started here.
+"""The results store (elbolab.store.database) on SQLite and on a real PostgreSQL server started here.
 
 The PostgreSQL tests start their own server (initdb into a temporary folder, a free port on
 127.0.0.1, as the user `nobody` when run as root, since postgres refuses root) and skip with the
@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from elbolab.case import Case
-from elbolab.errors import UsageError
-from elbolab.measurement import not_measured
-from elbolab.results import TrainingCurve, load, save
-from elbolab.store import STORE_SCHEMA, Machine, Store, case_id, run_digest
 
+from elbolab.model.case import Case
+from elbolab.model.errors import UsageError
+from elbolab.model.measurement import not_measured
+from elbolab.store.database import STORE_SCHEMA, Machine, Store, case_id, run_digest
+from elbolab.store.results import TrainingCurve, load, save
 from tests.builders import make_run, noisy, ok
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,8 +144,9 @@ def a_run(
 
 
 def table_counts(store: Store) -> dict[str, int]:
-    from elbolab import store as st
     from sqlalchemy import func, select
+
+    from elbolab.store import database as st
 
     with store.engine.connect() as conn:
         return {
@@ -193,7 +194,7 @@ def test_a_different_run_under_a_stored_id_is_refused_unless_replaced(store_url)
 
 def test_a_failure_half_way_leaves_the_store_as_it_was(store_url, monkeypatch):
     """A real database error after the machine, the cases and the run row were inserted."""
-    from elbolab import store as st
+    from elbolab.store import database as st
 
     with Store.open(store_url) as store:
         store.ingest(a_run("kept", seed=3, n_cases=1))

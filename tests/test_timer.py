@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
-from elbolab.backend import Prepared
-from elbolab.timer import TimerConfig, time_prepared
+
+from elbolab.measure.timer import TimerConfig, time_prepared
+from elbolab.model.backend import Prepared
 
 
 class FakeClock:
@@ -125,7 +126,7 @@ def test_a_case_pays_for_one_full_collection_not_one_per_sample(monkeypatch):
     hour instead of minutes). One collection, before the first call, is what a case may cost."""
     import gc
 
-    import elbolab.timer as timer
+    import elbolab.measure.timer as timer
 
     collections = []
     monkeypatch.setattr(timer.gc, "collect", lambda *a: collections.append(a) or 0)
@@ -203,7 +204,7 @@ def test_device_events_time_each_sample_on_the_device_as_well():
 
     prepared = Prepared(call=call_with_device_time, outputs=dict, sync=sync,
                         device_events=lambda: (FakeEvent(clock), FakeEvent(clock)))  # fmt: skip
-    from elbolab.timer import Sampler
+    from elbolab.measure.timer import Sampler
 
     cfg = TimerConfig(target_sample_ns=100_000, min_samples=5, warmup=0)
     sampler = Sampler(prepared, cfg, clock)
@@ -217,7 +218,7 @@ def test_survivors_of_a_case_s_collection_are_frozen_and_new_garbage_is_still_co
     import gc
     import weakref
 
-    from elbolab.timer import _gc_off
+    from elbolab.measure.timer import _gc_off
 
     class Node:
         pass
@@ -240,8 +241,8 @@ def test_survivors_of_a_case_s_collection_are_frozen_and_new_garbage_is_still_co
 @pytest.mark.parametrize("seed", range(20))
 def test_the_stopping_rule_is_the_summary_s_interval(seed):
     """precise_enough skips the rest of the summary, not its interval."""
-    from elbolab.stats import summarize
-    from elbolab.timer import precise_enough
+    from elbolab.measure.timer import precise_enough
+    from elbolab.model.stats import summarize
 
     rng = np.random.default_rng(seed)
     samples = [int(x) for x in rng.lognormal(np.log(1e6), rng.uniform(0.001, 0.05), size=rng.integers(5, 40))]

@@ -6,13 +6,14 @@ import sys
 
 import numpy as np
 import pytest
-from elbolab.backend import _load
-from elbolab.case import Case
-from elbolab.verify import verify
-from elbolab.workloads import VAE_PARAMS, WORKLOADS
+
+from elbolab.measure.opening import check_case
+from elbolab.model.backend import _load
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 torch = pytest.importorskip("torch")
-import elbolab.backends.torch as bt  # noqa: E402
+import backends.torch as bt  # noqa: E402
 
 CASES = [(w, v) for w in ("elbo", "elbo_grad", "iwae", "vae_step") for v in WORKLOADS[w].variants]
 BATCHES = (1, 7, 128)  # 7: not a multiple of any vector width
@@ -24,7 +25,7 @@ needs_cuda = pytest.mark.skipif(
 
 
 def _assert_ok(backend, case):
-    result = verify(backend, case)
+    result = check_case(backend, case)
     assert result.ok, f"{case.label()}: {result.detail}"
 
 
@@ -85,8 +86,8 @@ def test_vae_step_leaves_inputs_unchanged():
 
 
 def test_registered_entry_points_load():
-    assert _load("elbolab.backends.torch:backend").name == "torch"
-    assert _load("elbolab.backends.torch:compiled_backend").name == "torch-compile"
+    assert _load("backends.torch:backend").name == "torch"
+    assert _load("backends.torch:compiled_backend").name == "torch-compile"
 
 
 def test_unavailable_reason_when_torch_is_missing(monkeypatch):

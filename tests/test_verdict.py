@@ -1,4 +1,4 @@
-"""elbolab.verdict: one rule, the same words everywhere (console, report, claims, compare, gate)."""
+"""elbolab.analyse.verdict: one rule, the same words everywhere (console, report, claims, compare, gate)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import math
 
 import numpy as np
 import pytest
-from elbolab.case import Case
-from elbolab.cli.render import print_compare
-from elbolab.compare import compare
-from elbolab.report.claims import Lookup, Spec
-from elbolab.report.markdown import compare_report
-from elbolab.report.tables import measurement_table, summary_table
-from elbolab.stats import RatioEstimate
-from elbolab.verdict import Rule, Verdict, decide, judge
 from rich.console import Console
 
+from elbolab.analyse.compare import compare
+from elbolab.analyse.table import measurement_table, summary_table
+from elbolab.analyse.verdict import Rule, Verdict, decide, judge
+from elbolab.cli.render import print_compare
+from elbolab.model.case import Case
+from elbolab.model.stats import RatioEstimate
+from elbolab.report.claims import Lookup, Spec
+from elbolab.report.markdown import compare_report
 from tests.builders import make_run, ok
 
 

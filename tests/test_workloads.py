@@ -5,10 +5,11 @@ import math
 
 import numpy as np
 import pytest
-from elbolab.accuracy import Tracked, unit_roundoff
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS, WORKLOADS, check_outputs, init_vae_params
 from scipy.special import logsumexp
+
+from elbolab.model.accuracy import Tracked, unit_roundoff
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS, check_outputs, init_vae_params
 
 
 def ref_values(case, inputs=None):
@@ -246,7 +247,7 @@ def test_non_finite_values_match_only_the_same_non_finite_reference():
 def test_a_wrong_element_is_named_where_it_is(with_inf):
     """The check compares the finite elements only (flat, in place); the element it names must be
     the wrong one whether or not some elements are non-finite (masked) or none are (all of them)."""
-    from elbolab.accuracy import compare_output
+    from elbolab.model.accuracy import compare_output
 
     ref = np.linspace(1.0, 2.0, 12).reshape(3, 4)
     if with_inf:

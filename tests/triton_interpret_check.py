@@ -13,9 +13,10 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 def main() -> int:
     import torch
-    from elbolab.backends.torch import fused
-    from elbolab.case import Case
-    from elbolab.workloads import WORKLOADS, check_outputs
+
+    from backends.torch import fused
+    from elbolab.model.case import Case
+    from elbolab.model.workloads import WORKLOADS, check_outputs
 
     results = []
     for workload in ("elbo", "elbo_grad"):

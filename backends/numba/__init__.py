@@ -1,6 +1,6 @@
 """Numba: fused single-pass kernels with explicit loops, serial (`numba`) and parallel (`numba-parallel`).
 
-The kernels live in elbolab.backends.numba.kernels (imported only inside prepare, so the registry loads where
+The kernels live in backends.numba.kernels (imported only inside prepare, so the registry loads where
 numba is missing); its docstring has the details. In short:
 
 - JIT: @njit with cache=False. There is no on-disk cache, so the harness's first_call is the real
@@ -29,9 +29,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from elbolab.backend import Backend, Prepared, bind
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS, WORKLOADS
+
+from elbolab.model.backend import Backend, Prepared, bind
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 _KERNELS: dict[bool, dict] = {}  # compiled dispatchers per parallel flag (lazily built, per process)
 
@@ -53,7 +54,7 @@ def _versions() -> dict[str, str]:
 
 def _kernels(parallel: bool) -> dict:
     if parallel not in _KERNELS:
-        from elbolab.backends.numba import kernels
+        from backends.numba import kernels
 
         _KERNELS[parallel] = kernels.build(parallel)
     return _KERNELS[parallel]
@@ -105,7 +106,7 @@ def _prepare_elbo(case: Case, inputs: dict, parallel: bool) -> Prepared:
     with_grad = WORKLOADS[case.workload].has_gradients
     sampled = case.variant == "eps=sampled"
     if sampled:
-        from elbolab.backends.numba.kernels import seed
+        from backends.numba.kernels import seed
 
         seed(case.seed)
         eps = np.empty_like(mu)  # the kernel writes each draw here

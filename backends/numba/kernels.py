@@ -1,6 +1,6 @@
 """The Numba kernels: one fused pass per workload, explicit loops, compiled serial and parallel.
 
-This module imports numba at the top; `elbolab.backends.numba` imports it only inside `prepare`.
+This module imports numba at the top; `backends.numba` imports it only inside `prepare`.
 
 `build(parallel)` compiles the same Python source twice: with parallel=False every `prange` is a
 plain `range`; with parallel=True the outer `prange` over batch rows (or row chunks) runs on Numba's
@@ -9,13 +9,13 @@ the rows are summed afterwards in one serial float64 loop, in row order, so seri
 give the same bits for elbo and iwae.
 
 Precision: each row's sum is accumulated in the case dtype (float32 rows stay float32, like the
-float32 arithmetic around them) and the rows are summed in float64 (see elbolab.workloads). Scalar
+float32 arithmetic around them) and the rows are summed in float64 (see elbolab.model.workloads). Scalar
 constants are passed in the case dtype (`zero`, `one`, `half`, ...), because a Python literal such as
 2.0 or 1 would promote float32 arithmetic to float64.
 
 fastmath={"reassoc"} only: it lets LLVM reorder the additions of a row's sum, which is what allows
 the reduction loops to be vectorised (without it each row sum is one serial chain of dependent
-adds). It is the same freedom NumPy's pairwise summation takes and the bounds of elbolab.accuracy
+adds). It is the same freedom NumPy's pairwise summation takes and the bounds of elbolab.model.accuracy
 allow (they hold any summation order). No 'nnan'/'ninf'/'afn'/'contract': NaN
 and inf still propagate, exp/log are the exact library functions, no FMA contraction is introduced.
 

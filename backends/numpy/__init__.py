@@ -9,9 +9,10 @@ threadpoolctl to the case's count. The kernels share no code with the harness's 
 from __future__ import annotations
 
 import numpy as np
-from elbolab.backend import Backend, Prepared
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS, WORKLOADS
+
+from elbolab.model.backend import Backend, Prepared
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 
 def _elbo_terms(x, x_recon, mu, logvar):

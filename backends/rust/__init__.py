@@ -21,12 +21,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-from elbolab.backend import Backend, Build, Prepared
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS
+
+from elbolab.model.backend import Backend, Build, Prepared
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS
 
 _NOT_BUILT = "elbolab_rust extension not built: run `make rust`"
-# the A/B gate builds this per revision it measures (elbolab.ab)
+# the A/B gate builds this per revision it measures (elbolab.gate.ab)
 RUST_BUILD = Build(kind="maturin", manifest="backends/rust/Cargo.toml", module="elbolab_rust")
 
 

@@ -4,8 +4,8 @@ tutorial's code vs the fused kernel, and what keeping the sampled eps (eps_out) 
 
     .venv/bin/python backends/rust/bench.py [overhead|bandwidth|threads|crossover|tutorial|eps_out|all]
 
-Every time here comes from the lab's own timer (elbolab.timer.time_prepared: calibrated loop
-count, warm-up, GC off) and statistics (elbolab.stats.summarize: the median per call); a plan's
+Every time here comes from the lab's own timer (elbolab.measure.timer.time_prepared: calibrated loop
+count, warm-up, GC off) and statistics (elbolab.model.stats.summarize: the median per call); a plan's
 run_n is timed as the lab times rust-inner (Prepared.call_n). There is no second timer.
 
 tutorial: rust-tutorial (the tutorial's ndarray code) vs rust-inner (fused kernel), both timed with the
@@ -18,11 +18,12 @@ import sys
 
 import elbolab_rust as ext
 import numpy as np
-from elbolab.backend import Prepared
-from elbolab.case import Case
-from elbolab.stats import summarize
-from elbolab.timer import TimerConfig, time_prepared
-from elbolab.workloads import WORKLOADS
+
+from elbolab.measure.timer import TimerConfig, time_prepared
+from elbolab.model.backend import Prepared
+from elbolab.model.case import Case
+from elbolab.model.stats import summarize
+from elbolab.model.workloads import WORKLOADS
 
 
 def timer_config(count: int | None = None, **kw) -> TimerConfig:
@@ -37,12 +38,12 @@ CONFIG = timer_config(count=7, target_sample_ns=30_000_000, warmup=1)
 
 
 def per_call_ns(call, call_n=None, config: TimerConfig = CONFIG) -> float:
-    """Median time per call (ns) by elbolab.timer; with call_n, n calls run inside Rust per sample."""
+    """Median time per call (ns) by elbolab.measure.timer; with call_n, n calls run inside Rust per sample."""
     return summarize(per_call(time_prepared(Prepared(call=call, outputs=dict, call_n=call_n), config))).median
 
 
 def per_call(timing) -> list[float]:
-    """A elbolab.timer.Timing's raw samples (each the time of `loops` calls) as ns per call."""
+    """A elbolab.measure.timer.Timing's raw samples (each the time of `loops` calls) as ns per call."""
     return [s / timing.loops for s in timing.samples_ns]
 
 

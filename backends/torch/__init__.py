@@ -43,9 +43,10 @@ import shutil
 from dataclasses import replace
 
 import numpy as np
-from elbolab.backend import Backend, Prepared, bind
-from elbolab.case import Case
-from elbolab.workloads import VAE_PARAMS, WORKLOADS
+
+from elbolab.model.backend import Backend, Prepared, bind
+from elbolab.model.case import Case
+from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 SYNC_NOTE = (
     "host clock stopped after torch.cuda.synchronize; each sample also timed on the device "
@@ -180,7 +181,7 @@ def _np(t) -> np.ndarray:
 
 
 def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from elbolab.backends.torch import kernels
+    from backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     x, x_recon, mu, logvar = (t[k] for k in ("x", "x_recon", "mu", "logvar"))
@@ -233,7 +234,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from elbolab.backends.torch import kernels
+    from backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     args = tuple(t[k] for k in ("x", "mu", "logvar", "eps", "dec_w", "dec_b"))
@@ -248,7 +249,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
 
 
 def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
-    from elbolab.backends.torch import kernels
+    from backends.torch import kernels
 
     torch, device, t, notes, sync, peak = _setup(case, inputs, compiled)
     x, eps = t["x"], t["eps"]
@@ -319,7 +320,7 @@ compiled_backend = replace(
 # module loads where torch or triton is missing.
 def _gpu(name: str):
     def prepare(case: Case, inputs: dict) -> Prepared:
-        from elbolab.backends.torch import gpu
+        from backends.torch import gpu
 
         return getattr(gpu, name)(case, inputs)
 
@@ -328,7 +329,7 @@ def _gpu(name: str):
 
 def _gpu_check(name: str):
     def check(*args):
-        from elbolab.backends.torch import gpu
+        from backends.torch import gpu
 
         return getattr(gpu, name)(*args)
 
@@ -336,7 +337,7 @@ def _gpu_check(name: str):
 
 
 def _cuda_variant(name: str, description: str, prepare: str, **extra) -> Backend:
-    """A CUDA-only torch variant of elbo and elbo_grad, prepared in elbolab.backends.torch.gpu."""
+    """A CUDA-only torch variant of elbo and elbo_grad, prepared in backends.torch.gpu."""
     return replace(backend, name=name, description=description, devices=("cuda",), threaded=False,
                    preparers={"elbo": _gpu(prepare), "elbo_grad": _gpu(prepare)},
                    device_unavailable_reason=_gpu_check("cuda_unavailable"), **extra)  # fmt: skip

@@ -6,7 +6,7 @@ KL term mu^2 + e^lv - 1 - lv with e^lv - 1 computed without cancellation near 0,
 and writes the row's two partial sums. The rows' partial sums are then added in float64 by
 torch.sum: two launches per call, the second tiny, and a deterministic result.
 
-This module imports triton at the top; `elbolab.backends.torch` imports it only for the torch-triton
+This module imports triton at the top; `backends.torch` imports it only for the torch-triton
 backend, which runs on CUDA. The same kernel runs on the CPU in Triton's interpreter
 (TRITON_INTERPRET=1, set before triton is imported), which is how the tests check it where there is
 no GPU.

@@ -14,10 +14,11 @@ kernel is also checked on the CPU in Triton's interpreter (tests/test_gpu_varian
 from __future__ import annotations
 
 import numpy as np
-from elbolab.backend import Prepared
-from elbolab.backends.torch import _device_unavailable_reason, _events
-from elbolab.case import Case
-from elbolab.workloads import WORKLOADS
+
+from backends.torch import _device_unavailable_reason, _events
+from elbolab.model.backend import Prepared
+from elbolab.model.case import Case
+from elbolab.model.workloads import WORKLOADS
 
 
 def triton_unavailable() -> str | None:
@@ -50,7 +51,7 @@ def _np(t) -> np.ndarray:
 
 
 def prepare_triton(case: Case, inputs: dict) -> Prepared:
-    from elbolab.backends.torch import fused
+    from backends.torch import fused
 
     torch, device, t, peak = _tensors(case, inputs)
     x, x_recon, mu, logvar = (t[k] for k in ("x", "x_recon", "mu", "logvar"))

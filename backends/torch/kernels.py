@@ -1,6 +1,6 @@
 """The PyTorch kernels, written as a PyTorch user would: plain tensor expressions, autograd for gradients.
 
-This module imports torch at the top; `elbolab.backends.torch` imports it only inside `prepare`, so the
+This module imports torch at the top; `backends.torch` imports it only inside `prepare`, so the
 registry loads where torch is missing. The same functions run eagerly (backend `torch`) and through
 `torch.compile` (backend `torch-compile`), so both do exactly the same work.
 """

@@ -17,10 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from elbolab.case import Case
-from elbolab.measurement import Check, Measurement, Memory
-from elbolab.results import TrainingCurve, new_run
-from elbolab.workloads import WORKLOADS
+
+from elbolab.model.case import Case
+from elbolab.model.measurement import Check, Measurement, Memory
+from elbolab.model.workloads import WORKLOADS
+from elbolab.store.results import TrainingCurve, new_run
 
 OUT = Path(__file__).with_name("run_fixture.json")
 EVIL = "<script>alert(1)</script>"

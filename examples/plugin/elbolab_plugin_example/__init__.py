@@ -8,9 +8,9 @@ reference. What a backend must provide is in README.md, "Writing a backend".
 from __future__ import annotations
 
 import numpy as np
-from elbolab.backend import Backend, Prepared
-from elbolab.case import Case
-from elbolab.workloads import WORKLOADS
+from elbolab.model.backend import Backend, Prepared
+from elbolab.model.case import Case
+from elbolab.model.workloads import WORKLOADS
 
 
 def prepare_elbo(case: Case, inputs: dict) -> Prepared:

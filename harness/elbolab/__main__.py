@@ -1,0 +1,7 @@
+"""`python -m elbolab`: the elbolab command."""
+
+import sys
+
+from elbolab.cli import main
+
+sys.exit(main())

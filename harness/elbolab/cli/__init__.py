@@ -1,0 +1,65 @@
+"""The `elbolab` command: argparse and terminal output, over the library (which never prints).
+
+Each area adds its sub-commands (`add_commands(subparsers)` in its module); this file wires them
+together and turns a UsageError into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from elbolab.model.errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
+        self.exit(2, f"elbolab: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from elbolab import __version__
+    from elbolab.cli import gating, history, measure, reports
+
+    parser = Parser(
+        prog="elbolab",
+        description="A performance lab for ELBO kernels: identical workloads on NumPy, PyTorch, Numba and Rust, "
+        "checked against a float64 reference, timed in isolated workers, reported with error bars.",
+        epilog="Each command has its own --help. Bad input is one line on stderr and exit code 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"elbolab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    measure.add_commands(sub)
+    reports.add_commands(sub)
+    gating.add_commands(sub)
+    history.add_commands(sub)
+    return parser
+
+
+def _terminated(signum, frame) -> None:
+    """SIGTERM (what CI runners send on cancel) unwinds like Ctrl-C: workers are killed, worktrees
+    and temporary folders removed, the results file left valid."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"elbolab: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("elbolab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`elbolab claims --json | head`): stop quietly, as any filter does
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    finally:
+        signal.signal(signal.SIGTERM, previous)

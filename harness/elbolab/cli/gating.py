@@ -1,0 +1,216 @@
+"""`elbolab compare` and `elbolab gate`: two runs (or a git revision and the working tree) to a
+verdict and an exit code.
+
+    elbolab compare BASE.json HEAD.json [--markdown PATH] [--json]
+    elbolab gate BASE.json HEAD.json [--threshold 0.10] [--threshold-for WORKLOAD=0.2 ...]
+                 [--allow-missing] [--normalize [--reference numpy:elbo]] [--markdown PATH] [--json]
+    elbolab gate --base GIT_REF [run filters: --backend numpy --workload elbo --batch 128 --quick ...]
+                 [--case-budget 40] [--measure instructions] [--count-threshold 0.01]
+
+`gate` exits 1 on a confident regression (or a case that broke), 0 otherwise, 2 when it could not
+decide (nothing compared, a case measured in base but not head, bad input).
+The comparison is elbolab.analyse.compare, the A/B measuring elbolab.gate.ab, the verdict elbolab.analyse.verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from elbolab.analyse.compare import Comparison, Reference, compare
+from elbolab.analyse.verdict import (
+    DEFAULT_AB_THRESHOLD,
+    DEFAULT_NOISE_BAND,
+    DEFAULT_THRESHOLD,
+    INSTRUCTIONS_RULE,
+    Rule,
+)
+from elbolab.cli.args import fraction, path, positive_int, seconds
+from elbolab.cli.console import stdout_console
+from elbolab.cli.measure import SIZE_FLAGS, add_run_filters
+from elbolab.cli.render import print_compare
+from elbolab.gate.ab import measure_ab
+from elbolab.gate.revisions import RUN_FILTERS, ABConfig
+from elbolab.model.errors import UsageError
+from elbolab.report import markdown
+from elbolab.store.results import load, save
+
+
+def _threshold_for(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    try:
+        if not sep or not name.strip():
+            raise ValueError
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WORKLOAD=FRACTION such as vae_step=0.2, got {text!r}"
+        ) from None
+
+
+def _add_compare_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", type=fraction, default=None,
+                   help="slowdown that counts as a regression, as a fraction (default 0.10 = 10%% between "
+                        "two files, 0.05 in the interleaved A/B gate --base)")  # fmt: skip
+    p.add_argument("--threshold-for", type=_threshold_for, action="append", default=[], metavar="WORKLOAD=T",
+                   help="a different threshold for one workload, e.g. vae_step=0.2 (repeatable)")  # fmt: skip
+    p.add_argument("--count-threshold", type=fraction, default=INSTRUCTIONS_RULE.threshold,
+                   help="the same for instruction counts, which are deterministic (default 0.01 = 1%%)")  # fmt: skip
+    p.add_argument("--noise-band", type=fraction, default=DEFAULT_NOISE_BAND,
+                   help="a confident change smaller than this is noise (default 0.03)")  # fmt: skip
+    p.add_argument("--allow-missing", action="store_true",
+                   help="compare the cases in common when the case sets differ (others are listed)")  # fmt: skip
+    p.add_argument("--normalize", action="store_true",
+                   help="divide each time by a reference case of the same run (runs from different machines)")  # fmt: skip
+    p.add_argument("--reference", default="numpy:elbo", metavar="BACKEND[:WORKLOAD[:VARIANT]]",
+                   help="the normalization reference (default numpy:elbo, eps given, cpu)")  # fmt: skip
+    p.add_argument("--markdown", type=path, metavar="PATH",
+                   help="also append the report as Markdown to PATH (e.g. $GITHUB_STEP_SUMMARY)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON (schema elbolab.compare/1)")
+    p.add_argument("--fail-on-noisy", action="store_true", help="gate: cases too noisy to tell fail the gate")
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("compare", help="compare two results files case by case (ratios with 95%% CI)")
+    p.add_argument("base", type=path, metavar="BASE.json")
+    p.add_argument("head", type=path, metavar="HEAD.json")
+    _add_compare_options(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "gate",
+        help="fail (exit 1) when HEAD is confidently slower than BASE; or A/B against a git ref with --base",
+    )
+    p.add_argument("files", nargs="*", type=path, metavar="BASE.json HEAD.json")
+    _add_compare_options(p)
+    ab = p.add_argument_group("same-machine A/B (measure a git revision against the working tree)")
+    ab.add_argument("--base", metavar="GIT_REF", help="revision to measure against the working tree")
+    ab.add_argument("--case-budget", type=seconds, default=ABConfig.case_budget_s, metavar="SECONDS",
+                    help="interleaved timing: seconds a case may take (pairs of workers) before it is reported undecided "
+                         f"(default {ABConfig.case_budget_s:g})")  # fmt: skip
+    ab.add_argument("--rounds", type=positive_int, default=3,
+                    help="whole runs per side, only for a base revision older than the interleaved workers (default 3)")  # fmt: skip
+    ab.add_argument(
+        "--save-runs", type=path, metavar="DIR", help="keep the pooled base.json and head.json here"
+    )
+    ab.add_argument("--timeout", type=seconds, help="seconds per case (passed to each run)")
+    ab.add_argument("--measure", choices=("time", "instructions"), default="time",
+                    help="time the cases interleaved (default), or count their instructions under callgrind: "
+                         "deterministic, so a 1%% change is seen on any machine, however loaded")  # fmt: skip
+    add_run_filters(ab)
+    p.set_defaults(func=cmd_gate)
+
+
+def _rule(args: argparse.Namespace) -> Rule:
+    interleaved = getattr(args, "base", None) is not None
+    threshold = (
+        args.threshold
+        if args.threshold is not None
+        else (DEFAULT_AB_THRESHOLD if interleaved else DEFAULT_THRESHOLD)
+    )
+    return Rule.of(threshold, args.noise_band, dict(args.threshold_for))
+
+
+def _count_rule(args: argparse.Namespace) -> Rule:
+    # counts repeat to within ~0.01%: the noise band scales with the threshold, never above 0.2%
+    return Rule.of(args.count_threshold, min(INSTRUCTIONS_RULE.noise_band, args.count_threshold / 5))
+
+
+def _reference(args: argparse.Namespace) -> Reference | None:
+    return Reference.parse(args.reference) if args.normalize else None
+
+
+def _write_markdown(path: Path | None, text: str) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text.rstrip("\n") + "\n\n")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the Markdown report ({exc.strerror or exc})") from None
+
+
+def _compare_files(args: argparse.Namespace, base: Path, head: Path) -> Comparison:
+    return compare(load(base), load(head), rule=_rule(args), count_rule=_count_rule(args),
+                   allow_missing=args.allow_missing, reference=_reference(args))  # fmt: skip
+
+
+def _emit(report: Comparison, args: argparse.Namespace, title: str, outcome: str | None = None) -> None:
+    if args.json:
+        doc = dict(report.to_json(), outcome=outcome) if outcome else report.to_json()
+        print(json.dumps(doc, indent=1, allow_nan=False, default=str))
+    else:
+        print_compare(report, stdout_console(), outcome)
+    _write_markdown(args.markdown, markdown.compare_report(report, title=title, outcome=outcome))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The table only: always exit 0; it says what the gate would decide, without failing."""
+    report = _compare_files(args, args.base, args.head)
+    code, outcome = report.gate(allow_missing=args.allow_missing, fail_on_noisy=args.fail_on_noisy)
+    _emit(report, args, "elbolab compare", f"compare only (exit 0); the gate would exit {code}: {outcome}")
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    try:
+        if args.base is not None:
+            if args.files:
+                raise UsageError("give either BASE.json HEAD.json or --base GIT_REF, not both")
+            report = _ab_gate(args)
+        else:
+            if len(args.files) != 2:
+                raise UsageError(
+                    f"gate needs BASE.json and HEAD.json (or --base GIT_REF), got {len(args.files)} file(s)"
+                )
+            _no_run_filters(args)
+            report = _compare_files(args, *args.files)
+    except UsageError as exc:
+        _write_markdown(args.markdown, f"### ⚠️ elbolab gate could not compare\n\n{markdown.md(exc)}")
+        raise
+    code, outcome = report.gate(allow_missing=args.allow_missing, fail_on_noisy=args.fail_on_noisy)
+    _emit(report, args, "elbolab gate", outcome)
+    return code
+
+
+def _no_run_filters(args: argparse.Namespace) -> None:
+    given = [f"--{name}" for name in RUN_FILTERS if getattr(args, name, None)]
+    given += ["--quick"] if args.quick else []
+    given += ["--measure"] if args.measure != "time" else []
+    given += ["--case-budget"] if args.case_budget != ABConfig.case_budget_s else []
+    given += [
+        f"--{flag}" for flag, default, _ in SIZE_FLAGS if getattr(args, flag.replace("-", "_")) != default
+    ]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply with --base GIT_REF (they choose what to measure)")
+
+
+def _ab_gate(args: argparse.Namespace) -> Comparison:
+    config = ABConfig(
+        base_ref=args.base,
+        rounds=args.rounds,
+        run_filters=tuple((name, getattr(args, name)) for name in RUN_FILTERS if getattr(args, name, None)),
+        quick=args.quick,
+        seed=args.seed,
+        case_timeout=args.timeout,
+        case_budget_s=args.case_budget,
+        measure=args.measure,
+        sizes=tuple(
+            (flag, getattr(args, flag.replace("-", "_")))
+            for flag, default, _ in SIZE_FLAGS
+            if getattr(args, flag.replace("-", "_")) != default
+        ),
+    )
+    rule, reference = _rule(args), _reference(args)  # bad options fail before minutes of measuring
+    result = measure_ab(config, rule, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))
+    if args.save_runs:
+        try:
+            args.save_runs.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{args.save_runs}: cannot create ({exc.strerror})") from None
+        save(args.save_runs / "base.json", result.base)
+        save(args.save_runs / "head.json", result.head)
+    return compare(result.base, result.head, rule=rule, count_rule=_count_rule(args), allow_missing=args.allow_missing, reference=reference,
+                   base_label=result.base_label, head_label=result.head_label, notices=result.notices)  # fmt: skip

@@ -1,0 +1,180 @@
+"""Terminal rendering: rich tables of runs and comparisons. Every string that comes from a results
+file or a backend name is escaped, so a name like '[/bold]' prints as text."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from elbolab.analyse.compare import Comparison
+from elbolab.analyse.verdict import Verdict
+from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time
+from elbolab.store.results import Run
+
+
+def _short_dtype(dtype: str) -> str:
+    return {"float64": "f64", "float32": "f32"}.get(dtype, dtype)
+
+
+def print_run_table(run: Run, console: Console) -> None:
+    """Every measurement, one line each, in at most 100 columns."""
+    table = Table(title=escape(f"run {run.run_id} on {run.cpu or '?'}"), title_justify="left", pad_edge=False)
+    table.add_column("case", overflow="fold")
+    for col in ("median", "95% CI", "1st call", "GB/s"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold", max_width=24)
+    for m in run.measurements:
+        c, s = m.case, m.summary
+        label = f"{c.workload} {c.backend}{'' if c.device == 'cpu' else ' ' + c.device} {_short_dtype(c.dtype)} B={c.batch} t={c.threads}"
+        label += "" if c.variant == "eps=given" else " " + c.variant
+        label += "".join(f" {k}={v}" for k, v in zip("DLHK", (c.input_dim, c.latent_dim, c.hidden_dim, c.importance_samples),
+                                                    strict=True) if v != {"D": 784, "L": 20, "H": 400, "K": 8}[k])  # fmt: skip
+        gbps = f"{m.cost.bytes / s.median:.1f}" if s and m.cost and m.cost.bytes else "-"
+        status = (
+            m.status
+            if m.status != "ok"
+            else ("ok, less accurate" if m.check and m.check.less_accurate else "ok")
+        )
+        if m.reason:
+            status += f": {m.reason}"
+        if m.counts is not None and s is None:
+            # counted, not timed: instructions per call in place of a time, their spread between
+            # the repeated segments in place of an interval (0 when the count is deterministic)
+            middle, spread = f"{m.counts.instructions:,.0f} instr", f"±{m.counts.spread:.2%}"
+        else:
+            middle = fmt_ns(s.median) if s else "-"
+            spread = f"{fmt_ns(s.ci95[0])}–{fmt_ns(s.ci95[1])}" if s else "-"
+        table.add_row(
+            escape(label), middle, spread, fmt_ns(m.first_call_ns) or "-", gbps, escape(status[:200]),
+        )  # fmt: skip
+    console.print(table)
+
+
+def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> None:
+    """What a run found, in about 30 lines: the status tally with every problem named, then for each
+    workload a backend x batch grid of speed-ups over the baseline with the verdict's mark."""
+    from elbolab.analyse.table import measurement_table
+
+    ms = run.measurements
+    counts = {s: sum(m.status == s for m in ms) for s in ("ok", "incorrect", "failed", "timeout", "skipped")}
+    tally = ", ".join(
+        (f"[bold red]{n} {s}[/]" if s in ("incorrect", "failed", "timeout") and n else f"{n} {s}")
+        for s, n in counts.items()
+    )
+    console.print(f"run {escape(run.run_id)}: {len(ms)} cases: {tally}", highlight=False)
+    problems = [m for m in ms if m.status in ("incorrect", "failed", "timeout")]
+    for m in problems[:8]:
+        line = f"{m.case.label()}: {m.reason or ''}"
+        console.print(
+            f"  [red]{m.status}[/] {escape(line[: 94 - len(m.status)])}", highlight=False, overflow="ellipsis"
+        )
+    if len(problems) > 8:
+        console.print(
+            f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,failed,timeout)"
+        )
+    loose = [m for m in ms if m.check is not None and m.check.less_accurate]
+    if loose:
+        console.print(f"  {len(loose)} valid but less accurate than careful arithmetic (e.g. "
+                      f"{escape(loose[0].case.label())}: {escape(loose[0].check.describe())})", highlight=False)  # fmt: skip
+    from elbolab.analyse.anomalies import scan
+
+    for warning in (run.health.get("start") or {}).get("warnings", [])[:3]:
+        console.print(f"  [yellow]machine[/]: {escape(warning)}", highlight=False)
+    anomalies = scan(run)
+    kinds: dict[str, list] = {}
+    for a in anomalies:
+        kinds.setdefault(a.kind, []).append(a)
+    for kind, group in kinds.items():
+        worst = group[0]
+        console.print(f"  [yellow]{len(group)} {escape(kind)}[/] (e.g. {escape(worst.case.label())}: {escape(worst.detail)}; "
+                      f"likely {escape(worst.likely_cause)})", highlight=False)  # fmt: skip
+    counted = [m for m in ms if m.counted_ok and not m.timed_ok]
+    if counted:
+        # an instruction count is not a time: no speed-up grid, the counts themselves
+        console.print(f"instructions per call ({len(counted)} counted case{'s' if len(counted) > 1 else ''}; "
+                      "callgrind, deterministic):", highlight=False)  # fmt: skip
+        for m in counted[:12]:
+            console.print(f"  {escape(m.case.label()):<60} {m.counts.instructions:>16,.0f}", highlight=False)
+        if len(counted) > 12:
+            console.print(f"  ... and {len(counted) - 12} more (elbolab show FILE)")
+    df = measurement_table(run, baseline=baseline)
+    if df.empty or baseline not in set(df.backend) or not any(m.timed_ok for m in ms):
+        return
+    given = df[(df.variant == "eps=given") & (df.device == "cpu")]
+    if given.empty:
+        return
+    dtype = "float64" if "float64" in set(given.dtype) else sorted(set(given.dtype))[0]
+    threads = int(given.threads.min())
+    sel = given[(given.dtype == dtype) & (given.threads == threads)]
+    workloads = list(dict.fromkeys(sel.workload))
+    console.print(f"speed-up over {escape(baseline)} ({dtype}, {threads} thread{'s' if threads > 1 else ''}, eps given; "
+                  "+ faster, - slower, = same, ? too noisy, x not ok, · skipped):", highlight=False)  # fmt: skip
+    # two workloads per grid keep it within 100 columns
+    for pair in (workloads[i : i + 2] for i in range(0, len(workloads), 2)):
+        columns = [(w, b) for w in pair for b in sorted(set(sel[sel.workload == w].batch))]
+        grid = Table(box=None, pad_edge=False, show_edge=False, padding=(0, 1))
+        grid.add_column("")
+        for w, b in columns:
+            grid.add_column(
+                f"{w}\nB={b}" if b == min(x for ww, x in columns if ww == w) else f"\nB={b}", justify="right"
+            )
+        backends = [b for b in dict.fromkeys(sel[sel.workload.isin(pair)].backend) if b != baseline]
+        for backend in backends:
+            cells = []
+            for w, b in columns:
+                row = sel[(sel.workload == w) & (sel.batch == b) & (sel.backend == backend)]
+                if row.empty:
+                    cells.append("")
+                    continue
+                r = row.iloc[0]
+                if r.status == "skipped":
+                    cells.append("·")
+                elif not r.timed_ok:
+                    cells.append(f"[red]{escape(str(r.status)[:4])} x[/]")
+                elif r.speedup == r.speedup:  # not NaN
+                    mark = Verdict(r.verdict).mark if r.verdict else ""
+                    style = "green" if mark == "+" else "red" if mark == "-" else ""
+                    text = f"{r.speedup:.3g}x{mark}"
+                    cells.append(f"[{style}]{text}[/]" if style else text)
+                else:
+                    cells.append("")
+            grid.add_row(escape(backend), *cells)
+        console.print(grid)
+
+
+_STYLE = {Verdict.SLOWER: "yellow", Verdict.FASTER: "green", Verdict.SAME: "", Verdict.NOISY: "magenta"}
+
+
+def print_compare(report: Comparison, console: Console, outcome: str | None = None) -> None:
+    table = Table(title=escape(f"{report.head.label} vs {report.base.label}"), title_justify="left")
+    for col, justify in (("case", "left"), (report.base.label, "right"), (report.head.label, "right"),
+                         ("ratio (95% CI)", "right"), ("change", "right"), ("verdict", "left")):  # fmt: skip
+        table.add_column(escape(col), justify=justify)
+    for c in report.comparisons:
+        style = "bold red" if c.regression else _STYLE[c.verdict]
+        verdict = c.word
+        table.add_row(
+            escape(c.case.label()),
+            fmt_time(c.base_median, report.normalized, c.unit),
+            fmt_time(c.head_median, report.normalized, c.unit),
+            f"{c.ratio:.3f} ({fmt_interval(c.ci95)})",
+            fmt_change(c.ratio),
+            f"[{style}]{verdict}[/]" if style else verdict,
+        )
+    console.print(escape(report.base.describe()), highlight=False)
+    console.print(escape(report.head.describe()), highlight=False)
+    if report.comparisons:
+        console.print(table)
+    if report.not_compared:
+        console.print(f"not compared ({len(report.not_compared)}):")
+        for n in report.not_compared:
+            mark = "[bold red]BROKEN[/] " if n.broken else ""
+            console.print(f"  {mark}{escape(n.case.label())}: {escape(n.reason)}", highlight=False)
+    for notice in report.notices:
+        console.print(f"[yellow]note[/]: {escape(notice)}", highlight=False)
+    for line in report.describe_rules():
+        console.print(escape(line), style="dim", highlight=False)
+    text = outcome or report.headline()
+    bad = report.failed or "NOT PASSED" in text or "FAIL" in text
+    console.print(text, style="bold red" if bad else "bold green", highlight=False, markup=False)

@@ -1,0 +1,133 @@
+"""`elbolab report` and `elbolab claims`: results files to an HTML page, tables and the claims check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from elbolab.model.errors import UsageError
+from elbolab.store.results import load
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write a self-contained HTML report (plus CSV and Markdown tables) from results files",
+        description="Turn one or more results files into a self-contained HTML page; the CSV and Markdown "
+        "tables are written next to it (NAME.csv, NAME.md).",
+    )
+    p.add_argument(
+        "results",
+        nargs="+",
+        metavar="RUN.json",
+        help="results file(s); with several, the first is the base and each later one is compared with it",
+    )
+    p.add_argument(
+        "-o", "--out", default="reports/report.html", metavar="reports/NAME.html", help="output HTML path"
+    )
+    p.add_argument("--baseline", default="numpy", help="backend the speed-ups are over (default: numpy)")
+    p.add_argument("--title", default="elbolab report", help="page title")
+    p.set_defaults(func=cmd_report)
+
+    c = subparsers.add_parser(
+        "claims",
+        help="check the tutorial's published claims against a results file (terminal table)",
+        description="Set each published claim (C1-C9) beside what this machine measured.",
+    )
+    c.add_argument("results", nargs="+", metavar="RUN.json")
+    c.add_argument("--json", action="store_true", help="print the checks as JSON (schema elbolab.claims/1)")
+    c.set_defaults(func=cmd_claims)
+
+
+def load_runs(paths: list[str]):
+    from elbolab.report.tables import LoadedRun, run_label
+
+    runs: list[LoadedRun] = []
+    for path in paths:
+        run = load(path)  # ResultsError (a UsageError) on anything unusable
+        runs.append(LoadedRun(run_label(run, path, [r.label for r in runs]), str(path), run))
+    return runs
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from elbolab.report.html import build_views, render
+    from elbolab.report.tables import write_exports
+    from elbolab.store.results import write_text_atomic
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"{out}: the report is HTML; give an output path ending in .html")
+    runs = load_runs(args.results)
+    baseline = args.baseline
+    known = {m.case.backend for r in runs for m in r.run.measurements}
+    if known and baseline not in known:
+        raise UsageError(
+            f"baseline backend {baseline!r} is not in the results "
+            f"(backends: {', '.join(sorted(map(str, known)))})"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
+    views = build_views(runs, baseline)
+    page = render(views, baseline, args.title)
+    tables = [v.table for v in views if not v.table.empty]
+    df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    summaries = [v.summary for v in views if not v.summary.empty]
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    try:
+        write_text_atomic(out, page)
+        written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
+    print(f"report: {out}")
+    for path in written:
+        print(f"tables: {path}")
+    return 0
+
+
+def cmd_claims(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from elbolab.analyse.table import measurement_table
+    from elbolab.cli.console import stdout_console
+    from elbolab.report.claims import Outcome, check_claims
+
+    runs = load_runs(args.results)
+    console = stdout_console()
+    payload = []
+    for run in runs:
+        checks = check_claims(measurement_table(run.run, label=run.label), run.run)
+        payload.append({"run": run.label, "path": run.path, "claims": [c.to_json() for c in checks]})
+        if args.json:
+            continue
+        table = Table(title=f"Claims check: {run.label} ({run.path})", show_lines=True, expand=True)
+        for name, style in (
+            ("#", "bold"),
+            ("claim", ""),
+            ("published", ""),
+            ("as published, here", ""),
+            ("like for like", ""),
+            ("verdict", "bold"),
+            ("plausibility", ""),
+        ):
+            table.add_column(name, style=style, overflow="fold")
+        for c in checks:
+            color = {Outcome.HOLDS: "green", Outcome.DOES_NOT_HOLD: "red"}.get(c.outcome, "yellow")
+            verdict = c.verdict + ("".join(f"\nto measure: {cmd}" for cmd in c.commands))
+            # markup=False semantics: escape, so a name in brackets from a results file prints as text
+            from rich.markup import escape
+
+            table.add_row(
+                *(escape(x) for x in (c.id, c.claim, c.figure, c.as_published, c.like_for_like)),
+                f"[{color}]{escape(verdict)}[/{color}]",
+                escape(c.plausibility),
+            )
+        console.print(table)
+    if args.json:
+        print(json.dumps({"schema": "elbolab.claims/1", "runs": payload}, indent=1, allow_nan=False))
+    return 0

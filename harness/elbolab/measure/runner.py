@@ -1,0 +1,248 @@
+"""Runs a plan: every case in a worker process, each result written to the results file as it
+arrives; or, with --measure instructions, every case counted under Valgrind.
+
+Cases are grouped by (backend, threads): one worker serves a group so a library is imported once,
+and its thread environment is set before that import. A backend that sets its thread count per case
+at run time (numba, torch) has one worker for all its counts, started with the largest: its JIT
+compiles once a run and torch is imported once. Measured in fresh processes, alternating, a
+one-thread case ran as fast in a pool sized for two as in a pool of one (numba-parallel elbo at
+batch 1 and 1024, vae_step at 128; torch the same; the spread between processes, up to 1.7x at
+batch 1, was larger than any difference). A case that crashes or hangs its worker loses
+only itself (recorded as failed/timeout); a fresh worker takes the rest of the group. Every result
+is written to disk (atomically) as soon as it arrives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import psutil
+
+from elbolab.measure import probes
+from elbolab.measure.health import survey
+from elbolab.measure.instructions import count_case, end_all_counts, unavailable_reason
+from elbolab.measure.machine import git_info, machine_info, software_info, usable_cores
+from elbolab.measure.plan import Plan, check_names, default_threads, plan_cases
+from elbolab.measure.timer import TimerConfig
+from elbolab.measure.training import DATASET, TrainConfig, curves
+from elbolab.measure.worker import WorkerSpec, ask_training, serve_cases, start_worker, stop
+from elbolab.model.backend import Backend, discover
+from elbolab.model.case import DTYPES, Case
+from elbolab.model.errors import UsageError
+from elbolab.model.measurement import Measurement, not_measured
+from elbolab.model.workloads import REFERENCE_CACHE_ENV
+from elbolab.store.results import Run, RunFile, TrainingCurve, now, open_results
+
+# --------------------------------------------------------------------------------------- execution
+
+
+# called with each measurement as it is recorded (the CLI draws progress with it)
+OnResult = Callable[[Measurement], None]
+
+
+def execute(
+    cases: Sequence[Case],
+    run: RunFile,
+    timer: TimerConfig,
+    backends: dict[str, Backend],
+    *,
+    case_timeout: float,
+    on_result: OnResult | None = None,
+) -> None:
+    """Measure every case (of `backends`, as discovered by the plan), appending each measurement to
+    `run` as it arrives."""
+    groups: dict[WorkerSpec, list[Case]] = {}
+    for spec, case in zip(worker_specs(cases, backends), cases, strict=True):
+        groups.setdefault(spec, []).append(case)
+    software = run.software.setdefault("backends", {})
+
+    def record(m: Measurement) -> None:
+        run.add(m)
+        if on_result:
+            on_result(m)
+
+    with _reference_folder() as references:
+        for spec, group in groups.items():
+            pending = list(group)
+            while pending:
+                try:
+                    worker = start_worker(
+                        spec, start_timeout=case_timeout, env={REFERENCE_CACHE_ENV: references}
+                    )
+                except RuntimeError as exc:
+                    for case in pending:
+                        record(not_measured(case, "failed", str(exc)))
+                    break
+                software[spec.backend] = worker.hello.get("versions", {})
+                pending = serve_cases(worker, pending, timer, case_timeout, record)
+
+
+def worker_specs(cases: Sequence[Case], backends: dict[str, Backend]) -> list[WorkerSpec]:
+    """The worker that measures each case: one per backend and thread count (thread variables are
+    read when a library is imported), except for a backend that sets its threads per case, whose
+    one worker starts with the largest count among its cases."""
+    shared = {name for name, backend in backends.items() if backend.threads_per_case}
+    widest: dict[str, int] = {}
+    for case in cases:
+        widest[case.backend] = max(widest.get(case.backend, 1), case.threads)
+    return [WorkerSpec(c.backend, widest[c.backend] if c.backend in shared else c.threads) for c in cases]
+
+
+@contextlib.contextmanager
+def _reference_folder():
+    """A folder for the run's shared references (elbolab.model.workloads.cached_reference), removed at
+    the end; folders of runs that were killed (their process is gone) are removed first."""
+    prefix = "elbolab-references-"
+    for stale in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        pid = stale.name[len(prefix) :].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def count(
+    cases: Sequence[Case], run: RunFile, *, jobs: int, case_timeout: float, on_result: OnResult | None
+) -> None:
+    """Count each case's instructions under Valgrind (elbolab.measure.instructions), `jobs` at a time: counts
+    do not depend on the machine's load, so cases may run side by side. Interrupted, every counting
+    process is killed (each leads its own session)."""
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(count_case, case, timeout=case_timeout) for case in cases]
+        for future in as_completed(futures):
+            m = future.result()
+            run.add(m)
+            if on_result:
+                on_result(m)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        end_all_counts()
+        raise
+    pool.shutdown()
+
+
+def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> RunFile:
+    """The results file of a run of `plan` on this machine (elbolab.store.results.open_results)."""
+    config = {"plan": plan.to_json(), "timer": timer.to_json()}
+    return open_results(out, config, machine_info(), software_info(), git_info(), mode)
+
+
+def run_plan(
+    plan: Plan,
+    out: Path,
+    *,
+    mode: str = "new",
+    case_timeout: float | None = None,
+    measure_limits: bool = True,
+    on_result: OnResult | None = None,
+    on_plan: Callable[[int], None] | None = None,
+    jobs: int = 1,
+) -> Run:
+    backends = discover()
+    cases = plan_cases(plan, backends)
+    if plan.measure == "instructions":
+        reason = unavailable_reason()
+        if reason:
+            raise UsageError(f"--measure instructions: {reason}")
+    timer = TimerConfig.quick() if plan.quick else TimerConfig()
+    with open_run(out, plan, timer, mode) as run:
+        done = run.done_keys()
+        todo = [c for c in cases if c.key() not in done]
+        if on_plan:
+            on_plan(len(todo))
+        run.set_health("start", survey(threads_asked=None).to_json())
+        if measure_limits and not run.has_limits() and plan.measure == "time":
+            run.set_limits(_measure_limits(plan))
+        if plan.measure == "instructions":
+            count(todo, run, jobs=jobs, case_timeout=case_timeout or 900, on_result=on_result)
+        else:
+            execute(
+                todo,
+                run,
+                timer,
+                backends,
+                case_timeout=case_timeout or (120 if plan.quick else 300),
+                on_result=on_result,
+            )
+        run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
+        run.finish(now())
+        return run.run
+
+
+def _measure_limits(plan: Plan) -> dict:
+    return probes.measure_limits(sorted(set(plan.threads or default_threads())), quick=plan.quick)
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def run_training(
+    run: RunFile,
+    backend_names: Sequence[str],
+    dtypes: Sequence[str],
+    config: TrainConfig,
+    *,
+    timeout: float = 600,
+    jobs: int | None = None,
+    on_result: Callable[[TrainingCurve], None] | None = None,
+) -> None:
+    """Train the digits VAE (elbolab.measure.training) on every backend (one worker a backend, for
+    each of its devices and dtypes; `jobs` workers at once, by default one per core: nothing in
+    training is timed, and each trains on one thread); put the curves into `run`, replacing earlier
+    curves of the same backend, device and dtype only."""
+    backends = discover()
+    check_names(backend_names, backends, "backend")
+    check_names(dtypes, DTYPES, "dtype")
+    todo = {
+        name: [(device, dtype) for device in backends[name].devices for dtype in dtypes]
+        for name in backend_names
+    }
+    with ThreadPoolExecutor(max_workers=max(1, jobs or usable_cores())) as pool:
+        futures = {
+            name: pool.submit(_train_in_worker, name, runs, config, timeout) for name, runs in todo.items()
+        }
+        done = {name: f.result() for name, f in futures.items()}
+    entries = []
+    for name, runs in todo.items():
+        for (device, dtype), result in zip(runs, done[name], strict=True):
+            entry = {"backend": name, "device": device, "dtype": dtype, "threads": 1,
+                     "dataset": DATASET, **config.to_json()}  # fmt: skip
+            entries.append(dict(entry, **result))
+    trained = [TrainingCurve(**e) for e in curves(entries)]
+    for curve in trained:
+        if on_result:
+            on_result(curve)
+    run.put_training(trained)
+
+
+def _train_in_worker(
+    backend: str, runs: list[tuple[str, str]], config: TrainConfig, timeout: float
+) -> list[dict]:
+    """Each (device, dtype) of `runs` trained in one worker of the backend, in turn; a worker that
+    dies or hangs loses only the training it was doing: a fresh one takes the rest."""
+    results: list[dict] = []
+    worker = None
+    for device, dtype in runs:
+        if worker is None:
+            try:
+                worker = start_worker(WorkerSpec(backend, 1), start_timeout=timeout)
+            except RuntimeError as exc:
+                results.append({"status": "failed", "reason": str(exc)})
+                continue
+        result = ask_training(worker, device, dtype, config.to_json(), timeout)
+        results.append(result)
+        if result.get("status") in ("timeout", "failed") and not worker.process.is_alive():
+            worker = None
+    if worker is not None:
+        stop(worker)
+    return results

@@ -1,0 +1,385 @@
+"""The worker protocol: both sides of every pipe between the lab and a process that measures.
+
+A worker is a fresh process (spawned, never forked, so no thread pool or CUDA context is
+inherited) that serves cases of one backend at one thread count (or every count, for a backend
+that sets its threads per case). Its thread environment (OMP/BLAS/Numba/Rayon variables) is set
+before it starts, so libraries read it at import. Each case is opened, sampled and checked by
+elbolab.measure.opening, the one way a case is opened.
+
+The runner's workers speak tuples over a multiprocessing Connection:
+  worker -> runner  ("hello", {"pid": ..., "versions": {...}})
+  runner -> worker  ("case", case_json, timer_json)
+  worker -> runner  ("result", measurement_json)   (elbolab.model.measurement.Measurement.to_json)
+  runner -> worker  ("train", device, dtype, threads, train_config_json)
+  worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
+  runner -> worker  ("stop",)
+A worker that dies or hangs sends nothing: the runner records that case as failed or timed out.
+
+The A/B gate's workers speak JSON lines over stdin/stdout (below: serve_stdio, StdioWorker).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+from threadpoolctl import threadpool_limits
+
+from elbolab.measure.machine import thread_env
+from elbolab.measure.opening import OpenCase, measure_case, open_case
+from elbolab.measure.timer import TimerConfig
+from elbolab.measure.training import TrainConfig, train
+from elbolab.model.backend import Backend, discover
+from elbolab.model.case import Case
+from elbolab.model.measurement import Measurement, not_measured
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    backend: str
+    threads: int
+
+
+# ------------------------------------------------------------------------ the worker's side of the pipe
+
+
+def serve(conn, spec: WorkerSpec) -> None:
+    """Worker process entry point."""
+    backend = discover()[spec.backend]
+    conn.send(("hello", {"pid": os.getpid(), "versions": _versions(backend)}))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            exit_now(0)
+        if message[0] == "stop":
+            exit_now(0)
+        if message[0] == "train":
+            conn.send(("trained", train_backend(backend, *message[1:])))
+            continue
+        _, case_json, timer_json = message
+        t0 = time.perf_counter_ns()
+        m = measure_case(backend, Case.from_json(case_json), TimerConfig(**timer_json))
+        # the whole case in the worker (inputs, prepare, timing, reference, check): the harness's cost
+        m = replace(m, notes=dict(m.notes, case_wall_ns=time.perf_counter_ns() - t0))
+        conn.send(("result", m.to_json()))
+
+
+def _versions(backend: Backend) -> dict:
+    try:
+        return backend.versions() if backend.unavailable_reason() is None else {}
+    except Exception as exc:  # a broken library still lets cases report why they are skipped
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
+
+
+def train_backend(backend: Backend, device: str, dtype: str, threads: int, config_json: dict) -> dict:
+    """One training run (elbolab.measure.training) in this worker, as the record the runner keeps."""
+    reason = backend.skip_reason(Case("vae_step", backend.name, device, dtype))
+    if reason:
+        return {"status": "skipped", "reason": reason}
+    t0 = time.perf_counter()
+    try:
+        with threadpool_limits(limits=threads):
+            trained = train(backend, device, dtype, threads, TrainConfig(**config_json))
+    except Exception as exc:
+        return {"status": "failed", "reason": f"{exc.__class__.__name__}: {exc}"}
+    return {
+        "status": "incorrect" if trained.incorrect_step else "ok",
+        "reason": trained.incorrect_step,
+        "losses": trained.losses,
+        "max_bound_used": trained.max_bound_used,
+        "less_accurate_steps": trained.less_accurate_steps,
+        "wall_s": time.perf_counter() - t0,  # for the record, not a benchmark: trainings run side by side
+    }
+
+
+# ------------------------------------------------------------------------ the runner's side of the pipe
+
+
+@dataclass
+class Worker:
+    spec: WorkerSpec
+    process: multiprocessing.Process
+    conn: object
+    hello: dict = field(default_factory=dict)
+
+
+_CTX = multiprocessing.get_context("spawn")
+# a child takes its thread environment from os.environ at start: one start at a time (training
+# starts workers from several threads)
+_START_LOCK = threading.Lock()
+
+
+def start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | None = None) -> Worker:
+    parent, child = _CTX.Pipe()
+    with _START_LOCK:
+        saved = dict(os.environ)
+        # the child reads its thread environment at start-up, before it imports any library
+        os.environ.update(thread_env(spec.threads), **(env or {}))
+        try:
+            process = _CTX.Process(target=serve, args=(child, spec), daemon=True)
+            process.start()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    child.close()
+    worker = Worker(spec, process, parent)
+    if not parent.poll(start_timeout):
+        kill(worker)
+        raise RuntimeError(f"worker for {spec.backend} did not start within {start_timeout:.0f} s")
+    try:
+        worker.hello = parent.recv()[1]
+    except EOFError:
+        kill(worker)
+        raise RuntimeError(f"worker for {spec.backend} died at start ({exit_reason(process)})") from None
+    return worker
+
+
+def kill(worker: Worker) -> None:
+    if worker.process.is_alive():
+        worker.process.kill()
+    worker.process.join(5)
+    worker.conn.close()
+
+
+def exit_reason(process: multiprocessing.Process) -> str:
+    process.join(5)
+    code = process.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def stop(worker: Worker) -> None:
+    try:
+        worker.conn.send(("stop",))
+    except (OSError, BrokenPipeError):
+        pass
+    worker.process.join(10)
+    kill(worker)
+
+
+def serve_cases(
+    worker: Worker, pending: list[Case], timer: TimerConfig, timeout: float, record
+) -> list[Case]:
+    """Send cases to one worker until done or until it dies or hangs (the case is then recorded as
+    failed or timed out, the worker killed); return the cases still to run."""
+    for i, case in enumerate(pending):
+        try:
+            worker.conn.send(("case", case.to_json(), timer.to_json()))
+            if not worker.conn.poll(timeout):
+                kill(worker)
+                record(not_measured(case, "timeout", f"no result within {timeout:.0f} s; worker killed"))
+                return pending[i + 1 :]
+            _, rec = worker.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            reason = f"worker died during the case ({exit_reason(worker.process)})"
+            kill(worker)
+            record(not_measured(case, "failed", reason))
+            return pending[i + 1 :]
+        record(validated(case, rec))
+    stop(worker)
+    return []
+
+
+def validated(case: Case, rec: object) -> Measurement:
+    """The worker's record, validated: a backend that returns garbage becomes a failed case."""
+    try:
+        m = Measurement.from_json(rec)  # type: ignore[arg-type]
+    except (ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()
+        return not_measured(case, "failed", f"the worker sent an invalid record: {' '.join(first[:3])[:300]}")
+    if m.case != case:
+        return not_measured(case, "failed", f"the worker answered for another case ({m.case.label()})")
+    return m
+
+
+def ask_training(worker: Worker, device: str, dtype: str, config_json: dict, timeout: float) -> dict:
+    """One training run in `worker`, on one thread: its record, or a 'timeout'/'failed' record
+    (the worker is then killed; the caller starts a fresh one for the next)."""
+    try:
+        worker.conn.send(("train", device, dtype, 1, config_json))
+        if not worker.conn.poll(timeout):
+            kill(worker)
+            return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
+        return worker.conn.recv()[1]
+    except (EOFError, OSError):
+        reason = f"worker died during training ({exit_reason(worker.process)})"
+        kill(worker)
+        return {"status": "failed", "reason": reason}
+
+
+# ----------------------------------------------------------------------------- the A/B stdio worker
+#
+# The fine-interleaved A/B gate keeps one worker per side alive and asks each, in turn, for a few
+# samples of the same case. A side is a revision installed in its own folder, so its worker is a
+# plain subprocess of that revision (`python -m elbolab.measure.worker BACKEND THREADS`), spoken to in JSON
+# lines on stdin/stdout:
+#   worker -> driver  {"hello": {"pid", "versions"}} or {"error": "..."}
+#   driver -> worker  {"op": "open", "case": case_json, "timer": timer_json}
+#   worker -> driver  {"status", "reason", "loops", "first_call_ns", "calibration", "sample_ns",
+#                      "check", "memory", "cost", "notes"}     (samples come next)
+#   driver -> worker  {"op": "sample", "count": n}  ->  {"samples_ns": [...]}
+#   driver -> worker  {"op": "close"}  ->  {"closed": true}
+# Anything printed by a backend goes to stderr, never into the protocol.
+
+
+def serve_stdio(backend_name: str, threads: int) -> int:
+    out = sys.stdout
+    sys.stdout = sys.stderr  # a backend's prints must not corrupt the protocol
+
+    def send(obj) -> None:
+        out.write(json.dumps(obj, allow_nan=False) + "\n")
+        out.flush()
+
+    backend = discover().get(backend_name)
+    if backend is None:
+        send({"error": f"this revision has no backend {backend_name!r}"})
+        return 2
+    send({"hello": {"pid": os.getpid(), "versions": _versions(backend), "threads": threads}})
+    opened: OpenCase | None = None
+    for line in sys.stdin:
+        msg = json.loads(line)
+        if msg["op"] == "open":
+            if opened is not None:
+                opened.close()
+            reply, opened = open_for_stdio(backend, Case.from_json(msg["case"]), TimerConfig(**msg["timer"]))
+            send(reply)
+        elif msg["op"] == "sample":
+            send({"samples_ns": opened.sampler.sample(int(msg["count"])) if opened else []})
+        elif msg["op"] == "close":
+            if opened is not None:
+                opened.close()
+                opened = None
+            send({"closed": True})
+        elif msg["op"] == "stop":
+            break
+    return 0
+
+
+def open_for_stdio(backend: Backend, case: Case, timer: TimerConfig) -> tuple[dict, OpenCase | None]:
+    """Open a case for sampling: the reply for the driver, and the open case if it can be sampled."""
+    opened = open_case(backend, case, timer)
+    if isinstance(opened, Measurement):
+        return {"status": opened.status, "reason": opened.reason}, None
+    check = opened.check_outputs()
+    reply = {
+        "status": "ok" if check.ok else "incorrect",
+        "reason": None if check.ok else check.detail,
+        "loops": opened.loops,
+        "first_call_ns": opened.first_call_ns,
+        "calibration": [list(c) for c in opened.calibration],
+        "sample_ns": opened.sampler.sample_ns,
+        "check": dict(check.__dict__),
+        "memory": dict(opened.memory.__dict__),
+        "cost": dict(opened.cost.__dict__),
+        "notes": opened.notes(),
+    }
+    if not check.ok:
+        opened.close()
+        return reply, None
+    return reply, opened
+
+
+class StdioWorker:
+    """The driver's side of the A/B stdio protocol: one worker process of one revision."""
+
+    def __init__(self, argv: list[str], env: dict, cwd, timeout: float, greet: bool = True):
+        """Start the worker; with greet=False the caller reads its hello later (greet()), so that
+        several workers can start at once."""
+        self.timeout = timeout
+        self.proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, start_new_session=True)  # fmt: skip
+        self.hello: dict = {}
+        if greet:
+            self.greet()
+
+    def pin(self, cpus: set[int] | None) -> None:
+        """Run every thread of the worker (those its backend has started too, e.g. a thread pool)
+        on `cpus` only; None: on every core this process may use. Pinning after start-up lets the
+        two workers of a pair import and open on separate cores, then sample on the same ones."""
+        if not hasattr(os, "sched_setaffinity"):
+            return
+        cpus = cpus or os.sched_getaffinity(0)
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")]
+        except OSError:
+            tids = [self.proc.pid]
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:  # a thread that has just ended
+                pass
+
+    def greet(self) -> dict:
+        self.hello = self._read()
+        return self.hello
+
+    def _read(self) -> dict:
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            code = self.proc.poll()
+            raise RuntimeError("the worker hung" if code is None else f"the worker died (exit code {code})")
+        return json.loads(line)
+
+    def send(self, msg: dict) -> None:
+        """Send a request without waiting for its answer (read it with receive())."""
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+
+    def receive(self) -> dict:
+        return self._read()
+
+    def ask(self, msg: dict) -> dict:
+        self.send(msg)
+        return self._read()
+
+    def stop(self) -> None:
+        """Ask the worker to exit, without waiting (close() waits): workers stopped together exit together."""
+        try:
+            self.proc.stdin.write('{"op": "stop"}\n')
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        try:
+            self.stop()
+            self.proc.wait(5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def exit_now(code: int) -> None:
+    """End the worker without the interpreter's teardown: everything it made dies with it, its
+    results are already sent (written to the pipe), and the teardown is slow and noisy (a torch
+    worker took 1.2 s to exit, while the runner or an A/B pair waits; Triton's bindings print their
+    leak reports at exit)."""
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    exit_now(serve_stdio(sys.argv[1], int(sys.argv[2])))
