@@ -91,6 +91,7 @@ system:
 browser: system
 
 lint:
+	$(BIN)/lint-imports
 	$(BIN)/ruff check harness backends tests
 	$(BIN)/ruff format --check harness backends tests
 

@@ -51,8 +51,10 @@ BACKENDS = "tests.slow_backend:backend,tests.slow_backend:rust_backend"
 TIME_ARMS = {"A/A": 0.0, "+10%": 0.10, "+5%": 0.05}
 COUNT_ARMS = {"A/A": 0.0, "+2%": 0.02}  # --measure instructions
 # what decides the gate's behaviour: a file measured with other versions of these is not resumed
-CODE = ["harness/ab.py", "harness/compare.py", "harness/stats.py", "harness/verdict.py", "harness/timer.py",
-        "harness/worker.py", "tests/slow_backend.py", "backends/numpy/__init__.py", "backends/rust/src"]  # fmt: skip
+LAB = "harness/elbolab"
+CODE = [f"{LAB}/gate/ab.py", f"{LAB}/analyse/compare.py", f"{LAB}/model/stats.py", f"{LAB}/analyse/verdict.py",
+        f"{LAB}/measure/timer.py", f"{LAB}/measure/worker.py", f"{LAB}/measure/opening.py", "tests/slow_backend.py",
+        "backends/numpy/__init__.py", "backends/rust/src"]  # fmt: skip
 
 
 def code_fingerprint() -> str:

@@ -51,7 +51,18 @@ def build(parallel: bool):
     """The kernels as a dict of Numba dispatchers, serial or parallel (compiled lazily)."""
     jit = njit(parallel=parallel, fastmath=FASTMATH, cache=False, nogil=True)
     serial_jit = njit(fastmath=FASTMATH, cache=False, nogil=True)  # loops too short to share out
+    return {
+        "elbo": _elbo(jit),
+        "iwae": _iwae(jit),
+        "vae_step": _vae_step(jit, *_vae_helpers(jit, serial_jit)),
+    }
 
+
+# One factory per kernel: each compiles its kernel with the `jit` it is given (serial or parallel);
+# a kernel calls other jitted functions through its factory's closure.
+
+
+def _elbo(jit):
     @jit
     def elbo(
         x, x_recon, mu, logvar, eps, sampled, with_grad, z, g_xr, g_mu, g_lv, row_recon, row_kl,
@@ -92,6 +103,10 @@ def build(parallel: bool):
             kl += row_kl[b]
         return -recon / nb, 0.5 * kl / nb
 
+    return elbo
+
+
+def _iwae(jit):
     @jit
     def iwae(x, mu, logvar, eps, w, bias, mean_buf, z_buf, row_lse, zero, half):
         """Rows in len(mean_buf) chunks, each with its own scratch row; online log-sum-exp over K."""
@@ -139,6 +154,12 @@ def build(parallel: bool):
             total += row_lse[b]
         return total / nb - np.log(nk)
 
+    return iwae
+
+
+def _vae_helpers(jit, serial_jit):
+    """The vae_step kernel's helpers: bias + ReLU in place, column sums, SGD updates."""
+
     @jit
     def bias_relu(a, bias, zero):
         """a = max(a + bias, 0) in place."""
@@ -172,6 +193,10 @@ def build(parallel: bool):
         for i in range(p.shape[0]):
             new[i] = p[i] - lr * g[i]
 
+    return bias_relu, colsum, sgd2, sgd1
+
+
+def _vae_step(jit, bias_relu, colsum, sgd2, sgd1):
     @jit
     def vae_step(x, eps, params, grads, new, scratch, row_part, lr, one, half, inv_b):
         """One SGD step of the MLP VAE, hand-written backprop (as vae_forward_backward).
@@ -267,4 +292,4 @@ def build(parallel: bool):
         sgd1(out_b, g_out_b, n_out_b, lr)
         return loss
 
-    return {"elbo": elbo, "iwae": iwae, "vae_step": vae_step}
+    return vae_step

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 MAX_STEPS = 1_000_000
 MAX_SIZE = 1 << 31
@@ -85,7 +86,6 @@ def fraction(text: str) -> float:
 
 
 def path(text: str):
-    from pathlib import Path
 
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a path, got an empty string")

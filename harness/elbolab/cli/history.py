@@ -24,8 +24,13 @@ import sys
 import time
 from pathlib import Path
 
+from rich.markup import escape
+from rich.table import Table
+
 from elbolab.analyse.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
 from elbolab.cli.args import fraction, path, positive_int, seconds
+from elbolab.cli.console import stdout_console
+from elbolab.cli.measure import SIZE_FLAGS, add_run_filters
 from elbolab.model.errors import UsageError
 
 CASE_HELP = "a case as elbolab prints it, e.g. 'elbo numpy cpu float64 B=128 t=1' (or part of it)"
@@ -106,7 +111,6 @@ def add_commands(sub) -> None:
     p.add_argument("range", metavar="A..B", help="git range: the commits after A up to B (A^..B includes A)")
     _common(p)
     _measure_options(p)
-    from elbolab.cli.measure import add_run_filters
 
     add_run_filters(p)
     p.add_argument(
@@ -173,7 +177,6 @@ def _rule(args) -> Rule:
 
 
 def _console():
-    from elbolab.cli.console import stdout_console
 
     return stdout_console()
 
@@ -230,8 +233,6 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    from rich.markup import escape
-    from rich.table import Table
 
     from elbolab.analyse.changes import select_machines
     from elbolab.store.commits import order_commits
@@ -274,8 +275,6 @@ def cmd_runs(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from rich.markup import escape
-    from rich.table import Table
 
     from elbolab.analyse.changes import change_points
     from elbolab.report.format import fmt_ns
@@ -329,8 +328,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_changes(args) -> int:
-    from rich.markup import escape
-    from rich.table import Table
 
     from elbolab.analyse.changes import all_changes
     from elbolab.report.format import fmt_ns
@@ -390,7 +387,6 @@ def cmd_changes(args) -> int:
 
 
 def _config(args, run_filters, quick: bool):
-    from elbolab.cli.measure import SIZE_FLAGS
     from elbolab.gate.revisions import ABConfig
 
     sizes = tuple((flag, getattr(args, flag.replace("-", "_"))) for flag, default, _ in SIZE_FLAGS

@@ -116,7 +116,6 @@ def add_commands(sub) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.markup import escape
 
     table = Table(title="elbolab backends")
     for col in ("backend", "devices", "workloads", "status"):

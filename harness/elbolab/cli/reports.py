@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
+from rich.markup import escape
+from rich.table import Table
+
+from elbolab.cli.console import stdout_console
 from elbolab.model.errors import UsageError
 from elbolab.store.results import load
 
@@ -89,12 +94,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.table import Table
 
     from elbolab.analyse.table import measurement_table
-    from elbolab.cli.console import stdout_console
     from elbolab.report.claims import Outcome, check_claims
 
     runs = load_runs(args.results)
@@ -120,7 +121,6 @@ def cmd_claims(args: argparse.Namespace) -> int:
             color = {Outcome.HOLDS: "green", Outcome.DOES_NOT_HOLD: "red"}.get(c.outcome, "yellow")
             verdict = c.verdict + ("".join(f"\nto measure: {cmd}" for cmd in c.commands))
             # markup=False semantics: escape, so a name in brackets from a results file prints as text
-            from rich.markup import escape
 
             table.add_row(
                 *(escape(x) for x in (c.id, c.claim, c.figure, c.as_published, c.like_for_like)),

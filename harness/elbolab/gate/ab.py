@@ -222,6 +222,54 @@ def _close_pair(workers: dict) -> None:
         w.close()
 
 
+def _one_pair(sides: dict, case, pair: int, timer: TimerConfig, config: ABConfig, data: dict,
+              versions: dict) -> tuple[str, str, str] | None:  # fmt: skip
+    """One pair of workers for `case`: started, opened, pinned, sampled in A B B A blocks into
+    `data` (a round per side), closed. None, or the failure (side, status, reason)."""
+    # who goes first alternates from pair to pair: any effect of order (who opens first, whose
+    # block starts a cycle) falls on each side in half the pairs
+    first, second = ("base", "head") if pair % 2 == 0 else ("head", "base")
+    name = first
+    try:
+        workers = _start_pair(sides, case, config.case_timeout or 300)
+    except RuntimeError as exc:
+        return (name, "failed", f"a worker could not start: {exc}")
+    try:
+        for name in (first, second):
+            if "error" in workers[name].hello:
+                return (name, "skipped", workers[name].hello["error"])
+            versions[name].setdefault(case.backend, workers[name].hello["hello"]["versions"])
+        # both open the case at once (inputs, calibration, first call), each on a core of its
+        # own; the pair is pinned to its cores for the sampling only
+        for name in (first, second):
+            workers[name].send({"op": "open", "case": case.to_json(), "timer": timer.to_json()})
+        for name in (first, second):
+            reply = workers[name].receive()
+            if data[name].reply is None:
+                data[name].reply = reply
+            if reply["status"] != "ok":
+                return (name, reply["status"], reply["reason"])
+            data[name].rounds.append((reply["loops"], []))
+        cpus = _pair_cpus(pair, case.threads)
+        for w in workers.values():
+            w.pin(cpus)
+        # A B B A repeated is balanced only in steady state: each side's blocks follow its own
+        # block once and the other side's once a cycle. A discarded block of the first side makes
+        # the first counted block follow that side too, as in every later cycle (else it follows
+        # the other side's open: an A/A measured the second side ~2% faster).
+        per_pair = config.fixed_samples or config.pair_samples
+        workers[first].ask({"op": "sample", "count": config.block})
+        while len(data["head"].rounds[-1][1]) < per_pair:
+            for name in (first, second, second, first):
+                got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
+                data[name].rounds[-1][1].extend(got)
+    except RuntimeError as exc:  # the worker of side `name` died or hung
+        return (name, "failed", f"{exc} during {case.label()}")
+    finally:
+        _close_pair(workers)
+    return None
+
+
 def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, log: Log) -> dict[str, Run]:
     """Each case: a pair of workers (one per side, alive together, pinned to the same cores) sampled
     in alternating blocks (A B B A ..., the first side alternating from pair to pair) for
@@ -239,54 +287,9 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
         data = {"base": _SideSamples(), "head": _SideSamples()}
         stopped, failure = "", None
         for pair in range(config.max_pairs):
-            # who goes first alternates from pair to pair: any effect of order (who opens first,
-            # whose block starts a cycle) falls on each side in half the pairs
-            first, second = ("base", "head") if pair % 2 == 0 else ("head", "base")
-            name = first
-            try:
-                workers = _start_pair(sides, case, config.case_timeout or 300)
-            except RuntimeError as exc:
-                failure = (name, "failed", f"a worker could not start: {exc}")
+            failure = _one_pair(sides, case, pair, timer, config, data, versions)
+            if failure:
                 break
-            try:
-                for name in (first, second):
-                    if "error" in workers[name].hello:
-                        failure = (name, "skipped", workers[name].hello["error"])
-                        break
-                    versions[name].setdefault(case.backend, workers[name].hello["hello"]["versions"])
-                if failure:
-                    break
-                # both open the case at once (inputs, calibration, first call), each on a core of
-                # its own; the pair is pinned to its cores for the sampling only
-                for name in (first, second):
-                    workers[name].send({"op": "open", "case": case.to_json(), "timer": timer.to_json()})
-                for name in (first, second):
-                    reply = workers[name].receive()
-                    if data[name].reply is None:
-                        data[name].reply = reply
-                    if reply["status"] != "ok":
-                        failure = (name, reply["status"], reply["reason"])
-                        break
-                    data[name].rounds.append((reply["loops"], []))
-                if failure:
-                    break
-                cpus = _pair_cpus(pair, case.threads)
-                for w in workers.values():
-                    w.pin(cpus)
-                # A B B A repeated is balanced only in steady state: each side's blocks follow its own
-                # block once and the other side's once a cycle. A discarded block of the first side
-                # makes the first counted block follow that side too, as in every later cycle (else
-                # it follows the other side's open: an A/A measured the second side ~2% faster).
-                workers[first].ask({"op": "sample", "count": config.block})
-                while len(data["head"].rounds[-1][1]) < per_pair:
-                    for name in (first, second, second, first):
-                        got = workers[name].ask({"op": "sample", "count": config.block})["samples_ns"]
-                        data[name].rounds[-1][1].extend(got)
-            except RuntimeError as exc:  # the worker of side `name` died or hung
-                failure = (name, "failed", f"{exc} during {case.label()}")
-                break
-            finally:
-                _close_pair(workers)
             pairs = len(data["head"].rounds)
             if config.fixed_samples is not None:
                 stopped = f"a fixed {pairs} worker pairs of {per_pair} samples a side"

@@ -79,7 +79,6 @@ def bisect(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, co
     origin = origin_of("find", config)
     backends = discover()
     needed = builds_needed(backends, config.filter("backend"))
-    steps: list[Step] = []
 
     with tempfile.TemporaryDirectory(prefix="elbolab-find-") as tmpdir, ExitStack() as stack:
         tmp = Path(tmpdir)
@@ -107,71 +106,49 @@ def bisect(store: Store, repo: Path, good_ref: str, bad_ref: str, case: Case, co
             if why:
                 raise UsageError(f"cannot measure GOOD ({good_ref}, {good[:10]}): {why}")
 
-        def not_a_regression(j: Judgement) -> bool:
-            # the question a bisect asks is "a regression or not", the gate's stopping rule: an
-            # interval wholly below the threshold answers "not", even where the verdict is noisy
-            return j.verdict is not Verdict.NOISY or j.ci95[1] < 1 + rule.threshold_for(case.workload)
-
-        def classify(sha: str) -> Step:
-            why = session.measure(sha)
-            if why:
-                return Step(sha, "skip", None, why)
-            for attempt in range(attempts):
-                j = session.verdict(sha)
-                if j.regression:
-                    return Step(sha, "bad", j, describe(j))
-                if not_a_regression(j) or attempt + 1 == attempts:
-                    break
-                log(f"{sha[:10]}: too noisy to tell ({describe(j)}); measuring it {session.again}")
-                why = session.measure_again(sha)
-                if why:
-                    return Step(sha, "skip", j, why)
-            if not not_a_regression(j):
-                return Step(sha, "skip", j, f"still too noisy to tell: {describe(j)}")
-            if j.verdict is Verdict.NOISY:
-                return Step(
-                    sha, "good", j, f"not a regression, the interval is below the threshold: {describe(j)}"
-                )
-            return Step(sha, "good", j, describe(j))
-
         log(f"BAD {bad[:10]}: measuring")
-        first = classify(bad)
-        steps.append(first)
+        first = session.classify(bad, attempts)
         log(f"BAD {bad[:10]}: {first.outcome}, {first.detail}")
         if first.outcome != "bad":
             msg = (f"{bad_ref} is not a regression against {good_ref} by the rule ({first.detail}): nothing to find"
                    if first.outcome == "good" else f"cannot judge {bad_ref}: {first.detail}")  # fmt: skip
-            return BisectResult(good, bad, None, None, first.judgement, tuple(steps), msg)
-        lo, hi = -1, len(line) - 1  # line[lo] is good (-1: GOOD itself), line[hi] is bad
-        skipped: set[int] = set()
-        judgements = {bad: first.judgement}
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            order = sorted(
-                (i for i in range(lo + 1, hi) if i not in skipped), key=lambda i: (abs(i - mid), i)
-            )
-            if not order:
-                break
-            i = order[0]
-            step = classify(line[i])
-            steps.append(step)
-            log(f"{line[i][:10]} ({i + 1}/{len(line)}): {step.outcome}, {step.detail}")
-            if step.outcome == "bad":
-                hi = i
-                judgements[line[i]] = step.judgement
-            elif step.outcome == "good":
-                lo = i
-            else:
-                skipped.add(i)
-        last_good = good if lo < 0 else line[lo]
-        first_bad = line[hi]
-        unsure = [line[i] for i in range(lo + 1, hi)]
-        if unsure:
-            msg = (f"the first bad commit is one of {len(unsure) + 1}: {', '.join(c[:10] for c in [*unsure, first_bad])} "
-                   f"(the others could not be judged)")  # fmt: skip
+            return BisectResult(good, bad, None, None, first.judgement, (first,), msg)
+        return _search(good, line, first, lambda sha: session.classify(sha, attempts), log)
+
+
+def _search(good: str, line: list[str], first: Step, classify, log: Log) -> BisectResult:
+    """Binary search of `line` (the commits after GOOD, the last one BAD, already found bad as
+    `first`) for the first bad commit; a skipped commit's nearest neighbour is tried instead."""
+    bad = line[-1]
+    steps = [first]
+    lo, hi = -1, len(line) - 1  # line[lo] is good (-1: GOOD itself), line[hi] is bad
+    skipped: set[int] = set()
+    judgements = {bad: first.judgement}
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        order = sorted((i for i in range(lo + 1, hi) if i not in skipped), key=lambda i: (abs(i - mid), i))
+        if not order:
+            break
+        i = order[0]
+        step = classify(line[i])
+        steps.append(step)
+        log(f"{line[i][:10]} ({i + 1}/{len(line)}): {step.outcome}, {step.detail}")
+        if step.outcome == "bad":
+            hi = i
+            judgements[line[i]] = step.judgement
+        elif step.outcome == "good":
+            lo = i
         else:
-            msg = f"first bad commit: {first_bad} ({describe(judgements[first_bad])} against GOOD)"
-        return BisectResult(good, bad, first_bad, last_good, judgements[first_bad], tuple(steps), msg)
+            skipped.add(i)
+    last_good = good if lo < 0 else line[lo]
+    first_bad = line[hi]
+    unsure = [line[i] for i in range(lo + 1, hi)]
+    if unsure:
+        msg = (f"the first bad commit is one of {len(unsure) + 1}: {', '.join(c[:10] for c in [*unsure, first_bad])} "
+               f"(the others could not be judged)")  # fmt: skip
+    else:
+        msg = f"first bad commit: {first_bad} ({describe(judgements[first_bad])} against GOOD)"
+    return BisectResult(good, bad, first_bad, last_good, judgements[first_bad], tuple(steps), msg)
 
 
 @dataclass
@@ -197,6 +174,34 @@ class _Bisecting:
         """Store why sha could not be measured; the reason, for the bisect's log."""
         self.store.record_skip(sha, self.machine.machine_id, self.origin, failure.stage, failure.reason)
         return f"{failure.stage} failed: {failure.reason}"
+
+    def not_a_regression(self, j: Judgement) -> bool:
+        # the question a bisect asks is "a regression or not", the gate's stopping rule: an
+        # interval wholly below the threshold answers "not", even where the verdict is noisy
+        return j.verdict is not Verdict.NOISY or j.ci95[1] < 1 + self.rule.threshold_for(self.case.workload)
+
+    def classify(self, sha: str, attempts: int) -> Step:
+        """Measure sha (again while it is too noisy to tell, up to `attempts` times): good, bad or skip."""
+        why = self.measure(sha)
+        if why:
+            return Step(sha, "skip", None, why)
+        for attempt in range(attempts):
+            j = self.verdict(sha)
+            if j.regression:
+                return Step(sha, "bad", j, describe(j))
+            if self.not_a_regression(j) or attempt + 1 == attempts:
+                break
+            self.log(f"{sha[:10]}: too noisy to tell ({describe(j)}); measuring it {self.again}")
+            why = self.measure_again(sha)
+            if why:
+                return Step(sha, "skip", j, why)
+        if not self.not_a_regression(j):
+            return Step(sha, "skip", j, f"still too noisy to tell: {describe(j)}")
+        if j.verdict is Verdict.NOISY:
+            return Step(
+                sha, "good", j, f"not a regression, the interval is below the threshold: {describe(j)}"
+            )
+        return Step(sha, "good", j, describe(j))
 
 
 @dataclass

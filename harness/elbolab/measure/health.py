@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from threadpoolctl import threadpool_info
+
 # variables that pick kernels or thread counts in the libraries the backends use
 KERNEL_VARS = (
     "OPENBLAS_",
@@ -96,8 +98,6 @@ def _gpus() -> list[dict]:
 
 def survey(threads_asked: int | None = None) -> Health:
     """What the machine looks like now; warnings for what distorts measurements."""
-    from threadpoolctl import threadpool_info
-
     h = Health()
     env = {k: v for k, v in os.environ.items() if k.startswith(KERNEL_VARS)}
     h.facts["environment"] = env

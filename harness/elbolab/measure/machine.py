@@ -14,6 +14,8 @@ import psutil
 import scipy
 import threadpoolctl
 
+from elbolab import __version__
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity), or the machine's count where there is none."""
@@ -78,20 +80,14 @@ def software_info() -> dict:
         "numpy": np.__version__,
         "scipy": scipy.__version__,
         "blas": blas,
-        "elbolab": _elbolab_version(),
+        "elbolab": __version__,
         # OpenBLAS kernels picked by these variables differ in speed; record them
         "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))},
     }
 
 
-def _elbolab_version() -> str:
-    from elbolab import __version__
-
-    return __version__
-
-
 def git_info(root: Path | None = None) -> dict:
-    root = root or Path(__file__).resolve().parent.parent
+    root = root or Path(__file__).resolve().parents[2]  # harness/ in a checkout
 
     def git(*args: str) -> str | None:
         try:

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
 
 PROBE_WORDS = {"copy": 2, "add": 3}  # 8-byte words moved per element (reads + writes)
 FALLBACK_LLC_BYTES = 32 * 2**20
@@ -154,8 +155,6 @@ def measure_bandwidth(threads: list[int], quick: bool) -> tuple[list[dict], int,
 
 
 def measure_flops(threads: list[int], quick: bool) -> list[dict]:
-    from threadpoolctl import threadpool_limits
-
     rows = []
     rng = np.random.default_rng(0)
     for dtype in ("float64", "float32"):
@@ -188,8 +187,6 @@ def measure_flops(threads: list[int], quick: bool) -> list[dict]:
 
 def _blas_info() -> list[dict]:
     try:
-        from threadpoolctl import threadpool_info
-
         return [
             {k: info.get(k) for k in ("user_api", "internal_api", "version", "num_threads", "architecture")}
             for info in threadpool_info()

@@ -31,13 +31,14 @@ from elbolab.model.stats import median_ci
 @dataclass(frozen=True)
 class TimerConfig:
     # One sample lasts about this long: 10^4 times the clock's ~1 µs cost and resolution, short
-    # enough that the default matrix of ~700 cases measures in a couple of minutes.
+    # enough that the cases of make bench (a few hundred) measure in a few minutes.
     target_sample_ns: int = 10_000_000
     # At least 7 samples (the smallest count whose median has a distribution-free 95% interval
     # that excludes the extremes), at most 15, the fixed count before sampling stopped adaptively.
-    # On a noisy 2-core VM most cases reach the cap: in a make bench capped at 25, 458 of 552 cases
-    # did, and the median case's interval was +-2.6% after 25 samples, +-3.7% after its first 15:
-    # 10 more samples in most cases for an interval a third narrower.
+    # On a noisy 2-core VM most cases reach the cap: in a whole-matrix make bench capped at 25
+    # (2026-11, 552 measured cases), 458 did, and the median case's interval was +-2.6% after 25
+    # samples, +-3.7% after its first 15: 10 more samples in most cases for an interval a third
+    # narrower.
     min_samples: int = 7
     max_samples: int = 15
     # stop once the 95% interval of the median is within this fraction of it, either side
@@ -140,8 +141,8 @@ class _gc_off:  # noqa: N801 (a context manager, named for what it does)
     """The collector off while timing. A full collection runs once, when the Sampler is made, and
     the survivors are then frozen (gc.freeze: moved where later collections do not look), so the
     next case's collection looks only at what was made since: a full collection costs 60-200 ms in a
-    worker that has imported torch, paid once per worker instead of once per case (~700 cases in
-    make bench). Samples are asked for one or a few at a time (adaptive stopping, the A/B blocks),
+    worker that has imported torch, paid once per worker instead of once per case (a few
+    hundred in make bench). Samples are asked for one or a few at a time (adaptive stopping, the A/B blocks),
     so collecting before each would cost more than the samples themselves. With the collector off
     no collection can start inside a sample. (What freezing gives up: a reference cycle among
     objects alive at a freeze is never collected; the worker's modules and caches, not case data,

@@ -43,7 +43,7 @@ class TrainConfig:
 
 
 def digits() -> np.ndarray:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: ~1 s to import, only for the data
 
     return load_digits().data / 16.0  # [1797, 64], pixel intensities 0..16
 

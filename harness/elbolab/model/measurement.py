@@ -207,9 +207,6 @@ class Measurement:
         x = self.per_call_ns
         return tuple(float(np.median(x[i:j])) for i, j in zip(bounds[:-1], bounds[1:], strict=True))
 
-    def with_status(self, status: str, reason: str | None) -> Measurement:
-        return replace(self, status=status, reason=reason)
-
     # ------------------------------------------------------------------------------ pooling
 
     @classmethod

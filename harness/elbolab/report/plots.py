@@ -38,6 +38,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from elbolab.analyse.verdict import judge  # noqa: E402
+
 # sizes in pt; a figure is at most ~12.5 in wide, so at 96 px/in it is shown at its natural size in a
 # 1400 px window and 9 pt is 12 px
 RC = {
@@ -676,8 +678,6 @@ def thread_scaling_data(df: pd.DataFrame, workload: str) -> Scaling | None:
     (Hodges-Lehmann ratio of the per-call samples, with its 95% interval and the shared verdict),
     float64 (else the headline dtype), eps given (else the workload's first variant), at the largest
     batch and one mid batch. Only backends measured at more than one thread count; None when none is."""
-    from elbolab.analyse.verdict import judge
-
     sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
     if sub.empty or sub.threads.nunique() < 2:
         return None

@@ -22,34 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import matplotlib.pyplot as plt  # drawn with the Agg backend, which elbolab.report.plots selects
 import numpy as np
 from markupsafe import Markup
+from matplotlib import ticker
 
 from elbolab.analyse.changes import ChangePoint, History, Series, all_changes
 from elbolab.analyse.verdict import DEFAULT_RULE, Rule
+from elbolab.report import plots
 from elbolab.report.format import fmt_ns
 
 TEMPLATES = Path(__file__).with_name("templates")
 MAX_PLOTS = 48  # small plots per machine; further changed cases are in the tables
 SPARK_POINTS = 60  # a sparkline shows at most this many commits (medians of equal runs of commits)
 SLOWER, FASTER, NEUTRAL = "#b3261e", "#1b6e3a", "#8a8f99"
-
-# the backends' colours: the report's fixed palette when it has one, else the same hues here
-_FALLBACK = {"numpy": "#1f77b4", "torch": "#ff7f0e", "torch-compile": "#8c564b", "numba": "#2ca02c",
-             "numba-parallel": "#17becf", "rust": "#d62728", "rust-inner": "#9467bd", "rust-tutorial": "#e377c2"}  # fmt: skip
-
-
-def backend_colour(backend: str) -> str:
-    try:
-        from elbolab.report import plots
-
-        colour = getattr(plots, "backend_colour", None) or getattr(plots, "backend_color", None)
-        if colour is not None:
-            return str(colour(backend))
-    except ImportError:
-        pass
-    return _FALLBACK.get(backend, "#4c566a")
-
 
 # ------------------------------------------------------------------------------------ views
 
@@ -140,8 +126,6 @@ _LONG = re.compile(r"(?<![\w#.])(-?\d+\.\d)\d+")
 
 
 def _svg(fig) -> Markup:
-    import matplotlib.pyplot as plt
-
     buf = io.StringIO()
     with plt.rc_context({"svg.hashsalt": "elbolab-trends", "svg.fonttype": "none"}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
@@ -162,12 +146,6 @@ def _t(text: str) -> str:
 
 def series_plot(s: Series, changes: list[ChangePoint], commits: dict) -> Markup:
     """Median per call over commits, its 95% interval as a band, confirmed changes marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib import ticker
-
     pts = [p for p in s.points if p.ok]
     x = np.arange(len(pts))
     med = np.array([p.median for p in pts])
@@ -175,7 +153,7 @@ def series_plot(s: Series, changes: list[ChangePoint], commits: dict) -> Markup:
     scale, unit = next(
         ((f, u) for f, u in ((1e9, "s"), (1e6, "ms"), (1e3, "µs")) if med.min() >= f), (1.0, "ns")
     )
-    colour = backend_colour(s.case.backend)
+    colour = plots.backend_colour(s.case.backend)
     with plt.rc_context({"font.size": 7.5, "axes.titlesize": 8, "axes.spines.top": False,
                          "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3}):  # fmt: skip
         fig, ax = plt.subplots(figsize=(3.5, 1.75))
@@ -214,7 +192,7 @@ def _groups(series: list[Series], changes: dict, commits: dict) -> list[tuple[st
         title = s.case.workload if s.case.variant == "eps=given" else f"{s.case.workload} ({s.case.variant})"
         label = s.case.label().replace(f"{s.case.workload} ", "", 1)
         groups.setdefault(title, []).append(CaseRow(
-            label=label, backend=s.case.backend, colour=backend_colour(s.case.backend), commits=len(pts),
+            label=label, backend=s.case.backend, colour=plots.backend_colour(s.case.backend), commits=len(pts),
             first=fmt_ns(pts[0].median) if pts else "", last=fmt_ns(pts[-1].median) if pts else "",
             overall=f"{pts[-1].median / pts[0].median:.2f}x" if len(pts) > 1 else "",
             changes=len(cs), regression=any(c.regression for c in cs),

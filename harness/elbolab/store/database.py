@@ -64,9 +64,13 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
+    inspect,
     select,
     text,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -453,8 +457,6 @@ class Store:
             raise UsageError(f"store {self.url}: {_one_line(exc)}") from None
 
     def _init(self) -> None:
-        from sqlalchemy import inspect
-
         with self._read() as conn:  # the usual case, without taking a write lock
             if inspect(conn).has_table("meta"):
                 found = conn.execute(select(meta.c.value).where(meta.c.key == "schema")).scalar()
@@ -573,8 +575,6 @@ class Store:
     # ----------------------------------------------------------------------------------- reads
 
     def machines(self) -> list[MachineRow]:
-        from sqlalchemy import func
-
         with self._read() as conn:
             counts = {
                 r.machine_id: (r.n, r.c)
@@ -689,14 +689,6 @@ class Store:
         ]
         return validate(doc, f"store run {run_id}")
 
-    def size_bytes(self) -> int | None:
-        """The store's size on disk (SQLite: file + WAL; PostgreSQL: the database)."""
-        with self._read() as conn:
-            if self.dialect == "sqlite":
-                db = self.engine.url.database
-                return sum(p.stat().st_size for p in (Path(db), Path(db + "-wal")) if p.exists())
-            return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar())
-
 
 class _Rollback(Exception):
     """Leave the transaction without changing anything, with a message."""
@@ -706,10 +698,7 @@ def _insert_ignore(conn: Connection, table: Table, rows: list[dict], returning=N
     """INSERT ... ON CONFLICT DO NOTHING (the same statement on SQLite and PostgreSQL)."""
     if not rows:
         return []
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
+    insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(table).on_conflict_do_nothing()
     if returning is not None:
         return conn.execute(stmt.returning(returning), rows[0]).all()
