@@ -23,8 +23,8 @@ def _status(field: str) -> int:
 
 def main() -> None:
     workload, backend_name, dtype, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    from elbolab.measure.opening import measure_case
     from elbolab.measure.timer import TimerConfig
-    from elbolab.measure.worker import measure_case
     from elbolab.model.backend import discover
     from elbolab.model.case import Case
     from elbolab.model.workloads import WORKLOADS

@@ -23,7 +23,9 @@ def test_run_show_and_list_end_to_end(tmp_path):
     )  # fmt: skip
     assert code == 0, err
     run = load(out)
-    assert run.finished and len(run.measurements) == 4  # 2 batches x 2 variants
+    # 2 batches x 2 variants, each with numpy's null control
+    assert run.finished and len(run.measurements) == 8
+    assert sum(m.case.backend == "numpy-control" for m in run.measurements) == 4
     assert all(m.status == "ok" and m.check.ok for m in run.measurements)
     m = run.measurements[0]
     assert len(m.samples_ns) >= 5 and m.loops >= 1 and m.first_call_ns > 0

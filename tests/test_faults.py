@@ -32,7 +32,7 @@ def elbolab(*args: str, **kw) -> subprocess.Popen:
 
 def run_args(out: Path, batches: str = MANY) -> list[str]:
     return ["run", "--backend", "numpy", "--workload", "elbo", "--batch", batches, "--dtype", "float64",
-            "--threads", "1", "--variant", "eps=given", "--quick", "--no-limits", "--out", str(out)]  # fmt: skip
+            "--threads", "1", "--variant", "eps=given", "--quick", "--no-limits", "--no-control", "--out", str(out)]  # fmt: skip
 
 
 def wait_for(predicate, timeout: float = 60.0) -> None:

@@ -32,7 +32,7 @@ def test_crash_hang_raise_and_lie_become_statuses_and_everything_else_runs(tmp_p
     plan = Plan(
         backends=("numpy", "crashing", "hanging", "raising", "lying", "aborting"),
         workloads=("elbo",), batches=(1, FAULT_BATCH, 9), dtypes=("float64",), threads=(1,),
-        variants=("eps=given",), quick=True,
+        variants=("eps=given",), quick=True, control=False,
     )  # fmt: skip
     run_plan(plan, out, case_timeout=8, measure_limits=False)
     s = _status(load(out))
@@ -174,7 +174,8 @@ def _cli(*args, **kw):
 def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
     out = tmp_path / "run.json"
     args = ["run", "--backend", "numpy", "--workload", "elbo,iwae", "--batch", "1,64,128,256",
-            "--dtype", "float64,float32", "--threads", "1", "--quick", "--full", "--no-limits", "--out", str(out)]  # fmt: skip
+            "--dtype", "float64,float32", "--threads", "1", "--quick", "--full", "--no-limits", "--no-control",
+            "--out", str(out)]  # fmt: skip
     proc = _cli(*args)
     deadline = time.time() + 60
     n = 0
@@ -205,7 +206,7 @@ def test_sigkill_midway_keeps_finished_cases_and_resume_finishes(tmp_path):
 def test_peak_memory_is_per_case_not_per_worker(tmp_path):
     out = tmp_path / "run.json"
     plan = Plan(backends=("numpy",), workloads=("elbo",), batches=(8192, 1), dtypes=("float64",), threads=(1,),
-                variants=("eps=given",), quick=True)  # fmt: skip
+                variants=("eps=given",), quick=True, control=False)  # fmt: skip
     run_plan(plan, out, measure_limits=False)
     big, small = (m.memory for m in load(out).measurements)
     if big.peak_scope != "case":

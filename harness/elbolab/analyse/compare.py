@@ -24,6 +24,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from elbolab.analyse.control import control_noise
 from elbolab.analyse.verdict import (
     DEFAULT_RULE,
     INSTRUCTIONS_RULE,
@@ -32,6 +35,7 @@ from elbolab.analyse.verdict import (
     Verdict,
     count_estimate,
     decide,
+    widened,
 )
 from elbolab.model.case import Case
 from elbolab.model.errors import UsageError
@@ -340,9 +344,10 @@ def compare(
     skipped += [NotCompared(head[k].case, None, head[k].status, f"only in {head_label}") for k in only_head]
     unstable: list[Case] = []
     paired = _paired_design(base_run) and _paired_design(head_run)
+    noise = 0.0 if paired else between_runs_noise(base, head, common, all_notices)
     for key in common:
         got = _compare_case(base[key], head[key], rule, count_rule, reference, (base, head),
-                            (base_label, head_label), paired)  # fmt: skip
+                            (base_label, head_label), paired, noise)  # fmt: skip
         if isinstance(got, NotCompared):
             skipped.append(got)
             continue
@@ -383,8 +388,30 @@ def compare(
     )
 
 
+def between_runs_noise(base: dict, head: dict, common: list, notices: list[str]) -> float:
+    """What two separate runs of identical code can differ by, as a log factor: the larger of the
+    two runs' null controls (the noise between worker processes, which every case of a separate run
+    meets afresh) plus the drift between the runs (the median shift of every case's ratio: the
+    machine's state, common to all). 0 where either run has no control (files from before the
+    control: judged as they always were)."""
+    noises = [control_noise(list(side.values())) for side in (base, head)]
+    if any(n.run is None for n in noises):
+        return 0.0
+    ratios = [head[k].median_ns / base[k].median_ns for k in common if base[k].timed_ok and head[k].timed_ok]
+    drift = abs(math.log(float(np.median(ratios)))) if ratios else 0.0
+    noise = max(n.run_noise for n in noises) + drift
+    notices.append(
+        f"separate runs: every interval is widened by ±{math.expm1(noise):.1%} (the runs' null controls, "
+        f"±{math.expm1(max(n.run_noise for n in noises)):.1%}, and the drift between them, "
+        f"{math.expm1(drift):+.1%} on every case); changes smaller than that cannot be decided from two "
+        "runs: measure both revisions together with `elbolab gate --base REF`"
+    )
+    return noise
+
+
 def _compare_case(mb: Measurement, mh: Measurement, rule: Rule, count_rule: Rule, reference: Reference | None,
-                  runs: tuple[dict, dict], labels: tuple[str, str], paired: bool) -> CaseComparison | NotCompared:  # fmt: skip
+                  runs: tuple[dict, dict], labels: tuple[str, str], paired: bool,
+                  noise: float = 0.0) -> CaseComparison | NotCompared:  # fmt: skip
     """One case of both runs: its comparison, or why it was not compared."""
     case = mb.case
     base_label, head_label = labels
@@ -411,8 +438,8 @@ def _compare_case(mb: Measurement, mh: Measurement, rule: Rule, count_rule: Rule
         estimate = _normalized(estimate, ref_estimate)
         base_med, head_med = base_med / refs[0].median_ns, head_med / refs[1].median_ns
     # paired pairs need no agreement test of their rounds: their interval is made of the rounds
-    rounds = () if by_pairs else (mb.round_medians, mh.round_medians)
-    judgement = decide(estimate, rule, case.workload, *rounds)
+    rounds = () if by_pairs or noise else (mb.round_medians, mh.round_medians)
+    judgement = decide(widened(estimate, noise), rule, case.workload, *rounds)
     return CaseComparison(case, base_med, head_med, mb.per_call_ns.size, mh.per_call_ns.size, judgement)
 
 
@@ -451,9 +478,13 @@ def _paired_design(run: Run) -> bool:
 
 def _estimate(mb: Measurement, mh: Measurement, by_pairs: bool) -> RatioEstimate:
     """The ratio interval of the design: over paired worker pairs for an interleaved A/B (the
-    processes are the units of replication), else over the pooled per-call samples."""
+    processes are the units of replication); over the rounds of each side where both were measured
+    in interleaved rounds (the rounds are the units, unpaired: they were not measured together);
+    else over the pooled per-call samples."""
     if by_pairs:
         return paired_ratio_interval(mb.round_medians, mh.round_medians, PAIRED_CONFIDENCE)
+    if mb.evidence is not None and mh.evidence is not None and mb.round_medians and mh.round_medians:
+        return ratio_interval(mb.round_medians, mh.round_medians)
     return ratio_interval(mb.per_call_ns, mh.per_call_ns)
 
 

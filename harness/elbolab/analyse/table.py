@@ -19,7 +19,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from elbolab.analyse.verdict import Verdict, judge
+from elbolab.analyse.control import control_noise
+from elbolab.analyse.verdict import Verdict, judge_in_run
+from elbolab.model.backend import is_control
 from elbolab.model.measurement import Measurement, correct_digits
 from elbolab.model.roofline import bandwidth_limit_for, cost_of, flops_limit_for, gpu_limits_for
 from elbolab.model.stats import summarize
@@ -96,7 +98,8 @@ def measurement_table(run: Run, *, baseline: str = "numpy", label: str = "") -> 
         row["flops_share"] = row["gflop_per_s"] / row["flops_limit_gflop_per_s"]
         row["bandwidth_bound_ns"] = nbytes / (bw[0] / 1e9) if bw else math.nan
         problems = []
-        if row["bw_share"] > IMPLAUSIBLE_FACTOR:
+        judged = m.evidence is not None  # the runner judged the ceiling itself (re-probed) and set the status
+        if row["bw_share"] > IMPLAUSIBLE_FACTOR and not judged:
             problems.append(
                 f"implies {row['gb_per_s']:.3g} GB/s, {row['bw_share']:.1f}x the measured "
                 f"{row['bw_limit_gb_per_s']:.3g} GB/s ({row['bw_limit_level']}): "
@@ -107,6 +110,10 @@ def measurement_table(run: Run, *, baseline: str = "numpy", label: str = "") -> 
                 f"implies {row['gflop_per_s']:.3g} GFLOP/s, {row['flops_share']:.1f}x the measured peak: "
                 "a measurement error"
             )
+        if m.evidence is not None and m.evidence.ceiling_share is not None:
+            row["bw_share"] = m.evidence.ceiling_share  # as the runner judged it, after re-probing
+        if m.status == "implausible":
+            problems.insert(0, m.reason or "implausible")
         row["implausible"] = bool(problems)
         row["plausibility"] = "; ".join(problems)
         row["timed_ok"] = m.timed_ok
@@ -130,6 +137,7 @@ def _add_speedups(df: pd.DataFrame, baseline: str) -> None:
     verdict, note = [""] * n, [""] * n
     backend, device = df["backend"].to_numpy(), df["device"].to_numpy()
     measurements, implausible = df["m"].to_numpy(), df["implausible"].to_numpy()
+    noise = control_noise([m for m in measurements], baseline)
     for positions in df.groupby(list(KEY_FIELDS), dropna=False, sort=False).indices.values():
         base_pos = [p for p in positions if backend[p] == baseline]
         if not base_pos:
@@ -142,6 +150,7 @@ def _add_speedups(df: pd.DataFrame, baseline: str) -> None:
             for p in positions:
                 note[p] = f"baseline {baseline} is {base_m.status}: no speed-up"
             continue
+        d = noise.for_case(base_m.case)
         for p in positions:
             if p == b:
                 note[p] = "baseline"
@@ -151,12 +160,18 @@ def _add_speedups(df: pd.DataFrame, baseline: str) -> None:
             if not m.timed_ok:
                 note[p] = f"{m.status}: not compared"
                 continue
-            j = judge(base_m.per_call_ns, m.per_call_ns, workload=m.case.workload)
+            j = judge_in_run(
+                base_m, m, workload=m.case.workload, noise=0.0 if is_control(m.case.backend) else d
+            )
             s = j.speedup
             speedup[p], (lo[p], hi[p]) = s.value, s.ci95
             verdict[p] = j.verdict.value
-            if implausible[p]:
+            if is_control(m.case.backend):
+                note[p] = f"the null control: {baseline} again, in a worker of its own"
+            elif implausible[p]:
                 note[p] = "implausible time: see plausibility"
+            elif d > 0:
+                note[p] = f"interval widened by ±{math.expm1(d):.1%}, the noise the null control measured"
     df["speedup"], df["speedup_lo"], df["speedup_hi"] = speedup, lo, hi
     df["verdict"], df["speedup_note"] = verdict, note
 
@@ -179,8 +194,10 @@ def summary_table(df: pd.DataFrame, baseline: str = "numpy") -> pd.DataFrame:
     rows = []
     if df.empty:
         return pd.DataFrame()
+    noise = control_noise(list(df["m"]), baseline)
     for key, group in df.groupby(["run", *KEY_FIELDS], dropna=False, sort=False):
-        ok = group[group["timed_ok"] & ~group["implausible"]].sort_values("median_ns")
+        contenders = group[~group["backend"].map(is_control)]  # the control is the reference again
+        ok = contenders[contenders["timed_ok"] & ~contenders["implausible"]].sort_values("median_ns")
         row = dict(zip(["run", *KEY_FIELDS], key, strict=True))
         bad = group[~group["timed_ok"]]
         row["not_ok"] = "; ".join(f"{r['label']}: {r['status']}" for _, r in bad.iterrows())
@@ -200,7 +217,9 @@ def summary_table(df: pd.DataFrame, baseline: str = "numpy") -> pd.DataFrame:
         )  # fmt: skip
         if len(ok) > 1:
             second = ok.iloc[1]
-            j = judge(second["m"].per_call_ns, win["m"].per_call_ns, workload=win["workload"])
+            j = judge_in_run(
+                second["m"], win["m"], workload=win["workload"], noise=noise.for_case(win["m"].case)
+            )
             margin = j.speedup  # median(runner-up) / median(winner): how many times faster the winner is
             row.update(runner_up=second["label"], margin=margin.value, margin_lo=margin.ci95[0],
                        margin_hi=margin.ci95[1], how_sure=HOW_SURE[j.verdict])  # fmt: skip

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 from elbolab.model.errors import UsageError
-from elbolab.model.stats import RatioEstimate, ratio_interval
+from elbolab.model.measurement import Measurement
+from elbolab.model.stats import RatioEstimate, paired_ratio_interval, ratio_interval
 
 DEFAULT_THRESHOLD = 0.10
 # The same-machine interleaved A/B gate measures a ratio to about ±1-2% on a noisy 2-core machine,
@@ -195,6 +196,36 @@ def judge(
 ) -> Judgement:
     """head vs base from their per-call samples."""
     return decide(ratio_interval(base, head), rule, workload, base_rounds, head_rounds)
+
+
+def widened(estimate: RatioEstimate, noise: float) -> RatioEstimate:
+    """The interval stretched by a factor e^noise either side (on the log scale): what a run's null
+    control measured of its own noise, which no interval from within the run can see."""
+    if noise <= 0:
+        return estimate
+    lo, hi = estimate.ci95
+    return RatioEstimate(estimate.value, (lo * math.exp(-noise), hi * math.exp(noise)))
+
+
+def paired_rounds(base: Measurement, head: Measurement) -> bool:
+    """Whether two measurements were sampled in the same interleaved rounds (one cell of one run):
+    the same number of rounds, two or more. Their rounds then pair up."""
+    return len(base.rounds) >= 2 and len(base.rounds) == len(head.rounds)
+
+
+def estimate_in_run(base: Measurement, head: Measurement) -> RatioEstimate:
+    """head/base measured in one run: over their paired round medians where they were interleaved
+    (each round's drift falls on both, so the rounds are the units), else over the pooled samples."""
+    if paired_rounds(base, head):
+        return paired_ratio_interval(base.round_medians, head.round_medians)
+    return ratio_interval(base.per_call_ns, head.per_call_ns)
+
+
+def judge_in_run(base: Measurement, head: Measurement, rule: Rule = DEFAULT_RULE, workload: str = "",
+                 noise: float = 0.0) -> Judgement:  # fmt: skip
+    """head vs base measured in one run (estimate_in_run), the interval widened by the run's noise
+    as its null control measured it (elbolab.analyse.table.control_noise)."""
+    return decide(widened(estimate_in_run(base, head), noise), rule, workload)
 
 
 # Instruction counts are repeatable to a few 1e-4 (harness/instructions.py), so they are gated at 1%:

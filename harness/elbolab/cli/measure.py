@@ -60,6 +60,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         full=getattr(args, "full", False), seed=args.seed,
         input_dim=args.input_dim, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
         importance_samples=args.importance_samples, measure=getattr(args, "measure", "time"),
+        control=not getattr(args, "no_control", False),
     )  # fmt: skip
 
 
@@ -81,6 +82,8 @@ def add_commands(sub) -> None:
     existing.add_argument("--overwrite", action="store_true", help="replace the results file --out")
     p.add_argument("--timeout", type=seconds, help="seconds per case before its worker is killed")
     p.add_argument("--no-limits", action="store_true", help="skip measuring bandwidth and peak flops")
+    p.add_argument("--no-control", action="store_true",
+                   help="do not measure numpy a second time as the run's null control (its noise floor)")  # fmt: skip
     p.add_argument(
         "--measure",
         choices=("time", "instructions"),

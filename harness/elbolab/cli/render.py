@@ -3,12 +3,16 @@ file or a backend name is escaped, so a name like '[/bold]' prints as text."""
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from elbolab.analyse.compare import Comparison
+from elbolab.analyse.control import ControlNoise, control_noise
 from elbolab.analyse.verdict import Verdict
+from elbolab.model.measurement import BROKEN_STATUSES, STATUSES
 from elbolab.report.format import fmt_change, fmt_interval, fmt_ns, fmt_time
 from elbolab.store.results import Run
 
@@ -51,19 +55,39 @@ def print_run_table(run: Run, console: Console) -> None:
     console.print(table)
 
 
+def control_line(control: ControlNoise, baseline: str) -> str:
+    """The run's null control in one line: the reference against itself, and what it means."""
+    j = control.run
+    lo, hi = j.ci95
+    text = (f"null control ({len(control.cells)} cells): {baseline} again in its own worker measured "
+            f"{j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else float('inf'):.3g}] the speed of {baseline}: "
+            f"{j.verdict.value}")  # fmt: skip
+    if j.verdict is Verdict.SAME:
+        return (
+            text
+            + f"; speed-up intervals widened by their cell's control (±{math.expm1(control.run_noise):.0%} run-wide)"
+        )
+    return text + (f"; the run cannot tell differences within ±{math.expm1(control.run_noise):.0%}: every speed-up's "
+                   "interval is widened by that, so such verdicts read 'too noisy to tell'")  # fmt: skip
+
+
 def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> None:
     """What a run found, in about 30 lines: the status tally with every problem named, then for each
     workload a backend x batch grid of speed-ups over the baseline with the verdict's mark."""
     from elbolab.analyse.table import measurement_table
 
     ms = run.measurements
-    counts = {s: sum(m.status == s for m in ms) for s in ("ok", "incorrect", "failed", "timeout", "skipped")}
+    counts = {s: sum(m.status == s for m in ms) for s in STATUSES}
     tally = ", ".join(
-        (f"[bold red]{n} {s}[/]" if s in ("incorrect", "failed", "timeout") and n else f"{n} {s}")
-        for s, n in counts.items()
+        (f"[bold red]{n} {s}[/]" if s in BROKEN_STATUSES and n else f"{n} {s}") for s, n in counts.items()
     )
     console.print(f"run {escape(run.run_id)}: {len(ms)} cases: {tally}", highlight=False)
-    problems = [m for m in ms if m.status in ("incorrect", "failed", "timeout")]
+    control = control_noise(list(ms), baseline)
+    if control.run is not None:
+        console.print(f"  {escape(control_line(control, baseline))}", highlight=False)
+    # the worst first: wrong answers, then times that cannot be, then cases that did not run
+    severity = {"incorrect": 0, "implausible": 1, "failed": 2, "timeout": 3}
+    problems = sorted((m for m in ms if m.status in severity), key=lambda m: severity[m.status])
     for m in problems[:8]:
         line = f"{m.case.label()}: {m.reason or ''}"
         console.print(
@@ -71,7 +95,7 @@ def print_run_summary(run: Run, console: Console, baseline: str = "numpy") -> No
         )
     if len(problems) > 8:
         console.print(
-            f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,failed,timeout)"
+            f"  ... and {len(problems) - 8} more (elbolab show FILE --status incorrect,implausible,failed,timeout)"
         )
     loose = [m for m in ms if m.check is not None and m.check.less_accurate]
     if loose:

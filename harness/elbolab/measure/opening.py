@@ -3,9 +3,18 @@
 The runner's workers, the A/B gate's stdio workers, instruction counting under Valgrind and the
 tests all open a case here: the harness makes the inputs, the backend prepares them, the first call
 is timed apart (compilation, JIT, allocation), the loop count is calibrated and the case warmed up
-(when it is to be timed), and the outputs are read and checked against the float64 reference. What
-differs between them is only what they do with the open case: sample it until precise (the runner),
-sample it a block at a time in turn with another revision (the gate), or count its instructions.
+(when it is to be timed), and the outputs are read. What differs between them is only what they do
+with the open case: sample it in blocks interleaved with other backends (the runner), in turn with
+another revision (the gate), or count its instructions.
+
+The evidence that the timed calls did the work. The harness owns the input buffers the calls read
+(Prepared's contract): between samples it rewrites them with another of the case's distinct input
+sets (elbolab.model.workloads.input_set), and `checked_call` runs chosen calls on a set the harness
+names, then rewrites the inputs with another set BEFORE it reads the outputs, so a backend that
+defers its work to outputs(), or returns what an earlier call computed, answers for the wrong
+inputs. The outputs go back to the parent process, which checks them (elbolab.measure.evidence):
+nothing in this process can change the verdict. While the case is sampled its threads are pinned to
+the cores asked for and counted (elbolab.measure.census).
 """
 
 from __future__ import annotations
@@ -14,15 +23,21 @@ import os
 import resource
 import time
 import traceback
+from collections.abc import Mapping
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from elbolab.measure import census
 from elbolab.measure.timer import Sampler, TimerConfig, loop_runner, sample_until_precise
 from elbolab.model.backend import Backend
 from elbolab.model.case import Case
 from elbolab.model.measurement import Check, Cost, Measurement, Memory, not_measured
-from elbolab.model.workloads import WORKLOADS, check_outputs
+from elbolab.model.workloads import WORKLOADS, check_outputs, input_set
+
+# A loop of call() is compared with call_n only where one call takes this long: below it, the
+# Python loop's own overhead (~0.1-1 µs a call) is what call_n saves, legitimately.
+CALL_N_MIN_CALL_NS = 20_000
 
 
 class OpenCase:
@@ -36,14 +51,22 @@ class OpenCase:
         self.workload = WORKLOADS[case.workload]
         self.cost = self.workload.cost(case)
         self.prepared = self.sampler = self.run = self._limits = None
+        self.census = census.Census()
+        self.pinned: tuple[int, ...] | None = None
+        self.input_sets: dict[int, dict[str, np.ndarray]] = {}
+        self.current_set = 0
+        self.rotations = 0
 
-    def open(self) -> OpenCase:
+    def open(self, loops: int | None = None) -> OpenCase:
+        """Prepare, first call, then (timed cases) calibrate or take `loops`, and warm up."""
         case, timer = self.case, self.timer
         self._limits = threadpool_limits(limits=case.threads)
         reset_ok = _reset_peak_rss()
         baseline = _status_bytes("VmRSS")
-        self.inputs = self.workload.make_inputs(case)
-        self.prepared = self.backend.prepare(case, {k: v.copy() for k, v in self.inputs.items()})
+        self.inputs = self.input_sets[0] = input_set(case, 0)
+        # the buffers the calls read: the harness's, rewritten between samples (Prepared's contract)
+        self.given = {k: v.copy() for k, v in self.inputs.items()}
+        self.prepared = self.backend.prepare(case, self.given)
         self.backend_notes = dict(self.prepared.notes)
         self.run = loop_runner(self.prepared)
         self.stage = "the first call"
@@ -52,7 +75,7 @@ class OpenCase:
             self.run(1)
             self.first_call_ns, self.loops, self.calibration = time.perf_counter_ns() - t0, 1, ()
         else:
-            self.sampler = Sampler(self.prepared, timer)
+            self.sampler = Sampler(self.prepared, timer, loops=loops)
             self.first_call_ns, self.loops = self.sampler.first_call_ns, self.sampler.loops
             self.calibration = tuple(self.sampler.calibration)
             self.stage = "timing"
@@ -65,13 +88,100 @@ class OpenCase:
         self.stage = "timing"
         return self
 
+    # ------------------------------------------------------------------------------ the inputs
+
+    def input_set(self, k: int) -> dict[str, np.ndarray]:
+        if k not in self.input_sets:
+            self.input_sets[k] = input_set(self.case, k)
+        return self.input_sets[k]
+
+    def write_inputs(self, k: int) -> None:
+        """Rewrite the buffers the calls read with input set k (between calls, never during one)."""
+        if k == self.current_set:
+            return
+        values = self.input_set(k)
+        if self.prepared.load is not None:  # a device backend: its own copy, through its loader
+            self.prepared.load(values)
+        else:
+            for name, value in values.items():
+                _overwrite(self.given[name], value)
+        self.current_set = k
+        self.rotations += 1
+
+    # ------------------------------------------------------------------------------ sampling
+
+    def pin(self, cpus: set[int] | None) -> None:
+        self.pinned = census.pin(cpus)
+
+    def sample(self, n: int, input_set: int | None = None) -> list[int]:
+        """n timed samples (on input set `input_set` when given), counted by the census."""
+        if input_set is not None:
+            self.write_inputs(input_set)
+        self.census.begin()
+        try:
+            return self.sampler.sample(n)
+        finally:
+            self.census.end()
+
+    def checked_call(self, k: int, calls: int = 1) -> dict:
+        """`calls` calls (call_n(calls) where the backend loops itself) on input set k, then the
+        inputs rewritten with another set, then outputs() timed: what the parent checks against
+        the reference for set k. The outputs are copied: the next call may overwrite them."""
+        self.stage = "a checked call"
+        self.write_inputs(k)
+        t0 = time.perf_counter_ns()
+        self.run(calls)
+        t1 = time.perf_counter_ns()
+        self.write_inputs(next(j for j in (1, 0) if j != k))  # the answer must already be made
+        t2 = time.perf_counter_ns()
+        got = self.prepared.outputs()
+        t3 = time.perf_counter_ns()
+        self.stage = "reading outputs"
+        outputs = _copied(got)
+        self.stage = "timing"
+        return {"set": k, "calls": calls, "outputs": outputs, "outputs_ns": t3 - t2, "call_ns": t1 - t0}
+
+    def draws(self, count: int) -> list[np.ndarray]:
+        """The eps each of `count` consecutive single calls drew (eps drawn inside the call)."""
+        self.stage = "drawing eps"
+        out = []
+        for _ in range(count):
+            self.run(1)
+            out.append(np.array(self.prepared.outputs().get("eps"), copy=True))
+        self.stage = "timing"
+        return out
+
+    def call_n_ratio(self) -> float | None:
+        """Per call, call_n(loops) over a loop of call(), where a call is long enough that the
+        loop's overhead cannot explain a difference; None where there is no call_n or it is not."""
+        p = self.prepared
+        if p.call_n is None or self.sampler is None:
+            return None
+        if min(ns / loops for loops, ns in self.calibration[-2:]) < CALL_N_MIN_CALL_NS:
+            return None
+        calls = max(1, self.loops)
+        by_call_n, by_loop = [], []
+        for _ in range(5):  # alternated, the best of each: a shared machine's noise only slows
+            t0 = time.perf_counter_ns()
+            self.run(calls)
+            t1 = time.perf_counter_ns()
+            for _ in range(calls):
+                p.call()
+            if p.sync:
+                p.sync()
+            by_call_n.append(t1 - t0)
+            by_loop.append(time.perf_counter_ns() - t1)
+        return min(by_call_n) / min(by_loop)
+
+    # ------------------------------------------------------------------------------ the answer
+
     def read_outputs(self) -> None:
         """The outputs of the last call (and, with eps drawn inside the call, the next call's eps)."""
         self.stage = "reading outputs"
         got = self.prepared.outputs()
         self.next_eps = None
         if self.case.variant == "eps=sampled":  # a fresh draw per call: call once more and compare
-            got = {k: np.array(v, copy=True) for k, v in got.items()}
+            got = _copied(got)
             self.prepared.call()
             if self.prepared.sync:
                 self.prepared.sync()
@@ -79,15 +189,47 @@ class OpenCase:
         self.got = got
 
     def check_outputs(self) -> Check:
-        return check_outputs(self.workload, self.case, self.inputs, self.got, self.next_eps)
+        return check_outputs(
+            self.workload, self.case, self.input_sets[self.current_set], self.got, self.next_eps
+        )
 
     def notes(self, **more) -> dict:
         return dict(self.backend_notes, worker_pid=os.getpid(), **more)
 
-    def close(self) -> None:
+    def close(self) -> dict:
+        """Release the case; what the census saw (and the child processes it ended)."""
+        seen = {
+            "busy_threads": self.census.busy_threads if self.census.wall_ns else None,
+            "children": len(self.census.children),
+            "children_cpu_ns": self.census.children_cpu_ns,
+            "cpu_ns": self.census.process_cpu_ns,
+            "wall_ns": self.census.wall_ns,
+            "pinned": list(self.pinned) if self.pinned else None,
+            "ended_children": census.end_children(),
+        }
+        if self.pinned is not None:
+            census.pin(None)
         if self._limits is not None:
             self._limits.restore_original_limits()
         self.prepared = self.sampler = self.run = self._limits = None
+        return seen
+
+
+def _overwrite(buffer: np.ndarray, value: np.ndarray) -> None:
+    """np.copyto into a buffer a backend made read-only against writes during its calls (the Rust
+    plans do): the harness writes between calls only, so it lifts the guard for the copy."""
+    if buffer.flags.writeable:
+        np.copyto(buffer, value)
+        return
+    buffer.flags.writeable = True
+    try:
+        np.copyto(buffer, value)
+    finally:
+        buffer.flags.writeable = False
+
+
+def _copied(got: Mapping[str, object]) -> dict[str, object]:
+    return {k: np.array(v, copy=True) for k, v in got.items()}
 
 
 def failure(case: Case, stage: str, exc: BaseException, cost: Cost | None) -> Measurement:
@@ -97,7 +239,9 @@ def failure(case: Case, stage: str, exc: BaseException, cost: Cost | None) -> Me
     return not_measured(case, "failed", f"{stage} raised {exc.__class__.__name__}: {exc}{where}", cost)
 
 
-def open_case(backend: Backend, case: Case, timer: TimerConfig | None) -> OpenCase | Measurement:
+def open_case(
+    backend: Backend, case: Case, timer: TimerConfig | None, loops: int | None = None
+) -> OpenCase | Measurement:
     """The case opened, or the Measurement saying why it could not be (skipped, or failed)."""
     cost = WORKLOADS[case.workload].cost(case)
     reason = backend.skip_reason(case)
@@ -105,15 +249,17 @@ def open_case(backend: Backend, case: Case, timer: TimerConfig | None) -> OpenCa
         return not_measured(case, "skipped", reason, cost)
     opened = OpenCase(backend, case, timer)
     try:
-        return opened.open()
+        return opened.open(loops)
     except Exception as exc:
         opened.close()
         return failure(case, opened.stage, exc, cost)
 
 
 def measure_case(backend: Backend, case: Case, timer: TimerConfig) -> Measurement:
-    """Measure one case in this process: open it, sample it until precise, read and check the
-    outputs. A failure of the backend is a 'failed' measurement with the reason, never an exception."""
+    """Measure one case in this process, on its own: open it, sample it until precise, read and
+    check the outputs here. A failure of the backend is a 'failed' measurement with the reason,
+    never an exception. (The runner measures cases interleaved and checks them in the parent;
+    this is the self-contained form the tests and the memory probe use.)"""
     opened = open_case(backend, case, timer)
     if isinstance(opened, Measurement):
         return opened

@@ -55,6 +55,7 @@ class Plan:
     importance_samples: int = 8
     seed: int = 0
     measure: str = "time"  # or "instructions": counted under Valgrind instead of timed
+    control: bool = True  # the reference backend measured again as a null control (elbolab.measure.cells)
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}

@@ -20,22 +20,25 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 
 from elbolab.measure import probes
+from elbolab.measure.cells import CellConfig, Workers, cells_of, measure_cell, specs_for
+from elbolab.measure.evidence import References, judge
 from elbolab.measure.health import survey
 from elbolab.measure.instructions import count_case, end_all_counts, unavailable_reason
 from elbolab.measure.machine import git_info, machine_info, software_info, usable_cores
 from elbolab.measure.plan import Plan, check_names, default_threads, plan_cases
 from elbolab.measure.timer import TimerConfig
 from elbolab.measure.training import DATASET, TrainConfig, curves
-from elbolab.measure.worker import WorkerSpec, ask_training, serve_cases, start_worker, stop
-from elbolab.model.backend import Backend, discover
+from elbolab.measure.worker import WorkerSpec, ask_training, start_worker, stop
+from elbolab.model.backend import Backend, discover, is_control
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.errors import UsageError
-from elbolab.model.measurement import Measurement, not_measured
+from elbolab.model.measurement import Measurement
 from elbolab.model.workloads import REFERENCE_CACHE_ENV
 from elbolab.store.results import Run, RunFile, TrainingCurve, now, open_results
 
@@ -54,44 +57,56 @@ def execute(
     *,
     case_timeout: float,
     on_result: OnResult | None = None,
+    cell_config: CellConfig | None = None,
+    limits: dict | None = None,
 ) -> None:
-    """Measure every case (of `backends`, as discovered by the plan), appending each measurement to
-    `run` as it arrives."""
-    groups: dict[WorkerSpec, list[Case]] = {}
-    for spec, case in zip(worker_specs(cases, backends), cases, strict=True):
-        groups.setdefault(spec, []).append(case)
+    """Measure every case (of `backends`, as discovered by the plan) cell by cell, interleaved
+    (elbolab.measure.cells), judge each in this process (elbolab.measure.evidence) and append it to
+    `run` as soon as its cell is done."""
+    config = cell_config or CellConfig()
     software = run.software.setdefault("backends", {})
-
-    def record(m: Measurement) -> None:
-        run.add(m)
-        if on_result:
-            on_result(m)
-
-    with _reference_folder() as references:
-        for spec, group in groups.items():
-            pending = list(group)
-            while pending:
-                try:
-                    worker = start_worker(
-                        spec, start_timeout=case_timeout, env={REFERENCE_CACHE_ENV: references}
-                    )
-                except RuntimeError as exc:
-                    for case in pending:
-                        record(not_measured(case, "failed", str(exc)))
-                    break
-                software[spec.backend] = worker.hello.get("versions", {})
-                pending = serve_cases(worker, pending, timer, case_timeout, record)
+    refs = References()
+    reprobe = _reprobe if limits else None
+    with _reference_folder() as folder, _environ({REFERENCE_CACHE_ENV: folder}):
+        workers = Workers(specs_for(cases, backends), {REFERENCE_CACHE_ENV: folder}, WORKER_START_TIMEOUT_S)
+        try:
+            for index, members in enumerate(cells_of(cases, config.control)):
+                for rec in measure_cell(members, workers, timer, config, index, case_timeout):
+                    m = judge(rec, refs, limits or {}, reprobe)
+                    run.add(m)
+                    if on_result:
+                        on_result(m)
+                software.update(workers.versions)
+        finally:
+            workers.stop_all()
 
 
-def worker_specs(cases: Sequence[Case], backends: dict[str, Backend]) -> list[WorkerSpec]:
-    """The worker that measures each case: one per backend and thread count (thread variables are
-    read when a library is imported), except for a backend that sets its threads per case, whose
-    one worker starts with the largest count among its cases."""
-    shared = {name for name, backend in backends.items() if backend.threads_per_case}
-    widest: dict[str, int] = {}
-    for case in cases:
-        widest[case.backend] = max(widest.get(case.backend, 1), case.threads)
-    return [WorkerSpec(c.backend, widest[c.backend] if c.backend in shared else c.threads) for c in cases]
+# A worker's start (importing its libraries: torch takes ~6 s here) is bounded apart from the
+# cases' timeout: --timeout bounds a case, not the import of a library.
+WORKER_START_TIMEOUT_S = 300.0
+
+
+def _reprobe(working_set_bytes: float, threads: int) -> float | None:
+    """The bandwidth at a working set, measured again now (a case above its ceiling is re-probed
+    before it is called implausible)."""
+    probe = getattr(probes, "probe_bandwidth", None)
+    return probe(int(working_set_bytes), threads) if probe else None
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Variables set in this process for the length of a run (the parent checks outputs too, and
+    shares the run's folder of references with the workers)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -133,8 +148,14 @@ def count(
 
 def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> RunFile:
     """The results file of a run of `plan` on this machine (elbolab.store.results.open_results)."""
-    config = {"plan": plan.to_json(), "timer": timer.to_json()}
+    cells = cell_config(plan)
+    config = {"plan": plan.to_json(), "timer": timer.to_json(), "cells": cells.to_json()}
     return open_results(out, config, machine_info(), software_info(), git_info(), mode)
+
+
+def cell_config(plan: Plan) -> CellConfig:
+    cells = CellConfig.quick() if plan.quick else CellConfig()
+    return replace(cells, control=plan.control)
 
 
 def run_plan(
@@ -155,25 +176,23 @@ def run_plan(
         if reason:
             raise UsageError(f"--measure instructions: {reason}")
     timer = TimerConfig.quick() if plan.quick else TimerConfig()
+    cells = cell_config(plan)
     with open_run(out, plan, timer, mode) as run:
         done = run.done_keys()
         todo = [c for c in cases if c.key() not in done]
         if on_plan:
-            on_plan(len(todo))
+            controls = sum(
+                1 for members in cells_of(todo, cells.control) for c in members if is_control(c.backend)
+            )
+            on_plan(len(todo) + (controls if plan.measure == "time" else 0))
         run.set_health("start", survey(threads_asked=None).to_json())
         if measure_limits and not run.has_limits() and plan.measure == "time":
             run.set_limits(_measure_limits(plan))
         if plan.measure == "instructions":
             count(todo, run, jobs=jobs, case_timeout=case_timeout or 900, on_result=on_result)
         else:
-            execute(
-                todo,
-                run,
-                timer,
-                backends,
-                case_timeout=case_timeout or (120 if plan.quick else 300),
-                on_result=on_result,
-            )
+            execute(todo, run, timer, backends, case_timeout=case_timeout or (120 if plan.quick else 300),
+                    on_result=on_result, cell_config=cells, limits=run.limits)  # fmt: skip
         run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
         run.finish(now())
         return run.run

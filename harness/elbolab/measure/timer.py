@@ -101,7 +101,10 @@ class Sampler:
     `time_prepared` takes all of one case's samples at once.
     """
 
-    def __init__(self, prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns):
+    def __init__(self, prepared: Prepared, config: TimerConfig, clock: Clock = time.perf_counter_ns,
+                 loops: int | None = None):  # fmt: skip
+        """The first call, then the loop count calibrated, or `loops` taken as it is (a case opened
+        again later in a run keeps the loop count it was calibrated to, so its samples pool)."""
         self.run, self.config, self.clock = loop_runner(prepared), config, clock
         self.events, self.sync = prepared.device_events, prepared.sync
         self.calls = loop_runner(prepared, synced=False)  # with device events: the end event before the sync
@@ -110,7 +113,12 @@ class Sampler:
             t0 = clock()
             self.run(1)
             self.first_call_ns = clock() - t0
-            self.loops, self.calibration = _calibrate(self.run, config, clock)
+            if loops is None:
+                self.loops, self.calibration = _calibrate(self.run, config, clock)
+            else:
+                t0 = clock()
+                self.run(loops)
+                self.loops, self.calibration = loops, [(loops, max(clock() - t0, 1))]
         self.sample_ns = max(self.calibration[-1][1], 1)  # the last calibration round: about one sample
 
     def warm_up(self, n: int) -> None:

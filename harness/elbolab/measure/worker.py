@@ -6,14 +6,22 @@ that sets its threads per case). Its thread environment (OMP/BLAS/Numba/Rayon va
 before it starts, so libraries read it at import. Each case is opened, sampled and checked by
 elbolab.measure.opening, the one way a case is opened.
 
-The runner's workers speak tuples over a multiprocessing Connection:
+The runner's workers speak tuples over a multiprocessing Connection, the runner asking and the
+worker answering each request (numpy arrays travel pickled):
   worker -> runner  ("hello", {"pid": ..., "versions": {...}})
-  runner -> worker  ("case", case_json, timer_json)
-  worker -> runner  ("result", measurement_json)   (elbolab.model.measurement.Measurement.to_json)
+  runner -> worker  ("open", case_json, timer_json, {"cpus": [...] | None, "loops": n | None})
+  worker -> runner  ("opened", {"loops", "first_call_ns", "calibration", "sample_ns", "memory",
+                                "cost", "notes", "call_n_ratio"})  or ("not opened", measurement_json)
+  runner -> worker  ("sample", n, input_set | None)   -> ("samples", [ns, ...])
+  runner -> worker  ("check", input_set, calls)       -> ("checked", {"outputs": {...}, "outputs_ns", ...})
+  runner -> worker  ("draws", count)                  -> ("drawn", [eps, ...])
+  runner -> worker  ("close",)                        -> ("closed", census)
   runner -> worker  ("train", device, dtype, threads, train_config_json)
   worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
   runner -> worker  ("stop",)
-A worker that dies or hangs sends nothing: the runner records that case as failed or timed out.
+A backend that raises inside a request answers ("raised", reason, census) and its case is closed. A worker
+that dies or hangs answers nothing: the runner records its case as failed or timed out, kills it,
+and starts a fresh one for the next case.
 
 The A/B gate's workers speak JSON lines over stdin/stdout (below: serve_stdio, StdioWorker).
 """
@@ -29,15 +37,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from threadpoolctl import threadpool_limits
 
 from elbolab.measure.machine import thread_env
-from elbolab.measure.opening import OpenCase, measure_case, open_case
+from elbolab.measure.opening import OpenCase, failure, open_case
 from elbolab.measure.timer import TimerConfig
 from elbolab.measure.training import TrainConfig, train
-from elbolab.model.backend import Backend, discover
+from elbolab.model.backend import Backend, backend_named, discover
 from elbolab.model.case import Case
 from elbolab.model.measurement import Measurement, not_measured
 
@@ -52,25 +60,71 @@ class WorkerSpec:
 
 
 def serve(conn, spec: WorkerSpec) -> None:
-    """Worker process entry point."""
-    backend = discover()[spec.backend]
+    """Worker process entry point: answers the runner's requests until told to stop."""
+    backend = backend_named(discover(), spec.backend)
     conn.send(("hello", {"pid": os.getpid(), "versions": _versions(backend)}))
+    opened: OpenCase | None = None
     while True:
         try:
             message = conn.recv()
         except EOFError:
             exit_now(0)
-        if message[0] == "stop":
+        op = message[0]
+        if op == "stop":
             exit_now(0)
-        if message[0] == "train":
+        if op == "train":
             conn.send(("trained", train_backend(backend, *message[1:])))
-            continue
-        _, case_json, timer_json = message
-        t0 = time.perf_counter_ns()
-        m = measure_case(backend, Case.from_json(case_json), TimerConfig(**timer_json))
-        # the whole case in the worker (inputs, prepare, timing, reference, check): the harness's cost
-        m = replace(m, notes=dict(m.notes, case_wall_ns=time.perf_counter_ns() - t0))
-        conn.send(("result", m.to_json()))
+        elif op == "open":
+            if opened is not None:
+                opened.close()
+            opened, reply = _open(backend, *message[1:])
+            conn.send(reply)
+        elif op == "close":
+            conn.send(("closed", opened.close() if opened is not None else {}))
+            opened = None
+        else:
+            try:
+                conn.send(_serve_open(opened, op, message[1:]))
+            except Exception as exc:  # the backend raised inside a call: the case ends here
+                reason = failure(opened.case, opened.stage, exc, opened.cost).reason
+                conn.send(("raised", reason, opened.close()))
+                opened = None
+
+
+def _open(
+    backend: Backend, case_json: dict, timer_json: dict, options: dict
+) -> tuple[OpenCase | None, tuple]:
+    case = Case.from_json(case_json)
+    t0 = time.perf_counter_ns()
+    opened = open_case(backend, case, TimerConfig(**timer_json), loops=options.get("loops"))
+    if isinstance(opened, Measurement):
+        return None, ("not opened", opened.to_json())
+    try:
+        opened.pin(set(options["cpus"]) if options.get("cpus") else None)
+        ratio = opened.call_n_ratio()
+    except Exception as exc:
+        opened.close()
+        return None, ("not opened", failure(case, "timing call()", exc, opened.cost).to_json())
+    return opened, ("opened", {
+        "loops": opened.loops, "first_call_ns": opened.first_call_ns,
+        "calibration": [list(c) for c in opened.calibration], "sample_ns": opened.sampler.sample_ns,
+        "memory": dict(opened.memory.__dict__), "cost": dict(opened.cost.__dict__),
+        "notes": opened.notes(open_wall_ns=time.perf_counter_ns() - t0), "call_n_ratio": ratio,
+        "loads": opened.prepared.load is not None,
+    })  # fmt: skip
+
+
+def _serve_open(opened: OpenCase | None, op: str, args: tuple) -> tuple:
+    if opened is None:
+        return ("raised", f"no open case for {op!r}", {})
+    if op == "sample":
+        n, input_set = args
+        return ("samples", opened.sample(n, input_set))
+    if op == "check":
+        return ("checked", opened.checked_call(*args))
+    if op == "draws":
+        return ("drawn", opened.draws(*args))
+    return ("raised", f"unknown request {op!r}", {})
 
 
 def _versions(backend: Backend) -> dict:
@@ -172,31 +226,31 @@ def stop(worker: Worker) -> None:
     kill(worker)
 
 
-def serve_cases(
-    worker: Worker, pending: list[Case], timer: TimerConfig, timeout: float, record
-) -> list[Case]:
-    """Send cases to one worker until done or until it dies or hangs (the case is then recorded as
-    failed or timed out, the worker killed); return the cases still to run."""
-    for i, case in enumerate(pending):
-        try:
-            worker.conn.send(("case", case.to_json(), timer.to_json()))
-            if not worker.conn.poll(timeout):
-                kill(worker)
-                record(not_measured(case, "timeout", f"no result within {timeout:.0f} s; worker killed"))
-                return pending[i + 1 :]
-            _, rec = worker.conn.recv()
-        except (EOFError, OSError, BrokenPipeError):
-            reason = f"worker died during the case ({exit_reason(worker.process)})"
+class WorkerLost(Exception):
+    """The worker died or did not answer in time: its case is recorded as `status` with `reason`
+    (failed or timeout), the worker is killed."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def ask(worker: Worker, message: tuple, timeout: float) -> tuple:
+    """Send a request and wait for the answer; WorkerLost (the worker killed) if it dies or hangs."""
+    try:
+        worker.conn.send(message)
+        if not worker.conn.poll(timeout):
             kill(worker)
-            record(not_measured(case, "failed", reason))
-            return pending[i + 1 :]
-        record(validated(case, rec))
-    stop(worker)
-    return []
+            raise WorkerLost("timeout", f"no answer to {message[0]!r} within {timeout:.0f} s; worker killed")
+        return worker.conn.recv()
+    except (EOFError, OSError, BrokenPipeError):
+        reason = f"worker died during {message[0]!r} ({exit_reason(worker.process)})"
+        kill(worker)
+        raise WorkerLost("failed", reason) from None
 
 
 def validated(case: Case, rec: object) -> Measurement:
-    """The worker's record, validated: a backend that returns garbage becomes a failed case."""
+    """A record the worker sent, validated: a backend that returns garbage becomes a failed case."""
     try:
         m = Measurement.from_json(rec)  # type: ignore[arg-type]
     except (ValueError, TypeError, AttributeError) as exc:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib.metadata import entry_points
 
@@ -28,15 +28,28 @@ class Prepared:
     """A case made ready to time.
 
     call      one call of the kernel on the prepared data (what the timer loops over)
-    outputs   the outputs of the last call, as NumPy arrays, for the correctness check
+    outputs   the outputs of the last call, as NumPy arrays, for the correctness check; it reads
+              what the call computed (it is timed apart and must be cheap next to a call)
     call_n    optional: run n calls inside the backend (e.g. a loop in Rust), to time without
-              per-call Python overhead; the timer uses it in place of a Python loop when present
+              per-call Python overhead; the timer uses it in place of a Python loop when present.
+              It must do n calls: its time per call is held to a loop of call()'s where the loop's
+              overhead is negligible, and call_n(1) is checked like one call
     sync      optional: wait for queued device work (called before the clock stops)
     device_peak_bytes  optional: peak device memory of the case so far
     device_events  optional: a fresh (start, end) pair of device events (objects with .record()
               and start.elapsed_time(end) in ms, as torch.cuda.Event): each sample is then also
               timed on the device, between events recorded around its calls
     notes     facts a reader of the results needs (e.g. how CUDA time was synchronised)
+
+    The inputs. Every call reads the arrays `prepare` was given, as they are at that call: the
+    harness rewrites them between samples (never during a call) with other input sets and checks
+    the outputs of chosen calls against the reference for the inputs each call was given. A backend
+    must not keep a private copy of its inputs on the host. (An input it made read-only to guard
+    against writes during a call stays read-only for everything but the harness.)
+    load      optional, for a backend whose call reads a copy elsewhere (a device): copies new
+              input values (a dict like the one prepare got) to where the call reads them; the
+              harness calls it in place of writing the arrays, between calls, and says so in the
+              case's evidence (it cannot see what load does)
     """
 
     call: Callable[[], object]
@@ -45,6 +58,7 @@ class Prepared:
     sync: Callable[[], None] | None = None
     device_peak_bytes: Callable[[], int | None] | None = None
     device_events: Callable[[], tuple[object, object]] | None = None
+    load: Callable[[Mapping[str, np.ndarray]], None] | None = None
     notes: dict = field(default_factory=dict)
 
 
@@ -168,3 +182,28 @@ def discover_with_errors() -> tuple[dict[str, Backend], list[str]]:
 
 def discover() -> dict[str, Backend]:
     return discover_with_errors()[0]
+
+
+# The null control of a run: the reference backend measured a second time, in a worker of its own,
+# as if it were another backend. Identical code, so its speed-up over the reference is 1: what
+# the run measures for it instead is the run's noise (elbolab.measure.cells).
+CONTROL_SUFFIX = "-control"
+
+
+def control_name(backend: str) -> str:
+    return backend + CONTROL_SUFFIX
+
+
+def is_control(name: str) -> bool:
+    return name.endswith(CONTROL_SUFFIX)
+
+
+def backend_named(backends: Mapping[str, Backend], name: str) -> Backend | None:
+    """The backend of that name, a control ('numpy-control': NumPy's code under another name) too."""
+    if name in backends:
+        return backends[name]
+    base = name[: -len(CONTROL_SUFFIX)] if is_control(name) else None
+    if base in backends:
+        b = backends[base]
+        return replace(b, name=name, description=f"{b.description} (the run's null control: {base} again)")
+    return None

@@ -27,9 +27,15 @@ from pydantic.dataclasses import dataclass
 from elbolab.model.case import STRICT, Case
 from elbolab.model.stats import Summary, summarize
 
-Status = Literal["ok", "incorrect", "failed", "timeout", "skipped"]
+# ok           correct, and the timed calls did the checked work within what physics allows
+# incorrect    an output is wrong for the inputs its call was given (a bug, or work not done)
+# implausible  correct outputs, but the time is not what the case asked for: faster than the
+#              machine's ceiling at its working set, or more threads or processes than asked did
+#              the work, or the work happens outside the timed call
+# failed, timeout, skipped  no measurement, with the reason
+Status = Literal["ok", "incorrect", "implausible", "failed", "timeout", "skipped"]
 STATUSES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
-BROKEN_STATUSES = ("failed", "incorrect", "timeout")
+BROKEN_STATUSES = ("failed", "incorrect", "implausible", "timeout")
 
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveTime = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -69,6 +75,30 @@ class Check:
             return "" if self.rel_err is None else f"relative error {self.rel_err:.2g}"
         text = f"{self.error_units:.3g} u (bound {self.bound_units:.3g} u) in {self.worst_output}"
         return text + (", less accurate than careful summation" if self.less_accurate else "")
+
+
+@dataclass(frozen=True, config=STRICT)
+class Evidence:
+    """What the harness saw the timed calls do, beside the one answer it checked (elbolab.measure):
+    the inputs rotated between samples from a pool of distinct sets the harness wrote, the outputs
+    of single calls and of whole samples checked against the reference for the inputs each was
+    given (outside the process that ran them), the time outputs() takes, and a census of the
+    threads and processes that did work while the case was sampled."""
+
+    input_sets: NonNegInt = 0  # distinct input sets the timed calls were given
+    rotations: NonNegInt = 0  # times the harness rewrote the inputs between samples
+    checked_calls: NonNegInt = 0  # single timed calls whose outputs were checked for their inputs
+    checked_samples: NonNegInt = 0  # samples whose last call's outputs were checked for their inputs
+    outputs_ns: NonNegFloat | None = None  # outputs() after a call, the fastest of the checks
+    draws_checked: NonNegInt = 0  # eps drawn inside consecutive calls, tested as normal draws
+    call_n_ratio: NonNegFloat | None = None  # per call: call_n(n) over a loop of call(), where measured
+    busy_threads: NonNegInt | None = None  # threads of the worker that did work while sampling
+    children: NonNegInt | None = None  # child processes the case started
+    children_cpu_ns: NonNegInt | None = None
+    pinned_cpus: tuple[NonNegInt, ...] | None = None  # the cores the case was measured on
+    ceiling_share: NonNegFloat | None = None  # of the bandwidth ceiling at its working set
+    flops_share: NonNegFloat | None = None  # of the machine's peak flop rate in its dtype
+    notes: tuple[Text, ...] = ()  # what could not be verified, and why
 
 
 @dataclass(frozen=True, config=STRICT)
@@ -157,6 +187,8 @@ class Measurement:
     # each sample also timed on the device, between CUDA events around its calls (host clock:
     # samples_ns, which stop after a device sync); empty where the backend has no device events
     device_samples_ns: tuple[PositiveTime, ...] = ()
+    # the evidence that the timed calls did the checked work (schema 3; None in older files)
+    evidence: Evidence | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Measurement:
@@ -256,6 +288,7 @@ class Measurement:
             "wall_ns": self.wall_ns,
             "device_samples_ns": [float(x) for x in self.device_samples_ns],
             "calibration": [list(c) for c in self.calibration],
+            "evidence": None if self.evidence is None else _evidence_json(self.evidence),
             "counts": None
             if self.counts is None
             else {
@@ -281,6 +314,13 @@ _MEASUREMENT = TypeAdapter(Measurement)
 def _fields(value: object) -> dict | None:
     """A flat dataclass of scalars as a dict."""
     return None if value is None else dict(value.__dict__)
+
+
+def _evidence_json(e: Evidence) -> dict:
+    d = dict(e.__dict__)
+    d["pinned_cpus"] = None if e.pinned_cpus is None else list(e.pinned_cpus)
+    d["notes"] = list(e.notes)
+    return d
 
 
 def _plain_number(x: float) -> int | float:

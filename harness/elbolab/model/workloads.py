@@ -98,6 +98,16 @@ def _rng(case: Case) -> np.random.Generator:
     return np.random.default_rng([case.seed, zlib.crc32(key.encode())])
 
 
+def input_set(case: Case, k: int) -> dict[str, np.ndarray]:
+    """The k-th of a case's distinct input sets (0: the case's own, make_inputs(case)), of the same
+    shapes and distributions, from another seed: what the harness rotates the timed calls through,
+    so that a call cannot return what an earlier call computed."""
+    workload = WORKLOADS[case.workload]
+    if k == 0:
+        return workload.make_inputs(case)
+    return workload.make_inputs(replace(case, seed=(case.seed + 7_919 * k) % 2**63))
+
+
 def _cast(arrays: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=dtype, order="C") for k, v in arrays.items()}
 
@@ -328,7 +338,7 @@ def check_outputs(
     problems: list[str] = []
     if case.variant == "eps=sampled" and workload.sampled_outputs:
         eps = got.get("eps")
-        problem = _check_draw(eps, next_eps, (case.batch, case.latent_dim))
+        problem = one_draw_problem(eps, next_eps, (case.batch, case.latent_dim))
         if problem:
             problems.append(problem)
             got = {k: v for k, v in got.items() if k not in workload.sampled_outputs}
@@ -384,7 +394,7 @@ def cached_reference(workload: Workload, inputs: Mapping[str, np.ndarray], case:
     return expected
 
 
-def _check_draw(eps, next_eps, shape: tuple[int, int]) -> str | None:
+def one_draw_problem(eps, next_eps, shape: tuple[int, int]) -> str | None:
     """eps drawn by the backend: present, the right shape, finite, standard normal, fresh per call."""
     if eps is None:
         return "eps: the backend did not return the eps it drew (output 'eps')"

@@ -1,4 +1,4 @@
-"""The results file: one run per JSON document, schema 'elbolab.run/2', validated, versioned.
+"""The results file: one run per JSON document, schema 'elbolab.run/3', validated, versioned.
 
 A run is written incrementally: after every measurement the whole document is written to a
 temporary file beside the target and renamed over it (os.replace is atomic on POSIX), so the file
@@ -34,7 +34,7 @@ from elbolab.model.errors import UsageError
 from elbolab.model.measurement import SUMMARY_KEY, FiniteFloat, Measurement, Text
 
 SCHEMA_PREFIX = "elbolab.run/"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = f"{SCHEMA_PREFIX}{SCHEMA_VERSION}"
 
 
@@ -92,7 +92,7 @@ class TrainingCurve:
 class Run:
     """A results document: what ran where, and every measurement of it."""
 
-    schema: Literal["elbolab.run/2"]
+    schema: Literal["elbolab.run/3"]
     run_id: Annotated[str, Field(min_length=1, max_length=200)]
     started: Text
     machine: dict[str, Any]
@@ -162,8 +162,15 @@ def _v1_to_v2(doc: dict) -> dict:
     return doc
 
 
+def _v2_to_v3(doc: dict) -> dict:
+    """v2 -> v3: a new status, 'implausible' (a time the case cannot have), and a measurement's
+    'evidence' that its timed calls did the checked work; a v2 file has neither, so it reads as is."""
+    doc["schema"] = f"{SCHEMA_PREFIX}3"
+    return doc
+
+
 # version -> function migrating a document of that version to the next one
-MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2}
+MIGRATIONS: dict[int, Callable[[dict], dict]] = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def schema_version(doc: object, where: str) -> int:
@@ -449,6 +456,10 @@ class RunFile:
         self._header["limits"] = limits
         self.save()
 
+    @property
+    def limits(self) -> dict:
+        return self._header.get("limits") or {}
+
     def has_limits(self) -> bool:
         return bool(self._header.get("limits"))
 
@@ -526,7 +537,7 @@ def machine_differences(file_machine: dict, here: dict) -> list[str]:
 def config_differences(file_config: dict, config: dict) -> list[str]:
     """... and how they were measured (the plan and the timer)."""
     out = []
-    for section in ("plan", "timer"):
+    for section in ("plan", "timer", "cells"):
         a, b = file_config.get(section) or {}, config.get(section) or {}
         out += [
             f"{section} {k}: file {a.get(k)!r}, now {b.get(k)!r}"

@@ -1,0 +1,243 @@
+"""Measuring the grid one cell at a time: the backends one speed-up compares, close together.
+
+A cell is every case that differs only by backend (and device): the same workload, variant, dtype,
+batch, sizes and threads. Its cases are opened together, one in each backend's worker (every worker
+pinned to the same cores), and sampled in interleaved rounds: in each round every backend takes a
+block of samples, in an order that turns from round to round (forwards, then backwards, starting one
+further on), so drift and load fall on every backend alike, and each round's medians pair up into
+the round ratios a speed-up's interval is built from (elbolab.analyse.table). Rounds alternate
+between two input sets the harness writes; the checks of chosen calls and samples (single calls on
+either set, one right after the other; the last call of a sample) are made at rounds drawn at random
+per case, and eps drawn inside the call is collected from consecutive calls after the last round.
+
+The null control: where the reference backend (NumPy) is in a cell, it is measured a second time in
+a worker of its own as `numpy-control` (elbolab.model.backend.CONTROL_SUFFIX), a backend like any
+other. Its speed-up over NumPy should be 1; what it is instead is the run's own noise.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from elbolab.measure.census import usable_cpus
+from elbolab.measure.evidence import CaseRecord
+from elbolab.measure.timer import TimerConfig
+from elbolab.measure.worker import Worker, WorkerLost, WorkerSpec, ask, kill, start_worker, stop, validated
+from elbolab.model.backend import Backend, control_name
+from elbolab.model.case import Case
+from elbolab.model.measurement import not_measured
+
+REFERENCE = "numpy"  # the backend every speed-up is over, and whose control is measured
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    rounds: int = 8  # paired rounds: 6 is the fewest a 95% signed-rank interval can be made of
+    block: int = 2  # samples a backend takes per round
+    control: bool = True  # measure the reference backend a second time in every cell it is in
+    draws: int = 64  # at most this many consecutive calls' eps are collected (eps drawn inside)
+    draw_values: int = 4096  # ... and at least this many numbers, where the calls allow
+    seed: int | None = None  # of the random choice of checked rounds (None: fresh each run)
+
+    @classmethod
+    def quick(cls) -> CellConfig:
+        return cls(rounds=6, block=1)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def cell_key(case: Case) -> tuple:
+    """What the cases one speed-up compares share: everything but the backend and the device."""
+    return (case.workload, case.variant, case.dtype, case.batch, case.input_dim, case.latent_dim,
+            case.hidden_dim, case.importance_samples, case.threads, case.seed)  # fmt: skip
+
+
+def cells_of(cases: Sequence[Case], control: bool) -> list[list[Case]]:
+    """The cases grouped into cells, in the order the plan gave them; each cell with the reference
+    backend gets its control."""
+    cells: dict[tuple, list[Case]] = {}
+    for case in cases:
+        cells.setdefault(cell_key(case), []).append(case)
+    if control:
+        for members in cells.values():
+            ref = next((c for c in members if c.backend == REFERENCE and c.device == "cpu"), None)
+            if ref is not None:
+                members.append(replace(ref, backend=control_name(REFERENCE)))
+    return list(cells.values())
+
+
+class Workers:
+    """One live worker per (backend, threads) spec, started when a cell first needs it and kept
+    for the run (a JIT compiles once, torch is imported once); one that died or hung is replaced."""
+
+    def __init__(self, spec_of: Callable[[Case], WorkerSpec], env: dict[str, str], start_timeout: float):
+        self.spec_of, self.env, self.start_timeout = spec_of, env, start_timeout
+        self.live: dict[WorkerSpec, Worker] = {}
+        self.versions: dict[str, dict] = {}
+
+    def for_case(self, case: Case) -> Worker:
+        spec = self.spec_of(case)
+        worker = self.live.get(spec)
+        if worker is not None and worker.process.is_alive():
+            return worker
+        worker = start_worker(spec, start_timeout=self.start_timeout, env=self.env)
+        self.live[spec] = worker
+        self.versions.setdefault(spec.backend, worker.hello.get("versions", {}))
+        return worker
+
+    def lost(self, case: Case) -> None:
+        worker = self.live.pop(self.spec_of(case), None)
+        if worker is not None:
+            kill(worker)
+
+    def stop_all(self) -> None:
+        for worker in self.live.values():
+            stop(worker)
+        self.live.clear()
+
+
+def cell_cpus(index: int, threads: int) -> set[int] | None:
+    """The cores a cell's workers run on: the same for every backend of the cell (a core that is
+    slower, or busier with interrupts, cannot favour one), moving round the machine from cell to
+    cell; None when the cell needs every core."""
+    allowed = usable_cpus()
+    if not allowed or threads >= len(allowed):
+        return None
+    start = index * threads
+    return {allowed[(start + j) % len(allowed)] for j in range(threads)}
+
+
+def measure_cell(members: Sequence[Case], workers: Workers, timer: TimerConfig, config: CellConfig,
+                 index: int, timeout: float) -> list[CaseRecord]:  # fmt: skip
+    """Open every member, sample them in interleaved rounds with the checks, close them; one
+    record per member (the parent judges them: elbolab.measure.evidence)."""
+    rng = random.Random(None if config.seed is None else (config.seed, index))
+    cpus = cell_cpus(index, members[0].threads)
+    records = {c: CaseRecord(c) for c in members}
+    live: list[Case] = []
+    for case in members:
+        if _open(records[case], workers, timer, cpus, timeout):
+            live.append(case)
+    plans = {c: _check_plan(rng, config.rounds) for c in live}
+    block = config.block if _affordable(records, live, timer, config) else 1
+    for r in range(config.rounds):
+        order = live[r % len(live) :] + live[: r % len(live)] if live else []
+        if r % 2:
+            order.reverse()
+        for case in order:
+            rec = records[case]
+            if rec.lost is not None:
+                continue
+            _request(rec, workers, timeout, _round(rec, r, block, plans[case]))
+    for case in live:
+        rec = records[case]
+        if rec.lost is None and case.variant == "eps=sampled":
+            count = min(config.draws, max(3, -(-config.draw_values // (case.batch * case.latent_dim))))
+            _request(rec, workers, timeout, [("draws", count)])
+        if rec.lost is None:
+            _close(rec, workers, timeout)
+    return [records[c] for c in members]
+
+
+def _check_plan(rng: random.Random, rounds: int) -> dict[int, list[tuple]]:
+    """Where a case's checks go, by round: four single calls in a row on alternating input sets
+    after a round drawn at random (a backend that works only every second or third call answers
+    one of them with the other set's outputs), the last call of a sample after another round, and
+    a single call on set 1 before the first round (a backend that computes only once, at its first
+    call, is caught at once)."""
+    run_at, sample_at = rng.randrange(rounds), rng.randrange(rounds)
+    plan: dict[int, list[tuple]] = {-1: [("check", 1, 1)]}
+    plan.setdefault(run_at, []).extend(("check", k, 1) for k in (0, 1, 0, 1))
+    plan.setdefault(sample_at, []).insert(0, ("check", sample_at % 2, 0))  # the round's own set
+    return plan
+
+
+def _round(rec: CaseRecord, r: int, block: int, plan: dict[int, list[tuple]]) -> list[tuple]:
+    """The requests of round r for one case: the checks due before it (round 0 only), its block
+    of samples on the round's input set, then the checks due after it."""
+    requests = list(plan.get(-1, [])) if r == 0 else []
+    requests.append(("sample", block, r % 2))
+    return requests + list(plan.get(r, []))
+
+
+def _affordable(records: dict, live: list[Case], timer: TimerConfig, config: CellConfig) -> bool:
+    """Whether every member can take `block` samples a round within the case budget."""
+    for case in live:
+        sample_ns = (records[case].opened or {}).get("sample_ns") or 0
+        if sample_ns * config.rounds * config.block > timer.budget_ns:
+            return False
+    return True
+
+
+def _open(rec: CaseRecord, workers: Workers, timer: TimerConfig, cpus, timeout: float) -> bool:
+    case = rec.case
+    try:
+        worker = workers.for_case(case)
+    except RuntimeError as exc:  # the worker could not start
+        rec.not_opened = not_measured(case, "failed", str(exc))
+        return False
+    try:
+        reply = ask(worker, ("open", case.to_json(), timer.to_json(), {"cpus": sorted(cpus) if cpus else None}),
+                    timeout)  # fmt: skip
+    except WorkerLost as lost:
+        workers.lost(case)
+        rec.lost = (lost.status, f"{lost.reason} (opening the case)")
+        return False
+    if reply[0] == "opened":
+        rec.opened = reply[1]
+        return True
+    rec.not_opened = validated(case, reply[1])
+    return False
+
+
+def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[tuple]) -> None:
+    """Send a case's requests in turn, filing each answer in its record; a lost worker or a
+    backend that raised ends the case (its record says why)."""
+    worker = workers.for_case(rec.case)
+    for request in requests:
+        try:
+            reply = ask(worker, request, timeout)
+        except WorkerLost as lost:
+            workers.lost(rec.case)
+            rec.lost = (lost.status, f"{lost.reason}, case {rec.case.label()}")
+            return
+        kind = reply[0]
+        if kind == "samples":
+            rec.samples.append(reply[1])
+            rec.sets.append(request[2])
+        elif kind == "checked":
+            rec.checks.append(reply[1])
+        elif kind == "drawn":
+            rec.draws = reply[1]
+        elif kind == "raised":
+            rec.lost = ("failed", reply[1])
+            rec.census = reply[2]
+            return
+
+
+def _close(rec: CaseRecord, workers: Workers, timeout: float) -> None:
+    try:
+        reply = ask(workers.for_case(rec.case), ("close",), timeout)
+    except WorkerLost as lost:
+        workers.lost(rec.case)
+        rec.lost = (lost.status, f"{lost.reason} (closing the case)")
+        return
+    rec.census = reply[1]
+
+
+def specs_for(cases: Sequence[Case], backends: dict[str, Backend]) -> Callable[[Case], WorkerSpec]:
+    """The worker that measures each case: one per backend and thread count (thread variables are
+    read when a library is imported), except for a backend that sets its threads per case, whose
+    one worker starts with the largest count among its cases."""
+    shared = {name for name, backend in backends.items() if backend.threads_per_case}
+    widest: dict[str, int] = {}
+    for case in cases:
+        widest[case.backend] = max(widest.get(case.backend, 1), case.threads)
+
+    def spec_of(case: Case) -> WorkerSpec:
+        return WorkerSpec(case.backend, widest[case.backend] if case.backend in shared else case.threads)
+
+    return spec_of
