@@ -56,14 +56,16 @@ STEPPED = Case("elbo", "numpy", batch=128)
 
 
 def simulate(store: Store, shas: list[str], cpu: str = "CPU A", step_at: int | None = None, factor: float = 1.3,
-             seed: int = 0, run_noise: float = 0.01, order=None) -> None:  # fmt: skip
-    """One run per commit (in `order`, default a shuffled one); STEPPED gets `factor` from step_at on."""
+             seed: int = 0, run_noise: float = 0.01, order=None, loaded: dict | None = None) -> None:  # fmt: skip
+    """One run per commit (in `order`, default a shuffled one); STEPPED gets `factor` from step_at on;
+    the runs of the commits in `loaded` (index -> factor) ran on a machine that much slower."""
     rng = np.random.default_rng(seed)
     indices = list(range(len(shas))) if order is None else order
     for i in indices:
         ms = []
         for c in CASES:
             f = factor if step_at is not None and i >= step_at and c == STEPPED else 1.0
+            f *= (loaded or {}).get(i, 1.0)
             ms.append(ok(c, noisy(rng, 1e5 * f * math.exp(rng.normal(0, run_noise)))))
         store.ingest(make_run(ms, cpu=cpu, run_id=f"{cpu}-{i}-{seed}", commit=shas[i]))
 
@@ -122,6 +124,19 @@ def test_noise_alone_finds_nothing(tmp_path, store):
     simulate(store, shas, run_noise=0.02, seed=4)
     history = load_history(store, repo)
     assert all(change_points(s) == [] for s in history.series)
+
+
+def test_runs_made_while_the_machine_was_slower_are_not_a_change(tmp_path, store):
+    """Commits 8-13 measured under load, every case 1.6x slower (the drift of separate runs on a
+    shared machine): the drift is the runs', not the code's, and no change is found; a real 1.3x step
+    of one case among them still is."""
+    repo, shas = empty_history(tmp_path, 24)
+    simulate(store, shas, loaded=dict.fromkeys(range(8, 14), 1.6), step_at=16, factor=1.3)
+    history = load_history(store, repo)
+    found = {s.case: change_points(s) for s in history.series}
+    assert all(not cs for c, cs in found.items() if c != STEPPED), found
+    (change,) = found[STEPPED]
+    assert change.bad == shas[16] and change.judgement.verdict is Verdict.SLOWER
 
 
 def test_a_single_slow_run_is_not_a_change(tmp_path, store):
@@ -315,11 +330,10 @@ def test_the_page_stays_small_for_many_commits_and_cases(tmp_path):
 # ----------------------------------------------------------------------------- for real
 
 
-def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "5") -> tuple[Path, list[str]]:
+def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "0.1") -> tuple[Path, list[str]]:
     """A copy of this repository's code, then n-1 commits; the one at `slow_at` changes the test
-    backend's default extra work from 0 to `extra` (5: the elbo kernel's work done five times more
-    in every batch of calls: about 6x the time, plain above what load does to separate runs on a
-    shared 2-core VM, see RULE)."""
+    backend's default extra work from 0 to `extra` (0.1: the elbo kernel's work done 10% more in
+    every batch of calls)."""
     repo = tmp_path / "repo"
     for part in ("harness", "backends", "pyproject.toml", "README.md", ".gitignore", "tests/__init__.py",
                  "tests/slow_backend.py"):  # fmt: skip
@@ -347,13 +361,12 @@ def scratch_history(tmp_path: Path, n: int, slow_at: int, extra: str = "5") -> t
     return repo, git(repo, "rev-list", "--reverse", "HEAD").split()
 
 
-# the shared rule with a threshold and a noise band for separate runs on a shared 2-core machine
-# while the suite's other process runs: there, a run of unchanged code measured 1.9x slower than an
-# earlier one (CI, 2026-11-29). A change is beyond 2x, a regression beyond 2.5x; the injected
-# slowdown (~6x) is far beyond both. (The bisect times each commit paired with GOOD, which load
-# cannot fool so; it uses the same rule.)
-RULE = ["--threshold", "1.5", "--noise-band", "1.0"]
-ONE_CASE = ["--backend", "numpy-slow", "--workload", "elbo", "--batch", "128", "--dtype", "float64",
+# The shared rule as the gate uses it (threshold 5%, noise band 3%). Separate runs of an unchanged
+# commit measured 1.9x apart under CI load (2026-11-29); each run now measures NumPy and its null
+# control beside the slowed backend, interleaved, so the run's drift is taken out (its cases agree on
+# it) and the control's noise widens each change's interval (elbolab.analyse.changes).
+RULE = ["--threshold", "0.05", "--noise-band", "0.03"]
+ONE_CASE = ["--backend", "numpy,numpy-slow", "--workload", "elbo", "--batch", "128", "--dtype", "float64",
             "--threads", "1", "--variant", "eps=given", "--quick"]  # fmt: skip
 SLOW_CASE = "elbo numpy-slow cpu float64 B=128 t=1"
 
@@ -385,7 +398,7 @@ def test_backfill_finds_the_commit_that_slowed_the_kernel(tmp_path):
     print(f"\ninjected at {shas[slow_at][:10]}, found {change['good'][:10]}..{change['bad'][:10]}: "
           f"ratio {change['ratio']:.3f} [{change['ci95'][0]:.3f}, {change['ci95'][1]:.3f}], {change['verdict']}")  # fmt: skip
     assert change["bad"] == shas[slow_at] and change["good"] == shas[slow_at - 1]
-    assert change["verdict"] == "slower" and change["regression"] and change["ratio"] > 3
+    assert change["verdict"] == "slower" and 1.05 < change["ratio"] < 1.2
     page = tmp_path / "trends.html"
     assert history_process(repo, "page", "-o", str(page), "--store", url).returncode == 0
     assert shas[slow_at][:10] in page.read_text()

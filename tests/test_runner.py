@@ -215,3 +215,16 @@ def test_peak_memory_is_per_case_not_per_worker(tmp_path):
     # must not inherit that peak
     assert big.peak_rss_bytes - big.baseline_rss_bytes > 100e6
     assert small.peak_rss_bytes - small.baseline_rss_bytes < 20e6
+
+
+def test_a_backend_with_two_devices_keeps_both_cases_of_a_cell_open(tmp_path):
+    """torch's cpu and cuda cases share a cell and a worker: opening one must not close the other
+    (the cuda case is skipped here, without a GPU, after the cpu case was opened)."""
+    pytest.importorskip("torch")
+    out = tmp_path / "run.json"
+    plan = Plan(backends=("torch",), workloads=("elbo",), batches=(1,), dtypes=("float64",), threads=(1,),
+                variants=("eps=given",), quick=True, control=False)  # fmt: skip
+    run_plan(plan, out, measure_limits=False)
+    status = {m.case.device: (m.status, m.reason) for m in load(out).measurements}
+    assert status["cpu"] == ("ok", None)
+    assert status.get("cuda", ("skipped",))[0] in ("skipped", "ok")

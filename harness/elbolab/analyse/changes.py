@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from elbolab.analyse.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, judge
+from elbolab.analyse.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide, widened
+from elbolab.model.backend import is_control
 from elbolab.model.case import Case
 from elbolab.model.errors import UsageError
 from elbolab.model.query import CaseQuery
-from elbolab.model.stats import summarize
+from elbolab.model.stats import ratio_interval, summarize
 from elbolab.store.commits import Order, order_commits
 from elbolab.store.database import MachineRow, Row, Store
 
@@ -60,6 +61,7 @@ class Point:
     per_call_ns: np.ndarray  # pooled over the runs that measured the case ok
     run_medians: tuple[float, ...]  # median per call of each ok run
     median: float = math.nan  # of the pooled samples
+    noise: float = 0.0  # the largest null-control deviation among its runs (log scale)
 
     def __post_init__(self) -> None:
         if self.per_call_ns.size and math.isnan(self.median):
@@ -99,29 +101,98 @@ class Series:
 
 def build_series(rows: Sequence[Row], order: Order, machines: dict[str, MachineRow],
                  cases: dict[str, Case]) -> list[Series]:  # fmt: skip
-    """One series per (machine, case) from stored rows, its points in `order`."""
+    """One series per (machine, case) from stored rows, its points in `order`.
+
+    Drift between runs is taken out: each run's times are divided by the run's own factor, the
+    median over its cases of how far each case sits from that case's median over all runs (a run
+    measured while the machine was 20% slower has every case ~20% slower; a change of code moves
+    the few cases it touches, not the median). Where a run measured the reference's null control,
+    the control's deviation from the reference is that run's noise (`Point.noise`), by which every
+    change's interval is widened (change_points)."""
     pos = order.position
+    factors = run_factors(rows)
+    noises = _control_noises(rows, cases)
     grouped: dict[tuple[str, str], dict[str, list[Row]]] = {}
     for r in rows:
-        if r.commit in pos:
+        if r.commit in pos and not is_control(cases[r.case_id].backend):
             grouped.setdefault((r.machine_id, r.case_id), {}).setdefault(r.commit, []).append(r)
     out = []
     for (mid, cid), by_commit in grouped.items():
+        case = cases[cid]
         points = []
         for commit in sorted(by_commit, key=pos.__getitem__):
             rs = by_commit[commit]
-            ok = [r for r in rs if r.status == "ok" and r.samples_ns and r.loops >= 1]
-            per_run = [r.per_call_ns for r in ok]
+            ok = [r for r in rs if _usable(r)]
+            per_run = [r.per_call_ns / factors.get(r.run_id, 1.0) for r in ok]
             medians = tuple(fast_median(x) for x in per_run)
             pooled = np.concatenate(per_run) if len(per_run) > 1 else per_run[0] if per_run else np.empty(0)
+            noise = max((noises.get((r.run_id, _cell(case)), 0.0) for r in ok), default=0.0)
             points.append(Point(
                 commit, tuple(r.run_id for r in rs), tuple(r.status for r in rs),
                 tuple(r.reason or "" for r in rs if r.status != "ok"), pooled, medians,
-                medians[0] if len(medians) == 1 else math.nan,
+                medians[0] if len(medians) == 1 else math.nan, noise,
             ))  # fmt: skip
-        out.append(Series(machines[mid], cases[cid], cid, tuple(points)))
+        out.append(Series(machines[mid], case, cid, tuple(points)))
     out.sort(key=lambda s: (s.machine.label, s.machine.machine_id, s.case.key()))
     return out
+
+
+REFERENCE = "numpy"  # the backend whose null control gives a run's noise
+MIN_CASES_FOR_DRIFT = 3  # fewer cases in a run: no factor (the median would follow a changed case)
+DRIFT_FLOOR = math.log(1.02)  # a shift below 2% is not told apart from the cases' own noise
+
+
+def _usable(r: Row) -> bool:
+    return r.status == "ok" and bool(r.samples_ns) and r.loops >= 1
+
+
+def _cell(case: Case) -> tuple:
+    return (case.workload, case.variant, case.dtype, case.batch, case.input_dim, case.latent_dim,
+            case.hidden_dim, case.importance_samples, case.threads, case.seed)  # fmt: skip
+
+
+def run_factors(rows: Sequence[Row]) -> dict[str, float]:
+    """run -> how much slower the machine was in that run than usual: exp of the median over the
+    run's cases of log(case median in the run / the case's median over every run), where the
+    cases agree on it (runs without a clear shift are left out: factor 1)."""
+    logs: dict[tuple[str, str], float] = {}
+    for r in rows:
+        if _usable(r):
+            logs[(r.run_id, r.case_id)] = math.log(fast_median(r.per_call_ns))
+    by_case: dict[str, list[float]] = {}
+    for (_, cid), v in logs.items():
+        by_case.setdefault(cid, []).append(v)
+    typical = {cid: float(np.median(v)) for cid, v in by_case.items() if len(v) >= 2}
+    by_run: dict[str, list[float]] = {}
+    for (rid, cid), v in logs.items():
+        if cid in typical:
+            by_run.setdefault(rid, []).append(v - typical[cid])
+    factors = {}
+    for rid, d in by_run.items():
+        if len(d) < MIN_CASES_FOR_DRIFT:
+            continue
+        shift = float(np.median(d))
+        spread = 1.4826 * float(np.median(np.abs(np.asarray(d) - shift)))
+        # only a shift the run's cases agree on is the machine's: one that their own scatter
+        # explains is left alone (dividing by it would add the other cases' noise to each)
+        if abs(shift) > max(3 * spread / math.sqrt(len(d)), DRIFT_FLOOR):
+            factors[rid] = math.exp(shift)
+    return factors
+
+
+def _control_noises(rows: Sequence[Row], cases: dict[str, Case]) -> dict[tuple, float]:
+    """(run, cell) -> the null control's |log deviation| from the reference in that run and cell."""
+    ref: dict[tuple, float] = {}
+    ctl: dict[tuple, float] = {}
+    for r in rows:
+        case = cases[r.case_id]
+        if not _usable(r) or case.device != "cpu":
+            continue
+        if case.backend == REFERENCE:
+            ref[(r.run_id, _cell(case))] = fast_median(r.per_call_ns)
+        elif is_control(case.backend) and case.backend.startswith(REFERENCE):
+            ctl[(r.run_id, _cell(case))] = fast_median(r.per_call_ns)
+    return {k: abs(math.log(ctl[k] / v)) for k, v in ref.items() if k in ctl}
 
 
 # ---------------------------------------------------------------------------------- machines
@@ -206,7 +277,10 @@ def _judge(
     head = np.concatenate([p.per_call_ns for p in right])
     base_rounds = [m for p in left for m in p.run_medians]
     head_rounds = [m for p in right for m in p.run_medians]
-    j = judge(base, head, rule, series.case.workload, base_rounds, head_rounds)
+    noise = max(p.noise for p in left + right)
+    j = decide(
+        widened(ratio_interval(base, head), noise), rule, series.case.workload, base_rounds, head_rounds
+    )
     confirmed = j.verdict in (Verdict.SLOWER, Verdict.FASTER)
     return ChangePoint(
         series.machine, series.case, left[-1].commit, right[0].commit, b, j, float(np.median(base)),
@@ -268,8 +342,8 @@ def load_history(store: Store, repo: Path | None, ref: str = "HEAD", machine: st
     all_cases = store.cases()
     chosen = query.select(all_cases) if query is not None else all_cases
     rows: list[Row] = []
-    for m in machines:
-        rows += store.rows(m.machine_id, list(chosen) if query is not None else None, include_dirty=True)
+    for m in machines:  # every case of the runs, also where a query chose some: a run's drift is their median
+        rows += store.rows(m.machine_id, None, include_dirty=True)
     dirty_runs = len({r.run_id for r in rows if r.dirty})
     if not include_dirty:
         rows = [r for r in rows if not r.dirty]
@@ -277,5 +351,6 @@ def load_history(store: Store, repo: Path | None, ref: str = "HEAD", machine: st
     shas = {r.commit for r in rows if r.commit}
     dates = {s: c.get("committed") for s, c in store.commits(shas).items()} if repo is None else None
     order = order_commits(shas, repo, ref, dates)
-    series = build_series(rows, order, {m.machine_id: m for m in machines}, all_cases)
+    series = [s for s in build_series(rows, order, {m.machine_id: m for m in machines}, all_cases)
+              if s.case_id in chosen]  # fmt: skip
     return History(order, series, machines, 0 if include_dirty else dirty_runs, unknown)

@@ -180,8 +180,8 @@ def _open(rec: CaseRecord, workers: Workers, timer: TimerConfig, cpus, timeout: 
         rec.not_opened = not_measured(case, "failed", str(exc))
         return False
     try:
-        reply = ask(worker, ("open", case.to_json(), timer.to_json(), {"cpus": sorted(cpus) if cpus else None}),
-                    timeout)  # fmt: skip
+        options = {"cpus": sorted(cpus) if cpus else None}
+        reply = ask(worker, ("open", case.label(), case.to_json(), timer.to_json(), options), timeout)
     except WorkerLost as lost:
         workers.lost(case)
         rec.lost = (lost.status, f"{lost.reason} (opening the case)")
@@ -199,7 +199,7 @@ def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[t
     worker = workers.for_case(rec.case)
     for request in requests:
         try:
-            reply = ask(worker, request, timeout)
+            reply = ask(worker, (request[0], rec.case.label(), *request[1:]), timeout)
         except WorkerLost as lost:
             workers.lost(rec.case)
             rec.lost = (lost.status, f"{lost.reason}, case {rec.case.label()}")
@@ -220,7 +220,7 @@ def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[t
 
 def _close(rec: CaseRecord, workers: Workers, timeout: float) -> None:
     try:
-        reply = ask(workers.for_case(rec.case), ("close",), timeout)
+        reply = ask(workers.for_case(rec.case), ("close", rec.case.label()), timeout)
     except WorkerLost as lost:
         workers.lost(rec.case)
         rec.lost = (lost.status, f"{lost.reason} (closing the case)")

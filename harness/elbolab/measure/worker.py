@@ -9,13 +9,14 @@ elbolab.measure.opening, the one way a case is opened.
 The runner's workers speak tuples over a multiprocessing Connection, the runner asking and the
 worker answering each request (numpy arrays travel pickled):
   worker -> runner  ("hello", {"pid": ..., "versions": {...}})
-  runner -> worker  ("open", case_json, timer_json, {"cpus": [...] | None, "loops": n | None})
+  runner -> worker  ("open", key, case_json, timer_json, {"cpus": [...] | None, "loops": n | None})
   worker -> runner  ("opened", {"loops", "first_call_ns", "calibration", "sample_ns", "memory",
                                 "cost", "notes", "call_n_ratio"})  or ("not opened", measurement_json)
-  runner -> worker  ("sample", n, input_set | None)   -> ("samples", [ns, ...])
-  runner -> worker  ("check", input_set, calls)       -> ("checked", {"outputs": {...}, "outputs_ns", ...})
-  runner -> worker  ("draws", count)                  -> ("drawn", [eps, ...])
-  runner -> worker  ("close",)                        -> ("closed", census)
+  runner -> worker  ("sample", key, n, input_set | None)  -> ("samples", [ns, ...])
+  runner -> worker  ("check", key, input_set, calls)      -> ("checked", {"outputs": {...}, "outputs_ns"})
+  runner -> worker  ("draws", key, count)                 -> ("drawn", [eps, ...])
+  runner -> worker  ("close", key)                        -> ("closed", census)
+(key: the case's label; a worker may hold several cases of one cell open, e.g. cpu and cuda)
   runner -> worker  ("train", device, dtype, threads, train_config_json)
   worker -> runner  ("trained", {"status": ..., "reason": ..., "losses": [...], "wall_s": ...})
   runner -> worker  ("stop",)
@@ -63,7 +64,7 @@ def serve(conn, spec: WorkerSpec) -> None:
     """Worker process entry point: answers the runner's requests until told to stop."""
     backend = backend_named(discover(), spec.backend)
     conn.send(("hello", {"pid": os.getpid(), "versions": _versions(backend)}))
-    opened: OpenCase | None = None
+    opened: dict[str, OpenCase] = {}  # by case label: a cell may hold a backend's cpu and cuda cases
     while True:
         try:
             message = conn.recv()
@@ -74,21 +75,25 @@ def serve(conn, spec: WorkerSpec) -> None:
             exit_now(0)
         if op == "train":
             conn.send(("trained", train_backend(backend, *message[1:])))
-        elif op == "open":
-            if opened is not None:
-                opened.close()
-            opened, reply = _open(backend, *message[1:])
+            continue
+        key = message[1]
+        if op == "open":
+            if key in opened:
+                opened.pop(key).close()
+            case, reply = _open(backend, *message[2:])
+            if case is not None:
+                opened[key] = case
             conn.send(reply)
         elif op == "close":
-            conn.send(("closed", opened.close() if opened is not None else {}))
-            opened = None
+            case = opened.pop(key, None)
+            conn.send(("closed", case.close() if case is not None else {}))
         else:
+            case = opened.get(key)
             try:
-                conn.send(_serve_open(opened, op, message[1:]))
+                conn.send(_serve_open(case, op, message[2:]))
             except Exception as exc:  # the backend raised inside a call: the case ends here
-                reason = failure(opened.case, opened.stage, exc, opened.cost).reason
-                conn.send(("raised", reason, opened.close()))
-                opened = None
+                reason = failure(case.case, case.stage, exc, case.cost).reason
+                conn.send(("raised", reason, opened.pop(key).close()))
 
 
 def _open(
