@@ -29,14 +29,15 @@ reset in prepare before the inputs are moved, so the peak includes the inputs.
 torch-compile: torch.compile(fn, fullgraph=True) in default mode, so a graph break is an error whose
 message becomes the case's recorded reason ('failed'), never a silent fall back to eager code; the
 same for Dynamo's recompile limit where this torch has the switch. Compilation happens in the first
-call, which the harness times apart as first_call (tens of seconds on a 2-core CPU: Dynamo tracing, Inductor C++
-codegen and a g++ build; elbo_grad and vae_step also compile the backward graph). Dynamo is reset
+call, which the harness times apart as first_call (tens of seconds on a 2-core CPU: Dynamo tracing,
+Inductor C++ codegen and a g++ build; elbo_grad and vae_step also compile the backward graph). Dynamo is reset
 and Inductor's on-disk FX-graph and AOT-autograd caches are switched off in prepare (one case per
 worker process makes both harmless), so tracing and code generation are always in first_call. The
 compiled-C++ cache in Inductor's cache directory is left on: with it warm, elbo's first_call is
 ~2 s on this 2-core machine; with an empty cache directory (first use ever, or
 TORCHINDUCTOR_CACHE_DIR pointing at a fresh folder) it is ~20 s, mostly g++. notes["compile"] says so.
-Where it cannot work the backend says why: no C++ compiler for cpu, no Triton/CUDA for cuda.
+Where it cannot work the backend says why: no C++ compiler for cpu, no Triton/CUDA for cuda, or
+TRITON_INTERPRET set (Inductor's CUDA kernels are Triton kernels: they would run on the CPU).
 """
 
 from __future__ import annotations

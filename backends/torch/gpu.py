@@ -2,14 +2,14 @@
 
 torch-triton     elbo and elbo_grad as one fused Triton kernel (backends/torch/fused.py): one pass
                  over x and x_recon, the latents and the final reduction in the same launch, eps
-                 drawn in the kernel when sampled. One kernel launch and no ATen op per call; what
-                 is left above the HBM floor is Triton's host-side launch cost.
+                 drawn in the kernel when sampled. One kernel launch and no ATen op per call: the
+                 cost beside the data's own traffic is Triton's host-side launch.
 torch-cudagraph  the same launch captured once as a CUDA graph and replayed: one graph launch
                  holding one kernel per call, without Triton's Python launcher in the loop.
 
 Both run on CUDA only; on a machine without a GPU they are skipped with the reason, and so they are
-where TRITON_INTERPRET would make Triton run the kernel in its CPU interpreter (a CUDA row measured
-on the CPU). The call is built by `fused_call` from tensors on any device, so the tests run the very
+where TRITON_INTERPRET makes Triton run kernels in its CPU interpreter (else a CUDA row would be
+measured on the CPU). The call is built by `fused_call` from tensors on any device, so the tests run the very
 same call in Triton's interpreter on the CPU (tests/triton_interpret_check.py). `count_launches`
 counts what one call dispatches (ATen ops, and CUDA kernels from the profiler on a GPU).
 """
