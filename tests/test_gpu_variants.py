@@ -62,11 +62,13 @@ def test_the_fused_triton_kernel_is_correct_in_the_interpreter():
         assert report["refusals"][name] == gpu.INTERPRETER_REASON, (name, report["refusals"])
 
 
-# (dtype of the arrays, GRAD, SAMPLE) as the kernel is specialised for the cases
-SPECIALISATIONS = [(dt, g, s) for dt in ("fp32", "fp64") for g in (False, True) for s in (False, True)]
+# (dtype of the arrays, GRAD, SAMPLE, batch) as the kernel is specialised for the cases: every
+# specialisation at B=8192, and the tilings of B=1 (one row, one program) and B=128
+SPECIALISATIONS = [(dt, g, s, 8192) for dt in ("fp32", "fp64") for g in (False, True) for s in (False, True)]
+SPECIALISATIONS += [(dt, True, True, b) for dt in ("fp32", "fp64") for b in (1, 128)]
 
 
-def _compile_for_hopper(dt: str, grad: bool, sample: bool):
+def _compile_for_hopper(dt: str, grad: bool, sample: bool, batch: int = 8192):
     """The kernel compiled by Triton for sm_90 as the D=784, L=20 cases launch it (no GPU needed)."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -76,7 +78,7 @@ def _compile_for_hopper(dt: str, grad: bool, sample: bool):
     signature = {a: f"*{dt}" for a in arrays}
     signature.update(part_ptr="*fp64", state_ptr="*i64", out_ptr="*fp64", c_ptr=f"*{dt}", B="i32", D="i32",
                      L="i32")  # fmt: skip
-    shape = fused.Shape.of(8192, 784, 20)
+    shape = fused.Shape.of(batch, 784, 20)
     constexprs = dict(GRAD=grad, SAMPLE=sample, ROWS=shape.rows, BLOCK_D=shape.block_d, BLOCK_L=shape.block_l,
                       BLOCK_P=shape.block_p)  # fmt: skip
     signature.update({k: "constexpr" for k in constexprs})
@@ -85,11 +87,11 @@ def _compile_for_hopper(dt: str, grad: bool, sample: bool):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("dt", "grad", "sample"), SPECIALISATIONS)
-def test_the_kernel_compiles_for_hopper_with_64_bit_offsets_and_one_ticket(dt, grad, sample):
+@pytest.mark.parametrize(("dt", "grad", "sample", "batch"), SPECIALISATIONS)
+def test_the_kernel_compiles_for_hopper_with_64_bit_offsets_and_one_ticket(dt, grad, sample, batch):
     if fused.interpreted():
         pytest.skip("TRITON_INTERPRET is set in this process: triton.jit made an interpreted function")
-    kernel = _compile_for_hopper(dt, grad, sample)
+    kernel = _compile_for_hopper(dt, grad, sample, batch)
     ttir, ptx = kernel.asm["ttir"], kernel.asm["ptx"]
     assert kernel.asm["cubin"], "ptxas produced no machine code"
     # every pointer arithmetic on a block of addresses (the [B,D] and [B,L] arrays, the partials)
