@@ -10,8 +10,8 @@ whole program's partial-sum store is ordered before it), and the program that dr
 ticket adds all the partials in program order in float64 (deterministic, whatever the order in
 which programs finish), writes recon, kl and elbo, and resets the counter for the next call. So a
 call is one kernel launch and no ATen op after it. On a GPU each further op would cost ~7 us of host
-time (issue 29's estimate), against a floor of ~16 us for the whole elbo call at B=8192 in float32
-on an H100 (54 MB at its ~3.35 TB/s): not measured here, this machine has no GPU.
+time, against a floor of ~16 us for the whole elbo call at B=8192 in float32 on an H100 (54 MB at
+its ~3.35 TB/s; issue 29's estimates and the data sheet, not measurements of this kernel).
 
 eps=sampled draws eps inside the kernel (Triton's Philox, tl.randn) keyed by a seed that lives on
 the device and that the last program advances, so every call (and every replay of a CUDA graph
