@@ -27,7 +27,7 @@ export PYTHONUNBUFFERED=1
 
 OUT=${OUT:-/tmp/elbolab-gpu}
 TIME_SCALE=${TIME_SCALE:-1} # multiplies every limit: for a slower machine than the GPU one's 16 cores
-TEST_JOBS=${TEST_JOBS:-4}
+TEST_JOBS=${TEST_JOBS:-8} # pytest-xdist workers: the GPU machine has 16 cores
 export PY=${PYTHON:-python3} WHEELS=${WHEELS:-.whl} SITE=${SITE:-/tmp/elbolab-site} ROOT=$PWD
 mkdir -p "$OUT"
 
