@@ -324,3 +324,25 @@ def test_calls_are_bitwise_repeatable_on_the_gpu():
         runs[name] = set(sums)
         assert len(runs[name]) == 1, f"{name}: {len(runs[name])} different results in 200 calls"
     assert runs["torch-triton"] == runs["torch-cudagraph"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device here")
+@pytest.mark.parametrize("name", ["torch", "torch-compile", "torch-triton", "torch-cudagraph"])
+@pytest.mark.parametrize("workload", ["elbo", "elbo_grad"])
+def test_a_cuda_case_reads_the_inputs_the_harness_loads(name, workload):
+    """The harness rotates the inputs between calls (Prepared.load on CUDA: a copy into the device
+    tensors the call, or the captured graph, reads): a call after loading the second input set
+    answers for that set, and outputs() read after the inputs change again still does."""
+    from elbolab.measure.opening import open_case
+    from elbolab.model.workloads import check_outputs, input_set
+
+    case = Case(workload, name, "cuda", "float32", 128)
+    opened = open_case(BACKENDS[name], case, timer=None)
+    assert not hasattr(opened, "status"), getattr(opened, "reason", None)
+    try:
+        got = opened.checked_call(1, 1)["outputs"]
+    finally:
+        opened.close()
+    check = check_outputs(WORKLOADS[workload], case, input_set(case, 1), got)
+    assert check.ok, check.detail

@@ -159,9 +159,26 @@ def _setup(case: Case, inputs: dict, compiled: bool):
     return torch, device, tensors, notes, sync, peak
 
 
-def _prepared(torch, device, call, outputs, sync, peak, notes: dict) -> Prepared:
+def _prepared(torch, device, call, outputs, sync, peak, notes: dict, tensors: dict) -> Prepared:
     return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak,
-                    device_events=_events(torch, device), notes=notes)  # fmt: skip
+                    device_events=_events(torch, device), load=loader(torch, device, tensors), notes=notes)  # fmt: skip
+
+
+def loader(torch, device, tensors: dict):
+    """Prepared.load for a CUDA case: the harness's new input values copied into the device tensors
+    the call reads (on the CPU the tensors share the harness's arrays, torch.from_numpy, and need
+    no loading)."""
+    if device.type != "cuda":
+        return None
+
+    def load(values: dict) -> None:
+        with torch.no_grad():  # the leaves of elbo_grad and vae_step require grad
+            for name, value in values.items():
+                if name in tensors:
+                    tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        torch.cuda.synchronize(device)
+
+    return load
 
 
 def _maybe_compile(torch, fn, compiled: bool):
@@ -239,7 +256,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res.update(grad_x_recon=_np(x_recon.grad), grad_mu=_np(mu.grad), grad_logvar=_np(logvar.grad))
         return res
 
-    return _prepared(torch, device, call, outputs, sync, peak, notes)
+    return _prepared(torch, device, call, outputs, sync, peak, notes, t)
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -254,7 +271,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
         with torch.inference_mode():
             state["iwae"] = fn(*args)
 
-    return _prepared(torch, device, call, lambda: {"iwae": _np(state["iwae"])}, sync, peak, notes)
+    return _prepared(torch, device, call, lambda: {"iwae": _np(state["iwae"])}, sync, peak, notes, t)
 
 
 def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -286,7 +303,7 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res[f"new_{name}"] = _np(n)
         return res
 
-    return _prepared(torch, device, call, outputs, sync, peak, notes)
+    return _prepared(torch, device, call, outputs, sync, peak, notes, t)
 
 
 # one module serves two backends: the same preparers, with the option bound

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from backends.torch import _device_unavailable_reason, _events
+from backends.torch import _device_unavailable_reason, _events, loader
 from elbolab.model.backend import Prepared
 from elbolab.model.case import Case
 from elbolab.model.workloads import WORKLOADS
@@ -115,7 +115,7 @@ def prepare_triton(case: Case, inputs: dict) -> Prepared:
     call, outputs, notes = fused_call(torch, case, t)
     notes["sync"] = "torch.cuda.synchronize before the clock stops"
     return Prepared(call=call, outputs=outputs, sync=torch.cuda.synchronize, device_peak_bytes=peak,
-                    device_events=_events(torch, device), notes=notes)  # fmt: skip
+                    device_events=_events(torch, device), load=loader(torch, device, t), notes=notes)  # fmt: skip
 
 
 def prepare_cudagraph(case: Case, inputs: dict) -> Prepared:
@@ -131,8 +131,9 @@ def prepare_cudagraph(case: Case, inputs: dict) -> Prepared:
         launch()
     notes["kernel"] = "the fused Triton launch captured once as a CUDA graph and replayed: " + notes["kernel"]
     notes["sync"] = "torch.cuda.synchronize before the clock stops"
+    # the graph reads the captured tensors' memory: load() copies new inputs into it
     return Prepared(call=graph.replay, outputs=outputs, sync=torch.cuda.synchronize, device_peak_bytes=peak,
-                    device_events=_events(torch, device), notes=notes)  # fmt: skip
+                    device_events=_events(torch, device), load=loader(torch, device, t), notes=notes)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ launch counts
