@@ -79,7 +79,10 @@ def execute(
                     t1 = time.perf_counter_ns()
                     m = judge(rec, refs, limits or {}, reprobe)
                     # where a run's time goes: its cell's share of measuring, and checking in this process
-                    m = replace(m, notes=dict(m.notes, cell_wall_ns=cell_ns, check_wall_ns=time.perf_counter_ns() - t1))
+                    m = replace(
+                        m,
+                        notes=dict(m.notes, cell_wall_ns=cell_ns, check_wall_ns=time.perf_counter_ns() - t1),
+                    )
                     run.add(m)
                     if on_result:
                         on_result(m)
