@@ -364,8 +364,7 @@ def element_bounds(want: Tracked, dtype: str) -> tuple[np.ndarray, np.ndarray]:
         b *= u + U64
         b += floor
         bounds.append(b)
-    np.maximum(bounds[1], u * v, out=bounds[1])  # nothing is more accurate than its own rounding
-    return bounds[0], bounds[1]
+    return bounds[0], np.maximum(bounds[1], u * v)  # nothing is more accurate than its own rounding
 
 
 def random_directions(name: str, size: int, n: int) -> np.ndarray:
