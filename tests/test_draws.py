@@ -70,12 +70,16 @@ def test_numba_draws_inside_njit_pass_over_many_seeds():
 BACKENDS = discover()
 
 
-@pytest.mark.parametrize(
-    "name", [n for n, b in BACKENDS.items() if "cpu" in b.devices and "elbo" in b.workloads]
-)
+# torch-compile draws with torch's eager randn, outside its compiled graph, and compiles per case
+OWN_DRAWS = [
+    n for n, b in BACKENDS.items() if "cpu" in b.devices and "elbo" in b.workloads and n != "torch-compile"
+]
+
+
+@pytest.mark.parametrize("name", OWN_DRAWS)
 def test_every_backends_own_draws_pass(name):
-    """The draws each backend makes inside its timed call (Rust's ziggurat, NumPy's, Numba's
-    serial and parallel, torch's), collected from consecutive calls as the runner collects them."""
+    """The draws each backend makes inside its timed call (Rust's ziggurat and the tutorial's,
+    NumPy's, Numba's serial and parallel, torch's), from consecutive calls as the runner takes them."""
     backend = BACKENDS[name]
     for batch in BATCHES:
         for seed in range(3):
