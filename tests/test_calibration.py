@@ -2,9 +2,9 @@
 inside it at the sizes of the default matrix, in both dtypes.
 
 Honest: every backend of the lab (one and two threads), NumPy's pairwise sum, NumPy's BLAS dot
-(32 running float32 lanes over all the terms, the least accurate honest sum here), and naive running
-sums per row (the rows in float64, or in a running float32 sum too: the least accurate the workload
-contract allows). The other side of the line, the bugs, is tests/test_float32_bugs.py and
+(SIMD lanes of running float32 sums over all the terms: the least accurate honest sum here), and
+naive running sums per row (the rows in float64, or in a running float32 sum too: the least accurate
+the workload contract allows). The other side of the line, the bugs, is tests/test_float32_bugs.py and
 tests/test_mutations.py. Run with -s for the table: the share of its careful bound each output used.
 """
 

@@ -407,12 +407,13 @@ def check_draws(draws: list[np.ndarray]) -> str | None:
     """None if the eps of consecutive calls of an eps=sampled case look like fresh, independent
     standard normal draws, else one line saying what is wrong.
 
-    `draws`: each call's eps ([B, L], the case dtype), in call order. Fresh: no draw, and where rows
-    have 2+ numbers no row, equals another or its negation (a reuse of period p needs p + 1
-    calls to show). Standard normal, over all the numbers together (Bonferroni, DRAW_LEVEL in all):
-    Kolmogorov-Smirnov against N(0, 1) for the shape; sum x^2 against its exact chi-squared(n) for
-    the scale, where KS is weak (N(0, 1.2^2) at n = 1,280); the count beyond +-TAIL against its
-    exact binomial for the tails, where KS is weak too (a uniform scaled to unit variance has none).
+    `draws`: each call's eps ([B, L], the case dtype), in call order (the runner takes enough calls
+    for ~4096 numbers, 3 to 64 of them). Fresh: no draw equals another or another's negation, nor
+    does any row of 2+ numbers (a reuse of period p needs p + 1 calls to show). Standard normal, all
+    the numbers together, three tests sharing DRAW_LEVEL (Bonferroni): Kolmogorov-Smirnov against
+    N(0, 1) for the shape; sum x^2 against its exact chi-squared(n) for the scale, where KS is weak
+    (N(0, 1.2^2) at n = 1,280); the count beyond +-TAIL against its exact binomial for the tails,
+    where KS is weak too (a uniform draw scaled to unit variance has no tail at all).
     """
     arrays = [np.asarray(d, dtype=np.float64) for d in draws]
     if not arrays:
