@@ -383,6 +383,10 @@ def test_an_error_within_every_elements_bound_but_aligned_is_caught_along_a_rand
     # honest rounding, every element within a rounding or two, passes both
     rounded = ref.value.astype(np.float32)
     assert compare_output("grad_g", rounded, ref, "float32", directions=4).ok
+    # a gradient that is exactly 0 (no unit active) with subnormal noise: bounds at the subnormal
+    # floor, whose squares would underflow to 0, still give a ratio (of ~1e-13), not inf or nan
+    zero = Tracked(np.zeros(50))
+    assert compare_output("grad_g", np.full(50, 1e-320), zero, "float64", directions=4).used < 1e-6
 
 
 @pytest.mark.parametrize("name", list(WORKLOADS))
