@@ -41,13 +41,14 @@ variables) and calibrated on honest implementations:
   can flip (|x| within x's careful bound), each on its own, added in quadrature where summed.
 
 The calibration (tests/test_calibration.py holds it): NumPy's pairwise sums, its BLAS dot, running
-sums per row (the rows in float64 or in a running sum too) and every backend of the lab use at most
-0.19 of the careful bound where the calibrated sums act (NumPy's dot of recon at batch 8192), and
-their elementwise outputs at most 0.34 of its first-order bound, in both dtypes at the sizes of the
-default matrix and over the 300 steps of the training run; the bugs of the mutation suite
-(tests/mutants.py: recon from a subset of its terms, a zeroed layer, ...) land past it. The one
-honest answer outside: the tutorial's Rust in float32 at batch 8192, whose 8 running float32 sums
-over all 6.4 M terms of recon lose 3.5 of its 7 digits, as many as summing half the rows does.
+sums per row (the rows in float64, or in a running sum too) and every backend of the lab, in both
+dtypes at the sizes of the default matrix, use at most 0.19 of the careful bound where the
+calibrated sums act (NumPy's dot of recon at batch 8192), 0.23 over the 300 checked steps of the
+training run, and at most 0.58 of the first-order bound of elementwise outputs (as before); the
+bugs of the mutation suite (tests/mutants.py: recon from a subset of its terms, a zeroed layer,
+...) land past it. The one honest answer outside: the tutorial's Rust in float32 at batch 8192,
+whose 8 running float32 sums over all 6.4 M terms of recon lose 3.5 of its 7 digits, as many as
+summing half the rows does; no bound on recon can tell the two apart.
 
 An answer beyond the careful bound is `incorrect`: "less accurate than careful arithmetic" where it
 is within the worst case (missing work hides there), "beyond what the arithmetic can give" past it.
