@@ -22,7 +22,7 @@ reference's own error) cannot come from rounding.
 
 `careful`: what a careful implementation in that dtype stays within: the line of `ok`. In float32
 the worst case is far too wide to judge by (a sum of 6.4 M terms may be off by 38%, and through the
-five matrix products of vae_step the bound grows to 10-70x the gradients themselves), so whole
+five matrix products of vae_step the bound grows to many times the gradients: median 8-72x), so whole
 pieces of missing work would hide under it. The careful bound is probabilistic (Higham and Mary,
 SIAM J. Sci. Comput. 41(5), 2019: rounding errors behave as independent, mean-zero random
 variables) and calibrated on honest implementations:
@@ -55,7 +55,8 @@ is within the worst case (missing work hides there), "beyond what the arithmetic
 The check is componentwise: every element of every output is held to its own bound. Outputs built
 by matrix products (vae_step's gradients and updated weights) are also checked along random
 directions: |<got - ref, v>| against sqrt(sum v_i^2 b_i^2) for the componentwise bounds b, a
-norm-wise test which a zeroed or partial layer cannot pass however its elements' bounds fall.
+norm-wise test that a zeroed or partial layer, whose error is the size of the gradient itself,
+fails along every direction not nearly orthogonal to that error.
 What is recorded is the error relative to the output's largest element, in units of u, with both
 bounds in the same units, and as correct decimal digits.
 
