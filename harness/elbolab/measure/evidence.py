@@ -21,7 +21,7 @@ import numpy as np
 from elbolab.model.case import Case
 from elbolab.model.measurement import Check, Cost, Evidence, Measurement, Memory, not_measured
 from elbolab.model.roofline import bandwidth_limit_for, flops_limit_for
-from elbolab.model.workloads import WORKLOADS, check_outputs, input_set, one_draw_problem
+from elbolab.model.workloads import WORKLOADS, check_draws, check_outputs, input_set
 
 # outputs() after a call: slower than this many calls (and than OUTPUTS_FLOOR_NS) is work that is
 # not in the timed call. CPU only: a device backend's outputs() copies its results to the host.
@@ -100,7 +100,10 @@ def judge(rec: CaseRecord, refs: References, limits: dict, reprobe: Reprobe | No
     check, wrong, counts = _checked_outputs(rec, refs)
     notes = []
     if rec.draws:
-        problem = draws_problem(rec.draws, (case.batch, case.latent_dim))
+        shapes = {np.shape(d) for d in rec.draws}
+        expected = (case.batch, case.latent_dim)
+        problem = (f"eps of shape {sorted(shapes)}, expected {expected}" if shapes != {expected}
+                   else check_draws(rec.draws))  # fmt: skip
         if problem:
             wrong = wrong or f"eps drawn in {len(rec.draws)} consecutive calls: {problem}"
     per_call = float(np.median(samples)) / o["loops"]
@@ -147,23 +150,6 @@ def _checked_outputs(rec: CaseRecord, refs: References) -> tuple[Check | None, s
         if kept is None or (k == 0 and kept_set != 0):  # the check of the case's own inputs, if any
             kept, kept_set = check, k
     return kept, None, counts
-
-
-def draws_problem(draws: list[np.ndarray], shape: tuple[int, int]) -> str | None:
-    """eps of consecutive calls: each a finite standard normal draw of the right shape, and no
-    draw repeated (or negated) among them."""
-    for i, eps in enumerate(draws):
-        problem = one_draw_problem(eps, None, shape)
-        if problem:
-            return f"call {i + 1}: {problem}"
-    seen: dict[bytes, int] = {}
-    for i, eps in enumerate(draws):
-        a = np.asarray(eps)
-        for key in (a.tobytes(), (-a).tobytes()):
-            if key in seen:
-                return f"calls {seen[key] + 1} and {i + 1} drew the same eps (or its negation)"
-        seen[a.tobytes()] = i
-    return None
 
 
 def _same(a: dict, b: dict) -> bool:
