@@ -138,3 +138,11 @@ def test_compare_between_files_uses_the_two_run_threshold(tmp_path, monkeypatch,
     doc = json.loads(capsys.readouterr().out)
     assert doc["rule"]["threshold"] == 0.1
     assert not any(c["regression"] for c in doc["comparisons"])
+
+
+def test_a_pyproject_that_does_not_name_the_table_is_not_read(tmp_path):
+    write(tmp_path / "pyproject.toml", "this is not toml [")  # another tool's (broken) file
+    assert load_config(tmp_path, environ={}).file is None
+    write(tmp_path / "pyproject.toml", "[tool.elbolab\nthreshold = 1\n")  # ours, broken: said
+    with pytest.raises(UsageError, match="not valid TOML"):
+        load_config(tmp_path, environ={})

@@ -174,10 +174,15 @@ def load_sides(names: list[str], args: argparse.Namespace, config: Config) -> tu
     stored = [n for n, r in zip(names, runs, strict=True) if r is None]
     if not stored:
         return runs, []  # type: ignore[return-value]
-    from elbolab.store.database import Store  # SQLAlchemy: only where a run comes from the store
+    from elbolab.store.database import Store, resolve_url  # SQLAlchemy: only where a run comes from the store
     from elbolab.store.lookup import find_runs
 
-    with Store.open(config.pick(args.store, "store")) as store:
+    url = resolve_url(config.pick(args.store, "store"))
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        # a mistyped file name must not create an empty store as it looks
+        raise UsageError(f"{stored[0]!r} is not a results file, and there is no history store at "
+                         f"{url.removeprefix('sqlite:///')} to find it in as a run id or git revision (--store URL)")  # fmt: skip
+    with Store.open(url) as store:
         found = iter(find_runs(stored, store, machine=args.machine))
         notices = []
         for i, run in enumerate(runs):

@@ -139,7 +139,9 @@ def find_file(start: Path | None = None) -> tuple[Path, dict] | None:
         if own.is_file():
             return own, _read(own)
         pyproject = folder / "pyproject.toml"
-        if pyproject.is_file():
+        # a pyproject.toml that never names [tool.elbolab] is another tool's business: not parsed,
+        # so a project's broken or unusual pyproject cannot stop elbolab
+        if pyproject.is_file() and "tool.elbolab" in pyproject.read_text(encoding="utf-8", errors="replace"):
             table = _read(pyproject).get("tool", {}).get("elbolab")
             if table is not None:
                 if not isinstance(table, dict):
