@@ -21,7 +21,9 @@ CASES = [Case("elbo", "numpy", batch=b) for b in (1, 128, 1024)]
 
 
 def git(repo, *args) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -46,9 +48,13 @@ def repo(tmp_path, monkeypatch):
     # main~1: every case at 100 us; main: elbo B=1 1.5x slower, B=1024 0.5x (faster), B=128 the same
     old = make_run([ok(c, [100_000.0] * 15) for c in CASES], run_id="oldrun000001", commit=shas[0])
     factors = {1: 1.5, 128: 1.0, 1024: 0.5}
-    new = make_run([ok(c, [100_000.0 * factors[c.batch]] * 15) for c in CASES], run_id="newrun000001", commit=shas[1])
+    new = make_run(
+        [ok(c, [100_000.0 * factors[c.batch]] * 15) for c in CASES], run_id="newrun000001", commit=shas[1]
+    )
     earlier = replace(new, run_id="newrun000000", started="2025-12-31T00:00:00+00:00")
-    other = make_run([ok(c, [50_000.0] * 15) for c in CASES], cpu="Other CPU", run_id="othermachine", commit=shas[1])
+    other = make_run(
+        [ok(c, [50_000.0] * 15) for c in CASES], cpu="Other CPU", run_id="othermachine", commit=shas[1]
+    )
     with Store.open(url) as store:
         for run in (old, new, earlier, other):
             store.ingest(run)
@@ -128,7 +134,9 @@ def test_only_changed_hides_the_unchanged_but_the_verdict_counts_them(repo, caps
 
 def test_sort_orders_by_ratio_or_name():
     base = make_run([ok(c, [100_000.0] * 15) for c in CASES], run_id="a")
-    head = make_run([ok(c, [100_000.0 * f] * 15) for c, f in zip(CASES, (0.5, 2.0, 1.0), strict=True)], run_id="b")
+    head = make_run(
+        [ok(c, [100_000.0 * f] * 15) for c, f in zip(CASES, (0.5, 2.0, 1.0), strict=True)], run_id="b"
+    )
     report = compare(base, head)
     by_ratio = [round(c.ratio, 2) for c in view(report, False, "ratio").comparisons]
     assert by_ratio == [2.0, 1.0, 0.5]  # the largest slowdown first, as asv's --sort ratio

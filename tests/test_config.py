@@ -23,7 +23,9 @@ def write(path, text: str):
 
 
 def test_found_from_the_working_directory_upwards(tmp_path):
-    write(tmp_path / "pyproject.toml", '[tool.elbolab]\nthreshold = 0.2\n[tool.elbolab.run]\nbatch = [1, 128]\n')
+    write(
+        tmp_path / "pyproject.toml", "[tool.elbolab]\nthreshold = 0.2\n[tool.elbolab.run]\nbatch = [1, 128]\n"
+    )
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     config = load_config(deep, environ={})

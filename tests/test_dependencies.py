@@ -57,7 +57,11 @@ def imported_top_level(folder: Path) -> set[str]:
 
 def test_every_library_the_lab_imports_is_declared():
     dists = metadata.packages_distributions()
-    third_party = imported_top_level(ROOT / "harness" / "elbolab") - set(sys.stdlib_module_names) - {"elbolab", "backends"}
+    third_party = (
+        imported_top_level(ROOT / "harness" / "elbolab")
+        - set(sys.stdlib_module_names)
+        - {"elbolab", "backends"}
+    )
     third_party -= {"tomli"}  # Python 3.10's tomllib, declared with a marker
     missing = {m for m in third_party if not {_name(d) for d in dists.get(m, [m])} & declared()}
     assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"
@@ -65,7 +69,16 @@ def test_every_library_the_lab_imports_is_declared():
 
 def test_the_core_holds_none_of_the_extras_libraries():
     core = {_name(r.name) for r in requirements()}
-    assert not core & {"matplotlib", "jinja2", "sqlalchemy", "ruptures", "scikit-learn", "torch", "numba", "psycopg"}
+    assert not core & {
+        "matplotlib",
+        "jinja2",
+        "sqlalchemy",
+        "ruptures",
+        "scikit-learn",
+        "torch",
+        "numba",
+        "psycopg",
+    }
     assert "scikit-learn" not in declared()  # the digits are vendored
 
 
@@ -108,7 +121,9 @@ def run_without_extras(argv: list[str], cwd: Path) -> subprocess.CompletedProces
         "from elbolab.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    return subprocess.run([sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,9 @@ def rounds_of(case: Case, median_ns: float, seed: int) -> Measurement:
     rng = np.random.default_rng(seed)
     per_call = median_ns * np.exp(rng.normal(0, 0.02, 12))
     m = ok(case, per_call, loops=50)
-    return Measurement(m.case, "ok", loops=50, samples_ns=m.samples_ns, rounds=(3, 3, 3, 3), first_call_ns=5_000_000)
+    return Measurement(
+        m.case, "ok", loops=50, samples_ns=m.samples_ns, rounds=(3, 3, 3, 3), first_call_ns=5_000_000
+    )
 
 
 def runs(tmp_path):
@@ -95,7 +97,9 @@ def test_pyperf_json_holds_the_first_call_as_a_warmup_and_the_machine(tmp_path):
     doc = to_pyperf(base)
     first = doc["benchmarks"][0]["runs"][0]
     assert doc["version"] == "1.0" and first["warmups"] == [[1, 5_000_000 * 1e-9]]
-    assert doc["metadata"]["cpu_model_name"] == "Test CPU 9000" and doc["metadata"]["elbolab_run_id"] == "base"
+    assert (
+        doc["metadata"]["cpu_model_name"] == "Test CPU 9000" and doc["metadata"]["elbolab_run_id"] == "base"
+    )
 
 
 # ------------------------------------------------------------------------------------ Bencher
@@ -143,9 +147,14 @@ def test_our_statistics_are_pytest_benchmark_s_own():
 def test_pytest_benchmark_compare_reads_our_files(tmp_path, capsys):
     pytest.importorskip("pytest_benchmark")
     base, _ = runs(tmp_path)
-    a, b = export(tmp_path, "pytest-benchmark", "base", capsys), export(tmp_path, "pytest-benchmark", "head", capsys)
+    a, b = (
+        export(tmp_path, "pytest-benchmark", "base", capsys),
+        export(tmp_path, "pytest-benchmark", "head", capsys),
+    )
     prefix = tmp_path / "table"
-    proc = tool("pytest_benchmark", "compare", str(a), str(b), "--csv", str(prefix), "--columns", "min,median,rounds")
+    proc = tool(
+        "pytest_benchmark", "compare", str(a), str(b), "--csv", str(prefix), "--columns", "min,median,rounds"
+    )
     assert "test_workload[elbo-numpy-cpu-float64-B=128-t=1]" in proc.stdout
     (path,) = tmp_path.glob("table*.csv")
     rows = list(csv.DictReader(path.open()))
@@ -173,9 +182,22 @@ def test_an_export_read_back_is_the_run_it_came_from(tmp_path):
     ("doc", "says"),
     [
         ({"x": 1}, "no 'benchmarks' list"),
-        ({"benchmarks": [{"name": "test_other", "stats": {"data": [1e-6], "iterations": 1}}]}, "no benchmark names an elbolab case"),
-        ({"benchmarks": [{"name": "t", "extra_info": {"case": {"workload": "elbo", "backend": "numpy"}},
-                          "stats": {"iterations": 1, "median": 1e-6}}]}, "--benchmark-save-data"),
+        (
+            {"benchmarks": [{"name": "test_other", "stats": {"data": [1e-6], "iterations": 1}}]},
+            "no benchmark names an elbolab case",
+        ),
+        (
+            {
+                "benchmarks": [
+                    {
+                        "name": "t",
+                        "extra_info": {"case": {"workload": "elbo", "backend": "numpy"}},
+                        "stats": {"iterations": 1, "median": 1e-6},
+                    }
+                ]
+            },
+            "--benchmark-save-data",
+        ),
     ],
 )
 def test_pytest_benchmark_json_that_cannot_be_a_run_is_one_line(tmp_path, doc, says):

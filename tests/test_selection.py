@@ -8,6 +8,8 @@ substring of one of the names)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -37,18 +39,32 @@ def chosen(expr: str) -> list[str]:
 
 
 def test_the_issue_example_and_pytest_substring_semantics():
-    assert chosen("rust and elbo and not sampled") == ["elbo rust cpu float64 B=128 t=1", "elbo rust-inner cpu float64 B=8192 t=1 D=64"]
+    assert chosen("rust and elbo and not sampled") == [
+        "elbo rust cpu float64 B=128 t=1",
+        "elbo rust-inner cpu float64 B=8192 t=1 D=64",
+    ]
     # as in pytest, a word is a substring: elbo matches elbo_grad, numpy matches numpy-control
     assert chosen("elbo and not elbo_grad and not rust") == []
-    assert chosen("numpy") == ["elbo_grad numpy cpu float64 B=1 t=1", "vae_step numpy-control cuda float64 B=128 t=1"]
+    assert chosen("numpy") == [
+        "elbo_grad numpy cpu float64 B=1 t=1",
+        "vae_step numpy-control cuda float64 B=128 t=1",
+    ]
     assert chosen("NUMBA") == ["iwae numba cpu float32 B=128 t=2"]  # case-insensitive, as pytest
-    assert chosen("given and cuda") == ["vae_step numpy-control cuda float64 B=128 t=1"]  # the variant is a name
+    assert chosen("given and cuda") == [
+        "vae_step numpy-control cuda float64 B=128 t=1"
+    ]  # the variant is a name
 
 
 def test_field_terms_are_exact():
     assert chosen("B=1") == ["elbo_grad numpy cpu float64 B=1 t=1"]  # not B=128 nor B=8192
-    assert chosen("batch=8192 or t=2") == ["iwae numba cpu float32 B=128 t=2", "elbo rust-inner cpu float64 B=8192 t=1 D=64"]
-    assert chosen("backend=rust") == ["elbo rust cpu float64 B=128 t=1", "elbo rust cpu float64 B=128 t=1 eps=sampled"]
+    assert chosen("batch=8192 or t=2") == [
+        "iwae numba cpu float32 B=128 t=2",
+        "elbo rust-inner cpu float64 B=8192 t=1 D=64",
+    ]
+    assert chosen("backend=rust") == [
+        "elbo rust cpu float64 B=128 t=1",
+        "elbo rust cpu float64 B=128 t=1 eps=sampled",
+    ]
     assert chosen("eps=sampled") == ["elbo rust cpu float64 B=128 t=1 eps=sampled"]
     assert chosen("D=64 and not (L=20 and K=9)") == ["elbo rust-inner cpu float64 B=8192 t=1 D=64"]
     assert chosen("dtype=FLOAT32") == ["iwae numba cpu float32 B=128 t=2"]
@@ -84,7 +100,23 @@ def test_bad_expressions_are_one_line(expr, says):
 
 expression_mod = pytest.importorskip("_pytest.mark.expression")
 
-WORDS = ["elbo", "rust", "numpy", "grad", "cuda", "float32", "b", "x", "1", "given", "and", "or", "not", "(", ")"]
+WORDS = [
+    "elbo",
+    "rust",
+    "numpy",
+    "grad",
+    "cuda",
+    "float32",
+    "b",
+    "x",
+    "1",
+    "given",
+    "and",
+    "or",
+    "not",
+    "(",
+    ")",
+]
 
 
 def pytest_says(expr: str, case: Case):
@@ -133,7 +165,10 @@ def test_run_refuses_a_bad_expression_before_measuring(tmp_path, capsys):
 
 
 def test_show_and_compare_take_k(tmp_path, capsys):
-    runs = [make_run([ok(c, [1000.0 * (1 + i)] * 9) for i, c in enumerate(CASES)], run_id=rid) for rid in ("a", "b")]
+    runs = [
+        make_run([ok(c, [1000.0 * (1 + i)] * 9) for i, c in enumerate(CASES)], run_id=rid)
+        for rid in ("a", "b")
+    ]
     for r in runs:
         save(tmp_path / f"{r.run_id}.json", r)
     assert main(["show", str(tmp_path / "a.json"), "--json", "-k", "rust and not sampled"]) == 0
@@ -142,3 +177,18 @@ def test_show_and_compare_take_k(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--json", "-k", "numpy"]) == 0
     compared = json.loads(capsys.readouterr().out)["comparisons"]
     assert sorted(c["case"]["backend"] for c in compared) == ["numpy", "numpy-control"]
+
+
+def test_the_ab_gate_plans_only_the_cases_k_selects():
+    from elbolab.gate.ab import plan_for
+    from elbolab.gate.revisions import ABConfig, run_argv
+
+    config = ABConfig("main", run_filters=(("backend", ("numpy",)), ("workload", ("elbo",))), quick=True,
+                      keyword="B=128 or B=1")  # fmt: skip
+    backends = {"numpy": discover()["numpy"]}
+    every = plan_for(replace(config, keyword=None), backends, set())
+    cases = plan_for(config, backends, set())
+    assert {c.batch for c in every} == {1, 128, 4096}  # --quick's elbo batches
+    assert cases == [c for c in every if c.batch in (1, 128)]
+    # not forwarded to a base revision's own `elbolab run` (older ones have no -k): the gate selects after
+    assert "-k" not in run_argv(config, Path("out.json"), set(), ["numpy"], "elbolab.cli")
