@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
+from elbolab.analyse.compare import compare
 from elbolab.cli import main
 from elbolab.cli.gating import view
-from elbolab.analyse.compare import compare
 from elbolab.model.case import Case
 from elbolab.store.database import Store
 from elbolab.store.results import save

@@ -9,11 +9,11 @@ import ast
 import re
 import subprocess
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 
 from elbolab.measure.lockfile import CONSTRAINTS, constraints_record, pinned

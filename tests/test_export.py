@@ -25,7 +25,7 @@ from elbolab.cli import main
 from elbolab.model.case import Case
 from elbolab.model.measurement import Measurement
 from elbolab.store.database import Store
-from elbolab.store.formats import Stats, from_pytest_benchmark, to_bencher, to_pytest_benchmark, to_pyperf
+from elbolab.store.formats import Stats, from_pytest_benchmark, to_bencher, to_pyperf, to_pytest_benchmark
 from elbolab.store.results import ResultsError, save
 from tests.builders import make_run, ok
 
