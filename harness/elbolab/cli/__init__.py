@@ -26,7 +26,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from elbolab.cli import gating, history, measure, reports  # the command modules import this one
+    from elbolab.cli import config, exporting, gating, history, measure, reports  # they import this one
 
     parser = Parser(
         prog="elbolab",
@@ -39,8 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_commands(sub)
     reports.add_commands(sub)
     gating.add_commands(sub)
+    exporting.add_commands(sub)
     history.add_commands(sub)
+    config.add_commands(sub)
     return parser
+
+
+# the libraries of the optional extras, by the extra that installs them (pyproject.toml)
+EXTRAS = {"matplotlib": "report", "jinja2": "report", "sqlalchemy": "history", "ruptures": "history",
+          "psycopg": "postgres", "torch": "gpu", "numba": "numba"}  # fmt: skip
 
 
 def _terminated(signum, frame) -> None:
@@ -61,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("elbolab: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as exc:  # a command whose extra is not installed: say which, exit 2
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        print(
+            f"elbolab: error: {args.command} needs {top}: pip install 'elbolab[{EXTRAS[top]}]'",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:
         # the reader went away (`elbolab claims --json | head`): stop quietly, as any filter does
         devnull = os.open(os.devnull, os.O_WRONLY)
