@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -219,6 +220,9 @@ def test_a_real_pytest_benchmark_run_of_our_suite_goes_into_the_history_store(tm
          "-k", "elbo-numpy-cpu-float64-B1]", "--benchmark-only", "--benchmark-json", str(out),
          "--benchmark-save-data", "--benchmark-min-rounds=5", "--benchmark-max-time=0.05", "--benchmark-warmup=off"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
+        # run under `pytest -n`, this process is an xdist worker: its variables would make
+        # pytest-benchmark believe the inner run is distributed too, and disable itself
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_CURRENT"))},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     url = f"sqlite:///{tmp_path / 'h.sqlite'}"

@@ -28,14 +28,6 @@ from elbolab.model.workloads import WORKLOADS, cached_reference, check_draws, ch
 # not in the timed call. CPU only: a device backend's outputs() copies its results to the host.
 OUTPUTS_CALLS = 2.0
 OUTPUTS_FLOOR_NS = 50_000
-# call_n(n) per call below this share of a loop of call() (where the loop's overhead is
-# negligible, elbolab.measure.opening.CALL_N_MIN_CALL_NS) does fewer than n calls. Honest code can
-# be faster in its own loop than called once at a time: the tutorial's Rust, which allocates its
-# temporaries every call, measured 0.60 at batch 1024 (the allocator keeps its pages hot in a
-# tight loop). A backend doing half its calls measures 0.5: timing alone cannot tell those apart,
-# so the line is below both; call_n(1) is checked like a call (a call_n doing n - 1 or n // 2 calls
-# answers for the wrong inputs), and a ratio below ANOMALY_SHARE is shown as an anomaly.
-CALL_N_SHARE = 0.4
 # CPU time of the process and its children beyond this multiple of wall x threads asked
 CPU_MARGIN = 1.25
 
@@ -248,9 +240,6 @@ def _implausible(rec: CaseRecord, e: Evidence, per_call: float) -> str | None:
     wall, cpu = census.get("wall_ns") or 0, (census.get("cpu_ns") or 0) + (census.get("children_cpu_ns") or 0)
     if wall and cpu > CPU_MARGIN * wall * case.threads:
         return f"CPU time {cpu / wall:.2f}x the wall time with {case.threads} thread(s) asked"
-    if e.call_n_ratio is not None and e.call_n_ratio < CALL_N_SHARE:
-        return (f"call_n(n) takes {e.call_n_ratio:.2f} of the time per call of a loop of call(): it does not "
-                "do n calls")  # fmt: skip
     if (case.device == "cpu" and e.outputs_ns is not None
             and e.outputs_ns > max(OUTPUTS_CALLS * per_call, OUTPUTS_FLOOR_NS)):  # fmt: skip
         return (f"outputs() takes {e.outputs_ns / 1e3:.3g} µs after a call of {per_call / 1e3:.3g} µs: the work "
