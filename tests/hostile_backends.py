@@ -109,6 +109,16 @@ outputs_str = _wrapping("outputs-str", _outputs("z=1"))
 complex_outputs = _wrapping("complex-outputs", _complex)
 
 
+def _raising_outputs(prepared: Prepared) -> Prepared:
+    def outputs():
+        raise ValueError("no outputs today")
+
+    return replace(prepared, outputs=outputs)
+
+
+outputs_raising = _wrapping("outputs-raising", _raising_outputs)
+
+
 # names a plugin must not have
 def _marked(prepared: Prepared) -> Prepared:
     return replace(prepared, notes=dict(prepared.notes, impostor=True))

@@ -207,6 +207,7 @@ for reader in (
     ["report", "-o", "out.html"],
     ["compare", "good.json"],
     ["gate", "good.json"],
+    ["history", "ingest", "--store", "sqlite:///new.sqlite"],
 ):
     for name, message in RESULTS_FILES_BAD.items():
         argv = (

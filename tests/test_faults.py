@@ -149,7 +149,8 @@ def _worktrees() -> str:
     return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
 
 
-def test_sigterm_during_an_ab_gate_removes_its_worktree_and_runs(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_an_ab_gate_removes_its_worktree_and_runs(tmp_path, sig):
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
     before = {p.name for p in Path("/tmp").glob("elbolab-gate-*")}
@@ -158,8 +159,8 @@ def test_sigterm_during_an_ab_gate_removes_its_worktree_and_runs(tmp_path):
     wait_for(lambda: "elbolab-gate-" in _worktrees(), timeout=120)
     time.sleep(3)  # into the measuring
     children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    took, _, err = signal_and_time(proc, sig, timeout=120)
+    assert_quick_exit(took, f"gate --base, {signal.Signals(sig).name}")
     assert proc.returncode == 130 and "Traceback" not in err
     assert "elbolab-gate-" not in _worktrees()
     assert {p.name for p in Path("/tmp").glob("elbolab-gate-*")} <= before
@@ -404,6 +405,18 @@ def test_outputs_that_are_no_real_arrays_are_incorrect_with_the_reason(tmp_path,
     assert m[7].status == "incorrect" and reason in m[7].reason, m[7].reason
 
 
+def test_an_exception_in_outputs_is_named_as_such(tmp_path):
+    out = tmp_path / "run.json"
+    proc = elbolab(*run_args_for(out, "outputs-raising", "1,7"), env=hostile_env(tmp_path, "outputs-raising"))
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    m = by_batch(load(out))
+    assert m[1].status == "ok"
+    assert m[7].status == "failed" and m[7].reason.startswith(
+        "reading outputs raised ValueError: no outputs today"
+    )
+
+
 def test_the_timeout_bounds_a_case_not_the_start_of_its_worker(tmp_path):
     """slow-start takes 4 s to start (its library's import), twice the case timeout."""
     out = tmp_path / "run.json"
@@ -514,13 +527,16 @@ def test_resume_through_a_link_finishes_the_run_where_it_is_and_keeps_the_link(t
     proc.wait()
     link = tmp_path / "link.json"
     link.symlink_to(real)
+    mine = real.parent / ".run.json.keep.tmp"  # the user's own file, named like a temporary
+    mine.write_text("keep me\n")
     done = elbolab(*run_args(link), "--resume")
     _, err = done.communicate(timeout=300)
     assert done.returncode == 0, err
     assert link.is_symlink() and os.readlink(link) == str(real)
     run = load(real)
     assert len(run.measurements) == 40 and run.finished
-    assert not leftovers(tmp_path) and not leftovers(real.parent)
+    assert mine.read_text() == "keep me\n"
+    assert not leftovers(tmp_path) and leftovers(real.parent) == [mine.name]
 
 
 def test_ingest_refuses_a_run_still_being_written_and_takes_it_once_finished(tmp_path):
@@ -587,3 +603,35 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path, command):
     assert (
         "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and "Exception" not in proc.stderr
     )
+
+
+def test_show_of_a_20000_case_run_takes_under_2_s(tmp_path):
+    """A thread sweep on a 64-core machine, or a month of nightly runs read together: 20,000
+    cases of real measurements (the reference run's, repeated under other seeds), as elbolab writes
+    them. The bound is the issue's 2 s; it is held to the command's CPU time (the wall time on
+    this shared VM also counts other sessions' work), with the margin the signal tests have."""
+    from dataclasses import replace
+
+    from elbolab.store.results import save
+
+    ref = load(ROOT / "results" / "reference-2core.json")
+    ms = [replace(m, case=replace(m.case, seed=k)) for k in range(28) for m in ref.measurements][:20_000]
+    f = tmp_path / "big.json"
+    save(f, replace(ref, measurements=tuple(ms)))
+    size_mb = f.stat().st_size / 1e6
+    for extra in ([], ["--json"]):
+        # measured by a parent of its own, so that its CPU time and peak memory are show's alone
+        measure = ("import resource, subprocess, sys, time; t0 = time.monotonic(); "
+                   "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); wall = time.monotonic() - t0; "
+                   "u = resource.getrusage(resource.RUSAGE_CHILDREN); sys.stderr.write(p.stderr); "
+                   "sys.stdout.write(p.stdout); sys.stderr.write(f'\\n{u.ru_utime + u.ru_stime} {wall} {u.ru_maxrss}\\n'); "
+                   "sys.exit(p.returncode)")  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", measure, sys.executable, "-m", "elbolab.cli", "show", str(f), *extra],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        cpu, wall, peak_kb = map(float, proc.stderr.strip().splitlines()[-1].split())
+        rows = len(json.loads(proc.stdout)["cases"]) if extra else proc.stdout.count("\n") - 3
+        print(f"\nshow {' '.join(extra)} of {rows} cases ({size_mb:.0f} MB): {cpu:.2f} s CPU, {wall:.2f} s wall, "
+              f"peak {peak_kb / 1024:.0f} MB")  # fmt: skip
+        assert rows == 20_000
+        assert cpu <= 2.0 * MARGIN

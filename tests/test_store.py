@@ -523,3 +523,21 @@ def test_an_ingest_stuck_mid_transaction_blocks_no_one_for_ever(kind, tmp_path, 
         release.set()
         thread.join(60)
         stuck_store.close()
+
+
+def test_store_commands_that_succeed_print_nothing_else(store_url, tmp_path):
+    """Exit 0 means the output is the answer: no RuntimeWarning or SAWarning lines beside it."""
+    f = tmp_path / "r.json"
+    save(f, a_run())
+    page = tmp_path / "t.html"
+    for argv in (
+        ["ingest", f],
+        ["ingest", f],
+        ["runs"],
+        ["changes"],
+        ["changes", "--json"],
+        ["page", "-o", page],
+    ):
+        proc = elbolab_history(*argv, "--store", store_url)
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

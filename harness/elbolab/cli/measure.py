@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pydantic_core
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -221,7 +222,10 @@ def cmd_show(args: argparse.Namespace) -> int:
     run = load(args.results)
     shown = replace_measurements(run, (m for m in run.measurements if _wanted(args, m)))
     if args.json:
-        print(json.dumps(show_json(shown), indent=1, allow_nan=False))
+        # pydantic_core's encoder: json.dumps took 1.5 s for 20,000 cases; strict, since every
+        # number a loaded run holds is finite (elbolab.store.results.out_of_bounds) and a figure
+        # derived from them that is not would be written as null, never as NaN
+        sys.stdout.write(pydantic_core.to_json(show_json(shown), indent=1).decode() + "\n")
     else:
         print_run_table(shown, stdout_console())
     return 0

@@ -25,7 +25,7 @@ def _short_dtype(dtype: str) -> str:
 
 # C0 and C1 control characters but tab and newline: shown as \x1b, never obeyed by the terminal
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
-_DEFAULT_SIZES = {"D": 784, "L": 20, "H": 400, "K": 8}
+_DEFAULT_SIZE_VALUES = (784, 20, 400, 8)  # D, L, H, K
 
 
 def _plain(text: str) -> str:
@@ -40,17 +40,24 @@ def median_ci_ns(m) -> tuple[float | None, float | None, float | None]:
     return median_ci(sorted(s / m.loops for s in m.samples_ns))
 
 
+def _case_label(c) -> str:
+    label = f"{c.workload} {c.backend}{'' if c.device == 'cpu' else ' ' + c.device} {_short_dtype(c.dtype)} B={c.batch} t={c.threads}"
+    if c.variant != "eps=given":
+        label += " " + c.variant
+    sizes = (c.input_dim, c.latent_dim, c.hidden_dim, c.importance_samples)
+    if sizes != _DEFAULT_SIZE_VALUES:
+        label += "".join(
+            f" {k}={v}" for k, v, d in zip("DLHK", sizes, _DEFAULT_SIZE_VALUES, strict=True) if v != d
+        )
+    return label
+
+
 def print_run_table(run: Run, console: Console) -> None:
     """Every measurement, one line each, as plain aligned text: a table of 20,000 cases (a thread
     sweep on a big machine, a month of runs) prints in a fraction of a second, where rich's layout
     took 25 s. The median and its 95% interval only, not the whole summary of each case."""
     rows = [("case", "median", "95% CI", "1st call", "GB/s", "status")]
     for m in run.measurements:
-        c = m.case
-        label = f"{c.workload} {c.backend}{'' if c.device == 'cpu' else ' ' + c.device} {_short_dtype(c.dtype)} B={c.batch} t={c.threads}"
-        label += "" if c.variant == "eps=given" else " " + c.variant
-        label += "".join(f" {k}={v}" for k, v in zip("DLHK", (c.input_dim, c.latent_dim, c.hidden_dim, c.importance_samples),
-                                                    strict=True) if v != _DEFAULT_SIZES[k])  # fmt: skip
         status = (
             m.status
             if m.status != "ok"
@@ -67,16 +74,14 @@ def print_run_table(run: Run, console: Console) -> None:
             middle = fmt_ns(median) if median is not None else "-"
             spread = f"{fmt_ns(lo)}–{fmt_ns(hi)}" if median is not None else "-"
         gbps = f"{m.cost.bytes / median:.1f}" if median and m.cost and m.cost.bytes else "-"
-        rows.append(
-            (_plain(label), middle, spread, fmt_ns(m.first_call_ns) or "-", gbps, _plain(status[:200]))
-        )
+        rows.append((_case_label(m.case), middle, spread, fmt_ns(m.first_call_ns) or "-", gbps, status[:200]))
+    if _CONTROL.search("\t".join(r[0] + "\t" + r[5] for r in rows)):  # rare: then cell by cell
+        rows = [(_plain(r[0]), *r[1:5], _plain(r[5])) for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = [_plain(f"run {run.run_id} on {run.cpu or '?'}")]
-    for i, r in enumerate(rows):
-        cells = [r[0].ljust(widths[0])] + [r[j].rjust(widths[j]) for j in range(1, 5)] + [r[5]]
-        lines.append("  ".join(cells).rstrip())
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths) + "  ------")
+    row = "  ".join([f"{{:<{widths[0]}}}", *(f"{{:>{w}}}" for w in widths[1:]), "{}"])
+    lines = [_plain(f"run {run.run_id} on {run.cpu or '?'}"), row.format(*rows[0])]
+    lines.append("  ".join("-" * w for w in widths) + "  ------")
+    lines += [row.format(*r).rstrip() for r in rows[1:]]
     console.file.write("\n".join(lines) + "\n")
 
 

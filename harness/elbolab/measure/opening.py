@@ -134,10 +134,10 @@ class OpenCase:
         self.run(calls)
         t1 = time.perf_counter_ns()
         self.write_inputs(next(j for j in (1, 0) if j != k))  # the answer must already be made
+        self.stage = "reading outputs"
         t2 = time.perf_counter_ns()
         got = self.prepared.outputs()
         t3 = time.perf_counter_ns()
-        self.stage = "reading outputs"
         outputs = _copied(got)
         self.stage = "timing"
         return {"set": k, "calls": calls, "outputs": outputs, "outputs_ns": t3 - t2, "call_ns": t1 - t0}
