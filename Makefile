@@ -10,6 +10,12 @@ RUST_SRC := $(wildcard backends/rust/src/*.rs backends/rust/src/*/*.rs) backends
 WHEELS := target/wheels
 RUN    ?= results/scratch/bench-$(shell date -u +%Y%m%dT%H%M%SZ).json
 ARGS   ?=
+# The versions the suite passed with, used where the Python is the one they were tested on (3.11);
+# `make CONSTRAINTS=` installs the newest versions the lower bounds allow instead.
+LOCK   := harness/elbolab/constraints.txt
+CONSTRAINTS ?= $(shell $(PYTHON) -c 'import sys; print("$(LOCK)" if sys.version_info[:2] == (3, 11) else "")')
+# What `make` installs: every backend, the report and history extras, and the test tools
+EXTRAS ?= torch,numba,test
 
 .PHONY: bench bench-full quick trends test setup rust browser system lint clean
 
@@ -50,10 +56,10 @@ test: setup system
 
 setup: $(STAMP) $(RUST_STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[torch,numba,dev]'
+	$(BIN)/pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[$(EXTRAS)]'
 	mkdir -p results/scratch reports
 	touch $@
 

@@ -51,7 +51,7 @@ def test_workload(benchmark, case: Case):
     run = call if sync is None else (lambda: (call(), sync()))
     run()  # first call (compile/JIT/allocation) outside the measurement, then check the answer
     check = check_outputs(workload, case, inputs, prepared.outputs())
-    assert check.ok, f"{case.label()}: wrong answer ({check.worst_output}: {check.max_rel_err:.3g})"
+    assert check.ok, f"{case.label()}: wrong answer ({check.worst_output}: {check.describe()})"
     benchmark.group = f"{case.workload} {case.dtype} B={case.batch}"
     benchmark.extra_info.update(case=case.to_json(), notes=prepared.notes)
     with threadpool_limits(limits=case.threads):  # BLAS/OpenMP pools at the case's thread count

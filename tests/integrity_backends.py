@@ -187,3 +187,8 @@ tampering = _wrapping("tampering", _tampering)
 
 ALL = ("first_call_only", "lazy_outputs", "half_call_n", "short_call_n", "every_other_call", "second_thread",
        "forked_child", "tampering")  # fmt: skip
+
+# not a cheat: NumPy under another name, an A/A beside NumPy (tests/test_reproducibility.py)
+numpy_again = replace(
+    numpy_backend, name="numpy-again", description="NumPy again, under another name (an A/A)"
+)

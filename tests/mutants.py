@@ -14,10 +14,30 @@ kernel is (a row loop's bounds, a vector tail, an accumulator's dtype), with one
   grad_sign        one gradient element with the wrong sign (the last of grad_logvar)
   iwae_drop_logvar IWAE's log q(z|x) without its -0.5 * sum(logvar) term
   vae_shared       vae_step with std = exp(logvar) in the helper shared by forward and backward
+  naive_sum        recon summed by one running float32 accumulator over all B*D terms, in order
+                   (which the workload contract rules out: at batch 8192 it loses 2 of float32's
+                   7 digits, more than summing a quarter of the rows does)
 
-and one that is correct but sloppy, which must stay `ok` and be flagged less accurate:
+and the float32 bugs that hid under the worst-case bounds (issue 24), each a piece of work missing:
 
-  naive_sum        recon summed by one running float32 accumulator, in order
+  recon_half       recon from the first half of the B*D terms, doubled (one worker's share lost
+                   and the rest rescaled; at B = 1 half of the row)
+  recon_quarter    the same from the first quarter, times 4
+  vae_zero_enc     vae_step with the encoder's gradients returned as zeros and the encoder left
+                   un-updated (vae_zero_<layer> for the others: mu, logvar, dec, out)
+  vae_half_batch   vae_step's backward over the first half of the batch, normalised by its rows
+                   (no bug at B = 1)
+  draw_flip        eps a fixed +-1 pattern whose sign flips each call
+  draw_alternate   two stored draws used in turn
+  draw_uniform     uniform draws scaled to unit variance
+  draw_reused      one stored draw every call
+  draw_wide        draws from N(0, 1.2^2)
+
+and the correct ones, which must stay `ok`:
+
+  correct          the same kernels without a bug
+  row_naive        recon as each row's running float32 sum, the rows in a running float32 sum too:
+                   the least accurate summation the contract allows
 """
 
 from __future__ import annotations
@@ -32,6 +52,25 @@ from elbolab.model.case import Case
 from elbolab.model.workloads import VAE_PARAMS, WORKLOADS
 
 VECTOR = 8  # the SIMD width whose tail `tail_skip` gets wrong
+SUBSET = {"recon_half": 2, "recon_quarter": 4}  # the share of recon's terms summed, inverted
+VAE_LAYERS = ("enc", "mu", "logvar", "dec", "out")
+
+
+def _draw(bug: str, rng: np.random.Generator, shape: tuple[int, int], dtype):
+    """The eps draw of one call: fresh standard normals, or the bug's non-draw."""
+    if bug == "draw_flip":
+        pattern = np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(dtype)
+        calls = iter(range(1 << 62))
+        return lambda: pattern * dtype.type(-1) ** next(calls)
+    if bug in ("draw_alternate", "draw_reused"):
+        stored = [rng.standard_normal(shape).astype(dtype) for _ in range(2)]
+        calls = iter(range(1 << 62))
+        return lambda: stored[next(calls) % 2 if bug == "draw_alternate" else 0]
+    if bug == "draw_uniform":
+        return lambda: (rng.uniform(-1.0, 1.0, shape) * np.sqrt(3.0)).astype(dtype)
+    if bug == "draw_wide":
+        return lambda: (1.2 * rng.standard_normal(shape)).astype(dtype)
+    return lambda: rng.standard_normal(shape).astype(dtype)
 
 
 def _exp(v, bug):
@@ -48,14 +87,14 @@ def _prepare_elbo(case: Case, inputs: dict, bug: str) -> Prepared:
     cols = d - 1 if bug == "tail_skip" and d % VECTOR else d
     grads = WORKLOADS[case.workload].has_gradients
     sampled = case.variant == "eps=sampled"
-    rng = np.random.default_rng(case.seed)
+    draw = _draw(bug, np.random.default_rng(case.seed), mu.shape, x.dtype)
     z = np.zeros_like(mu)
     g_xr, g_mu, g_lv = np.zeros_like(x), np.zeros_like(mu), np.zeros_like(lv)
     out: dict = {"eps": inputs.get("eps")}
 
     def call():
         if sampled:
-            out["eps"] = rng.standard_normal(mu.shape).astype(x.dtype)
+            out["eps"] = draw()
         eps = out["eps"]
         if bug == "z_nan":
             z[:] = np.nan
@@ -73,6 +112,11 @@ def _prepare_elbo(case: Case, inputs: dict, bug: str) -> Prepared:
             row_sums = lanes.sum(axis=1, dtype=np.float32).astype(np.float64)
         elif bug == "naive_sum":
             row_sums = np.cumsum(sq.ravel(), dtype=np.float32)[-1:]
+        elif bug == "row_naive":
+            row_sums = np.cumsum(np.cumsum(sq, axis=1, dtype=sq.dtype)[:, -1], dtype=sq.dtype)[-1:]
+        elif bug in SUBSET:
+            terms = sq.ravel()
+            row_sums = terms[: terms.size // SUBSET[bug]].sum(keepdims=True) * dt(SUBSET[bug])
         else:
             row_sums = sq.sum(axis=1)
         out["recon"] = -np.sum(row_sums) / b
@@ -117,18 +161,14 @@ def _prepare_iwae(case: Case, inputs: dict, bug: str) -> Prepared:
     return Prepared(call=call, outputs=lambda: {"iwae": np.array(out["iwae"])})
 
 
-def _std(logvar):
-    """The helper forward and backward share: the standard deviation, with the 1/2 dropped."""
-    return np.exp(logvar)
-
-
-def _vae_with_shared_bug(x, eps, p: dict) -> tuple[float, dict]:
-    """The NumPy backend's forward and backward, with std from the shared (wrong) helper."""
+def _vae(x, eps, p: dict, bug: str) -> tuple[float, dict]:
+    """The NumPy backend's forward and backward, with the bug of vae_shared in the std helper."""
     b = x.shape[0]
     h1_pre = x @ p["enc_w"] + p["enc_b"]
     h1 = np.maximum(h1_pre, 0)
     mu, logvar = h1 @ p["mu_w"] + p["mu_b"], h1 @ p["logvar_w"] + p["logvar_b"]
-    std = _std(logvar)
+    # the helper forward and backward share: the standard deviation (vae_shared drops the 1/2)
+    std = np.exp(logvar if bug == "vae_shared" else logvar / 2)
     z = mu + std * eps
     h3_pre = z @ p["dec_w"] + p["dec_b"]
     h3 = np.maximum(h3_pre, 0)
@@ -156,7 +196,18 @@ def _prepare_vae(case: Case, inputs: dict, bug: str) -> Prepared:
     out: dict = {}
 
     def call():
-        loss, grads = _vae_with_shared_bug(x, eps, params)
+        loss, grads = _vae(x, eps, params, bug)
+        if bug == "vae_half_batch":  # the backward's row loop covers the first half of the batch
+            half = max(1, x.shape[0] // 2)
+            grads = _vae(x[:half], eps[:half], params, bug)[1]
+        if bug.startswith("vae_zero_"):  # the layer's gradients zeroed, its weights not updated
+            layer = bug.removeprefix("vae_zero_")
+            grads.update(
+                {
+                    f"{layer}_w": np.zeros_like(grads[f"{layer}_w"]),
+                    f"{layer}_b": np.zeros_like(grads[f"{layer}_b"]),
+                }
+            )
         out["loss"] = np.array(loss)
         out.update({f"grad_{p}": grads[p] for p in VAE_PARAMS})
         out.update({f"new_{p}": params[p] - lr * grads[p] for p in VAE_PARAMS})
@@ -196,7 +247,16 @@ grad_sign = _mutant("grad_sign", ("elbo_grad",))
 iwae_drop_logvar = _mutant("iwae_drop_logvar", ("iwae",))
 vae_shared = _mutant("vae_shared", ("vae_step",))
 naive_sum = _mutant("naive_sum", ("elbo",))
-correct = _mutant("correct", ("elbo", "elbo_grad", "iwae"))  # the same kernels without a bug
+recon_half = _mutant("recon_half", ELBOS)
+recon_quarter = _mutant("recon_quarter", ELBOS)
+vae_half_batch = _mutant("vae_half_batch", ("vae_step",))
+VAE_ZERO = {layer: _mutant(f"vae_zero_{layer}", ("vae_step",)) for layer in VAE_LAYERS}
+vae_zero_enc = VAE_ZERO["enc"]
+DRAWS = ("draw_flip", "draw_alternate", "draw_uniform", "draw_reused", "draw_wide")
+draw_flip, draw_alternate, draw_uniform, draw_reused, draw_wide = (_mutant(bug, ELBOS) for bug in DRAWS)
+correct = _mutant("correct", ("elbo", "elbo_grad", "iwae", "vae_step"))  # the same kernels without a bug
+row_naive = _mutant("row_naive", ("elbo",))
 
 ALL = ("z_scale", "z_zero", "z_nan", "exp_poly4", "tail_skip", "row_skip", "f32_accumulation",
-       "grad_sign", "iwae_drop_logvar", "vae_shared", "naive_sum", "correct")  # fmt: skip
+       "grad_sign", "iwae_drop_logvar", "vae_shared", "naive_sum", "recon_half", "recon_quarter",
+       "vae_zero_enc", "vae_half_batch", *DRAWS, "correct", "row_naive")  # fmt: skip

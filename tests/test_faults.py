@@ -570,15 +570,20 @@ def test_gate_output_paths_are_checked_before_anything_is_measured(tmp_path):
             "cannot write the Markdown report (not a regular file (a FIFO))",
         ),
     ):
-        before = _worktrees()
+        before = _gate_worktrees()
         t0 = time.monotonic()
         proc = elbolab("gate", "--base", "HEAD", "--backend", "numpy", "--workload", "elbo", "--batch", "128",
                        "--quick", *extra)  # fmt: skip
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 2 and message in err and len(err.strip().splitlines()) == 1, err
-        assert "gate:" not in err and _worktrees() == before  # nothing was installed or measured
+        assert "gate:" not in err and _gate_worktrees() == before  # nothing was installed or measured
         print(f"\ngate refused {extra[0]} in {time.monotonic() - t0:.2f} s")
     assert existing.read_text() == "not a folder\n" and (tmp_path / "runs" / "base.json").read_text() == "{}"
+
+
+def _gate_worktrees() -> list[str]:
+    """The gate's temporary worktrees (the list also shows other worktrees' commits, which move)."""
+    return [line for line in _worktrees().splitlines() if "elbolab-" in line]
 
 
 def _big_results(tmp_path: Path, n: int) -> Path:

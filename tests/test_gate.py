@@ -84,7 +84,7 @@ def test_compare_reports_but_exits_0_on_a_regression(pair, capsys):
         (["gate", "{base}", "{tmp}/disjoint.json"], "no cases in common"),
         (["gate", "{base}", "{tmp}/subset.json"], "case sets differ"),
         (["gate", "{base}", "{other}"], "different machines"),
-        (["gate", "{base}"], "gate needs BASE.json and HEAD.json"),
+        (["gate", "{base}"], "gate needs BASE and HEAD"),
         (["gate", "{base}", "{same}", "--base", "HEAD"], "not both"),
         (["gate", "{base}", "{same}", "--quick"], "only apply with --base"),
         (["gate", "{base}", "{same}", "--threshold-for", "elbo"], "expected WORKLOAD=FRACTION"),

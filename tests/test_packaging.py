@@ -36,6 +36,12 @@ def test_the_wheel_holds_one_top_level_package(wheel):
     assert "elbolab/report/templates/report.html.j2" in names
     assert "backends/numpy/__init__.py" in names and "elbolab/cli/__main__.py" in names
     assert "elbolab/measure/timer.py" in names and "elbolab/__main__.py" in names
+    # the training's digits with their licence, and the tested versions every run records
+    assert {
+        "elbolab/measure/data/digits.csv.gz",
+        "elbolab/measure/data/README.md",
+        "elbolab/constraints.txt",
+    } <= set(names)
     assert not [n for n in names if n.endswith((".rs", ".toml", ".lock"))], (
         "Rust sources belong to their own wheel"
     )

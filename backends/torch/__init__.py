@@ -26,15 +26,18 @@ CUDA: Prepared.sync is torch.cuda.synchronize, called by the timer before the cl
 the results as notes["sync"]); peak device memory is torch.cuda.max_memory_allocated, its counter
 reset in prepare before the inputs are moved, so the peak includes the inputs.
 
-torch-compile: torch.compile(fn) in default mode; compilation happens in the first call, which the
-harness times apart as first_call (tens of seconds on a 2-core CPU: Dynamo tracing, Inductor C++
-codegen and a g++ build; elbo_grad and vae_step also compile the backward graph). Dynamo is reset
+torch-compile: torch.compile(fn, fullgraph=True) in default mode, so a graph break is an error whose
+message becomes the case's recorded reason ('failed'), never a silent fall back to eager code; the
+same for Dynamo's recompile limit where this torch has the switch. Compilation happens in the first
+call, which the harness times apart as first_call (tens of seconds on a 2-core CPU: Dynamo tracing,
+Inductor C++ codegen and a g++ build; elbo_grad and vae_step also compile the backward graph). Dynamo is reset
 and Inductor's on-disk FX-graph and AOT-autograd caches are switched off in prepare (one case per
 worker process makes both harmless), so tracing and code generation are always in first_call. The
 compiled-C++ cache in Inductor's cache directory is left on: with it warm, elbo's first_call is
 ~2 s on this 2-core machine; with an empty cache directory (first use ever, or
 TORCHINDUCTOR_CACHE_DIR pointing at a fresh folder) it is ~20 s, mostly g++. notes["compile"] says so.
-Where it cannot work the backend says why: no C++ compiler for cpu, no Triton/CUDA for cuda.
+Where it cannot work the backend says why: no C++ compiler for cpu, no Triton/CUDA for cuda, or
+TRITON_INTERPRET set (Inductor's CUDA kernels are Triton kernels: they would run on the CPU).
 """
 
 from __future__ import annotations
@@ -105,6 +108,9 @@ def _compile_device_unavailable_reason(device: str) -> str | None:
 
         if not has_triton():
             return "torch.compile on cuda needs Triton (not installed or no usable GPU for it)"
+        from backends.torch.gpu import interpreter_reason  # Inductor's kernels are Triton kernels
+
+        return interpreter_reason()
     return None
 
 
@@ -133,6 +139,7 @@ def _setup(case: Case, inputs: dict, compiled: bool):
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inputs.items()}
     if compiled:
         import torch._dynamo
+        import torch._dynamo.config as dynamo_config
         import torch._functorch.config as functorch_config
         import torch._inductor.config as inductor_config
 
@@ -142,29 +149,48 @@ def _setup(case: Case, inputs: dict, compiled: bool):
             functorch_config.enable_autograd_cache = False
         from torch._inductor.runtime.cache_dir_utils import cache_dir
 
+        if hasattr(dynamo_config, "fail_on_recompile_limit_hit"):  # else Dynamo runs eager past it
+            dynamo_config.fail_on_recompile_limit_hit = True
         notes["compile"] = (
-            "torch.compile default mode, compiled in the first call; FX-graph and AOT-autograd "
+            "torch.compile(fullgraph=True) default mode, compiled in the first call; FX-graph and AOT-autograd "
             f"caches off; compiled C++ reused from {cache_dir()} if built before (an empty cache "
             "directory adds g++ time)"
         )
     return torch, device, tensors, notes, sync, peak
 
 
-def _prepared(torch, device, call, outputs, sync, peak, notes: dict) -> Prepared:
+def _prepared(torch, device, call, outputs, sync, peak, notes: dict, tensors: dict) -> Prepared:
     return Prepared(call=call, outputs=outputs, sync=sync, device_peak_bytes=peak,
-                    device_events=_events(torch, device), notes=notes)  # fmt: skip
+                    device_events=_events(torch, device), load=loader(torch, device, tensors), notes=notes)  # fmt: skip
+
+
+def loader(torch, device, tensors: dict):
+    """Prepared.load for a CUDA case: the harness's new input values copied into the device tensors
+    the call reads (on the CPU the tensors share the harness's arrays, torch.from_numpy, and need
+    no loading)."""
+    if device.type != "cuda":
+        return None
+
+    def load(values: dict) -> None:
+        with torch.no_grad():  # the leaves of elbo_grad and vae_step require grad
+            for name, value in values.items():
+                if name in tensors:
+                    tensors[name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+        torch.cuda.synchronize(device)
+
+    return load
 
 
 def _maybe_compile(torch, fn, compiled: bool):
     if not compiled:
         return fn
-    compiled_fn = torch.compile(fn)
+    compiled_fn = torch.compile(fn, fullgraph=True)
 
     def call(*args, **kwargs):
         try:
             return compiled_fn(*args, **kwargs)
-        except Exception as exc:  # make the recorded reason say what failed
-            raise RuntimeError(f"torch.compile failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # make the recorded reason say what failed (a graph break, too)
+            raise RuntimeError(f"torch.compile(fullgraph=True) failed: {type(exc).__name__}: {exc}") from exc
 
     return call
 
@@ -230,7 +256,7 @@ def _prepare_elbo(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res.update(grad_x_recon=_np(x_recon.grad), grad_mu=_np(mu.grad), grad_logvar=_np(logvar.grad))
         return res
 
-    return _prepared(torch, device, call, outputs, sync, peak, notes)
+    return _prepared(torch, device, call, outputs, sync, peak, notes, t)
 
 
 def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -245,7 +271,7 @@ def _prepare_iwae(case: Case, inputs: dict, compiled: bool) -> Prepared:
         with torch.inference_mode():
             state["iwae"] = fn(*args)
 
-    return _prepared(torch, device, call, lambda: {"iwae": _np(state["iwae"])}, sync, peak, notes)
+    return _prepared(torch, device, call, lambda: {"iwae": _np(state["iwae"])}, sync, peak, notes, t)
 
 
 def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
@@ -277,7 +303,7 @@ def _prepare_vae_step(case: Case, inputs: dict, compiled: bool) -> Prepared:
             res[f"new_{name}"] = _np(n)
         return res
 
-    return _prepared(torch, device, call, outputs, sync, peak, notes)
+    return _prepared(torch, device, call, outputs, sync, peak, notes, t)
 
 
 # one module serves two backends: the same preparers, with the option bound
@@ -301,7 +327,7 @@ backend = Backend(
 compiled_backend = replace(
     backend,
     name="torch-compile",
-    description="PyTorch through torch.compile (default mode, Inductor); compile time is first_call",
+    description="PyTorch through torch.compile (fullgraph, default mode, Inductor); compile time is first_call",
     preparers=bind(PREPARERS, compiled=True),
     unavailable_reason=_compile_unavailable_reason,
     device_unavailable_reason=_compile_device_unavailable_reason,
@@ -344,10 +370,10 @@ def _cuda_variant(name: str, description: str, prepare: str, **extra) -> Backend
 
 
 triton_backend = _cuda_variant(
-    "torch-triton", "elbo and elbo_grad as one fused Triton kernel on CUDA (one pass over the data)",
+    "torch-triton", "elbo and elbo_grad as one fused Triton kernel on CUDA: one pass, one launch a call",
     "prepare_triton", unavailable_reason=_gpu_check("triton_unavailable"),
 )  # fmt: skip
 cudagraph_backend = _cuda_variant(
-    "torch-cudagraph", "the eager PyTorch ELBO captured as a CUDA graph and replayed: one launch per call",
-    "prepare_cudagraph",
+    "torch-cudagraph", "the fused Triton launch captured as a CUDA graph and replayed: one graph launch a call",
+    "prepare_cudagraph", unavailable_reason=_gpu_check("triton_unavailable"),
 )  # fmt: skip

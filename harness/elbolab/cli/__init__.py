@@ -26,7 +26,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from elbolab.cli import gating, history, measure, reports  # the command modules import this one
+    from elbolab.cli import config, exporting, gating, history, measure, reports  # they import this one
 
     parser = Parser(
         prog="elbolab",
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_commands(sub)
     reports.add_commands(sub)
     gating.add_commands(sub)
+    exporting.add_commands(sub)
     history.add_commands(sub)
+    config.add_commands(sub)
     return parser
 
 
@@ -51,6 +53,9 @@ INTERRUPTED = 130
 # One error line is at most this long: a message that quotes the input (a list of 60,000 names)
 # is cut, not echoed whole
 MAX_LINE = 500
+# the libraries of the optional extras, by the extra that installs them (pyproject.toml)
+EXTRAS = {"matplotlib": "report", "jinja2": "report", "sqlalchemy": "history", "ruptures": "history",
+          "psycopg": "postgres", "torch": "gpu", "numba": "numba"}  # fmt: skip
 
 
 def _terminated(signum, frame) -> None:
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("elbolab: interrupted")
         return INTERRUPTED
+    except ModuleNotFoundError as exc:  # a command whose extra is not installed: say which, exit 2
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        _say(f"elbolab: error: {args.command} needs {top}: pip install 'elbolab[{EXTRAS[top]}]'")
+        return 2
     except BrokenPipeError:
         # the reader went away (`elbolab compare ... | head -1`): stop quietly, as any filter does
         _quiet_stdout()

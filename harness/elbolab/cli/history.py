@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape
@@ -30,24 +31,27 @@ from rich.table import Table
 from elbolab.analyse.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, Rule
 from elbolab.cli.args import fraction, path, positive_int, seconds
 from elbolab.cli.console import stdout_console
-from elbolab.cli.measure import SIZE_FLAGS, add_run_filters
+from elbolab.cli.measure import SIZE_FLAGS, add_keyword, add_run_filters
+from elbolab.model.config import load_config
 from elbolab.model.errors import UsageError
+from elbolab.model.selection import parse_optional
 
 CASE_HELP = "a case as elbolab prints it, e.g. 'elbo numpy cpu float64 B=128 t=1' (or part of it)"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--store", metavar="URL",
-                   help="sqlite:///PATH or postgresql://USER@HOST/DB (default $ELBOLAB_STORE, "
-                        "else sqlite:///results/history.sqlite)")  # fmt: skip
+                   help="sqlite:///PATH or postgresql://USER@HOST/DB (default $ELBOLAB_STORE, then "
+                        "[tool.elbolab] store, else sqlite:///results/history.sqlite)")  # fmt: skip
     p.add_argument("--repo", type=path, metavar="PATH",
                    help="git checkout whose history orders the commits (default: the one here)")  # fmt: skip
 
 
 def _rule_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threshold", type=fraction, default=DEFAULT_THRESHOLD,
+    # None: unset, they fall back to [tool.elbolab] threshold and noise-band, then to the built-in
+    p.add_argument("--threshold", type=fraction, default=None,
                    help="slowdown that counts as a regression (default 0.10)")  # fmt: skip
-    p.add_argument("--noise-band", type=fraction, default=DEFAULT_NOISE_BAND,
+    p.add_argument("--noise-band", type=fraction, default=None,
                    help="a confident change smaller than this is noise (default 0.03)")  # fmt: skip
 
 
@@ -58,6 +62,7 @@ def _read_options(p: argparse.ArgumentParser, case_required: bool = False) -> No
     )
     p.add_argument("--include-dirty", action="store_true", help="also use runs of uncommitted trees")
     p.add_argument("--case", required=case_required, metavar="CASE", help=CASE_HELP)
+    add_keyword(p)
 
 
 def _measure_options(p: argparse.ArgumentParser) -> None:
@@ -76,6 +81,9 @@ def add_commands(sub) -> None:
 
     p = hs.add_parser("ingest", help="store results files (a run already stored is left as it is)")
     p.add_argument("files", nargs="+", type=path, metavar="RUN.json")
+    p.add_argument("--format", choices=("elbolab", "pytest-benchmark"), default="elbolab",
+                   help="the files' format: elbolab results files (default), or pytest-benchmark JSON "
+                        "(--benchmark-json with --benchmark-save-data) of elbolab's cases")  # fmt: skip
     _common(p)
     p.add_argument("--machine", metavar="NAME",
                    help="name the machine these runs come from (default: its hardware; env ELBOLAB_MACHINE)")  # fmt: skip
@@ -164,7 +172,7 @@ def _open(args, create: bool = False):
     of a mistyped path is one line and exit 2, never a new empty store that reports nothing."""
     from elbolab.store.database import Store
 
-    return Store.open(args.store, create=create)
+    return Store.open(load_config().pick(args.store, "store"), create=create)
 
 
 def _repo(args, required: str | None = None):
@@ -175,7 +183,9 @@ def _repo(args, required: str | None = None):
 
 
 def _rule(args) -> Rule:
-    return Rule.of(args.threshold, args.noise_band)
+    config = load_config()
+    return Rule.of(config.pick(args.threshold, "threshold", DEFAULT_THRESHOLD),
+                   config.pick(args.noise_band, "noise-band", DEFAULT_NOISE_BAND))  # fmt: skip
 
 
 def _console():
@@ -197,7 +207,11 @@ def _load(args, store, with_case: bool = True):
     from elbolab.model.query import CaseQuery
 
     query = CaseQuery.parse(args.case) if with_case and getattr(args, "case", None) else None
-    return load_history(store, _repo(args), args.ref, args.machine, query, args.include_dirty)
+    selection = parse_optional(getattr(args, "k", None))
+    history = load_history(store, _repo(args), args.ref, args.machine, query, args.include_dirty)
+    if selection is None:
+        return history
+    return replace(history, series=selection.select(history.series, lambda s: s.case))
 
 
 def _notes(history) -> list[str]:
@@ -225,8 +239,13 @@ def cmd_ingest(args) -> int:
     from elbolab.store.results import load, writer_of
 
     repo = _repo(args)
-    runs = [(f, load(f)) for f in args.files]  # every file is checked before anything is stored
-    for f, run in runs:
+    if args.format == "pytest-benchmark":
+        from elbolab.store.formats import from_pytest_benchmark
+
+        runs = [(f, from_pytest_benchmark(f)) for f in args.files]
+    else:
+        runs = [(f, load(f)) for f in args.files]  # every file is checked before anything is stored
+    for f, run in runs if args.format != "pytest-benchmark" else ():  # an import is whole as it is
         if run.finished is None:
             # stored now, the run would be refused later, finished, as 'different content'
             pid = writer_of(f)

@@ -20,7 +20,9 @@ from elbolab.measure.plan import Plan
 from elbolab.measure.runner import run_plan
 from elbolab.model.backend import discover_with_errors
 from elbolab.model.case import DTYPES, Case
+from elbolab.model.config import Config, load_config
 from elbolab.model.measurement import Measurement
+from elbolab.model.selection import parse_optional
 from elbolab.store.results import TrainingCurve, load, now, replace_measurements
 
 
@@ -46,6 +48,22 @@ def add_run_filters(p: argparse.ArgumentParser) -> None:
         )
 
 
+def add_keyword(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", metavar="EXPR",
+                   help="only the cases this pytest-style expression selects, e.g. 'rust and elbo and not sampled' "
+                        "or 'B=128 and (numpy or numba)' (words match parts of the case's name; field=value exactly)")  # fmt: skip
+
+
+# the run filters as [tool.elbolab.run] names them, by the attribute argparse gives each flag
+MATRIX_KEYS = {"backend": "run.backend", "workload": "run.workload", "batch": "run.batch", "dtype": "run.dtype",
+               "threads": "run.threads", "device": "run.device", "variant": "run.variant"}  # fmt: skip
+
+
+def matrix_value(args: argparse.Namespace, config: Config, name: str):
+    """A run filter in force: the flag, else [tool.elbolab.run], else None (the default matrix)."""
+    return config.pick(getattr(args, name, None), MATRIX_KEYS[name])
+
+
 # the size flags: (flag, default, what it is); Plan and Case name them with underscores
 SIZE_FLAGS = (
     ("input-dim", 784, "D, the input dimension"),
@@ -55,14 +73,17 @@ SIZE_FLAGS = (
 )
 
 
-def plan_from_args(args: argparse.Namespace) -> Plan:
+def plan_from_args(args: argparse.Namespace, config: Config | None = None) -> Plan:
+    config = config or Config()
+    selection = parse_optional(config.pick(args.k, "run.k"))  # checked here: one line, before any work
+    m = {name: matrix_value(args, config, name) for name in MATRIX_KEYS}
     return Plan(
-        backends=args.backend, workloads=args.workload, batches=args.batch, dtypes=args.dtype,
-        threads=args.threads, devices=args.device, variants=args.variant, quick=args.quick,
+        backends=m["backend"], workloads=m["workload"], batches=m["batch"], dtypes=m["dtype"],
+        threads=m["threads"], devices=m["device"], variants=m["variant"], quick=args.quick,
         full=getattr(args, "full", False), seed=args.seed,
         input_dim=args.input_dim, latent_dim=args.latent_dim, hidden_dim=args.hidden_dim,
         importance_samples=args.importance_samples, measure=getattr(args, "measure", "time"),
-        control=not getattr(args, "no_control", False),
+        control=not getattr(args, "no_control", False), keyword=selection.text if selection else None,
     )  # fmt: skip
 
 
@@ -78,6 +99,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("run", help="measure a matrix of cases into a results file")
     add_run_filters(p)
+    add_keyword(p)
     p.add_argument("--out", type=path, help="results file (default: results/scratch/run-<time>.json)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="finish the cases missing from --out")
@@ -116,6 +138,7 @@ def add_commands(sub) -> None:
     for name, kind in SHOW_FILTERS.items():
         p.add_argument(f"--{name}", type=kind, help=f"only these {name} values (comma-separated)")
     p.add_argument("--status", type=names, help="only these statuses (comma-separated)")
+    add_keyword(p)
     p.add_argument("--json", action="store_true", help="print the cases as JSON (schema elbolab.show/1)")
     p.set_defaults(func=cmd_show)
 
@@ -153,12 +176,13 @@ def _warn_not_loaded() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     _warn_not_loaded()
-    plan = plan_from_args(args)
+    config = load_config()
+    plan = plan_from_args(args, config)
     out = args.out or Path("results/scratch") / f"run-{now().replace(':', '')}.json"
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     with RunProgress() as progress:
         run = run_plan(
-            plan, out, mode=mode, case_timeout=args.timeout, measure_limits=not args.no_limits,
+            plan, out, mode=mode, case_timeout=config.pick(args.timeout, "run.timeout"), measure_limits=not args.no_limits,
             on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs,
         )  # fmt: skip
     print_run_summary(run, stdout_console())
@@ -219,8 +243,10 @@ def _wanted(args: argparse.Namespace, m: Measurement) -> bool:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    selection = parse_optional(args.k)
     run = load(args.results)
-    shown = replace_measurements(run, (m for m in run.measurements if _wanted(args, m)))
+    shown = replace_measurements(run, (m for m in run.measurements
+                                       if _wanted(args, m) and (selection is None or selection.matches(m.case))))  # fmt: skip
     if args.json:
         # pydantic_core's encoder: json.dumps took 1.5 s for 20,000 cases; strict, since every
         # number a loaded run holds is finite (elbolab.store.results.out_of_bounds) and a figure

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from rich.markup import escape
 from rich.table import Table
 
 from elbolab.cli.console import stdout_console
+from elbolab.cli.measure import add_keyword
+from elbolab.model.config import load_config
 from elbolab.model.errors import UsageError
-from elbolab.store.results import load
+from elbolab.model.selection import parse_optional
+from elbolab.store.results import load, replace_measurements
+
+DEFAULT_BASELINE = "numpy"
+DEFAULT_TITLE = "elbolab report"
 
 
 def add_commands(subparsers) -> None:
@@ -30,8 +37,10 @@ def add_commands(subparsers) -> None:
     p.add_argument(
         "-o", "--out", default="reports/report.html", metavar="reports/NAME.html", help="output HTML path"
     )
-    p.add_argument("--baseline", default="numpy", help="backend the speed-ups are over (default: numpy)")
-    p.add_argument("--title", default="elbolab report", help="page title")
+    # None: unset, they come from [tool.elbolab.report], then the defaults above
+    p.add_argument("--baseline", help=f"backend the speed-ups are over (default: {DEFAULT_BASELINE})")
+    p.add_argument("--title", help=f"page title (default: {DEFAULT_TITLE!r})")
+    add_keyword(p)
     p.set_defaults(func=cmd_report)
 
     c = subparsers.add_parser(
@@ -68,8 +77,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     page_path = output_path(out)
     for sibling in (out.with_suffix(".csv"), out.with_suffix(".md")):
         output_path(sibling, follow_link=False)
+    config = load_config()
+    selection = parse_optional(args.k)
     runs = load_runs(args.results)
-    baseline = args.baseline
+    if selection is not None:  # the cases it selects, in every run (the baseline's cases included)
+        runs = [replace(r, run=replace_measurements(r.run, selection.select(r.run.measurements, lambda m: m.case)))
+                for r in runs]  # fmt: skip
+    baseline = config.pick(args.baseline, "report.baseline", DEFAULT_BASELINE)
     known = {m.case.backend for r in runs for m in r.run.measurements}
     if known and baseline not in known:
         raise UsageError(
@@ -77,7 +91,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"(backends: {', '.join(sorted(map(str, known)))})"
         )
     views = build_views(runs, baseline)
-    page = render(views, baseline, args.title)
+    page = render(views, baseline, config.pick(args.title, "report.title", DEFAULT_TITLE))
     tables = [v.table for v in views if not v.table.empty]
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     summaries = [v.summary for v in views if not v.summary.empty]

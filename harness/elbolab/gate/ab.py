@@ -153,7 +153,7 @@ def plan_for(config: ABConfig, backends: dict, leave_out: set[str]) -> list:
     plan = Plan(backends=names, workloads=config.filter("workload"), batches=config.filter("batch"),
                 dtypes=config.filter("dtype"), threads=config.filter("threads"), devices=config.filter("device"),
                 variants=config.filter("variant"), quick=config.quick, seed=config.seed, measure=config.measure,
-                **sizes)  # fmt: skip
+                keyword=config.keyword, **sizes)  # fmt: skip
     return plan_cases(plan, backends)
 
 

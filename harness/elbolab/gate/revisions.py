@@ -42,6 +42,7 @@ class ABConfig:
     base_ref: str
     rounds: int = 3
     run_filters: tuple[tuple[str, tuple], ...] = ()  # (flag, values) forwarded to `elbolab run`
+    keyword: str | None = None  # -k: chooses the cases measured interleaved (not forwarded: old runs lack it)
     quick: bool = False
     seed: int = 0
     case_timeout: float | None = None

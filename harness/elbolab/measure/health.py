@@ -82,7 +82,8 @@ def _gpus() -> list[dict]:
     if not smi:
         return []
     query = (
-        "name,clocks.sm,clocks.max.sm,clocks.mem,ecc.mode.current,mig.mode.current,temperature.gpu,power.draw"
+        "name,clocks.sm,clocks.max.sm,clocks.mem,utilization.gpu,ecc.mode.current,mig.mode.current,"
+        "temperature.gpu,power.draw"
     )
     try:
         out = subprocess.run([smi, f"--query-gpu={query}", "--format=csv,noheader,nounits"], capture_output=True,
@@ -142,14 +143,30 @@ def survey(threads_asked: int | None = None) -> Health:
     for gpu in h.facts["gpus"]:
         if gpu.get("mig.mode.current") not in (None, "", "[N/A]", "Disabled"):
             h.warnings.append(f"{gpu.get('name')}: MIG is {gpu.get('mig.mode.current')} (a slice of the GPU)")
-        try:
-            if float(gpu.get("clocks.sm", 0)) < 0.7 * float(gpu.get("clocks.max.sm", 0)):
-                h.warnings.append(
-                    f"{gpu.get('name')}: SM clock {gpu.get('clocks.sm')} MHz of {gpu.get('clocks.max.sm')}"
-                )
-        except ValueError:
-            pass
+        warning = sm_clock_warning(gpu)
+        if warning:
+            h.warnings.append(warning)
     return h
+
+
+# An idle GPU parks its SM clock low (an H200 read 345 MHz idle and 1980 MHz just after matrix
+# products), so a low clock distorts nothing unless the GPU is busy: only then is it throttling.
+BUSY_PERCENT = 50.0
+LOW_CLOCK_SHARE = 0.7
+
+
+def sm_clock_warning(gpu: dict) -> str | None:
+    """A warning for an SM clock below LOW_CLOCK_SHARE of its maximum while the GPU is busy
+    (utilization.gpu at least BUSY_PERCENT), else None; None where nvidia-smi gave no number."""
+    try:
+        clock, top = float(gpu["clocks.sm"]), float(gpu["clocks.max.sm"])
+        busy = float(gpu["utilization.gpu"])
+    except (KeyError, TypeError, ValueError):  # "[N/A]", or a field this nvidia-smi lacks
+        return None
+    if busy < BUSY_PERCENT or clock >= LOW_CLOCK_SHARE * top:
+        return None
+    return (f"{gpu.get('name')}: SM clock {gpu['clocks.sm']} MHz of {gpu['clocks.max.sm']} while "
+            f"{gpu['utilization.gpu']}% busy (throttled: power, heat or a clock limit)")  # fmt: skip
 
 
 _MATMUL = (

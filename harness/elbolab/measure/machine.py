@@ -15,6 +15,7 @@ import scipy
 import threadpoolctl
 
 from elbolab import __version__
+from elbolab.measure.lockfile import constraints_record
 
 
 def usable_cores() -> int:
@@ -83,6 +84,8 @@ def software_info() -> dict:
         "elbolab": __version__,
         # OpenBLAS kernels picked by these variables differ in speed; record them
         "env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))},
+        # the installed versions against those the lab was tested with (elbolab/constraints.txt)
+        "constraints": constraints_record(),
     }
 
 

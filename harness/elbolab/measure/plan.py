@@ -16,6 +16,7 @@ from elbolab.model.backend import Backend
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.claims import CLAIMS, SETTING, Spec
 from elbolab.model.errors import UsageError
+from elbolab.model.selection import Selection
 from elbolab.model.workloads import WORKLOADS
 
 # The default matrix of `make bench`: every workload over the batch sizes where it is interesting
@@ -56,6 +57,7 @@ class Plan:
     seed: int = 0
     measure: str = "time"  # or "instructions": counted under Valgrind instead of timed
     control: bool = True  # the reference backend measured again as a null control (elbolab.measure.cells)
+    keyword: str | None = None  # -k EXPR (elbolab.model.selection): the cases of the matrix it selects
 
     def to_json(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
@@ -152,6 +154,11 @@ def plan_cases(plan: Plan, backends: dict[str, Backend]) -> list[Case]:
         cases = [c for c in cases if c.variant == WORKLOADS[c.workload].variants[0] or claimed(c)]
     if not cases:
         raise UsageError("the filters select no case (check --backend/--workload/--device/--variant)")
+    if plan.keyword is not None:
+        chosen = Selection.parse(plan.keyword).select(cases)
+        if not chosen:
+            raise UsageError(f"-k {plan.keyword!r} selects none of the {len(cases)} cases of the matrix")
+        cases = chosen
     _check_memory(cases)
     return cases
 

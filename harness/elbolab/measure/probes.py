@@ -275,21 +275,33 @@ GPU_DRIVER_NODES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/d
 
 
 def measure_gpu_limits(quick: bool = False) -> list[dict]:
-    """HBM bandwidth and peak FLOP/s of each CUDA device ([] without torch or a GPU). The probe runs
-    in the process that calls it (the runner, before any case): the numbers belong to the run."""
+    """HBM bandwidth and peak FLOP/s of each CUDA device ([] without a GPU driver or torch). The
+    probe runs in the process that calls it (the runner, before any case): the numbers belong to
+    the run. A device that cannot be probed is listed with its `error` instead of the figures (its
+    cases then have no GPU limit, which the report says on each of their rows), never a lost run."""
     if not any(os.path.exists(node) for node in GPU_DRIVER_NODES):
         return []  # no GPU driver: importing torch only to learn so took 3.6 s of every run
     try:
         import torch
     except ImportError:
         return []
-    if not torch.cuda.is_available():
-        return []
+    try:
+        if not torch.cuda.is_available():
+            return [{"device": "cuda", "error": "a GPU driver is here but torch.cuda.is_available() is False",
+                     "method": GPU_METHOD}]  # fmt: skip
+        count = torch.cuda.device_count()
+    except Exception as exc:  # a broken driver or runtime
+        return [{"device": "cuda", "error": f"{type(exc).__name__}: {exc}", "method": GPU_METHOD}]
     out = []
-    for index in range(torch.cuda.device_count()):
+    for index in range(count):
         device = torch.device("cuda", index)
-        with torch.cuda.device(device):
-            out.append(_probe_gpu(torch, device, quick))
+        try:
+            with torch.cuda.device(device):
+                out.append(_probe_gpu(torch, device, quick))
+        except Exception as exc:  # e.g. out of memory on a GPU that others use
+            out.append({"device": str(device), "error": f"{type(exc).__name__}: {exc}", "method": GPU_METHOD})
+        finally:
+            torch.cuda.empty_cache()  # the runner holds no probe memory while its workers measure
     return out
 
 

@@ -19,6 +19,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import replace
@@ -72,8 +73,17 @@ def execute(
         workers = Workers(specs_for(cases, backends), {REFERENCE_CACHE_ENV: folder}, WORKER_START_TIMEOUT_S)
         try:
             for index, members in enumerate(cells_of(cases, config.control)):
-                for rec in measure_cell(members, workers, timer, config, index, case_timeout):
+                t0 = time.perf_counter_ns()
+                records = measure_cell(members, workers, timer, config, index, case_timeout)
+                cell_ns = (time.perf_counter_ns() - t0) // max(1, len(records))
+                for rec in records:
+                    t1 = time.perf_counter_ns()
                     m = judge(rec, refs, limits or {}, reprobe)
+                    # where a run's time goes: its cell's share of measuring, and checking in this process
+                    m = replace(
+                        m,
+                        notes=dict(m.notes, cell_wall_ns=cell_ns, check_wall_ns=time.perf_counter_ns() - t1),
+                    )
                     run.add(m)
                     if on_result:
                         on_result(m)

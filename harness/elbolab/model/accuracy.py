@@ -1,34 +1,64 @@
 """How far a backend's answer may be from the float64 reference, derived from the arithmetic.
 
 A tolerance is not one constant per dtype. The references (elbolab.model.workloads) are written with
-`Tracked` values, which carry beside each float64 value a running error bound (Wilkinson's running
-error analysis; Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 3.3): how far,
-in units of the case dtype's unit roundoff u (2^-53 for float64, 2^-24 for float32), any evaluation
-of the same formula in that dtype may land from the exact value. Inputs are exact (every backend gets
-the same arrays in the case dtype). Each operation adds its own rounding, relative to its result, to
-the errors it inherits:
+`Tracked` values, which carry beside each float64 value two running error bounds (Wilkinson's running
+error analysis; Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., sec. 3.3), in units
+of the case dtype's unit roundoff u (2^-53 for float64, 2^-24 for float32). Inputs are exact (every
+backend gets the same arrays in the case dtype).
+
+`worst`: how far ANY evaluation of the plain formula in that dtype may land from the exact value,
+the classical first-order worst case. Each operation adds its rounding, relative to its result, to
+the errors it inherits, all with the same sign:
 
   a ± b        w_a + w_b + |a ± b|
   a * b        |a| w_b + |b| w_a + |ab|
   exp(a)       e^a (w_a + T)                       T = 4: libm and SIMD polynomials of a few ulps
   sum of m     sum w_i + (m - 1) sum |t_i|         recursive summation, the worst order (gamma_{m-1})
   A @ B        w_A |B| + |A| w_B + m |A||B|        a dot product of m terms (gamma_m)
+  relu, x>0    every element rounding could put on the other side of 0 counted as flipped
 
-Two bounds are carried:
+An answer beyond worst * u (+ c u |value| for the elementwise work, c = 10, + the float64
+reference's own error) cannot come from rounding.
 
-- `worst`: the classical worst case above, for the plain formula (e^x - 1 as exp(x) - 1). An
-  answer beyond worst * u (+ c u |value| for the elementwise work, c = 10, + the float64
-  reference's own error) cannot come from rounding: it is a bug, and the case is `incorrect`.
-- `careful`: the probabilistic bound of Higham and Mary (SIAM J. Sci. Comput. 41(5), 2019), where a
-  sum of m terms adds lambda sqrt(m) sum |t_i| (lambda = 6) instead of (m - 1) sum |t_i|, for the
-  accurate formulation (e^x - 1 as expm1(x)). Careful summation (pairwise, blocked, many
-  accumulators) stays within it with overwhelming probability. An answer between the two is valid
-  but less accurate than it could be (a naive float32 running sum over millions of terms; the KL
-  term as 1 + lv - e^lv, which cancels near lv = 0): it is timed, flagged, and its accuracy shown.
+`careful`: what a careful implementation in that dtype stays within: the line of `ok`. In float32
+the worst case is far too wide to judge by (a sum of 6.4 M terms may be off by 38%, and through the
+five matrix products of vae_step the bound grows to many times the gradients: median 8-72x), so whole
+pieces of missing work would hide under it. The careful bound is probabilistic (Higham and Mary,
+SIAM J. Sci. Comput. 41(5), 2019: rounding errors behave as independent, mean-zero random
+variables) and calibrated on honest implementations:
 
-The check is componentwise: every element of every output is held to its own bound. What is
-recorded is the error relative to the output's largest element, in units of u, with the bounds in
-the same units, and as correct decimal digits.
+- elementwise work keeps its first-order bound (a few roundings; e^x - 1 as expm1(x), rounded
+  relative to |e^x - 1|, the accurate formulation);
+- a sum or dot product of m terms along one axis adds RUNNING_SUM * sqrt(m) * sum |t| roundings
+  (a running sum in the dtype, as naive loops and BLAS do, errs by about sqrt(m) sum |t| / 4);
+- a reduction over a whole array (several axes) adds WHOLE_SUM * sqrt(m) * sum |t|: the workload
+  contract (elbolab.model.workloads) has each row summed in the dtype and the rows in float64, or
+  pairwise, never one running float32 sum over everything, and honest code stays far inside it;
+- errors inherited from distinct terms of a sum or product come from distinct roundings and add in
+  quadrature, sqrt(sum (a_i c_i)^2), not in absolute value: through vae_step's chain of products
+  the absolute sum lost every cancellation and grew by ~sqrt(width) per layer;
+- a ReLU mask counts its slack (the element may be g or 0) only at elements that careful arithmetic
+  can flip (|x| within x's careful bound), each on its own, added in quadrature where summed.
+
+The calibration (tests/test_calibration.py holds it): NumPy's pairwise sums, its BLAS dot, running
+sums per row (the rows in float64, or in a running sum too) and every backend of the lab, in both
+dtypes at the sizes of the default matrix, use at most 0.19 of the careful bound where the
+calibrated sums act (NumPy's dot of recon at batch 8192), 0.23 over the 300 checked steps of the
+training run, and at most 0.58 of the first-order bound of elementwise outputs (as before); the
+bugs of the mutation suite (tests/mutants.py: recon from a subset of its terms, a zeroed layer,
+...) land past it. The one honest answer outside: the tutorial's Rust in float32 at batch 8192,
+whose 8 running float32 sums over all 6.4 M terms of recon lose 3.5 of its 7 digits, as many as
+summing half the rows does; no bound on recon can tell the two apart.
+
+An answer beyond the careful bound is `incorrect`: "less accurate than careful arithmetic" where it
+is within the worst case (missing work hides there), "beyond what the arithmetic can give" past it.
+The check is componentwise: every element of every output is held to its own bound. Outputs built
+by matrix products (vae_step's gradients and updated weights) are also checked along random
+directions: |<got - ref, v>| against sqrt(sum v_i^2 b_i^2) for the componentwise bounds b, a
+norm-wise test that a zeroed or partial layer, whose error is the size of the gradient itself,
+fails along every direction not nearly orthogonal to that error.
+What is recorded is the error relative to the output's largest element, in units of u, with both
+bounds in the same units, and as correct decimal digits.
 
 Non-finite values: a non-finite output matches only the same non-finite reference value (inf with
 the same sign, or nan); a finite output against a non-finite reference, or the reverse, is wrong.
@@ -37,6 +67,7 @@ the same sign, or nan); a finite output against a non-finite reference, or the r
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -45,7 +76,16 @@ import numpy as np
 from elbolab.model.measurement import Check
 
 ELEMENTWISE_ROUNDINGS = 10  # c: slack for the elementwise work each output element has
-LAMBDA = 6.0  # Higham-Mary: sqrt(m) u grows with probability 1 - O(exp(-lambda^2 / 2))
+# Careful summation, in roundings per sqrt(m) sum |t| (calibrated: tests/test_calibration.py).
+# Along one axis: a running sum of m terms of one sign errs by about sqrt(m) sum |t| / 4 (its partial
+# sums grow linearly, each rounded by up to half an ulp); 1.5 is six of those, so naive loops and
+# BLAS's dot products stay inside it over the 10^5-10^6 elements of an output.
+RUNNING_SUM = 1.5
+# Over a whole array: blocked by the workload contract; NumPy's BLAS dot (its SIMD lanes, each a
+# running float32 sum over a share of the 6.4 M terms of elbo's recon at batch 8192) errs by 0.093,
+# the most of any honest code here; 0.5 is 5x that, and a quarter of the error of summing half the
+# rows and doubling (1.9 with the seeded data).
+WHOLE_SUM = 0.5
 TRANSCENDENTAL = 4  # ulps charged to exp, log, expm1, softplus, sigmoid
 U64 = 2.0**-53
 
@@ -61,7 +101,8 @@ class Tracked:
     """A float64 array with running error bounds, in units of the case dtype's roundoff `u`.
 
     worst    first-order bound on |computed - exact| / u for the plain formula, worst-case sums
-    careful  the same for the accurate formula with probabilistic (lambda sqrt(m)) sums
+    careful  what careful arithmetic stays within: the accurate formula, calibrated sums, inherited
+             errors of distinct terms in quadrature (the module's docstring)
     u        the unit roundoff of the dtype the backend computes in (decides where a ReLU may flip)
     """
 
@@ -113,7 +154,8 @@ class Tracked:
         a, b = np.abs(self.value), np.abs(o.value)
         ab = a @ b
         propagated_w = self.worst @ b + a @ o.worst
-        propagated_c = self.careful @ b + a @ o.careful
+        # errors inherited from distinct terms come from distinct roundings: they add in quadrature
+        propagated_c = np.sqrt(self.careful**2 @ b**2 + a**2 @ o.careful**2)
         return self._new(self.value @ o.value, propagated_w + m * ab, propagated_c + careful_sum(m) * ab)
 
     def __rmatmul__(self, other) -> Tracked:
@@ -131,13 +173,16 @@ class Tracked:
         return self.value.shape
 
     def sum(self, axis=None) -> Tracked:
-        """Recursive summation of m terms, worst order: (m - 1) sum |t| (gamma_{m-1})."""
+        """worst: recursive summation of m terms in the worst order, (m - 1) sum |t| (gamma_{m-1});
+        careful: careful_sum, the inherited errors in quadrature."""
         m = self.value.size if axis is None else self.value.shape[axis]
+        # the whole array: its rows are the last axis longer than 1 (the contract's rows)
+        row = next((n for n in reversed(self.value.shape) if n > 1), 1) if axis is None else m
         mag = np.abs(self.value).sum(axis=axis)
         return self._new(
             self.value.sum(axis=axis),
             self.worst.sum(axis=axis) + max(m - 1, 0) * mag,
-            self.careful.sum(axis=axis) + careful_sum(m) * mag,
+            np.sqrt((self.careful**2).sum(axis=axis)) + careful_sum(m, row) * mag,
         )
 
     def mean(self, axis=None) -> Tracked:
@@ -145,9 +190,15 @@ class Tracked:
         return self.sum(axis) * (1.0 / m)
 
 
-def careful_sum(m: int) -> float:
-    """Roundings per unit of sum |t| that careful summation of m terms stays within."""
-    return min(max(m - 1, 0), LAMBDA * math.sqrt(m))
+def careful_sum(m: int, row: int | None = None) -> float:
+    """Roundings per unit of sum |t| that careful summation of m terms stays within: along one axis
+    (a dot product, a column sum: `row` is None or m), or over a whole array whose rows have `row`
+    terms (never less than one row's running sum)."""
+    row = m if row is None else row
+    roundings = RUNNING_SUM * math.sqrt(row)
+    if row < m:
+        roundings = max(roundings, WHOLE_SUM * math.sqrt(m))
+    return min(max(m - 1, 0), roundings)
 
 
 def _unary(x: Tracked, value, slope, own: float) -> Tracked:
@@ -184,26 +235,30 @@ def log(x: Tracked) -> Tracked:
     return _unary(x, np.log(x.value), 1.0 / np.abs(x.value), TRANSCENDENTAL)
 
 
-def _may_flip(x: Tracked) -> np.ndarray:
-    """Elements so close to 0 that rounding could put them on the other side of it."""
-    return np.abs(x.value) <= (x.worst + ELEMENTWISE_ROUNDINGS * np.abs(x.value)) * x.u
+def _may_flip(x: Tracked, bound: np.ndarray) -> np.ndarray:
+    """Elements so close to 0 that an error within `bound` (worst or careful) could put them on
+    the other side of it."""
+    return np.abs(x.value) <= (bound + ELEMENTWISE_ROUNDINGS * np.abs(x.value)) * x.u
 
 
 def relu(x: Tracked) -> Tracked:
-    """max(x, 0); where rounding may flip the sign the result may be 0 or x: error up to 2 w_x."""
-    flip = _may_flip(x)
-    keep = (x.value > 0) | flip
-    return x._new(np.maximum(x.value, 0.0), np.where(keep, x.worst, 0.0) * (1 + flip),
-                  np.where(keep, x.careful, 0.0) * (1 + flip))  # fmt: skip
+    """max(x, 0). worst: where the sign may flip, up to 2 w_x (as the classical analysis counts it);
+    careful: relu is 1-Lipschitz, so a flipped element errs by no more than x itself did."""
+    flip_w, flip_c = _may_flip(x, x.worst), _may_flip(x, x.careful)
+    return x._new(np.maximum(x.value, 0.0), np.where((x.value > 0) | flip_w, x.worst, 0.0) * (1 + flip_w),
+                  np.where((x.value > 0) | flip_c, x.careful, 0.0))  # fmt: skip
 
 
 def masked(g: Tracked, x: Tracked) -> Tracked:
-    """g * (x > 0), the ReLU derivative; where x may flip, the element may be g or 0: error |g|."""
-    flip = _may_flip(x)
-    value = g.value * (x.value > 0)
-    slack = np.where(flip, np.abs(g.value) / g.u, 0.0)
-    keep = (x.value > 0) | flip
-    return g._new(value, np.where(keep, g.worst, 0.0) + slack, np.where(keep, g.careful, 0.0) + slack)
+    """g * (x > 0), the ReLU derivative; where x may flip, the element may be g or 0: error |g|.
+    Each bound counts the elements that an error within x's bound of the same kind can flip, so
+    the careful slack sits only where careful arithmetic can actually flip the sign."""
+    bounds = []
+    for g_bound, x_bound in ((g.worst, x.worst), (g.careful, x.careful)):
+        flip = _may_flip(x, x_bound)
+        keep = (x.value > 0) | flip
+        bounds.append(np.where(keep, g_bound, 0.0) + np.where(flip, np.abs(g.value) / g.u, 0.0))
+    return g._new(g.value * (x.value > 0), *bounds)
 
 
 def logsumexp(x: Tracked, axis: int) -> Tracked:
@@ -218,14 +273,21 @@ def logsumexp(x: Tracked, axis: int) -> Tracked:
 
 # ------------------------------------------------------------------------------------- checking
 
+# Random directions each output of a matrix-product workload is also checked along. With the
+# componentwise bounds b, |<e, v>| <= sqrt(sum v_i^2 b_i^2) ~ ||b||: an honest error e, whose every
+# element stays within its bound with room for the largest of ~10^5 (so ||e|| <~ ||b|| / 5, and
+# measured <= ||b|| / 50), fails it with probability < 1e-6; a zeroed or partial layer, with
+# ||e|| ~ ||value|| >> ||b||, passes it only if all the directions are nearly orthogonal to its error.
+DIRECTIONS = 4
+
 
 @dataclass(frozen=True)
 class OutputError:
     name: str
-    used: float  # max over elements of |got - ref| / bound (> 1: incorrect)
-    careful_used: float  # max of |got - ref| / careful bound (> 1: less accurate than it could be)
+    used: float  # max over elements of |got - ref| / careful bound (> 1: incorrect)
+    worst_used: float  # max of |got - ref| / worst-case bound (> 1: beyond what rounding can do)
     rel_err: float  # max |got - ref| / max |ref|
-    bound_rel: float  # the largest bound / max |ref|
+    bound_rel: float  # the largest worst-case bound / max |ref|
     careful_rel: float  # the largest careful bound / max |ref|
     problem: str | None = None
 
@@ -238,8 +300,9 @@ def _wrong(name: str, problem: str) -> OutputError:
     return OutputError(name, math.inf, math.inf, math.inf, 0.0, 0.0, problem)
 
 
-def compare_output(name: str, got, want: Tracked, dtype: str) -> OutputError:
-    u = unit_roundoff(dtype)
+def compare_output(name: str, got, want: Tracked, dtype: str, directions: int = 0) -> OutputError:
+    """One output against its tracked reference, element by element, and (with `directions`) along
+    that many random directions."""
     ref = want.value
     try:
         value = np.asarray(got, dtype=np.float64)
@@ -256,45 +319,85 @@ def compare_output(name: str, got, want: Tracked, dtype: str) -> OutputError:
         return _wrong(name, f"{name}: {where} is {value.ravel()[i]}, the reference {ref.ravel()[i]}")
     if not finite_ref.any():
         return OutputError(name, 0.0, 0.0, 0.0, 0.0, 0.0)
-    # the finite elements, flat (all of them, without a copy, in the usual case); the arithmetic
-    # below is in place: an elbo_grad output at batch 8192 has 6.4 M elements, checked ~100 times
-    # in a make bench
+    # the finite elements, flat (all of them, without a copy, in the usual case)
     finite = slice(None) if finite_ref.all() else finite_ref.ravel()
     with np.errstate(invalid="ignore"):
-        diff = np.abs(value - ref).ravel()[finite]
+        signed = (value - ref).ravel()[finite]
+    diff = np.abs(signed)
     v = np.abs(ref).ravel()[finite]
-    floor = 4 * float(np.finfo(np.dtype(dtype)).tiny)  # exact zeros: allow subnormal noise
-
-    def bound(rounding: np.ndarray) -> np.ndarray:
-        # the backend's rounding in its dtype, plus the float64 reference's own (same formula, u64)
-        out = np.broadcast_to(rounding, ref.shape).ravel()[finite] + ELEMENTWISE_ROUNDINGS * v
-        out *= u + U64
-        out += floor
-        return out
-
-    worst = bound(want.worst)
-    careful = np.maximum(bound(want.careful), u * v)  # nothing is more accurate than its own rounding
+    worst, careful = (b.ravel()[finite] for b in element_bounds(want, dtype))
     scale = float(v.max()) or 1.0
-    used = float(np.max(diff / worst))
+    ratio = diff / careful
+    used, worst_used = float(np.max(ratio)), float(np.max(diff / worst))
     out = OutputError(
-        name, used, float(np.max(diff / careful)), float(diff.max()) / scale,
-        float(worst.max()) / scale, float(careful.max()) / scale,
-    )  # fmt: skip
+        name,
+        used,
+        worst_used,
+        float(diff.max()) / scale,
+        float(worst.max()) / scale,
+        float(careful.max()) / scale,
+    )
     if used > 1.0:
-        i = int(np.argmax(diff / worst))
+        i = int(np.argmax(ratio))
         at = np.unravel_index(np.arange(ref.size)[finite][i], ref.shape)
         where = f" at element {tuple(int(j) for j in at)}" if ref.ndim else ""
-        problem = (f"{name}: error {diff[i]:.3g}{where} is {used:.3g}x what the arithmetic can give "
-                   f"(bound {worst[i]:.3g}; relative error {out.rel_err:.2g})")  # fmt: skip
+        if worst_used > 1.0:
+            problem = (f"{name}: error {diff[i]:.3g}{where} is {diff[i] / worst[i]:.3g}x what the arithmetic "
+                       f"can give (bound {worst[i]:.3g}; relative error {out.rel_err:.2g})")  # fmt: skip
+        else:
+            problem = (f"{name}: error {diff[i]:.3g}{where} is {used:.3g}x what careful {dtype} arithmetic "
+                       f"gives ({careful[i]:.3g}; its worst case, {worst[i]:.3g}, admits it; relative "
+                       f"error {out.rel_err:.2g}): less accurate than careful code, or work missing")  # fmt: skip
         return replace(out, problem=problem)
+    if not directions or ref.size < 2:
+        return out
+    ratio = float(direction_ratios(name, signed, careful, directions).max())
+    if ratio > 1.0:
+        problem = (f"{name}: along a random direction its error is {ratio:.3g}x what careful {dtype} arithmetic "
+                   f"gives, though every element is within its own bound (relative error {out.rel_err:.2g})")  # fmt: skip
+        return replace(out, used=ratio, problem=problem)
     return out
 
 
+def element_bounds(want: Tracked, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """The absolute bounds of each element of an output, (worst case, careful): its rounding in the
+    case dtype plus c = 10 roundings of elementwise work, plus the float64 reference's own error
+    (the same formula in u64), plus subnormal noise around exact zeros. The arithmetic is in place:
+    an elbo_grad output at batch 8192 has 6.4 M elements, checked ~100 times in a make bench."""
+    u, v = unit_roundoff(dtype), np.abs(want.value)
+    floor = 4 * float(np.finfo(np.dtype(dtype)).tiny)
+    bounds = []
+    for rounding in (want.worst, want.careful):
+        b = np.broadcast_to(rounding, v.shape) + ELEMENTWISE_ROUNDINGS * v
+        b *= u + U64
+        b += floor
+        bounds.append(b)
+    return bounds[0], np.maximum(bounds[1], u * v)  # nothing is more accurate than its own rounding
+
+
+def random_directions(name: str, size: int, n: int) -> np.ndarray:
+    """n Gaussian directions in the space of an output of `size` elements, seeded by its name: the
+    same for every backend and case (they need not be secret: an honest error is independent of
+    any fixed direction, and a bug that tuned its error to them would be a strange bug)."""
+    return np.random.default_rng(zlib.crc32(name.encode())).standard_normal((n, size))
+
+
+def direction_ratios(name: str, error: np.ndarray, bound: np.ndarray, n: int) -> np.ndarray:
+    """|<error, v>| / sqrt(sum v_i^2 bound_i^2) along n random directions v of the output `name`."""
+    v = random_directions(name, error.size, n)
+    scale = float(np.max(bound))  # bounds near the subnormal floor would square to 0
+    return np.abs(v @ (error.ravel() / scale)) / np.sqrt((v * v) @ ((bound.ravel() / scale) ** 2))
+
+
 def compare_outputs(
-    outputs: Mapping[str, object], expected: Mapping[str, Tracked], dtype: str, extra: list[str]
+    outputs: Mapping[str, object],
+    expected: Mapping[str, Tracked],
+    dtype: str,
+    extra: list[str],
+    directions: int = 0,
 ) -> Check:
-    """Every output against its tracked reference; `extra` holds problems found elsewhere (a missing
-    output, a bad eps draw)."""
+    """Every output against its tracked reference (non-scalar ones also along `directions` random
+    directions); `extra` holds problems found elsewhere (a missing output, a bad eps draw)."""
     u = unit_roundoff(dtype)
     results = []
     problems = list(extra)
@@ -302,17 +405,15 @@ def compare_outputs(
         if name not in outputs:
             problems.append(f"backend returned no output {name!r}")
             continue
-        results.append(compare_output(name, outputs[name], want, dtype))
+        results.append(compare_output(name, outputs[name], want, dtype, directions))
     problems += [r.problem for r in results if r.problem]
     ok = not problems
-    loose = ok and any(r.careful_used > 1.0 for r in results)
-    # the output to show: the one furthest past its bound, or past the careful figure when loose
-    worst = max(results, key=lambda r: r.careful_used if loose else r.used, default=None)
+    # the output to show: the one that used most of its careful bound (the one furthest past it)
+    worst = max(results, key=lambda r: r.used, default=None)
     if worst is None:
         return Check(ok=ok, detail=None if ok else "; ".join(problems)[:2000])
     return Check(
         ok=ok,
-        less_accurate=loose,
         worst_output=worst.name,
         detail=None if ok else "; ".join(problems)[:2000],
         rel_err=_finite(worst.rel_err),

@@ -97,6 +97,15 @@ def _optional_columns(ms: list[Measurement]) -> dict[str, list[str]]:
     }
 
 
+NO_GPU_LIMIT = "no GPU limit measured in this run: no HBM bound, so an implausible time goes unflagged"
+
+
+def no_gpu_limit(r) -> str:
+    """NO_GPU_LIMIT for a timed row off the CPU that has no bandwidth limit (the run measured none
+    for its device: `--no-limits`, a probe that failed, or a file from before the probe), else ''."""
+    return NO_GPU_LIMIT if r.device != "cpu" and not r.bw_limit_level and not missing(r.median_ns) else ""
+
+
 def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
     """The measurement table in human units, one string per cell (HTML, Markdown and CSV use it):
     accuracy beside the median, and for CUDA cases the device clock's median beside the host's, for
@@ -135,7 +144,8 @@ def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
             ],
             "first call": [fmt_ns(v) for v in df["first_call_ns"]],
             "reason / note": [
-                "; ".join(x for x in (text(r.reason), text(r.plausibility)) if x) for r in df.itertuples()
+                "; ".join(x for x in (text(r.reason), text(r.plausibility), no_gpu_limit(r)) if x)
+                for r in df.itertuples()
             ],
         }
     )
