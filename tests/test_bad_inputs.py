@@ -18,7 +18,8 @@ import pytest
 from elbolab.cli import main
 from elbolab.model.case import Case
 from elbolab.model.measurement import Measurement
-from elbolab.store.results import save
+from elbolab.store.database import Store
+from elbolab.store.results import load, save
 from tests.builders import make_run, ok
 
 DATA = Path(__file__).parent / "data"
@@ -46,6 +47,8 @@ def files(tmp_path, monkeypatch):
     """A folder of good, bad and strange files; the test runs inside it."""
     monkeypatch.chdir(tmp_path)
     save(tmp_path / "good.json", _good())
+    save(tmp_path / "finished.json", _good(finished="2026-01-01T00:05:00+00:00", run_id="finished-run"))
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone" / "run.json")
     save(tmp_path / "other.json", make_run(GOOD_CASES, cpu="Another CPU 1"))
     save(tmp_path / "disjoint.json", make_run([ok(Case("iwae", "numpy"), [1e5] * 9)]))
     shutil.copy(DATA / "run_v1.json", tmp_path / "v1.json")
@@ -94,7 +97,38 @@ def files(tmp_path, monkeypatch):
     }
     for name, text in bad.items():
         (tmp_path / name).write_text(text)
+    extreme = {  # numbers JSON allows that no measurement has, or that overflow what reads them
+        "tiny_sample.json": _with_measurement(doc, _measurement_json(samples_ns=[5e-324] * 9)),
+        "huge_sample.json": _with_measurement(doc, _measurement_json(samples_ns=[1e308] * 9)),
+        "batch_huge.json": _with_measurement(
+            doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), batch=10**30))
+        ),
+        "seed_huge.json": _with_measurement(
+            doc, dict(_measurement_json(), case=dict(GOOD_CASES[0].case.to_json(), seed=2**64))
+        ),
+        "loops_huge.json": _with_measurement(doc, _measurement_json(loops=10**25)),
+        "cost_huge.json": _with_measurement(doc, _measurement_json(cost={"bytes": 10**400, "flops": 1})),
+        "overflow.json": json.dumps(dict(doc, config={"x": 1})).replace('"x": 1', '"x": 1e400'),
+        "overflow_notes.json": _with_measurement(doc, _measurement_json(notes={"x": 7})).replace(
+            '"x": 7', '"x": -2e999'
+        ),
+    }
+    for name, text in extreme.items():
+        (tmp_path / name).write_text(text)
     (tmp_path / "latin1.json").write_bytes(b'{"schema": "elbolab.run/2", "run_id": "\xe9"}')
+    # a lock sidecar someone planted: a link to a file they want cut down, and a FIFO
+    (tmp_path / "victim.txt").write_text("a file the user cares about\n")
+    (tmp_path / ".linked.json.lock").symlink_to(tmp_path / "victim.txt")
+    os.mkfifo(tmp_path / ".fifolock.json.lock")
+    # report -o page.html where the sibling page.md is a folder, or page2.csv a link
+    (tmp_path / "page.html").write_text("<p>the previous report</p>\n")
+    (tmp_path / "page.md").mkdir()
+    (tmp_path / "page2.csv").symlink_to(tmp_path / "victim.txt")
+    # stores that are not stores: an empty file, a one-byte file
+    (tmp_path / "empty.sqlite").write_bytes(b"")
+    (tmp_path / "onebyte.sqlite").write_bytes(b"x")
+    with Store.open(f"sqlite:///{tmp_path / 'real.sqlite'}") as store:
+        store.ingest(load(tmp_path / "finished.json"))
     (tmp_path / "adir").mkdir()
     os.mkfifo(tmp_path / "fifo")
     ro = tmp_path / "readonly"
@@ -106,10 +140,17 @@ def files(tmp_path, monkeypatch):
 
 
 def _checksums(folder: Path) -> dict[str, str]:
+    """Every path under `folder` (hidden ones too) and what it is: a regular file's checksum, a
+    link's target, a folder, a FIFO. A path made, removed or changed shows."""
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and not p.is_symlink() and stat.S_ISREG(p.stat().st_mode):
+        mode = p.lstat().st_mode
+        if stat.S_ISLNK(mode):
+            out[str(p.relative_to(folder))] = f"link to {os.readlink(p)}"
+        elif stat.S_ISREG(mode):
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p.relative_to(folder))] = "folder" if stat.S_ISDIR(mode) else f"mode {stat.S_IFMT(mode)}"
     return out
 
 
@@ -147,6 +188,15 @@ RESULTS_FILES_BAD = {
     "latin1.json": "cannot read",
     "adir": "not a regular file",
     "notes.txt": "not valid JSON",
+    "tiny_sample.json": "samples_ns: a sample of 4.94e-324 ns is outside",
+    "huge_sample.json": "samples_ns: a sample of 1e+308 ns is outside",
+    "batch_huge.json": "case.batch: 1.00e30 is beyond",
+    "seed_huge.json": "case.seed: 1.84e19 is beyond 2^63 - 1",
+    "loops_huge.json": "loops: 1.00e25 is beyond 2^53",
+    "cost_huge.json": "cost.bytes: 1.00e400 is beyond 2^63 - 1",
+    "overflow.json": "config.x: not a finite number",
+    "overflow_notes.json": "measurements[0].notes.x: not a finite number",
+    "n" * 300 + ".json": "cannot read (OSError: File name too long)",
 }
 
 CASES: list[tuple[list[str], str]] = []
@@ -157,6 +207,7 @@ for reader in (
     ["report", "-o", "out.html"],
     ["compare", "good.json"],
     ["gate", "good.json"],
+    ["history", "ingest", "--store", "sqlite:///new.sqlite"],
 ):
     for name, message in RESULTS_FILES_BAD.items():
         argv = (
@@ -221,6 +272,29 @@ CASES += [
     (["run", "--no-limits", "--backend", "numpy", "--out", "other.json", "--resume"], "measured differently"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "good.json", "--resume"], "measured differently"),
     (["run", "--no-limits", "--backend", "numpy", "--out", "future.json", "--resume"], "newer than"),
+    # round two: links and FIFOs where elbolab puts its own files, names too long, huge numbers
+    (
+        ["run", "--no-limits", "--backend", "numpy", "--out", "linked.json"],
+        ".linked.json.lock is a symbolic link",
+    ),
+    (
+        ["run", "--no-limits", "--backend", "numpy", "--out", "fifolock.json"],
+        "is not a regular file; remove it",
+    ),
+    (
+        ["run", "--no-limits", "--backend", "numpy", "--out", "n" * 240 + ".json"],
+        "the file name is 245 bytes",
+    ),
+    (
+        ["run", "--no-limits", "--backend", "numpy", "--out", "n" * 300 + ".json"],
+        "the file name is 305 bytes",
+    ),
+    (["run", "--no-limits", "--backend", "numpy", "--out", "dangling.json"], "a symbolic link to nothing"),
+    ([*RUN, "--timeout", "1e308"], "at most 604800 seconds"),
+    ([*RUN, "--timeout", "3000000"], "at most 604800 seconds"),
+    ([*RUN, "--backend", ",".join(["a"] * 60_000)], "60000 names in one list; at most 1000"),
+    ([*RUN, "--backend", ",".join(f"b{i}" for i in range(999)) + ",b7"], "'b7' is listed twice in 'b0,b1,b2"),
+    ([*RUN, "--batch", "1" * 5000], "expected a positive integer, got '1111"),
 ]
 TRAIN = ["train", "--out", "t.json"]
 CASES += [
@@ -286,6 +360,35 @@ CASES += [
     (["gate", "good.json", "good.json", "--case-budget", "60"], "only apply with --base"),
     (["gate", "--base", "HEAD", "--backend", "numpy,numpy"], "listed twice"),
     (["gate", "--base", "HEAD", "--threshold", "-2"], "threshold must be a positive"),
+    (["report", "good.json", "-o", "page.html"], "page.md: not a regular file (a directory)"),
+    (["report", "good.json", "-o", "page2.html"], "page2.csv: a symbolic link; refusing"),
+    (
+        ["compare", "good.json", "good.json", "--markdown", "fifo"],
+        "cannot write the Markdown report (not a regular file (a FIFO))",
+    ),
+    (
+        ["gate", "good.json", "good.json", "--markdown", "fifo"],
+        "cannot write the Markdown report (not a regular file (a FIFO))",
+    ),
+    (["compare", "good.json", "good.json", "--markdown", "/dev/null"], "cannot write the Markdown report"),
+    (["history", "runs", "--store", "sqlite:///nowhere/h.sqlite"], "no such store"),
+    (["history", "changes", "--fail-on-regression", "--store", "sqlite:///typo.sqlite"], "no such store"),
+    (["history", "show", "--case", "elbo numpy", "--store", "sqlite:///typo.sqlite"], "no such store"),
+    (["history", "page", "-o", "t.html", "--store", "sqlite:///typo.sqlite"], "no such store"),
+    (["history", "runs", "--store", "sqlite:///empty.sqlite"], "an empty file, not an elbolab store"),
+    (["history", "runs", "--store", "sqlite:///onebyte.sqlite"], "not a SQLite database"),
+    (["history", "runs", "--store", "sqlite:///notes.txt"], "not a SQLite database"),
+    (
+        ["history", "runs", "--store", "sqlite:///real.sqlite?timeout=abc"],
+        "could not convert string to float: 'abc'",
+    ),
+    (
+        ["history", "ingest", "finished.json", "--store", "sqlite:///h.sqlite?timeout=abc"],
+        "could not convert",
+    ),
+    (["history", "ingest", "good.json", "--store", "sqlite:///new.sqlite"], "good.json: run r is unfinished"),
+    (["history", "ingest", "finished.json", "good.json", "--store", "sqlite:///new.sqlite"], "is unfinished"),
+    (["history", "runs", "--store", "sqlite:///" + "s" * 300], "File name too long"),
     (["list", "--verbose"], "unrecognized arguments"),
     ([], "the following arguments are required"),
     (["frobnicate"], "invalid choice"),
@@ -309,8 +412,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_file(files, capsys, argv, m
     assert len(lines) == 1, err
     assert message in lines[0] and "Traceback" not in err, lines[0]
     assert lines[0].startswith("elbolab")
-    assert _checksums(files) == before  # no file was created, changed or removed
-    assert not list(files.glob(".*.tmp")) and not list(files.glob(".*.lock"))
+    assert _checksums(files) == before  # no file, folder or link was created, changed or removed
 
 
 def test_the_suite_is_large():

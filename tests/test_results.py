@@ -3,6 +3,8 @@ versioned (an older schema migrated, a newer one refused), strict JSON."""
 
 import json
 import math
+import os
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -223,3 +225,150 @@ def test_every_committed_results_file_loads():
     assert files
     for f in files:
         assert load(f).measurements, f
+
+
+# ---------------------------------------------------------------- round two: files elbolab makes
+
+
+def test_a_link_planted_as_the_lock_is_refused_and_its_target_untouched(tmp_path):
+    from elbolab.model.errors import UsageError
+    from elbolab.store.results import FileLock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / ".run.json.lock").symlink_to(victim)
+    with pytest.raises(UsageError, match="is a symbolic link; remove it"):
+        FileLock(tmp_path / "run.json").acquire()
+    assert victim.read_text() == "precious\n"  # not cut down to a process id
+    assert (tmp_path / ".run.json.lock").is_symlink()  # and the link left as it was
+    # a hard link to the victim as the sidecar: the same file under two names
+    (tmp_path / ".run.json.lock").unlink()
+    os.link(victim, tmp_path / ".run.json.lock")
+    with pytest.raises(UsageError, match="hard links"):
+        FileLock(tmp_path / "run.json").acquire()
+    assert victim.read_text() == "precious\n"
+
+
+def test_a_fifo_as_the_lock_is_refused_without_blocking(tmp_path):
+    from elbolab.model.errors import UsageError
+    from elbolab.store.results import FileLock
+
+    os.mkfifo(tmp_path / ".run.json.lock")
+    with pytest.raises(UsageError, match="not a regular file; remove it"):
+        FileLock(tmp_path / "run.json").acquire()
+
+
+def test_the_lock_removes_only_the_sidecar_it_locked(tmp_path):
+    from elbolab.store.results import FileLock
+
+    lock = FileLock(tmp_path / "run.json").acquire()
+    (tmp_path / ".run.json.lock").unlink()  # someone removed it and put a file of theirs there
+    (tmp_path / ".run.json.lock").write_text("theirs\n")
+    lock.release()
+    assert (tmp_path / ".run.json.lock").read_text() == "theirs\n"
+    lock = FileLock(tmp_path / "run.json").acquire()
+    lock.release()
+    assert not (tmp_path / ".run.json.lock").exists()
+
+
+def test_only_temporaries_named_as_elbolab_names_them_are_removed(tmp_path):
+    from elbolab.store.results import remove_stale_temporaries
+
+    out = tmp_path / "out.json"
+    keep = {".out.json.keep.tmp": "the user's own\n", ".out.json.elbolab-12-abc.tmp": "too short a tail\n",
+            ".out.json.elbolab-x-abcdefgh.tmp": "no pid\n", ".other.json.elbolab-12-abcdefgh.tmp": "another file's\n"}  # fmt: skip
+    for name, text in keep.items():
+        (tmp_path / name).write_text(text)
+    stale = tmp_path / ".out.json.elbolab-4242-ab_d3fgh.tmp"
+    stale.write_text("{half a run")
+    (tmp_path / ".out.json.elbolab-4243-zzzzzzzz.tmp").symlink_to(tmp_path / ".out.json.keep.tmp")
+    assert remove_stale_temporaries(out) == [stale]
+    assert {p.name: p.read_text() for p in tmp_path.iterdir() if p.name in keep} == keep
+    assert (tmp_path / ".out.json.elbolab-4243-zzzzzzzz.tmp").is_symlink()  # a link is never removed
+
+
+def test_a_write_never_replaces_a_link_or_a_special_file(tmp_path):
+    from elbolab.model.errors import UsageError
+    from elbolab.store.results import output_path, write_text_atomic
+
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    (tmp_path / "link.json").symlink_to(target)
+    with pytest.raises(UsageError, match="a symbolic link; refusing to replace it"):
+        write_text_atomic(tmp_path / "link.json", "x")
+    assert (tmp_path / "link.json").is_symlink() and target.read_text() == "{}"
+    # a link the user names as an output is resolved once, explicitly: its target is written
+    assert output_path(tmp_path / "link.json") == target
+    with pytest.raises(UsageError, match="a symbolic link; refusing to write through it"):
+        output_path(tmp_path / "link.json", follow_link=False)
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "nowhere" / "x.json")
+    with pytest.raises(UsageError, match="a symbolic link to nothing"):
+        output_path(tmp_path / "dangling.json")
+    assert not (tmp_path / "nowhere").exists()
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(UsageError, match=r"not a regular file \(a FIFO\)"):
+        output_path(tmp_path / "fifo")
+
+
+def test_run_ids_are_unique_within_a_second():
+    from elbolab.store.results import unique_run_id
+
+    started = "2026-01-01T00:00:00+00:00"
+    ids = {unique_run_id(f"ab-base-{started}") for _ in range(1000)}
+    assert len(ids) == 1000 and all(i.startswith("ab-base-2026-01-01T00:00:00+00:00-") for i in ids)
+    assert len({unique_run_id() for _ in range(1000)}) == 1000
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("samples_ns", [5e-324], "a sample of 4.94e-324 ns"),
+        ("samples_ns", [1e308], "a sample of 1e+308 ns"),
+        ("device_samples_ns", [1e16], "device_samples_ns: a sample of 1e+16 ns"),
+        ("loops", 2**53 + 1, "loops: 9.00e15 is beyond 2^53"),
+        ("first_call_ns", 2**63, "first_call_ns: 9.22e18 is beyond 2^63 - 1"),
+        ("memory", {"peak_rss_bytes": 10**30}, "memory.peak_rss_bytes: 1.00e30"),
+        ("calibration", [[1, 10**19]], "calibration[0]: 1.00e19"),
+    ],
+)
+def test_numbers_beyond_what_the_lab_computes_with_are_refused(tmp_path, field, value, message):
+    doc = replace(_run(), measurements=(_ok(),)).to_json()
+    doc["measurements"][0][field] = value
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ResultsError, match=re.escape(message)):
+        load(path)
+
+
+def test_the_largest_valid_numbers_load_and_print_and_go_out_as_strict_json(tmp_path):
+    from elbolab.cli.measure import show_json
+    from elbolab.store.results import MAX_LOOPS, MAX_SEED, MAX_SIZE, SAMPLE_NS
+
+    case = Case("elbo", "numpy", batch=MAX_SIZE, seed=MAX_SEED)
+    m = Measurement(
+        case, "ok", loops=MAX_LOOPS, samples_ns=(SAMPLE_NS[0], SAMPLE_NS[1]), first_call_ns=2**63 - 1
+    )
+    path = tmp_path / "x.json"
+    save(path, replace(_run(), measurements=(m,)))
+    run = load(path)
+    assert run.measurements[0].case.seed == MAX_SEED
+    text = json.dumps(show_json(run), allow_nan=False)  # strict: every derived figure finite
+    assert json.loads(text)["cases"][0]["median_ns"] > 0
+
+
+def test_a_current_file_loads_the_same_by_either_path(tmp_path):
+    """The fast path (the text validated as it is) and the full one (parsed, migrated) agree; a file
+    the fast path cannot decide (a NaN in a string) takes the full path."""
+    from elbolab.store import results
+
+    run = replace(
+        _run(), measurements=(_ok(), _ok(Case("elbo", "rust")), replace(_ok(), reason="got NaN here"))
+    )
+    path = tmp_path / "x.json"
+    save(path, run)
+    text = path.read_text()
+    assert results._load_current(text) is None  # 'NaN' in a reason: not decided here
+    save(path, replace(run, measurements=run.measurements[:2]))
+    text = path.read_text()
+    fast = results._load_current(text)
+    assert fast is not None and fast == results.validate(json.loads(text), "x")

@@ -388,3 +388,156 @@ def test_cli_ingest_of_a_json_document_that_is_no_run(tmp_path, capsys):
     f.write_text(json.dumps({"hello": 1}))
     code, _, err = history_cli(["ingest", f, "--store", f"sqlite:///{tmp_path / 'h.sqlite'}"], capsys)
     assert code == 2 and "not an elbolab run" in err
+
+
+# ---------------------------------------------------------------------- round two: reads, waits
+
+
+def elbolab_history(*argv, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "elbolab.cli", "history", *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))  # fmt: skip
+
+
+def test_a_read_never_makes_a_store(tmp_path):
+    missing = tmp_path / "typo" / "h.sqlite"
+    with pytest.raises(UsageError, match="no such store"):
+        Store.open(f"sqlite:///{missing}", create=False)
+    assert not missing.parent.exists()
+    for name, content, message in (
+        ("empty.sqlite", b"", "an empty file"),
+        ("one.sqlite", b"\0", "not a SQLite"),
+    ):
+        f = tmp_path / name
+        f.write_bytes(content)
+        proc = elbolab_history("runs", "--store", f"sqlite:///{f}")
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+        assert f.read_bytes() == content  # a read left it as it was
+    # a SQLite file that holds something else: not made into a store either
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    proc = elbolab_history("changes", "--fail-on-regression", "--store", f"sqlite:///{other}")
+    assert proc.returncode == 2 and "no elbolab store there" in proc.stderr, proc.stderr
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "empty.sqlite", "one.sqlite", "other.sqlite"]  # fmt: skip
+
+
+def test_a_read_leaves_the_store_byte_identical(tmp_path):
+    f = tmp_path / "h.sqlite"
+    with Store.open(f"sqlite:///{f}") as store:
+        store.ingest(a_run())
+    before = f.read_bytes()
+    page = tmp_path.parent / f"{tmp_path.name}-trends.html"
+    for argv in (["runs"], ["changes"], ["changes", "--json"], ["page", "-o", page]):
+        proc = elbolab_history(*argv, "--store", f"sqlite:///{f}")
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr, proc.stderr
+    assert f.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["h.sqlite"]
+
+
+def test_a_postgresql_database_without_a_store_is_not_made_one_by_a_read(postgres_url):
+    import psycopg
+
+    proc = elbolab_history("runs", "--store", postgres_url)
+    assert proc.returncode == 2 and "no elbolab store there" in proc.stderr, proc.stderr
+    with psycopg.connect(postgres_url) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0]
+    assert tables == 0
+    proc = elbolab_history("runs", "--store", postgres_url + "?connect_timeout=abc")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, (
+        proc.stderr
+    )
+
+
+def test_a_lock_held_by_another_session_is_a_one_line_wait_that_ends(postgres_url, tmp_path):
+    import psycopg
+
+    f = tmp_path / "r.json"
+    save(f, a_run())
+    with Store.open(postgres_url) as store:
+        store.ingest(a_run("run-0"))
+    env = {"ELBOLAB_STORE_TIMEOUT": "2"}
+    with psycopg.connect(postgres_url) as holder:  # a client that locked the table and went to lunch
+        holder.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+        for argv in (["runs"], ["ingest", f]):
+            t0 = time.monotonic()
+            proc = elbolab_history(*argv, "--store", postgres_url, env=env)
+            took = time.monotonic() - t0
+            print(f"\nhistory {argv[0]} with the table locked: exit {proc.returncode} after {took:.1f} s")
+            assert proc.returncode == 2 and "waited 2 s for a lock another session holds" in proc.stderr, (
+                proc.stderr
+            )
+            assert proc.stderr.count("\n") == 1 and took < 30
+        holder.rollback()
+    proc = elbolab_history("ingest", f, "--store", postgres_url, env=env)
+    assert proc.returncode == 0 and "stored run run-1" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_an_ingest_stuck_mid_transaction_blocks_no_one_for_ever(kind, tmp_path, request, monkeypatch):
+    """An ingest that stops half-way (here: held after its run row is written) keeps its locks: a
+    second ingest of the same run waits ELBOLAB_STORE_TIMEOUT and says so in one line; a read does
+    not wait at all."""
+    from elbolab.store import database as st
+
+    url = (
+        f"sqlite:///{tmp_path / 'h.sqlite'}" if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    with Store.open(url) as store:
+        store.ingest(a_run("run-0"))
+    f = tmp_path / "r.json"
+    save(f, a_run())
+    inside, release = threading.Event(), threading.Event()
+    real = st._insert_ignore
+
+    def stuck(conn, table, rows, returning=None):
+        got = real(conn, table, rows, returning)
+        if table is st.runs:
+            inside.set()
+            release.wait(60)
+        return got
+
+    monkeypatch.setattr(st, "_insert_ignore", stuck)
+    stuck_store = Store.open(url)
+    thread = threading.Thread(target=lambda: stuck_store.ingest(load(f)))
+    thread.start()
+    try:
+        assert inside.wait(60)
+        env = {"ELBOLAB_STORE_TIMEOUT": "2"}
+        t0 = time.monotonic()
+        proc = elbolab_history("ingest", f, "--store", url, env=env)
+        took = time.monotonic() - t0
+        print(f"\n{kind}: a second ingest exited {proc.returncode} after {took:.1f} s")
+        assert proc.returncode == 2 and "waited 2 s for a lock" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and took < 30
+        t0 = time.monotonic()
+        proc = elbolab_history("runs", "--store", url, env=env)
+        assert proc.returncode == 0 and "run-0" in proc.stdout, proc.stderr  # readers never wait
+        print(f"{kind}: history runs took {time.monotonic() - t0:.1f} s beside it")
+    finally:
+        release.set()
+        thread.join(60)
+        stuck_store.close()
+
+
+def test_store_commands_that_succeed_print_nothing_else(store_url, tmp_path):
+    """Exit 0 means the output is the answer: no RuntimeWarning or SAWarning lines beside it."""
+    f = tmp_path / "r.json"
+    save(f, a_run())
+    page = tmp_path / "t.html"
+    for argv in (
+        ["ingest", f],
+        ["ingest", f],
+        ["runs"],
+        ["changes"],
+        ["changes", "--json"],
+        ["page", "-o", page],
+    ):
+        proc = elbolab_history(*argv, "--store", store_url)
+        assert proc.returncode == 0, proc.stderr
+        assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -45,42 +45,83 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The signals that end a command: Ctrl-C, a CI runner's cancel, a closed terminal or SSH session.
+# Each unwinds like Ctrl-C (workers killed, worktrees and temporary folders removed, the lock
+# released, the results file left valid with every finished case) and exits 130, "interrupted".
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+INTERRUPTED = 130
+# One error line is at most this long: a message that quotes the input (a list of 60,000 names)
+# is cut, not echoed whole
+MAX_LINE = 500
 # the libraries of the optional extras, by the extra that installs them (pyproject.toml)
 EXTRAS = {"matplotlib": "report", "jinja2": "report", "sqlalchemy": "history", "ruptures": "history",
           "psycopg": "postgres", "torch": "gpu", "numba": "numba"}  # fmt: skip
 
 
 def _terminated(signum, frame) -> None:
-    """SIGTERM (what CI runners send on cancel) unwinds like Ctrl-C: workers are killed, worktrees
-    and temporary folders removed, the results file left valid."""
+    # once: a second signal while the first unwinds would cut the clean-up short (the lock and
+    # the temporary files would stay); the clean-up is bounded, and SIGKILL is always there
+    for sig in SIGNALS:
+        if signal.getsignal(sig) is _terminated:
+            signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def _handle_signals() -> dict:
+    """Install the handler for every signal not ignored when elbolab started (`nohup elbolab ...`
+    keeps SIGHUP ignored); the previous handlers, to restore."""
+    previous = {}
+    for sig in SIGNALS:
+        old = signal.getsignal(sig)
+        if old is not signal.SIG_IGN:
+            previous[sig] = old
+            signal.signal(sig, _terminated)
+    return previous
+
+
+def _say(line: str) -> None:
+    """One line on stderr, if there is still a stderr (a closed terminal has none)."""
+    if len(line) > MAX_LINE:
+        line = line[: MAX_LINE - 30] + f" ... ({len(line)} characters)"
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away: what is still buffered goes nowhere, quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    previous = _handle_signals()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a reader that went away is caught, not at exit
+        return code
     except UsageError as exc:
-        print(f"elbolab: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        _say(f"elbolab: error: {' '.join(str(exc).split())}")
         return 2
     except KeyboardInterrupt:
-        print("elbolab: interrupted", file=sys.stderr)
-        return 130
+        _say("elbolab: interrupted")
+        return INTERRUPTED
     except ModuleNotFoundError as exc:  # a command whose extra is not installed: say which, exit 2
         top = (exc.name or "").split(".")[0]
         if top not in EXTRAS:
             raise
-        print(
-            f"elbolab: error: {args.command} needs {top}: pip install 'elbolab[{EXTRAS[top]}]'",
-            file=sys.stderr,
-        )
+        _say(f"elbolab: error: {args.command} needs {top}: pip install 'elbolab[{EXTRAS[top]}]'")
         return 2
     except BrokenPipeError:
-        # the reader went away (`elbolab claims --json | head`): stop quietly, as any filter does
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # the reader went away (`elbolab compare ... | head -1`): stop quietly, as any filter does
+        _quiet_stdout()
         return 141
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

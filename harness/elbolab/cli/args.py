@@ -11,13 +11,32 @@ MAX_STEPS = 1_000_000
 MAX_SIZE = 1 << 31
 
 
+MAX_ITEMS = 1000  # items in one comma-separated list: more is a mistake, not a matrix
+MAX_SECONDS = 7 * 86_400  # a timeout or a budget beyond a week is a typo (and overflows a wait)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """The user's text quoted in an error line, cut to `limit` characters."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _plain(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _items(text: str, what: str) -> list[str]:
     parts = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in parts):
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what} without empty items, got {text!r}")
-    duplicates = sorted({p for p in parts if parts.count(p) > 1})
-    if duplicates:
-        raise argparse.ArgumentTypeError(f"{duplicates[0]!r} is listed twice in {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated {what} without empty items, got {shown(text)}"
+        )
+    if len(parts) > MAX_ITEMS:
+        raise argparse.ArgumentTypeError(f"{len(parts)} {what} in one list; at most {MAX_ITEMS}")
+    seen: set[str] = set()
+    for p in parts:
+        if p in seen:
+            raise argparse.ArgumentTypeError(f"{shown(p)} is listed twice in {shown(text)}")
+        seen.add(p)
     return parts
 
 
@@ -31,9 +50,9 @@ def _number(text: str, convert, expected: str, valid, invalid: str):
     try:
         value = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {shown(text)}") from None
     if not valid(value):
-        raise argparse.ArgumentTypeError(invalid.format(value=value, text=repr(text)))
+        raise argparse.ArgumentTypeError(invalid.format(value=_plain(str(value)), text=shown(text)))
     return value
 
 
@@ -70,8 +89,11 @@ def steps(text: str) -> int:
 
 
 def seconds(text: str) -> float:
-    return _number(text, float, "a number of seconds", lambda v: math.isfinite(v) and v > 0,
-                   "expected a positive number of seconds, got {text}")  # fmt: skip
+    value = _number(text, float, "a number of seconds", lambda v: math.isfinite(v) and v > 0,
+                    "expected a positive number of seconds, got {text}")  # fmt: skip
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_SECONDS} seconds (a week), got {shown(text)}")
+    return value
 
 
 def seed(text: str) -> int:

@@ -19,7 +19,7 @@ from elbolab.cli.measure import add_keyword
 from elbolab.model.config import load_config
 from elbolab.model.selection import parse_optional
 from elbolab.store.formats import FORMATS, export, exportable
-from elbolab.store.results import write_text_atomic
+from elbolab.store.results import output_path, write_text_atomic
 
 
 def add_commands(sub) -> None:
@@ -49,6 +49,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out is None:
         print(text)
     else:
-        write_text_atomic(args.out, text + "\n")
+        write_text_atomic(output_path(args.out), text + "\n")  # a link named as -o: its target
         print(f"export: {len(exportable(run))} case(s) as {args.format} JSON in {args.out}", file=sys.stderr)
     return 0

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -43,7 +45,7 @@ from elbolab.model.config import Config, load_config
 from elbolab.model.errors import UsageError
 from elbolab.model.selection import Selection, parse_optional
 from elbolab.report import markdown
-from elbolab.store.results import Run, load, replace_measurements, save
+from elbolab.store.results import Run, load, output_path, replace_measurements, save
 
 
 def _threshold_for(text: str) -> tuple[str, float]:
@@ -152,19 +154,43 @@ def _reference(args: argparse.Namespace) -> Reference | None:
     return Reference.parse(args.reference) if args.normalize else None
 
 
+def _markdown_path(args: argparse.Namespace) -> None:
+    """--markdown checked before anything is compared or measured: a regular file to append to (a
+    link the user named resolved once), or nothing yet; a FIFO, which would block the command
+    until something reads it, a device or a directory is refused."""
+    if args.markdown is not None:
+        try:
+            args.markdown = output_path(args.markdown)
+        except UsageError as exc:
+            why = str(exc).removeprefix(f"cannot write {args.markdown}: ")
+            raise UsageError(f"{args.markdown}: cannot write the Markdown report ({why})") from None
+
+
 def _write_markdown(path: Path | None, text: str) -> None:
     if path is None:
         return
+    # appended without following a link planted since the check, nor waiting on a FIFO
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(text.rstrip("\n") + "\n\n")
+        fd = os.open(path, flags, 0o666)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UsageError(f"{path}: not a regular file; cannot write the Markdown report")
+            os.write(fd, (text.rstrip("\n") + "\n\n").encode("utf-8"))
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the Markdown report ({exc.strerror or exc})") from None
 
 
 def _is_file(name: str) -> bool:
     """A results file (a name ending in .json is one, so a missing file says so, not 'no such run')."""
-    return Path(name).exists() or name.endswith(".json")
+    if name.endswith(".json"):
+        return True
+    try:
+        return Path(name).exists()
+    except OSError:  # a name too long for a file: load() says so in one line
+        return True
 
 
 def load_sides(names: list[str], args: argparse.Namespace, config: Config) -> tuple[list[Run], list[str]]:
@@ -182,7 +208,7 @@ def load_sides(names: list[str], args: argparse.Namespace, config: Config) -> tu
         # a mistyped file name must not create an empty store as it looks
         raise UsageError(f"{stored[0]!r} is not a results file, and there is no history store at "
                          f"{url.removeprefix('sqlite:///')} to find it in as a run id or git revision (--store URL)")  # fmt: skip
-    with Store.open(url) as store:
+    with Store.open(url, create=False) as store:  # a read: never makes a store
         found = iter(find_runs(stored, store, machine=args.machine))
         notices = []
         for i, run in enumerate(runs):
@@ -243,6 +269,7 @@ def _emit(report: Comparison, args: argparse.Namespace, title: str, outcome: str
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """The table only: always exit 0; it says what the gate would decide, without failing."""
+    _markdown_path(args)
     report = _compare_named(args, load_config(), args.base, args.head)
     code, outcome = report.gate(allow_missing=args.allow_missing, fail_on_noisy=args.fail_on_noisy)
     _emit(report, args, "elbolab compare", f"compare only (exit 0); the gate would exit {code}: {outcome}")
@@ -250,6 +277,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    _markdown_path(args)
     try:
         config = load_config()
         if args.base is not None:
@@ -283,6 +311,25 @@ def _no_run_filters(args: argparse.Namespace) -> None:
         raise UsageError(f"{', '.join(given)} only apply with --base GIT_REF (they choose what to measure)")
 
 
+def _save_runs_paths(folder: Path) -> tuple[Path, Path]:
+    """--save-runs DIR checked before minutes of measuring: a folder (made now if missing) without
+    a base.json or head.json that saving would replace, so the A/B runs always have a place."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise UsageError(f"--save-runs {folder}: not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--save-runs {folder}: cannot create ({exc.strerror or exc})") from None
+    paths = (folder / "base.json", folder / "head.json")
+    for file in paths:
+        if os.path.lexists(file):
+            raise UsageError(
+                f"--save-runs {folder}: {file.name} is there already; give an empty or new folder"
+            )
+        output_path(file)
+    return paths
+
+
 def _ab_gate(args: argparse.Namespace, settings: Config) -> Comparison:
     filters = ((name, matrix_value(args, settings, name)) for name in RUN_FILTERS)
     selection = parse_optional(settings.pick(args.k, "run.k"))
@@ -306,14 +353,10 @@ def _ab_gate(args: argparse.Namespace, settings: Config) -> Comparison:
         _rule(args, settings, interleaved=True),
         _reference(args),
     )  # bad options fail before minutes of measuring
+    saved = _save_runs_paths(args.save_runs) if args.save_runs else ()
     result = measure_ab(config, rule, log=lambda msg: print(f"gate: {msg}", file=sys.stderr, flush=True))
-    if args.save_runs:
-        try:
-            args.save_runs.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"{args.save_runs}: cannot create ({exc.strerror})") from None
-        save(args.save_runs / "base.json", result.base)
-        save(args.save_runs / "head.json", result.head)
+    for file, run in zip(saved, (result.base, result.head), strict=False):
+        save(file, run)
     # a base revision measured in whole runs (older than -k) ran every case: the selection again
     base, head = selected(result.base, selection), selected(result.head, selection)
     return compare(base, head, rule=rule, count_rule=_count_rule(args, settings), allow_missing=args.allow_missing, reference=reference,

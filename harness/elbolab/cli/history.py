@@ -167,10 +167,12 @@ def _log(msg: str) -> None:
     print(f"history: {msg}", file=sys.stderr, flush=True)
 
 
-def _open(args):
+def _open(args, create: bool = False):
+    """The store; only the commands that store runs (ingest, backfill, bisect) may make one: a read
+    of a mistyped path is one line and exit 2, never a new empty store that reports nothing."""
     from elbolab.store.database import Store
 
-    return Store.open(load_config().pick(args.store, "store"))
+    return Store.open(load_config().pick(args.store, "store"), create=create)
 
 
 def _repo(args, required: str | None = None):
@@ -234,7 +236,7 @@ def _notes(history) -> list[str]:
 
 def cmd_ingest(args) -> int:
     from elbolab.store.commits import commit_info
-    from elbolab.store.results import load
+    from elbolab.store.results import load, writer_of
 
     repo = _repo(args)
     if args.format == "pytest-benchmark":
@@ -243,7 +245,17 @@ def cmd_ingest(args) -> int:
         runs = [(f, from_pytest_benchmark(f)) for f in args.files]
     else:
         runs = [(f, load(f)) for f in args.files]  # every file is checked before anything is stored
-    with _open(args) as store:
+    for f, run in runs if args.format != "pytest-benchmark" else ():  # an import is whole as it is
+        if run.finished is None:
+            # stored now, the run would be refused later, finished, as 'different content'
+            pid = writer_of(f)
+            why = (
+                f"being written by pid {pid}"
+                if pid
+                else "interrupted; finish it with elbolab run --resume --out FILE"
+            )
+            raise UsageError(f"{f}: run {run.run_id} is unfinished ({why}); not stored, nothing was")
+    with _open(args, create=True) as store:
         for f, run in runs:
             res = store.ingest(run, source=str(f), machine_name=args.machine, replace=args.replace,
                                commit_info=commit_info(repo, run.git.commit))  # fmt: skip
@@ -428,7 +440,7 @@ def cmd_run(args) -> int:
     config = _config(args, [(name, getattr(args, name)) for name in RUN_FILTERS if getattr(args, name, None)],
                      args.quick)  # fmt: skip
     t0 = time.perf_counter()
-    with _open(args) as store:
+    with _open(args, create=True) as store:
         _log(f"{len(commits)} commit(s) of {args.range} into {store.url}")
         result = backfill(store, repo, commits, config, args.machine, _log, args.force)
     print(f"measured {len(result.measured)}, skipped {len(result.skipped)}, already stored {len(result.already)} "
@@ -453,7 +465,7 @@ def cmd_find(args) -> int:
         setattr(args, flag.replace("-", "_"), getattr(case, attr))
     config = _config(args, filters, args.quick)
     rule = _rule(args)
-    with _open(args) as store:
+    with _open(args, create=True) as store:
         result = bisect(store, repo, args.good, args.bad, case, config, rule, args.machine, _log, args.reuse,
                       args.attempts)  # fmt: skip
     for step in result.steps:
@@ -466,11 +478,12 @@ def cmd_find(args) -> int:
 
 def cmd_page(args) -> int:
     from elbolab.report.trends import render_page
-    from elbolab.store.results import write_text_atomic
+    from elbolab.store.results import output_path, write_text_atomic
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"{out}: the trends page is HTML; give an output path ending in .html")
+    out = output_path(out)  # checked before the store is read
     rule = _rule(args)
     with _open(args) as store:
         history = _load(args, store)
@@ -478,10 +491,6 @@ def cmd_page(args) -> int:
         skipped = store.skips()
         html = render_page(history, commits, rule, title=args.title, store_url=store.url, skips=skipped,
                            notes=_notes(history))  # fmt: skip
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot create its folder ({exc.strerror or exc})") from None
     write_text_atomic(out, html)
     print(f"trends page: {out} ({len(html) / 1024:.0f} KiB, {len(history.series)} series)")
     return 0

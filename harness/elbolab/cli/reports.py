@@ -68,11 +68,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from elbolab.report.html import build_views, render
     from elbolab.report.tables import write_exports
-    from elbolab.store.results import write_text_atomic
+    from elbolab.store.results import output_path, write_text_atomic
 
     out = Path(args.out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"{out}: the report is HTML; give an output path ending in .html")
+    # every file the report writes is checked before any is: a report that fails changes none
+    page_path = output_path(out)
+    for sibling in (out.with_suffix(".csv"), out.with_suffix(".md")):
+        output_path(sibling, follow_link=False)
     config = load_config()
     selection = parse_optional(args.k)
     runs = load_runs(args.results)
@@ -86,10 +90,6 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"baseline backend {baseline!r} is not in the results "
             f"(backends: {', '.join(sorted(map(str, known)))})"
         )
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
     views = build_views(runs, baseline)
     page = render(views, baseline, config.pick(args.title, "report.title", DEFAULT_TITLE))
     tables = [v.table for v in views if not v.table.empty]
@@ -97,7 +97,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     summaries = [v.summary for v in views if not v.summary.empty]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
     try:
-        write_text_atomic(out, page)
+        write_text_atomic(page_path, page)
         written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
     except OSError as exc:
         raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None

@@ -56,7 +56,7 @@ from elbolab.model.errors import UsageError
 from elbolab.model.measurement import Check, Cost, Measurement, Memory, not_measured
 from elbolab.model.stats import paired_ratio_interval
 from elbolab.store.commits import git, rev
-from elbolab.store.results import Run, new_run, now
+from elbolab.store.results import Run, new_run, now, unique_run_id
 
 
 @dataclass(frozen=True)
@@ -319,7 +319,7 @@ def measure_interleaved(config: ABConfig, rule: Rule, sides: dict, cases: list, 
     for name, side in sides.items():
         software = dict(software_info(), backends=versions[name])
         git = {"commit": rev(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}
-        run = new_run(f"ab-{name}-{started}", started, machine_info(), software, git,
+        run = new_run(unique_run_id(f"ab-{name}-{started}"), started, machine_info(), software, git,
                       {"ab": {"mode": INTERLEAVED_PAIRS, "block": config.block, "pair_samples": per_pair,
                               "min_pairs": config.min_pairs, "max_pairs": config.max_pairs,
                               "case_budget_s": config.case_budget_s},
@@ -391,7 +391,7 @@ def measure_counted(config: ABConfig, sides: dict, cases: list, log: Log) -> dic
     out = {}
     for name, side in sides.items():
         git = {"commit": rev(side.tree, "HEAD"), "dirty": git_info(side.tree).get("dirty")}
-        run = new_run(f"ab-{name}-{started}", started, machine_info(), software_info(), git,
+        run = new_run(unique_run_id(f"ab-{name}-{started}"), started, machine_info(), software_info(), git,
                       {"ab": {"mode": "instructions"}, "measure": "instructions"})  # fmt: skip
         out[name] = replace(run, measurements=tuple(measured[name]), finished=now())
     return out

@@ -131,6 +131,9 @@ def _checked_outputs(rec: CaseRecord, refs: References) -> tuple[Check | None, s
         what = (f"a single call on input set {k}" if c["calls"] == 1 else
                 f"the last call of a timed sample on input set {k}" if c["calls"] == 0 else
                 f"call_n({c['calls']}) on input set {k}")  # fmt: skip
+        problem = outputs_problem(got, case)
+        if problem:
+            return None, f"check {i + 1} of {len(rec.checks)}, {what}: {problem}", counts
         if k in first_ok and _same(got, first_ok[k]):
             continue  # the same answer as a verified call on the same inputs
         # every element of the case's own inputs' answer is checked once (its first check of set 0);
@@ -147,6 +150,28 @@ def _checked_outputs(rec: CaseRecord, refs: References) -> tuple[Check | None, s
         if kept is None or (k == 0 and kept_set != 0):  # the check of the case's own inputs, if any
             kept, kept_set = check, k
     return kept, None, counts
+
+
+def outputs_problem(got: object, case: Case) -> str | None:
+    """Why `got` is no answer at all, or None: outputs() must give a mapping of names to real
+    arrays, of the case's dtype (a scalar may be a wider float: a Python float is float64). A
+    complex answer is refused here: its real part could pass the check, the imaginary part
+    being dropped without a word."""
+    if isinstance(got, str):  # the worker's description of what outputs() returned instead
+        return got
+    if not isinstance(got, dict):
+        return f"outputs() returned {type(got).__name__}, not a mapping of output names to arrays"
+    for name, value in got.items():
+        a = np.asarray(value)
+        if a.dtype.kind != "f":
+            return f"output {name!r} is {a.dtype} ({_KINDS.get(a.dtype.kind, 'not a number')}), not real floating point"
+        if a.ndim and a.dtype != np.dtype(case.dtype):
+            return f"output {name!r} is an array of {a.dtype}; the case is {case.dtype}"
+    return None
+
+
+_KINDS = {"c": "complex", "i": "integer", "u": "integer", "b": "boolean", "O": "Python objects",
+          "U": "text", "S": "bytes", "M": "dates", "m": "time spans", "V": "raw bytes"}  # fmt: skip
 
 
 SAMPLED_ELEMENTS = 1 << 16  # of an output larger than this, the elements a sampled check holds

@@ -29,6 +29,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from elbolab.measure import census
+from elbolab.measure.evidence import outputs_problem
 from elbolab.measure.timer import Sampler, TimerConfig, loop_runner, sample_until_precise
 from elbolab.model.backend import Backend
 from elbolab.model.case import Case
@@ -133,10 +134,10 @@ class OpenCase:
         self.run(calls)
         t1 = time.perf_counter_ns()
         self.write_inputs(next(j for j in (1, 0) if j != k))  # the answer must already be made
+        self.stage = "reading outputs"
         t2 = time.perf_counter_ns()
         got = self.prepared.outputs()
         t3 = time.perf_counter_ns()
-        self.stage = "reading outputs"
         outputs = _copied(got)
         self.stage = "timing"
         return {"set": k, "calls": calls, "outputs": outputs, "outputs_ns": t3 - t2, "call_ns": t1 - t0}
@@ -147,7 +148,7 @@ class OpenCase:
         out = []
         for _ in range(count):
             self.run(1)
-            out.append(np.array(self.prepared.outputs().get("eps"), copy=True))
+            out.append(np.array(_eps_of(self.prepared.outputs()), copy=True))
         self.stage = "timing"
         return out
 
@@ -185,10 +186,13 @@ class OpenCase:
             self.prepared.call()
             if self.prepared.sync:
                 self.prepared.sync()
-            self.next_eps = np.array(self.prepared.outputs().get("eps"), copy=True)
+            self.next_eps = np.array(_eps_of(self.prepared.outputs()), copy=True)
         self.got = got
 
     def check_outputs(self) -> Check:
+        problem = outputs_problem(self.got, self.case)
+        if problem:
+            return Check(ok=False, detail=problem)
         return check_outputs(
             self.workload, self.case, self.input_sets[self.current_set], self.got, self.next_eps
         )
@@ -228,8 +232,16 @@ def _overwrite(buffer: np.ndarray, value: np.ndarray) -> None:
         buffer.flags.writeable = False
 
 
-def _copied(got: Mapping[str, object]) -> dict[str, object]:
-    return {k: np.array(v, copy=True) for k, v in got.items()}
+def _copied(got: object) -> dict[str, object] | str:
+    """The outputs as arrays of their own; a backend whose outputs() returns no mapping gets what
+    it returned described instead (a str), for the parent to call the case incorrect."""
+    if not isinstance(got, Mapping):
+        return f"outputs() returned {type(got).__name__}, not a mapping of output names to arrays"
+    return {str(k): np.array(v, copy=True) for k, v in got.items()}
+
+
+def _eps_of(got: object) -> object:
+    return got.get("eps") if isinstance(got, Mapping) else None
 
 
 def failure(case: Case, stage: str, exc: BaseException, cost: Cost | None) -> Measurement:
@@ -250,7 +262,9 @@ def open_case(
     opened = OpenCase(backend, case, timer)
     try:
         return opened.open(loops)
-    except Exception as exc:
+    # KeyboardInterrupt too: a worker is out of reach of Ctrl-C (a process group of its own), so
+    # one raised here is the backend's
+    except (Exception, KeyboardInterrupt) as exc:
         opened.close()
         return failure(case, opened.stage, exc, cost)
 
@@ -269,7 +283,7 @@ def measure_case(backend: Backend, case: Case, timer: TimerConfig) -> Measuremen
         cpu_ns, wall_ns = time.process_time_ns() - cpu0, time.perf_counter_ns() - wall0
         device_ns = opened.sampler.device_ns[-len(samples) :] if opened.sampler.device_ns else []
         opened.read_outputs()
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         return failure(case, opened.stage, exc, opened.cost)
     finally:
         opened.close()

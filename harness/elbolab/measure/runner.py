@@ -18,6 +18,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,8 +36,8 @@ from elbolab.measure.machine import git_info, machine_info, software_info, usabl
 from elbolab.measure.plan import Plan, check_names, default_threads, plan_cases
 from elbolab.measure.timer import TimerConfig
 from elbolab.measure.training import DATASET, TrainConfig, curves
-from elbolab.measure.worker import WorkerSpec, ask_training, start_worker, stop
-from elbolab.model.backend import Backend, discover, is_control
+from elbolab.measure.worker import WorkerSpec, ask_training, end, kill, start_worker, stop
+from elbolab.model.backend import Backend, discover, discover_with_errors, is_control
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.errors import UsageError
 from elbolab.model.measurement import Measurement
@@ -87,6 +88,11 @@ def execute(
                     if on_result:
                         on_result(m)
                 software.update(workers.versions)
+        except BaseException:  # interrupted: a worker in a long call would not read 'stop' soon
+            for worker in workers.live.values():
+                kill(worker)
+            workers.live.clear()
+            raise
         finally:
             workers.stop_all()
 
@@ -160,7 +166,11 @@ def open_run(out: Path, plan: Plan, timer: TimerConfig, mode: str = "new") -> Ru
     """The results file of a run of `plan` on this machine (elbolab.store.results.open_results)."""
     cells = cell_config(plan)
     config = {"plan": plan.to_json(), "timer": timer.to_json(), "cells": cells.to_json()}
-    return open_results(out, config, machine_info(), software_info(), git_info(), mode)
+    software = software_info()
+    errors = discover_with_errors()[1]
+    if errors:  # a plugin refused (a name taken, invalid, an import error) is recorded with the run
+        software["backends_not_loaded"] = errors
+    return open_results(out, config, machine_info(), software, git_info(), mode)
 
 
 def cell_config(plan: Plan) -> CellConfig:
@@ -236,11 +246,22 @@ def run_training(
         name: [(device, dtype) for device in backends[name].devices for dtype in dtypes]
         for name in backend_names
     }
+    live: list = []  # the workers training now: an interrupt ends them, and so their threads
+    stopping = threading.Event()
     with ThreadPoolExecutor(max_workers=max(1, jobs or usable_cores())) as pool:
         futures = {
-            name: pool.submit(_train_in_worker, name, runs, config, timeout) for name, runs in todo.items()
+            name: pool.submit(_train_in_worker, name, runs, config, timeout, live, stopping)
+            for name, runs in todo.items()
         }
-        done = {name: f.result() for name, f in futures.items()}
+        try:
+            done = {name: f.result() for name, f in futures.items()}
+        except BaseException:  # Ctrl-C, SIGTERM: the threads wait on their workers (600 s) unless
+            stopping.set()
+            for future in futures.values():
+                future.cancel()
+            for worker in list(live):
+                end(worker)
+            raise
     entries = []
     for name, runs in todo.items():
         for (device, dtype), result in zip(runs, done[name], strict=True):
@@ -255,16 +276,23 @@ def run_training(
 
 
 def _train_in_worker(
-    backend: str, runs: list[tuple[str, str]], config: TrainConfig, timeout: float
+    backend: str,
+    runs: list[tuple[str, str]],
+    config: TrainConfig,
+    timeout: float,
+    live: list,
+    stopping: threading.Event,
 ) -> list[dict]:
     """Each (device, dtype) of `runs` trained in one worker of the backend, in turn; a worker that
     dies or hangs loses only the training it was doing: a fresh one takes the rest."""
     results: list[dict] = []
     worker = None
     for device, dtype in runs:
+        if stopping.is_set():  # interrupted: no new worker, no further training
+            break
         if worker is None:
             try:
-                worker = start_worker(WorkerSpec(backend, 1), start_timeout=timeout)
+                worker = start_worker(WorkerSpec(backend, 1), start_timeout=timeout, started=live)
             except RuntimeError as exc:
                 results.append({"status": "failed", "reason": str(exc)})
                 continue

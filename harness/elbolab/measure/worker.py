@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import multiprocessing.connection
 import os
 import select
 import signal
@@ -61,7 +62,21 @@ class WorkerSpec:
 
 
 def serve(conn, spec: WorkerSpec) -> None:
-    """Worker process entry point: answers the runner's requests until told to stop."""
+    """Worker process entry point: answers the runner's requests until told to stop.
+
+    The worker leads a process group of its own, so that every process a backend starts (and
+    those they start) is ended with it (kill: one signal to the group), also when the worker
+    dies; a Ctrl-C at the terminal reaches the runner, which ends the workers, not the backends.
+    What a backend writes to stdout goes to stderr: stdout is the lab's (tables, JSON)."""
+    os.setpgid(0, 0)
+    os.dup2(2, 1)
+    try:
+        _serve(conn, spec)
+    except (BrokenPipeError, EOFError, OSError):  # the runner is gone: nothing to answer
+        exit_now(0)
+
+
+def _serve(conn, spec: WorkerSpec) -> None:
     backend = backend_named(discover(), spec.backend)
     conn.send(("hello", {"pid": os.getpid(), "versions": _versions(backend)}))
     opened: dict[str, OpenCase] = {}  # by case label: a cell may hold a backend's cpu and cuda cases
@@ -91,7 +106,9 @@ def serve(conn, spec: WorkerSpec) -> None:
             case = opened.get(key)
             try:
                 conn.send(_serve_open(case, op, message[2:]))
-            except Exception as exc:  # the backend raised inside a call: the case ends here
+            # the backend raised inside a call: the case ends here. KeyboardInterrupt too: no
+            # Ctrl-C reaches this process group, so one raised here is the backend's own
+            except (Exception, KeyboardInterrupt) as exc:
                 reason = failure(case.case, case.stage, exc, case.cost).reason
                 conn.send(("raised", reason, opened.pop(key).close()))
 
@@ -107,7 +124,7 @@ def _open(
     try:
         opened.pin(set(options["cpus"]) if options.get("cpus") else None)
         ratio = opened.call_n_ratio()
-    except Exception as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         opened.close()
         return None, ("not opened", failure(case, "timing call()", exc, opened.cost).to_json())
     return opened, ("opened", {
@@ -177,7 +194,10 @@ _CTX = multiprocessing.get_context("spawn")
 _START_LOCK = threading.Lock()
 
 
-def start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | None = None) -> Worker:
+def start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | None = None,
+                 started: list | None = None) -> Worker:  # fmt: skip
+    """A worker of `spec`, once it has said hello. `started` gets it as soon as its process exists
+    (training: an interrupt ends the workers that are still importing their libraries too)."""
     parent, child = _CTX.Pipe()
     with _START_LOCK:
         saved = dict(os.environ)
@@ -191,22 +211,54 @@ def start_worker(spec: WorkerSpec, start_timeout: float, env: dict[str, str] | N
             os.environ.update(saved)
     child.close()
     worker = Worker(spec, process, parent)
-    if not parent.poll(start_timeout):
-        kill(worker)
-        raise RuntimeError(f"worker for {spec.backend} did not start within {start_timeout:.0f} s")
+    if started is not None:
+        started.append(worker)
     try:
+        ready = multiprocessing.connection.wait([parent, process.sentinel], start_timeout)
+        if parent not in ready:
+            if ready:  # died (a child it forked may hold the pipe open: no end of file comes)
+                raise EOFError
+            kill(worker)
+            raise RuntimeError(f"worker for {spec.backend} did not start within {start_timeout:.0f} s")
         worker.hello = parent.recv()[1]
-    except EOFError:
+    except (EOFError, OSError):
+        _kill_group(process)
+        reason = exit_reason(process)
         kill(worker)
-        raise RuntimeError(f"worker for {spec.backend} died at start ({exit_reason(process)})") from None
+        raise RuntimeError(f"worker for {spec.backend} died at start ({reason})") from None
+    except BaseException:  # interrupted while it starts: it is not the caller's yet to stop
+        kill(worker)
+        raise
     return worker
 
 
 def kill(worker: Worker) -> None:
+    """The worker and every process of its group (what its backend started) killed, then reaped.
+    The group is signalled before the worker is reaped, while its id cannot be another's."""
+    _kill_group(worker.process)
     if worker.process.is_alive():
         worker.process.kill()
     worker.process.join(5)
     worker.conn.close()
+
+
+def end(worker: Worker) -> None:
+    """Kill the worker and its group from another thread than the one waiting on it: that thread
+    sees it die (its sentinel) and reaps it; nothing it uses is closed under it."""
+    _kill_group(worker.process)
+    try:
+        worker.process.kill()
+    except (ValueError, AttributeError):  # already reaped and closed by its thread
+        pass
+
+
+def _kill_group(process: multiprocessing.Process) -> None:
+    if process.pid is None:  # never started
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is empty already, or never formed
+        pass
 
 
 def exit_reason(process: multiprocessing.Process) -> str:
@@ -227,7 +279,8 @@ def stop(worker: Worker) -> None:
         worker.conn.send(("stop",))
     except (OSError, BrokenPipeError):
         pass
-    worker.process.join(10)
+    # waited for without reaping it (its sentinel), so that its group can still be ended
+    multiprocessing.connection.wait([worker.process.sentinel], 10)
     kill(worker)
 
 
@@ -244,11 +297,17 @@ def ask(worker: Worker, message: tuple, timeout: float) -> tuple:
     """Send a request and wait for the answer; WorkerLost (the worker killed) if it dies or hangs."""
     try:
         worker.conn.send(message)
-        if not worker.conn.poll(timeout):
+        # the answer, or the worker's end: a child the backend forked holds the pipe open, so a
+        # dead worker is seen by its sentinel, at once, not by a pipe that never closes
+        ready = multiprocessing.connection.wait([worker.conn, worker.process.sentinel], timeout)
+        if worker.conn not in ready:
+            if ready:
+                raise EOFError
             kill(worker)
             raise WorkerLost("timeout", f"no answer to {message[0]!r} within {timeout:.0f} s; worker killed")
         return worker.conn.recv()
     except (EOFError, OSError, BrokenPipeError):
+        _kill_group(worker.process)  # what the backend started dies with it, before it is reaped
         reason = f"worker died during {message[0]!r} ({exit_reason(worker.process)})"
         kill(worker)
         raise WorkerLost("failed", reason) from None
@@ -271,11 +330,15 @@ def ask_training(worker: Worker, device: str, dtype: str, config_json: dict, tim
     (the worker is then killed; the caller starts a fresh one for the next)."""
     try:
         worker.conn.send(("train", device, dtype, 1, config_json))
-        if not worker.conn.poll(timeout):
+        ready = multiprocessing.connection.wait([worker.conn, worker.process.sentinel], timeout)
+        if worker.conn not in ready:
+            if ready:
+                raise EOFError
             kill(worker)
             return {"status": "timeout", "reason": f"no result within {timeout:.0f} s"}
         return worker.conn.recv()[1]
     except (EOFError, OSError):
+        _kill_group(worker.process)
         reason = f"worker died during training ({exit_reason(worker.process)})"
         kill(worker)
         return {"status": "failed", "reason": reason}
@@ -297,8 +360,11 @@ def ask_training(worker: Worker, device: str, dtype: str, config_json: dict, tim
 
 
 def serve_stdio(backend_name: str, threads: int) -> int:
-    out = sys.stdout
-    sys.stdout = sys.stderr  # a backend's prints must not corrupt the protocol
+    # the protocol gets a descriptor of its own; fd 1 becomes stderr, so that nothing a backend
+    # writes (print, or a C library's printf to fd 1) can corrupt the protocol
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
     def send(obj) -> None:
         out.write(json.dumps(obj, allow_nan=False) + "\n")
@@ -393,7 +459,13 @@ class StdioWorker:
         if not line:
             code = self.proc.poll()
             raise RuntimeError("the worker hung" if code is None else f"the worker died (exit code {code})")
-        return json.loads(line)
+        try:
+            reply = json.loads(line)
+        except ValueError:  # a worker of a revision that let its backend write into the protocol
+            raise RuntimeError(f"the worker wrote {line[:60]!r} where its protocol goes") from None
+        if not isinstance(reply, dict):
+            raise RuntimeError(f"the worker wrote {line[:60]!r} where its protocol goes")
+        return reply
 
     def send(self, msg: dict) -> None:
         """Send a request without waiting for its answer (read it with receive())."""

@@ -154,29 +154,75 @@ def _load(spec: str) -> Backend:
     try:
         obj = getattr(importlib.import_module(module_name), attr or "backend")
     except Exception as exc:  # a plugin's SyntaxError or import-time crash must not stop the lab
-        raise RegistryError(f"cannot load backend {spec!r}: {exc.__class__.__name__}: {exc}") from exc
+        raise RegistryError(
+            f"cannot load backend {_shown(spec)}: {exc.__class__.__name__}: {_shown(str(exc), 200)}"
+        ) from exc
     if not isinstance(obj, Backend):
-        raise RegistryError(f"{spec!r} is not an elbolab Backend")
+        raise RegistryError(f"{_shown(spec)} is not an elbolab Backend")
     return obj
+
+
+# A backend's name is typed in --backend lists (split at commas), printed in terminals (an escape
+# sequence would be obeyed), stored in a column of 200 characters and suffixed for the null control
+NAME_MAX = 64
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
+BUILTIN_PACKAGE = "backends."  # the lab's own backends (pyproject's entry points): they keep their names
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot name a backend, or None: letters, digits and . _ + - only, starting with a
+    letter or digit, at most NAME_MAX characters, not ending in the null control's suffix."""
+    if not isinstance(name, str) or not name:
+        return "an empty name"
+    if len(name) > NAME_MAX:
+        return f"a name of {len(name)} characters (at most {NAME_MAX})"
+    bad = sorted(set(name) - _NAME_CHARS)
+    if bad or not name[0].isalnum():
+        shown = repr(bad[0]) if bad else repr(name[0])
+        return f"a name with {shown} in it (letters, digits and . _ + - only, from a letter or digit)"
+    if is_control(name):
+        return f"a name ending in {CONTROL_SUFFIX!r}, which names the run's null control"
+    return None
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A name from a plugin, as an error line shows it: repr (an escape sequence is shown, not
+    obeyed), cut."""
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
 
 
 def discover_with_errors() -> tuple[dict[str, Backend], list[str]]:
     """All registered backends by name (entry points, then ELBOLAB_BACKENDS), and load errors.
 
     A plugin that fails to load is left out with its error, so one broken package cannot stop the
-    lab; `elbolab list` shows the errors.
+    lab; `elbolab list` shows the errors, `run` prints them and records them in the results file.
+    So is a plugin whose name is invalid (name_problem) or taken: the lab's own backends are
+    loaded first and keep their names, and a later backend under a name already taken is refused,
+    never silently put in its place (its times would be recorded under the other's name).
     """
-    specs = [ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)]
-    specs += [s for s in os.environ.get("ELBOLAB_BACKENDS", "").split(",") if s.strip()]
+    specs = [ep.value.strip() for ep in entry_points(group=ENTRY_POINT_GROUP)]
+    specs += [s.strip() for s in os.environ.get("ELBOLAB_BACKENDS", "").split(",") if s.strip()]
+    specs = list(dict.fromkeys(specs))  # one package installed twice registers the same spec twice
+    specs.sort(key=lambda spec: not spec.startswith(BUILTIN_PACKAGE))  # stable: the built-ins first
     found: dict[str, Backend] = {}
+    source: dict[str, str] = {}
     errors: list[str] = []
     for spec in specs:
         try:
-            backend = _load(spec.strip())
+            backend = _load(spec)
         except RegistryError as exc:
             errors.append(str(exc))
             continue
-        found[backend.name] = backend
+        problem = name_problem(backend.name)
+        if problem:
+            errors.append(f"backend {_shown(spec)} not loaded: {problem}")
+            continue
+        if backend.name in found:
+            if found[backend.name] is not backend:  # the same object registered twice is no clash
+                errors.append(f"backend {_shown(spec)} not loaded: its name {backend.name!r} is taken by "
+                              f"{source[backend.name]!r}; a plugin needs a name of its own")  # fmt: skip
+            continue
+        found[backend.name], source[backend.name] = backend, spec
     return dict(sorted(found.items())), errors
 
 

@@ -83,7 +83,13 @@ ENV = "ELBOLAB_STORE"
 MACHINE_ENV = "ELBOLAB_MACHINE"
 DEFAULT_PATH = Path("results") / "history.sqlite"
 DEFAULT_URL = f"sqlite:///{DEFAULT_PATH}"
+# How long any wait on the database may last (SQLite's busy timeout, PostgreSQL's lock_timeout and
+# its connection): a lock held by another session, or an ingest stuck in an open transaction, ends
+# in one line after this long, never in a wait without end
 BUSY_TIMEOUT_S = 120.0
+TIMEOUT_ENV = "ELBOLAB_STORE_TIMEOUT"
+CONNECT_TIMEOUT_S = 15
+SQLITE_HEADER = b"SQLite format 3\x00"
 _ADVISORY_LOCK = 0x656C626F  # 'elbo': serialises table creation on PostgreSQL
 
 # ------------------------------------------------------------------------------------ schema
@@ -269,15 +275,30 @@ def display_url(url: str) -> str:
         return url
 
 
-def _normalise(url: str):
-    """A SQLAlchemy URL object: postgres:// and postgresql:// mean psycopg 3."""
+def store_timeout() -> float:
+    """Seconds a database wait may last: ELBOLAB_STORE_TIMEOUT, else BUSY_TIMEOUT_S."""
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return BUSY_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 86_400):
+        raise UsageError(f"{TIMEOUT_ENV}={text[:40]!r}: expected seconds between 0 and 86400")
+    return value
+
+
+def _normalise(url: str, create: bool = True):
+    """A SQLAlchemy URL object: postgres:// and postgresql:// mean psycopg 3. With create=False a
+    SQLite store must be there already: its file is never made, nor its folder."""
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise UsageError(
-            f"--store {url!r} is not a database URL (use sqlite:///PATH or postgresql://USER@HOST/DB)"
+            f"--store {url[:200]!r} is not a database URL (use sqlite:///PATH or postgresql://USER@HOST/DB)"
         ) from None
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -291,13 +312,37 @@ def _normalise(url: str):
         if not db or db == ":memory:":
             raise UsageError("--store sqlite:// needs a file (sqlite:///results/history.sqlite)")
         path = Path(db)
-        if path.exists() and not path.is_file():
+        try:
+            exists = path.exists()
+        except OSError as exc:  # a name over NAME_MAX
+            raise UsageError(f"--store {db[:200]}: {exc.strerror or exc}") from None
+        if exists and not path.is_file():
             raise UsageError(f"--store {path}: not a regular file")
+        if not create:
+            _existing_sqlite(path)
+            return parsed
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--store {path}: cannot create its folder ({exc.strerror or exc})") from None
     return parsed
+
+
+def _existing_sqlite(path: Path) -> None:
+    """A store to read must be a SQLite file already (an empty file is none: SQLite would make it
+    one, and a read must leave it as it was)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        raise UsageError(
+            f"--store {path}: no such store (elbolab history ingest RUN.json makes one)"
+        ) from None
+    except OSError as exc:
+        raise UsageError(f"--store {path}: cannot read ({exc.strerror or exc})") from None
+    if head != SQLITE_HEADER:
+        what = "an empty file" if not head else "not a SQLite database"
+        raise UsageError(f"--store {path}: {what}, not an elbolab store")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -306,15 +351,20 @@ def _one_line(exc: BaseException) -> str:
     return lines[0][:300] if lines else exc.__class__.__name__
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, read_only: bool, wait_s: float) -> None:
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):  # noqa: ANN001
         dbapi_conn.isolation_level = None  # pysqlite must not BEGIN on its own: we do, below
         cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+        if read_only:
+            # a read changes nothing: no journal mode written into the file's header, and any
+            # write SQLite is asked for fails
+            cur.execute("PRAGMA query_only = ON")
+        else:
+            cur.execute("PRAGMA foreign_keys = ON")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -322,6 +372,12 @@ def _sqlite_setup(engine: Engine) -> None:
         # a writer takes the write lock when it begins, not at its first write: two writers queue
         # (busy_timeout) instead of one failing with 'database is locked' half-way
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+
+def _waited(exc: BaseException) -> bool:
+    """A wait for a lock that ran out of time (PostgreSQL's lock_timeout, SQLite's busy timeout)."""
+    orig = getattr(exc, "orig", None) or exc
+    return getattr(orig, "sqlstate", None) == "55P03" or "database is locked" in str(orig)
 
 
 @dataclass(frozen=True)
@@ -392,29 +448,47 @@ class Skip:
 class Store:
     """A results database. `Store.open(url)` creates its tables on first use."""
 
-    def __init__(self, engine: Engine, url: str):
+    def __init__(self, engine: Engine, url: str, wait_s: float = BUSY_TIMEOUT_S):
         self.engine = engine
         self.url = url
+        self.wait_s = wait_s
 
     # --------------------------------------------------------------------------------- opening
 
     @classmethod
-    def open(cls, url: str | None = None) -> Store:
+    def open(cls, url: str | None = None, create: bool = True) -> Store:
+        """The store at `url`, its tables made on first use. create=False, for what only reads: the
+        store must exist, and nothing is made or changed (a missing SQLite file, a file that is no
+        SQLite database, a database without elbolab's tables: one line, never a new store)."""
         url = resolve_url(url)
-        parsed = _normalise(url)
+        parsed = _normalise(url, create)
         shown = display_url(url)
+        wait = store_timeout()
         try:
             if parsed.get_backend_name() == "sqlite":
-                engine = create_engine(parsed, connect_args={"timeout": BUSY_TIMEOUT_S})
-                _sqlite_setup(engine)
+                engine = create_engine(parsed, connect_args={"timeout": wait})
+                _sqlite_setup(engine, read_only=not create, wait_s=wait)
             else:
-                engine = create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": 15})
+                # every lock this session waits for (a row another ingest holds, a table a client
+                # locked, the advisory lock of table creation) is given up after `wait`
+                options = f"-c lock_timeout={int(wait * 1000)}"
+                engine = create_engine(parsed, pool_pre_ping=True,
+                                       connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "options": options})  # fmt: skip
         except (NoSuchModuleError, ModuleNotFoundError, ImportError) as exc:
             raise UsageError(
                 f"--store {shown}: no driver ({_one_line(exc)}); pip install 'psycopg[binary]' for PostgreSQL"
             ) from None
-        store = cls(engine, shown)
-        store._init()
+        except (ValueError, TypeError, ArgumentError) as exc:  # a bad URL parameter (?timeout=abc)
+            raise UsageError(f"--store {shown}: {_one_line(exc)}") from None
+        store = cls(engine, shown, wait)
+        try:
+            store._init(create)
+        except (ValueError, TypeError) as exc:  # a URL parameter the driver refuses at connection
+            store.close()
+            raise UsageError(f"--store {shown}: {_one_line(exc)}") from None
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -443,7 +517,13 @@ class Store:
         except UsageError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise UsageError(f"store {self.url}: {_one_line(exc)}") from None
+            raise UsageError(self._failed(exc)) from None
+
+    def _failed(self, exc: BaseException) -> str:
+        if _waited(exc):
+            return (f"store {self.url}: waited {self.wait_s:g} s for a lock another session holds (an ingest "
+                    f"in progress, or a client holding a lock); try again later, or set {TIMEOUT_ENV}")  # fmt: skip
+        return f"store {self.url}: {_one_line(exc)}"
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -454,14 +534,23 @@ class Store:
         except UsageError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise UsageError(f"store {self.url}: {_one_line(exc)}") from None
+            raise UsageError(self._failed(exc)) from None
 
-    def _init(self) -> None:
+    def _init(self, create: bool = True) -> None:
         with self._read() as conn:  # the usual case, without taking a write lock
+            found = None
             if inspect(conn).has_table("meta"):
                 found = conn.execute(select(meta.c.value).where(meta.c.key == "schema")).scalar()
                 if found == STORE_SCHEMA and all(inspect(conn).has_table(t) for t in metadata.tables):
                     return
+        if not create:  # a read never makes a store, nor finishes one
+            if found is not None and found != STORE_SCHEMA:
+                raise UsageError(
+                    f"store {self.url} has schema {found!r}; this elbolab reads {STORE_SCHEMA} (upgrade elbolab)"
+                )
+            raise UsageError(
+                f"store {self.url}: no elbolab store there (elbolab history ingest RUN.json makes one)"
+            )
         with self._write() as conn:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_LOCK})
