@@ -67,6 +67,14 @@ def usable_cpus() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
+def children_now() -> set[int]:
+    """The processes this one has started, and theirs."""
+    try:
+        return {kid.pid for kid in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
 @dataclass
 class Census:
     """CPU time per thread and in child processes, summed over the sampling blocks of one case."""
@@ -75,6 +83,9 @@ class Census:
     process_cpu_ns: int = 0
     thread_cpu_ns: dict[int, int] = field(default_factory=dict)
     children: dict[int, int] = field(default_factory=dict)  # pid -> CPU ns, as last seen
+    # the processes there before the case opened (in a worker none; in a test's process, pytest's
+    # own helpers): not the case's, never counted or ended
+    before: set[int] = field(default_factory=children_now)
     _start: tuple | None = None
 
     @property
@@ -106,6 +117,8 @@ class Census:
         except psutil.Error:
             return
         for kid in kids:
+            if kid.pid in self.before:
+                continue
             try:
                 t = kid.cpu_times()
                 self.children[kid.pid] = int((t.user + t.system) * 1e9)
@@ -124,10 +137,11 @@ class Census:
         return busy + (1 if ended > floor else 0)
 
 
-def end_children() -> int:
-    """Kill every process this one started (a backend's children must not outlive its case)."""
+def end_children(keep: set[int] = frozenset()) -> int:
+    """Kill every process this one started but those in `keep` (a backend's children must not
+    outlive its case; a process that was there before the case opened is not the case's)."""
     try:
-        kids = psutil.Process().children(recursive=True)
+        kids = [kid for kid in psutil.Process().children(recursive=True) if kid.pid not in keep]
     except psutil.Error:
         return 0
     for kid in kids:

@@ -209,7 +209,7 @@ class OpenCase:
             "cpu_ns": self.census.process_cpu_ns,
             "wall_ns": self.census.wall_ns,
             "pinned": list(self.pinned) if self.pinned else None,
-            "ended_children": census.end_children(),
+            "ended_children": census.end_children(keep=self.census.before),
         }
         if self.pinned is not None:
             census.pin(None)
