@@ -172,7 +172,7 @@ def build_maturin(tree: Path, build: Build, dest: Path, log: Log, target_dir: Pa
                "--interpreter", sys.executable]  # fmt: skip
         log(f"building {build.module} of {tree} ...")
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+            proc = run_grouped(cmd, timeout=1800, env=env)
         except (OSError, subprocess.TimeoutExpired) as exc:
             return f"maturin could not run ({exc})"
         if proc.returncode != 0:
@@ -223,7 +223,7 @@ def install_side(side: Side, dest: Path, log: Log) -> None:
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
            "--target", str(dest), str(source)]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        proc = run_grouped(cmd, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise UsageError(f"cannot install the {side.name} revision: {exc}") from None
     if proc.returncode != 0:
@@ -299,17 +299,36 @@ def run_side(side: Side, argv: list[str], out: Path) -> Run:
     )
 
 
+def run_grouped(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+    """subprocess.run in a process group of its own, which is stopped whole on a timeout or an
+    interrupt. subprocess.run kills only its child: pip's build-hook process and cargo's rustc
+    outlived it and went on writing into the gate's temporary folder after it was removed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        _stop_group(proc)
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """SIGTERM to the group (a run then stops its workers and leaves a valid file), SIGKILL after
+    20 s; then SIGKILL to whatever of the group outlived its leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 # ------------------------------------------------------------------------------------ commits
