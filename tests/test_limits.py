@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from elbolab.measure import probes
@@ -67,10 +68,9 @@ def test_the_sweep_doubles_from_l1_up_with_every_thread_count_at_every_size(limi
             if len(trials) > probes.QUICK.trials and len(trials) < 2 * probes.QUICK.trials:
                 assert r[kernel]["overlap"][best] >= probes.MIN_OVERLAP
             # the stored rate is the best trial's, by construction
-            moved = probes.BYTES_PER_ELEMENT * (r["working_set_bytes"] // probes.BYTES_PER_ELEMENT)
-            assert r[f"{kernel}_bytes_per_s"] == pytest.approx(
-                moved * r[kernel]["reps"] / min(r[kernel]["trial_s"])
-            )
+            moved = r[kernel]["bytes_per_rep"]  # the read kernel leaves out under 1/256 of the set
+            assert (1 - 1 / probes.READ_ROW_MIN) * r["working_set_bytes"] <= moved <= r["working_set_bytes"]
+            assert r[f"{kernel}_bytes_per_s"] == pytest.approx(moved * r[kernel]["reps"] / min(trials))
     top = max(sizes)
     assert limits["memory_bandwidth_bytes_per_s"] == max(
         r[f"{k}_bytes_per_s"]
@@ -100,6 +100,28 @@ def test_reprobe_is_one_row_shaped_like_the_sweep():
     assert row["threads"] == 2 and row["working_set_bytes"] == 3 * MiB
     assert all(finite_positive(row[f"{k}_bytes_per_s"]) for k in probes.KERNELS)
     assert finite_positive(probe_bandwidth(40 * KiB, 1, quick=True))
+
+
+@pytest.mark.parametrize("n, reps", [(512, 30_000), (4096, 1), (100_003, 7), (2**20, 1), (3 * 2**17, 64)])
+def test_the_read_kernel_reads_every_pass_of_what_it_counts(n, reps):
+    """The stride-0 view makes `reps` passes over the same memory: each pass's k dot products add up
+    to the dot product of the elements counted, and those are all but the last few of the chunk."""
+    rng = np.random.default_rng(n)
+    a, b = probes._aligned_ones(n), probes._aligned_ones(n)
+    a[:], b[:] = rng.standard_normal(n), rng.standard_normal(n)
+    task, used = probes._pass_task("read", a, b, reps)
+    out = task()
+    assert n - n // probes.READ_ROW_MIN <= used <= n
+    assert out.shape[0] == reps
+    per_pass = out.reshape(reps, -1).sum(axis=1)
+    assert np.allclose(per_pass, a[:used] @ b[:used], rtol=1e-12, atol=1e-9)
+    k = out.shape[1]
+    assert (
+        reps * k >= probes.GIL_ROWS or used // k < 2 * probes.READ_ROW_MIN
+    )  # rows long enough to drop the GIL
+    copy, copied = probes._pass_task("copy", a, b, 2)
+    copy()
+    assert copied == n and (a == b).all()
 
 
 def test_aligned_arrays_start_on_a_cache_line():

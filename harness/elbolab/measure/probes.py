@@ -3,20 +3,54 @@ peak flops.
 
 The report places every measurement against these figures (achieved GB/s and GFLOP/s as a share of
 what this machine can do) and flags a time that would need more bandwidth than the machine delivers at
-the case's working set: that is a measurement error, not a speed-up. So a ceiling must hold for honest
-code: each figure is the best the machine did (best trial, fastest kernel), never a typical one.
+the case's working set: a measurement error, not a speed-up. So a ceiling must hold for honest code:
+each figure is the best the machine did (best trial, faster kernel), never a typical one.
 
-Bandwidth is a sweep, as the Empirical Roofline Toolkit and likwid-bench measure it: working sets from
-16 KiB doubling up to at least 256 MiB, at every thread count of the run, two kernels at each.
-elbolab.model.roofline reads a case's ceiling at its own working set. SWEEP_NOTES below gives the
-reasons for the grid, its top, the kernels and the timing, with what was measured to choose them.
+Bandwidth is a sweep, as the Empirical Roofline Toolkit and likwid-bench measure it, at every thread
+count of the run; elbolab.model.roofline reads each case's ceiling at its own working set.
+
+- Sizes: working sets (bytes of the two arrays a kernel streams) from 16 KiB, inside every L1 data
+  cache of the last decade (32-48 KiB), doubling. A cache's edge is a cliff within one doubling (on
+  the 2-core Ice Lake VM, 1.25 MiB of L2: 1 MiB streamed at ~110 GB/s, 2 MiB at ~30, one thread) and
+  a case is held to the probe at or below its working set, so a finer grid would tighten a ceiling
+  by at most half a step, for twice the time.
+- The top: at least 256 MiB, and on while the curve still falls: the sweep stops once every thread
+  count's best rate stayed within SWEEP_FLAT over the last three sizes (the last change at least 4x
+  below the top); never past max(4 x the LLC sysfs names, 256 MiB), 1 GiB, or an eighth of the RAM.
+  sysfs bounds how far the sweep may go, never where a cache ends: the 2-core H200 VM names its
+  host's 300 MiB L3, and the old probe at a quarter of it (75 MiB) measured 24 GB/s where the Rust
+  elbo ran at 42 GB/s on 12.8 MB.
+- Kernels, float64, counting the bytes a kernel must move (no write-allocate), as STREAM does; the
+  ceiling is the faster of the two. read: a . b, 2 words read per element and nothing written, the
+  elbo kernels' pattern (they read x and x_recon and write little), as one np.matmul over a view
+  whose passes all alias the same memory (_pass_task). copy: np.copyto(b, a), 1 read + 1 write;
+  glibc's memmove stores large copies non-temporally, so in DRAM copy's counted rate beats read's
+  (about 22 vs 13 GB/s at one thread on the VM).
+- Why that read: the fastest NumPy way to stream-read measured on the VM. A loop of np.dot pays
+  about 1 us a call (20 GB/s at 16 KiB, where the stride-0 matmul measured 140-190); sum, max and
+  bitwise-or reductions, einsum and gemv ran at 28-85 GB/s in L1. And honest hand-vectorised code
+  does not beat it: the Rust backend's AVX2 probe (stream.rs read2, (a - b)^2 summed) measured
+  90-100 GB/s in L1, 80-105 in L2, 28-32 in L3 and 10-14 in DRAM at one thread, at or under the
+  NumPy read at every size; its memcpy copy reached 155-166 in L1, level with the NumPy read there.
+- Alignment: the arrays start on a cache line. NumPy's large allocations start 16 bytes into one,
+  and every 64-byte AVX-512 load of OpenBLAS's dot then straddles two lines: 52-60 GB/s in L2
+  instead of 115-155, under the Rust probe's 105, a ceiling honest code would have beaten.
+- Threads: one contiguous chunk per thread in a ThreadPoolExecutor (NumPy drops the GIL inside
+  these calls; see _pass_task for when it does not), BLAS held to 1 thread; the threads meet at a
+  barrier and a trial runs from the first start to the last end. A trial whose threads did not
+  stream together measures less than the machine delivers, never more: its overlap is recorded,
+  and more trials are taken when even the best one's threads did not overlap.
+- Timing: reps per trial sized (from the previous size's rate, then from a warm-up trial) so a
+  trial lasts at least 4 ms (2 ms quick), far above perf_counter's resolution and a barrier's
+  wake-up; best of 5 trials (3 quick), as STREAM reports: the ceiling is the best the machine did,
+  a case is its median.
 
 Peak flops: a square matrix product (np.matmul through the BLAS NumPy links), float64 and float32,
 with the BLAS pool limited to 1 thread and to all threads by threadpoolctl; 2n^3 flops per product.
 
 `measure_limits(threads, quick)` returns a JSON-able dict stored under "limits" in the results file;
-`probe_bandwidth(working_set_bytes, threads)` measures one working set again, now (the runner's
-re-probe before it calls a case implausible).
+`probe_bandwidth(working_set_bytes, threads)` measures one working set again, now: the runner's
+re-probe before it calls a case implausible (a neighbour's load during the sweep lowers a figure).
 """
 
 from __future__ import annotations
@@ -47,6 +81,9 @@ BYTES_PER_ELEMENT = 16  # both kernels move 2 float64 words per element: a[i], b
 ALIGN_BYTES = 64  # a cache line (see SWEEP_NOTES: alignment)
 FIRST_GUESS_BYTES_PER_S = 100e9  # sizes the first warm-up trial only
 MIN_OVERLAP = 0.9  # a multi-thread trial counts as parallel when its threads ran together this long
+GIL_ROWS = 1024  # rows per read call at least: NumPy releases the GIL only in long outer loops (~500)
+READ_ROW_MIN = 256  # elements per dot call at least (2 KiB of each array: the call's cost stays small)
+READ_ROW_MAX = 8192  # ... and at most, once the rows are enough (64 KiB of each array)
 
 
 @dataclass(frozen=True)
@@ -63,14 +100,14 @@ QUICK = Timing(target_s=0.002, trials=3)
 SWEEP_NOTES = {
     "bandwidth": (
         "two NumPy kernels, float64, at every working set and thread count; bytes counted are those the "
-        "kernel must move (no write-allocate), the best trial is kept (STREAM's convention). read: "
-        "a . b streamed, 2 words read per element, nothing written (the elbo kernels read x and x_recon "
-        "and write little): np.matmul of a (reps, 1, n) view whose rows all alias `a` (stride 0) with b, "
-        "so one call makes `reps` passes through BLAS's dot and Python's per-call cost does not hide the "
-        "cache. copy: np.copyto(b, a) `reps` times, 2 words (1 read + 1 write). Arrays 64-byte aligned. "
-        "One contiguous chunk per thread in a ThreadPoolExecutor (NumPy releases the GIL), BLAS held to "
-        "1 thread; the threads start at a barrier and a trial runs from the first start to the last end; "
-        "reps sized so a trial lasts >= the target"
+        "kernel must move (no write-allocate), best trial kept (STREAM's convention); the ceiling is the "
+        "faster. read: a . b, 2 words read per element, nothing written (the elbo kernels' pattern): one "
+        "np.matmul over a (reps, k, 1, L) view of a whose reps axis has stride 0 (every pass reads the "
+        "same memory, without Python's cost per call) against b as (k, L, 1), k rows so NumPy drops the "
+        "GIL. copy: np.copyto(b, a) reps times, 2 words (1 read + 1 write). Arrays 64-byte aligned. One "
+        "contiguous chunk per thread in a ThreadPoolExecutor, BLAS held to 1 thread; "
+        "the threads meet at a barrier, a trial runs from the first start to the last end and records "
+        "how long they streamed together (more trials when even the best did not)"
     ),
     "sizes": (
         "working set = bytes of the two arrays; 16 KiB doubling up to >= 256 MiB and on until every "
@@ -131,45 +168,35 @@ def _chunks(n: int, parts: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
 
 
-def _pass_task(kernel: str, a: np.ndarray, b: np.ndarray, reps: int) -> Callable[[], None]:
-    """`reps` passes of a kernel over one thread's chunk (a, b)."""
+def _read_rows(m: int, reps: int) -> int:
+    """Into how many rows (one dot call each) the read kernel splits a pass over m elements: enough
+    that a call's outer loop has GIL_ROWS iterations, each row READ_ROW_MIN to READ_ROW_MAX long."""
+    k = max(m // READ_ROW_MAX, math.ceil(GIL_ROWS / reps))
+    return max(1, min(k, m // READ_ROW_MIN))
+
+
+def _pass_task(kernel: str, a: np.ndarray, b: np.ndarray, reps: int) -> tuple[Callable[[], None], int]:
+    """`reps` passes of a kernel over one thread's chunk (a, b), and the elements one pass touches."""
     if kernel == "read":
-        # every row of `rows` is `a` itself (stride 0): one matmul call, `reps` dot products over the
-        # same memory, as a Python loop of np.dot would do without its microsecond per call
-        rows = as_strided(a, shape=(reps, 1, a.size), strides=(0, 0, a.strides[0]), writeable=False)
-        out = np.empty((reps, 1), dtype=a.dtype)
-        return lambda: np.matmul(rows, b, out=out)
+        # one matmul call: (reps, k, 1, L) @ (k, L, 1) is reps x k dot products; the reps axis has
+        # stride 0, so every pass reads the same memory, as a Python loop of np.dot would without its
+        # microsecond per call. The k rows split a pass so NumPy releases the GIL: it keeps the GIL
+        # through a call whose outer loop is short (14 passes of one row each held it, and a second
+        # thread started only when the first had finished; 14 x 64 rows released it). The last
+        # m mod k elements (fewer than m / READ_ROW_MIN) are left out, and not counted.
+        k = _read_rows(a.size, reps)
+        length = a.size // k
+        step = a.strides[0]
+        rows = as_strided(a, shape=(reps, k, 1, length), strides=(0, length * step, 0, step), writeable=False)
+        cols = as_strided(b, shape=(k, length, 1), strides=(length * step, step, 0), writeable=False)
+        out = np.empty((reps, k, 1, 1), dtype=a.dtype)
+        return (lambda: np.matmul(rows, cols, out=out)), k * length
 
     def copy() -> None:
         for _ in range(reps):
             np.copyto(b, a)
 
-    return copy
-
-
-def _pinning_pool(threads: int) -> ThreadPoolExecutor:
-    """A pool whose workers are each pinned to their own CPU (as likwid-bench pins its threads).
-
-    Unpinned, on the 2-core VM, Linux woke the second worker on the first one's CPU and left it
-    queued there while the other CPU idled: the second thread's chunk started only when the first
-    one's ended (a 2-thread read measured no more than 1 thread). A pinned worker wakes on its own CPU.
-    """
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # no affinity API (not Linux): the scheduler decides
-        return ThreadPoolExecutor(max_workers=threads)
-    turn = iter(range(threads))
-    lock = threading.Lock()
-
-    def pin() -> None:
-        with lock:
-            k = next(turn, 0)
-        try:
-            os.sched_setaffinity(0, {cpus[k % len(cpus)]})  # 0: the calling thread only
-        except OSError:
-            pass  # a CPU taken away since: the worker stays free to run anywhere
-
-    return ThreadPoolExecutor(max_workers=threads, initializer=pin)
+    return copy, a.size
 
 
 def _trial(pool: ThreadPoolExecutor | None, tasks: list[Callable[[], None]]) -> tuple[float, float]:
@@ -205,18 +232,19 @@ def _probe(
     trial overlapped less than MIN_OVERLAP, up to as many trials again are taken.
     """
     parts = _chunks(a.size, threads)
-    bytes_per_rep = BYTES_PER_ELEMENT * a.size
-    reps = max(1, round(timing.target_s * guess / bytes_per_rep))
+    reps = max(1, round(timing.target_s * guess / (BYTES_PER_ELEMENT * a.size)))
     # warm-up (caches filled, code paths hot), then reps rescaled from its time
-    elapsed, _ = _trial(pool, [_pass_task(kernel, a[p], b[p], reps) for p in parts])
+    elapsed, _ = _trial(pool, [_pass_task(kernel, a[p], b[p], reps)[0] for p in parts])
     reps = max(1, math.ceil(reps * timing.target_s / max(elapsed, 1e-9)))
-    tasks = [_pass_task(kernel, a[p], b[p], reps) for p in parts]
-    trials = [_trial(pool, tasks) for _ in range(timing.trials)]
+    tasks, elements = zip(*(_pass_task(kernel, a[p], b[p], reps) for p in parts), strict=True)
+    bytes_per_rep = BYTES_PER_ELEMENT * sum(elements)
+    trials = [_trial(pool, list(tasks)) for _ in range(timing.trials)]
     while min(trials)[1] < MIN_OVERLAP and len(trials) < 2 * timing.trials:
-        trials.append(_trial(pool, tasks))
+        trials.append(_trial(pool, list(tasks)))
     best = min(trials)
     return {
         "reps": reps,
+        "bytes_per_rep": bytes_per_rep,
         "trial_s": [t for t, _ in trials],
         "overlap": [round(o, 3) for _, o in trials],
         "bytes_per_s": bytes_per_rep * reps / best[0],
@@ -258,7 +286,7 @@ def measure_bandwidth(threads: list[int], quick: bool, llc_bytes: int) -> list[d
     a = b = None
     # allocated once up to the size every sweep reaches, again only when the curve goes on falling
     capacity = 0
-    with _pinning_pool(max(threads)) as pool, threadpool_limits(limits=1, user_api="blas"):
+    with ThreadPoolExecutor(max_workers=max(threads)) as pool, threadpool_limits(limits=1, user_api="blas"):
         for size in sizes:
             n = size // BYTES_PER_ELEMENT
             if n > capacity:
@@ -276,7 +304,7 @@ def probe_bandwidth_row(working_set_bytes: int, threads: int, quick: bool = Fals
     """Both kernels at one working set and thread count, now: a row shaped like the sweep's."""
     n = max(int(working_set_bytes) // BYTES_PER_ELEMENT, 64 * threads)
     a, b = _aligned_ones(n), _aligned_ones(n)
-    pool = _pinning_pool(threads) if threads > 1 else nullcontext()
+    pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else nullcontext()
     with pool as executor, threadpool_limits(limits=1, user_api="blas"):
         return _sweep_row(a, b, threads, executor, QUICK if quick else NORMAL, {})
 
