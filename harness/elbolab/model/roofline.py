@@ -19,14 +19,22 @@ def bandwidth_limit_for(
 ) -> tuple[float, str] | None:
     """The fastest bandwidth a kernel touching `working_set_bytes` can plausibly reach here.
 
-    Data cannot live in a cache level smaller than it, so the limit is the best figure measured at any
-    probed working set at least as large (the LLC probe counting for anything up to the LLC's
-    size; DRAM when it is larger than all of them), at any thread count
-    up to `threads` (all counts when None). Returns (bytes/s, size label) or None without limits.
+    Returns (bytes/s, what it was measured on) or None without limits. With a sweep
+    (limits["bandwidth_sweep"], elbolab.measure.probes), see sweep_limit. Results files written
+    before the sweep hold four probes ("bandwidth_by_size"): the limit is the best figure measured
+    at any probed working set at least as large as the case's (the LLC probe counting for anything up
+    to the LLC's size; DRAM when it is larger than all of them), at any thread count up to `threads`
+    (all counts when None).
     """
-    sizes = limits.get("bandwidth_by_size") if isinstance(limits, dict) else None
+    if not isinstance(limits, dict):
+        return None
+    if limits.get("bandwidth_sweep"):
+        return sweep_limit(
+            limits["bandwidth_sweep"], working_set_bytes, threads, limits.get("bandwidth_reprobes") or []
+        )
+    sizes = limits.get("bandwidth_by_size")
     if not sizes:
-        bw = (limits or {}).get("memory_bandwidth_bytes_per_s") if isinstance(limits, dict) else None
+        bw = limits.get("memory_bandwidth_bytes_per_s")
         return (float(bw), "dram") if bw else None
     llc = limits.get("last_level_cache_bytes") or 0
 
@@ -44,6 +52,54 @@ def bandwidth_limit_for(
                 continue
             if best is None or value > best[0]:
                 best = (float(value), s["size_label"])
+    return best
+
+
+SWEEP_KERNELS = ("read", "copy")
+
+
+def size_text(nbytes: float) -> str:
+    """16 KiB, 1.5 MiB, 1 GiB: a working set as the sweep's rows are read."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.3g} {unit}"
+    return f"{nbytes:.0f} B"
+
+
+def sweep_limit(
+    sweep: list[dict], working_set_bytes: float, threads: int | None, reprobes: list[dict] = ()
+) -> tuple[float, str] | None:
+    """The ceiling a bandwidth sweep sets for a working set and thread count.
+
+    What the machine can deliver only falls as the working set grows (a larger set cannot sit in a
+    faster level) and only rises with threads, and a probe never beats the machine. So the probe at
+    the largest swept size not above the case's (its floor) bounds the case from above, and any probe
+    at that size or larger, at no more threads than the case's, measured a rate the machine reaches
+    at the floor: the ceiling is the best of them, read and copy alike. The floor, not the next size
+    up: the next one may already be over a cache's edge the case is under (a case at 12 MB against
+    a 16 MiB probe spilling to DRAM). A case smaller than the smallest probe is held to the smallest
+    (16 KiB sits in every L1 data cache, as anything smaller does); one larger than the largest to
+    the largest, where the curve was flat. Re-probes (the runner measures a suspect case's working
+    set again before calling it implausible) join the probes at or above the floor; the floor comes
+    from the sweep alone, so a re-probe can only raise a ceiling. Threads: a probe at more threads
+    than the case is ignored unless no probe ran at that few (all counts when `threads` is None).
+    """
+    rows = [r for r in sweep if r.get("working_set_bytes")]
+    if not rows:
+        return None
+    sizes = sorted({r["working_set_bytes"] for r in rows})
+    floor = max((s for s in sizes if s <= working_set_bytes), default=sizes[0])
+    pool = [r for r in [*rows, *reprobes] if r.get("working_set_bytes", 0) >= floor]
+    if threads is not None:
+        pool = [r for r in pool if r["threads"] <= threads] or pool
+    best: tuple[float, str] | None = None
+    for r in pool:
+        for kernel in SWEEP_KERNELS:
+            value = r.get(f"{kernel}_bytes_per_s")
+            if value and (best is None or value > best[0]):
+                plural = "s" if r["threads"] > 1 else ""
+                where = f"{kernel} at {size_text(r['working_set_bytes'])}, {r['threads']} thread{plural}"
+                best = (float(value), ("re-probed " if r in reprobes else "") + where)
     return best
 
 

@@ -43,6 +43,7 @@ from elbolab.analyse.verdict import DEFAULT_RULE, Verdict
 from elbolab.measure.training import FINAL_STEPS, final_loss
 from elbolab.model.case import Case
 from elbolab.model.measurement import Measurement
+from elbolab.model.roofline import size_text
 from elbolab.report import plots
 from elbolab.report.claims import check_claims
 from elbolab.report.format import fmt_change, fmt_count, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
@@ -559,31 +560,29 @@ def _limits_rows(views: list[RunView]) -> tuple[list[str], list[list[str]]]:
         return f"{x / 1e9:.3g} GFLOP/s" if x else "not measured"
 
     names = [
-        ("memory bandwidth, DRAM, all threads", "memory_bandwidth_bytes_per_s", gb),
-        ("memory bandwidth, DRAM, 1 thread", "memory_bandwidth_single_thread_bytes_per_s", gb),
-        ("bandwidth in L2-sized working set", "cache_bandwidth_bytes_per_s", gb),
+        ("memory bandwidth, largest working set, all threads", "memory_bandwidth_bytes_per_s", gb),
+        ("memory bandwidth, largest working set, 1 thread", "memory_bandwidth_single_thread_bytes_per_s", gb),
+        ("bandwidth in an L2-sized working set (256 KiB)", "cache_bandwidth_bytes_per_s", gb),
         ("peak flops float64 (matmul)", "peak_flops", gf),
         ("peak flops float32 (matmul)", "peak_flops_float32", gf),
         ("peak flops float64, 1 thread", "peak_flops_single_thread", gf),
     ]
-    rows = [[label] + [fn((v.run.run.limits).get(key)) for v in views] for label, key, fn in names]
-    sizes: list[str] = []
-    for v in views:
-        for s in (v.run.run.limits).get("bandwidth_by_size") or []:
+    limits = [v.run.run.limits or {} for v in views]
+    rows = [[label] + [fn(lim.get(key)) for lim in limits] for label, key, fn in names]
+    # one row per probed working set: the sweep's (read / copy at each thread count), or the four
+    # probes of files written before it; a run that did not probe a size leaves its cell empty
+    cells: dict[str, dict[int, str]] = {}
+    for k, lim in enumerate(limits):
+        for r in lim.get("bandwidth_sweep") or []:
+            label = f"bandwidth at {size_text(r['working_set_bytes'])}: read / copy, by threads"
+            text = f"t={r['threads']}: {gb(r['read_bytes_per_s'])} / {gb(r['copy_bytes_per_s'])}"
+            cell = cells.setdefault(label, {})
+            cell[k] = f"{cell[k]}, {text}" if k in cell else text
+        for s in lim.get("bandwidth_by_size") or []:
             label = f"bandwidth at {s['size_label']} ({s['working_set_bytes'] / 2**20:.3g} MiB), by threads"
-            if label not in sizes:
-                sizes.append(label)
-    for label in sizes:
-        row = [label]
-        for v in views:
-            cell = ""
-            for s in (v.run.run.limits).get("bandwidth_by_size") or []:
-                if label.startswith(f"bandwidth at {s['size_label']} "):
-                    cell = ", ".join(f"t={t}: {b / 1e9:.3g} GB/s" for t, b in s["bytes_per_s"].items())
-            row.append(cell)
-        rows.append(row)
-    method = [(v.run.run.limits).get("method") for v in views]
-    rows.append(["how measured"] + [_plain(m) if m else "" for m in method])
+            cells.setdefault(label, {})[k] = ", ".join(f"t={t}: {gb(b)}" for t, b in s["bytes_per_s"].items())
+    rows += [[label] + [cell.get(k, "") for k in range(len(views))] for label, cell in cells.items()]
+    rows.append(["how measured"] + [_plain(lim.get("method")) if lim.get("method") else "" for lim in limits])
     return ["limit"] + [v.run.label for v in views], rows
 
 
