@@ -105,8 +105,7 @@ WORKER_START_TIMEOUT_S = 300.0
 def _reprobe(working_set_bytes: float, threads: int) -> float | None:
     """The bandwidth at a working set, measured again now (a case above its ceiling is re-probed
     before it is called implausible)."""
-    probe = getattr(probes, "probe_bandwidth", None)
-    return probe(int(working_set_bytes), threads) if probe else None
+    return probes.probe_bandwidth(int(working_set_bytes), threads)
 
 
 @contextlib.contextmanager
