@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from rich.markup import escape
@@ -18,8 +19,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report (plus CSV and Markdown tables) from results files",
-        description="Turn one or more results files into a self-contained HTML page; the CSV and Markdown "
-        "tables are written next to it (NAME.csv, NAME.md).",
+        description="Turn one or more results files into a self-contained HTML page; beside it, NAME.md (a "
+        "summary for a pull request or CI job summary), NAME.cases.md and NAME.csv (every case).",
     )
     p.add_argument(
         "results",
@@ -32,6 +33,12 @@ def add_commands(subparsers) -> None:
     )
     p.add_argument("--baseline", default="numpy", help="backend the speed-ups are over (default: numpy)")
     p.add_argument("--title", default="elbolab report", help="page title")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="history store for each case's sparkline (default: $ELBOLAB_STORE, or results/history.sqlite if it "
+        "exists); --store none: no history",
+    )
     p.set_defaults(func=cmd_report)
 
     c = subparsers.add_parser(
@@ -57,6 +64,7 @@ def load_runs(paths: list[str]):
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from elbolab.report.digest import markdown_summary
     from elbolab.report.html import build_views, render
     from elbolab.report.tables import write_exports
     from elbolab.store.results import write_text_atomic
@@ -76,21 +84,42 @@ def cmd_report(args: argparse.Namespace) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
-    views = build_views(runs, baseline)
+    histories = _histories(args.store, runs[-1].run)
+    views = build_views(runs, baseline, histories=histories)
     page = render(views, baseline, args.title)
     tables = [v.table for v in views if not v.table.empty]
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     summaries = [v.summary for v in views if not v.summary.empty]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    digest = markdown_summary(views[-1], baseline, out.stem)
     try:
         write_text_atomic(out, page)
-        written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
+        written = write_exports(df, summary, baseline, out.with_suffix(""), digest) if not df.empty else []
     except OSError as exc:
         raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
-    print(f"report: {out}")
+    print(f"report: {out} ({len(page.encode()) / 1024:.0f} KiB)")
     for path in written:
-        print(f"tables: {path}")
+        print(
+            f"{'summary' if path.suffix == '.md' and not path.stem.endswith('.cases') else 'tables'}: {path}"
+        )
     return 0
+
+
+def _histories(store: str | None, run):
+    """Each case's history from the store named, or the default one where it exists; none with
+    --store none. A store that cannot be read costs the sparklines, not the report."""
+    from elbolab.report.history import default_store, load_histories
+
+    url = default_store() if store is None else (None if store.lower() == "none" else store)
+    if url is None:
+        return None
+    try:
+        return load_histories(url, run)
+    except UsageError as exc:
+        if store is not None:  # named on the command line: the user asked for it
+            raise
+        print(f"report: no history ({exc})", file=sys.stderr)
+        return None
 
 
 def cmd_claims(args: argparse.Namespace) -> int:
