@@ -86,7 +86,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{out.parent}: cannot create the output folder ({exc.strerror})") from None
     histories = _histories(args.store, runs[-1].run)
     views = build_views(runs, baseline, histories=histories)
-    page = render(views, baseline, args.title)
+    page = render(views, baseline, args.title, out.stem)
     tables = [v.table for v in views if not v.table.empty]
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     summaries = [v.summary for v in views if not v.summary.empty]

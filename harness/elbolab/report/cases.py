@@ -17,11 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from markupsafe import Markup, escape
 
+from elbolab.analyse.table import device_median
 from elbolab.model.measurement import Measurement
 from elbolab.report import plots
-from elbolab.report.format import accuracy_text, fmt_ns, fmt_pct, fmt_x, missing
+from elbolab.report.format import accuracy_text, fmt_count, fmt_ns, fmt_pct, fmt_x, missing
 from elbolab.report.history import CaseHistory
 from elbolab.report.summary import short_case
+from elbolab.report.tables import CUDA_CLOCK
 from elbolab.report.trends import sparkline
 
 STRIP_WIDTH, LABEL_WIDTH, ROW_HEIGHT = 330, 92, 15
@@ -76,8 +78,7 @@ def strip(
                  f'<text x="{LABEL_WIDTH + 4}" y="{height - 1}">{escape(fmt_ns(math.exp(lo + pad)))}</text>'
                  f'<text x="{STRIP_WIDTH - 6}" y="{height - 1}" text-anchor="end">{escape(fmt_ns(math.exp(hi - pad)))}'
                  "</text>")  # fmt: skip
-    return Markup(f'<svg class="strip" width="{STRIP_WIDTH}" height="{height}" role="img" aria-label="samples">'
-                  f'{"".join(parts)}</svg>')  # fmt: skip
+    return Markup(f'<svg class="strip" width="{STRIP_WIDTH}" height="{height}">{"".join(parts)}</svg>')
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,19 @@ def detail(r, base, anchor_id: str, history: CaseHistory | None = None, stored: 
         facts.append(f"{m.status}: {m.reason or 'no reason given'}")
     if r.n:
         rounds = f" in {len(m.rounds)} rounds" if len(m.rounds) > 1 else ""
-        clock = " (host clock)" if m.case.device != "cpu" else ""
+        clock = f" ({CUDA_CLOCK})" if m.case.device != "cpu" else ""
         facts.append(f"median {fmt_ns(r.median_ns)} [{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}] per call{clock}, "
                      f"{r.n} samples of {m.loops:,} calls{rounds}")  # fmt: skip
+    dev = device_median(m)
+    if dev:
+        facts.append(
+            f"on the device (CUDA events) {fmt_ns(dev[0])} [{fmt_ns(dev[1])}, {fmt_ns(dev[2])}] per call"
+        )
+    if m.counts is not None:
+        c = m.counts
+        spread = f" ±{100 * c.spread:.1f}%" if c.spread > 0.0005 else ""
+        facts.append(f"counted, not timed: {fmt_count(c.instructions)}{spread} instructions, {fmt_count(c.estimated_cycles)} "
+                     f"estimated cycles, {fmt_count(c.l1_misses)} L1 / {fmt_count(c.ll_misses)} LL misses per call")  # fmt: skip
     if not missing(r.speedup) and r.speedup_note != "baseline":
         note = re.sub(
             r"interval widened by (±[\d.]+%), the noise the null control measured",

@@ -19,10 +19,10 @@ elbolab.analyse.compare (ratio with its interval and the shared verdict; times n
 when the CPUs differ; one sentence when they cannot be compared). The rest of the page shows the
 newest file.
 
-Size: a report is one file a person can mail; the per-case details are kept to DETAIL_BUDGET cases
-(the problems' and the headline matrices' first, then the others), and the other settings'
-matrices to OTHER_CELLS cells: a run of tens of thousands of cases keeps a page of a few MB, its
-full table in NAME.csv and NAME.cases.md beside it.
+Size: a report is one file a person can mail: under 1 MB for a run the size of `make bench`, under
+5 MB for one of tens of thousands of cases (page_budget). The per-case details fill what the rest
+of the page leaves, by priority (the problems', the headline matrices', then the others); the
+other settings' matrices stop at OTHER_CELLS cells; every case is in NAME.csv and NAME.cases.md.
 
 Jinja2 with autoescaping on: every string from a results file is escaped; the only markup inserted
 unescaped is SVG drawn from numbers (elbolab.report.plots, whose text matplotlib escapes; the strips
@@ -76,8 +76,10 @@ BROKEN = ("incorrect", "failed", "timeout")
 DIMS = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
 TOP_PROBLEMS = 5  # on the first screen
 LISTED_PROBLEMS = 40  # in the problems section before "and N more" (collapsed)
-DETAIL_BUDGET = 3000  # cases with a detail block in the page
+DETAIL_BUDGET = 20000  # cases with a detail block in the page, at most (the page's budget decides)
 OTHER_CELLS = 6000  # cells of the other settings' matrices in the page
+PAGE_BUDGET, BIG_PAGE_BUDGET = 950_000, 4_800_000  # bytes: under 1 MB, and under 5 MB for a big run
+BIG_RUN = 5000  # cases: a run this large gets the big page
 
 
 @dataclass
@@ -472,29 +474,55 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
 
 
 def _detail_order(v: RunView, headline: list[Matrix]) -> list[int]:
-    """The cases that get a detail block, by priority: the problems', the headline matrices', then
-    every other case in file order, up to DETAIL_BUDGET."""
+    """The cases that may get a detail block, by priority: the problems', the headline matrices',
+    then every other case in file order, up to DETAIL_BUDGET; skipped cases have none."""
     shown = [
         int(c.href[2:]) for m in headline for row in m.rows for c in row.cells if c.href.startswith("#c")
     ]
     order = [p.index for p in v.problems if p.index >= 0] + shown + list(range(len(v.table)))
-    return list(dict.fromkeys(order))[:DETAIL_BUDGET]
+    status = v.table.status.to_numpy()
+    return [i for i in dict.fromkeys(order) if status[i] != "skipped"][:DETAIL_BUDGET]
 
 
-def _case_details(v: RunView, baseline: str, chosen: list[int]) -> list[cases.CaseDetail]:
+def _case_details(v: RunView, baseline: str, chosen: list[int]) -> dict[int, cases.CaseDetail]:
+    """The details of the chosen cases, by their row (in the order given)."""
     if v.table.empty:
-        return []
+        return {}
     df = v.table
     base = {cell_key(r): r for r in df[(df.backend == baseline) & (df.device == "cpu")].itertuples()}
     rows = list(df.itertuples())
-    out = []
-    for i in sorted(chosen):
+    out = {}
+    for i in chosen:
         r = rows[i]
-        if r.status == "skipped":
-            continue
         h = v.histories.of(r.m.case) if v.histories is not None else None
-        out.append(cases.detail(r, base.get(cell_key(r)), cases.anchor(i), h, v.histories is not None))
+        out[i] = cases.detail(r, base.get(cell_key(r)), cases.anchor(i), h, v.histories is not None)
     return out
+
+
+def page_budget(cases_in_run: int) -> int:
+    """The bytes a report may take: under 1 MB for a run the size of `make bench` (a page to mail or
+    attach), under 5 MB for a run of tens of thousands of cases (issue 27)."""
+    return PAGE_BUDGET if cases_in_run <= BIG_RUN else BIG_PAGE_BUDGET
+
+
+def _within(details: dict[int, cases.CaseDetail], room: int) -> set[int]:
+    """The details that fit in `room` bytes, in their priority order (a detail is a few hundred bytes
+    of facts and its strip)."""
+    kept, used = set(), 0
+    for i, d in details.items():
+        size = (
+            160
+            + len(d.title)
+            + sum(len(f) + 3 for f in d.facts)
+            + len(d.strip)
+            + len(d.spark)
+            + len(d.history)
+        )
+        if used + size > room:
+            break
+        kept.add(i)
+        used += size
+    return kept
 
 
 def _other_matrices(
@@ -530,7 +558,11 @@ def _problem_ctx(p: summary.Problem, linked: set[int]) -> dict:
             "href": f"#{cases.anchor(p.index)}" if p.index in linked else "", "order": p.order}  # fmt: skip
 
 
-def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
+def _run_ctx(
+    v: RunView, baseline: str, head: bool, details: dict[int, cases.CaseDetail] | None = None
+) -> dict:
+    """What the template shows of one run; for the newest (head), the details given (by row), or
+    every one the count allows."""
     run = v.run.run
     ctx = {
         "label": v.run.label,
@@ -552,6 +584,7 @@ def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
         "other_matrices": [],
         "other_left": 0,
         "details": [],
+        "details_left": 0,
         "glossary": [],
         "first_calls": summary.first_calls_line(summary.first_calls(run.measurements, v.found)),
         "figures": v.figures,
@@ -564,14 +597,16 @@ def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
         return ctx
     lead = leaders(v.table, v.noise)
     every = {i: cases.anchor(i) for i in range(len(v.table))}
-    matrices = speedup_matrices(v.table, baseline, v.noise, anchors=every, lead=lead)
-    chosen = set(_detail_order(v, matrices))
-    anchors = {i: a for i, a in every.items() if i in chosen}
+    if details is None:  # the first pass: every detail the count allows, to be cut to the page's budget
+        matrices = speedup_matrices(v.table, baseline, v.noise, anchors=every, lead=lead)
+        details = _case_details(v, baseline, _detail_order(v, matrices))
+    anchors = {i: a for i, a in every.items() if i in details}
     ctx["matrices"] = speedup_matrices(v.table, baseline, v.noise, anchors=anchors, lead=lead)
     ctx["other_matrices"], ctx["other_left"] = _other_matrices(v, baseline, anchors, lead)
-    ctx["details"] = _case_details(v, baseline, sorted(chosen))
-    linked = {i for i in chosen if v.table.iloc[i].status != "skipped"}
-    ctx["ranked"] = [_problem_ctx(p, linked) for p in v.problems]
+    ctx["details"] = [details[i] for i in sorted(details)]
+    ctx["detail_map"] = details
+    ctx["details_left"] = int((v.table.status != "skipped").sum()) - len(details)
+    ctx["ranked"] = [_problem_ctx(p, set(details)) for p in v.problems]
     shown = [row.backend for m in ctx["matrices"] for row in m.rows]
     ctx["glossary"] = names.glossary(
         sorted(set(shown), key=lambda b: (b != baseline, plots.backend_order(b)))
@@ -585,7 +620,12 @@ def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
     return ctx
 
 
-def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab report") -> str:
+def render(
+    views: list[RunView], baseline: str = "numpy", title: str = "elbolab report", stem: str = "report"
+) -> str:
+    """The page. Rendered twice: once with every case's detail the count allows, to measure what the
+    rest of the page takes, then with the details (by priority) that fit in the page's budget; a
+    case left out keeps its cell, unlinked, and is in the full table beside the page."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every string from a results file is escaped
@@ -596,11 +636,10 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
     template = env.get_template("report.html.j2")
     runs = [_run_ctx(v, baseline, i == len(views) - 1) for i, v in enumerate(views)]
     changes = [change(views[0], v) for v in views[1:]]
-    return template.render(
+    common = dict(
         title=title,
+        stem=stem,
         baseline=baseline,
-        runs=runs,
-        head=runs[-1] if runs else None,
         changes=changes,
         scale=colour_scale(),
         rule=DEFAULT_RULE.describe(),
@@ -622,3 +661,18 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
             ("Measured limits", _limits_rows(views)),
         ],
     )
+    if not runs:
+        return template.render(runs=runs, head=None, **common)
+    head = runs[-1]
+    details = head.get("detail_map") or {}
+    rest = len(
+        template.render(
+            runs=runs[:-1] + [dict(head, details=[])], head=dict(head, details=[]), **common
+        ).encode()
+    )
+    budget = page_budget(len(views[-1].table))
+    kept = _within(details, budget - rest)
+    if len(kept) < len(details):
+        head = _run_ctx(views[-1], baseline, True, {i: d for i, d in details.items() if i in kept})
+        runs = runs[:-1] + [head]
+    return template.render(runs=runs, head=head, **common)

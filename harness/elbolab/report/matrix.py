@@ -156,8 +156,10 @@ def case_cell(r, baseline: str, lead: str = "", href: str = "", has_baseline: bo
     sub = f"{fmt_ns(r.median_ns)} · {_interval(r.speedup_lo, r.speedup_hi)}"
     bg, fg = speed_colour(r.speedup)
     style = f"background:{bg}" + (f";color:{fg}" if fg != "#1d2330" else "")
-    return Cell(f"{fmt_speed(r.speedup)} {Verdict(r.verdict).mark}", f"sp {lead}".strip(), style,
-                f"{r.verdict}{time_note(r.m)}{lead_words}", sub, href)  # fmt: skip
+    extra = f"{time_note(r.m)}{lead_words}".lstrip("; ")  # the mark is the verdict; only what it cannot say
+    return Cell(
+        f"{fmt_speed(r.speedup)} {Verdict(r.verdict).mark}", f"sp {lead}".strip(), style, extra, sub, href
+    )
 
 
 # ------------------------------------------------------------------------------------ leaders

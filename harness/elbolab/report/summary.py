@@ -61,14 +61,16 @@ def _load(value) -> float | None:
     return None
 
 
-def machine_line(run: Run) -> str:
-    """The machine in one line: CPU model, cores, caches, memory, virtualised or not, load, GPUs."""
+def machine_line(run: Run, short: bool = False) -> str:
+    """The machine in one line: CPU model, cores, caches, memory, virtualised or not, load, GPUs
+    (short: in fewer words, for a terminal line)."""
     m, limits = run.machine or {}, run.limits or {}
     health = run.health if isinstance(run.health, dict) else {}
     start = health.get("start") if isinstance(health.get("start"), dict) else {}
     end = health.get("end") if isinstance(health.get("end"), dict) else {}
     facts = start.get("facts") if isinstance(start.get("facts"), dict) else {}
-    parts = [_cpu_name(run.cpu or "CPU not recorded")]
+    cpu = _cpu_name(run.cpu or "CPU not recorded")
+    parts = [re.sub(r" (Processor|CPU)\b", "", cpu) if short else cpu]
     cores, logical = m.get("cores"), m.get("logical_cpus")
     usable = facts.get("cores_available") or m.get("cpu_affinity")
     if cores:
@@ -82,22 +84,29 @@ def machine_line(run: Run) -> str:
     llc = limits.get("last_level_cache_bytes")
     if llc:
         guess = "guess" in str(limits.get("last_level_cache_source") or "")
-        parts.append(f"last-level cache {llc / 2**20:.3g} MiB{' (a guess)' if guess else ''}")
+        parts.append(
+            f"{'LLC' if short else 'last-level cache'} {llc / 2**20:.3g} MiB{' (a guess)' if guess else ''}"
+        )
     else:
         parts.append("cache sizes not recorded")
     if _gib(m.get("memory_bytes")):
-        parts.append(f"{_gib(m.get('memory_bytes'))} memory")
+        parts.append(f"{_gib(m.get('memory_bytes'))}{'' if short else ' memory'}")
     if "virtualisation" in facts:
         virt = facts.get("virtualisation")
-        parts.append(f"virtualised ({virt})" if virt else "not virtualised")
+        parts.append((f"{virt} VM" if short else f"virtualised ({virt})") if virt else "not virtualised")
     else:
         parts.append("virtualisation not recorded")
     load_start = _load(facts.get("load_average"))
     load_end = _load(end.get("load_average") or (end.get("facts") or {}).get("load_average"))
     if load_start is not None or load_end is not None:
-        loads = [f"{x:.1f} at the start" if x is not None else "" for x in (load_start,)]
-        loads += [f"{load_end:.1f} at the end" if load_end is not None else ""]
-        parts.append("load " + ", ".join(x for x in loads if x) + (f" on {usable} cores" if usable else ""))
+        if short:
+            parts.append("load " + "→".join(f"{x:.1f}" for x in (load_start, load_end) if x is not None))
+        else:
+            loads = [f"{load_start:.1f} at the start" if load_start is not None else "",
+                     f"{load_end:.1f} at the end" if load_end is not None else ""]  # fmt: skip
+            parts.append(
+                "load " + ", ".join(x for x in loads if x) + (f" on {usable} cores" if usable else "")
+            )
     gpus = [g.get("name") for g in m.get("gpus") or [] if isinstance(g, dict) and g.get("name")]
     parts.append(", ".join(Counter(gpus)) if gpus else "no GPU")
     return " · ".join(parts)
