@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from elbolab.analyse.table import KEY_FIELDS, measurement_table, summary_table
 from elbolab.analyse.control import control_noise
+from elbolab.analyse.table import KEY_FIELDS, measurement_table, summary_table
 from elbolab.analyse.verdict import DEFAULT_NOISE_BAND, DEFAULT_THRESHOLD, verdict_of
 from elbolab.cli.reports import add_commands
 from elbolab.model.errors import UsageError
