@@ -30,32 +30,39 @@ BURST_S = 0.5  # results closer than this to the first came with it (one cell is
 
 
 class Eta:
-    """Seconds left in a run of `total` cases, from the times results came in (see the module)."""
+    """Seconds left in a run of `total` cases, from the times results came in (see the module).
+
+    Results come in bursts, a cell at a time, the moment its rounds end; the time a cell took shows
+    when its burst comes. So the rate is taken over whole bursts: the time from the first burst to
+    the start of the newest, over the measured cases of the bursts between (the newest excluded, as
+    it may still be arriving)."""
 
     def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
         self.total, self.clock = total, clock
         self.done = self.skipped = 0
         self.first_at: float | None = None  # when the first result came
-        self.measured_at_first = 0  # measured cases that had come by then (its cell)
+        self.last_at = 0.0  # when the latest result came
+        self.burst_at = 0.0  # when the newest burst began
+        self.counted = 0  # measured cases of the bursts after the first and before the newest
+        self.in_burst = 0  # measured cases of the newest burst so far
 
     def add(self, skipped: bool) -> None:
         now = self.clock()
         self.done += 1
         self.skipped += skipped
         if self.first_at is None:
-            self.first_at = now
-        if now - self.first_at < BURST_S:  # the first burst of results (one cell, measured together)
-            self.measured_at_first = self.done - self.skipped
+            self.first_at = self.burst_at = now
+        elif now - self.last_at >= BURST_S:  # a new cell's results: the previous burst is whole
+            if self.burst_at > self.first_at:
+                self.counted += self.in_burst
+            self.burst_at, self.in_burst = now, 0
+        self.in_burst += not skipped
+        self.last_at = now
 
     def seconds_left(self) -> float | None:
-        if self.first_at is None:
+        if self.first_at is None or self.counted <= 0:
             return None
-        measured = self.done - self.skipped
-        since = measured - self.measured_at_first
-        elapsed = self.clock() - self.first_at
-        if since <= 0 or elapsed <= 0:
-            return None
-        per_case = elapsed / since
+        per_case = (self.burst_at - self.first_at) / self.counted
         left = (self.total - self.done) * (1 - self.skipped / self.done)
         return per_case * left
 

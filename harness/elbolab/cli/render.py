@@ -213,7 +213,8 @@ def control_line(control: ControlNoise, baseline: str) -> str:
     """The run's null control in one line: the reference against itself, and what it means."""
     j = control.run
     lo, hi = j.ci95
-    noise = f"±{math.expm1(control.run_noise):.0%}" if math.isfinite(control.run_noise) else "any difference"
+    x = math.expm1(control.run_noise)
+    noise = (f"±{x:.0%}" if x >= 0.01 else f"±{x:.1%}") if math.isfinite(x) else "any difference"
     head = (f"{control_name(baseline)} {j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else float('inf'):.3g}] "
             f"of {baseline} ({j.verdict.value}, {len(control.cells)} cells)")  # fmt: skip
     if j.verdict is Verdict.SAME:

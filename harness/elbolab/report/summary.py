@@ -137,7 +137,7 @@ def control_sentence(control: ControlNoise, baseline: str) -> str | None:
         return None
     lo, hi = j.ci95
     noise = math.expm1(control.run_noise) if math.isfinite(control.run_noise) else math.inf
-    band = f"±{noise:.0%}" if math.isfinite(noise) else "any size"
+    band = (f"±{noise:.0%}" if noise >= 0.01 else f"±{noise:.1%}") if math.isfinite(noise) else "any size"
     text = (f"Null control ({len(control.cells)} cells): {baseline} again, in a worker of its own, ran at "
             f"{j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else math.inf:.3g}] {baseline}'s speed: "
             f"{j.verdict.value}. ")  # fmt: skip
