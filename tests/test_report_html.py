@@ -566,6 +566,10 @@ def test_svg_is_compact_and_names_its_series(fixture_page):
         assert "font-family" not in svg and 'id="line2d_' not in svg and "\n" not in svg
         ids = re.findall(r' id="([^"]+)"', svg)
         assert len(ids) == len(set(ids))
+    # every path's data is numbers and commands (rounding never writes '10' as '1', or a lone '-')
+    for d in re.findall(r' d="([^"]*)"', fixture_page):
+        assert re.fullmatch(r"([MmLlHhVvCcZzQqSsTtAa]|-?\d+(\.\d+)?|[ ,])*", d), d[:80]
+    assert plots._num(10.0, 0) == "10" and plots._num(-10.2, 0) == "-10" and plots._num(12.5, 1) == "12.5"
     all_ids = re.findall(r' id="([^"]+)"', fixture_page)
     assert len(all_ids) == len(set(all_ids)), "duplicate element ids across the page"
 

@@ -146,7 +146,10 @@ _LONG_NUMBER = re.compile(r"(?<![\w#.])-?\d+\.\d{3,}")
 
 
 def _num(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}".rstrip("0").rstrip(".")
+    """x to `digits` decimals, without trailing zeros after the point ('12.5', '10', never '1')."""
+    text = f"{x:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
