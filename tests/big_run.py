@@ -41,7 +41,7 @@ WORKLOADS_VARIANTS = (("elbo", "eps=given"), ("elbo", "eps=sampled"), ("elbo_gra
 BATCHES = tuple(2**k for k in range(14))  # 1 ... 8192
 DTYPES = ("float64", "float32")
 THREADS = (1, 2, 4, 8)
-INPUT_DIMS = (784, 3072, 12288)
+INPUT_DIMS = (784, 3072, 12288, 196)
 ROUNDS, PER_ROUND = 8, 2
 LIMITS = {
     "memory_bandwidth_bytes_per_s": 30e9,

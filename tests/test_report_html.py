@@ -276,7 +276,8 @@ def test_the_header_gives_the_run_the_machine_and_the_resolution_in_a_line_each(
     noise = control_noise(list(doc.measurements))
     lo, hi = noise.run.ci95
     assert f"[{1 / hi:.3g}, {1 / lo:.3g}]" in resolution and "80 cells" in resolution
-    assert f"±{math.expm1(noise.run_noise):.0%}" in resolution
+    x = math.expm1(noise.run_noise)
+    assert (f"±{x:.0%}" if x >= 0.01 else f"±{x:.1%}") in resolution
 
 
 def test_problems_are_ranked_by_how_much_they_matter(doc, fixture_page):

@@ -196,6 +196,7 @@ def signed_rank_critical(n: int, confidence: float = 0.95) -> int:
 
 
 WALSH_SORT_MAX = 2000  # pairs: beyond, the n(n+1)/2 Walsh averages are not formed (n = 2000: 2 M)
+WALSH_IN_PYTHON = 24  # pairs: up to here (a cell's 8 rounds) plain Python is faster than numpy
 
 
 def _walsh_order_statistic(d: np.ndarray, r: int) -> float:
@@ -249,6 +250,16 @@ def paired_ratio_interval(
             return RatioEstimate(estimate, (0.0, math.inf))
         lo, hi = _walsh_order_statistic(d, k), _walsh_order_statistic(d, total - 1 - k)
         return RatioEstimate(estimate, (math.exp(lo), math.exp(hi)))
+    if (
+        d.size <= WALSH_IN_PYTHON
+    ):  # a cell's rounds: the same sums and sort in Python, without numpy's per-call cost
+        x = d.tolist()
+        walsh = sorted((x[i] + x[j]) / 2 for i in range(len(x)) for j in range(i, len(x)))
+        n, mid = len(walsh), len(walsh) // 2
+        estimate = math.exp(walsh[mid] if n % 2 else (walsh[mid - 1] + walsh[mid]) / 2)
+        if k < 0:
+            return RatioEstimate(estimate, (0.0, math.inf))
+        return RatioEstimate(estimate, (math.exp(walsh[k]), math.exp(walsh[n - 1 - k])))
     walsh = np.sort(((d[:, None] + d[None, :]) / 2)[np.triu_indices(d.size)])
     estimate = float(math.exp(np.median(walsh)))
     if k < 0:

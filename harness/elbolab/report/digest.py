@@ -11,7 +11,7 @@ from __future__ import annotations
 from elbolab.report import names, summary
 from elbolab.report.html import RunView
 from elbolab.report.markdown import md, table
-from elbolab.report.matrix import Matrix, leaders, speedup_matrices
+from elbolab.report.matrix import Matrix, speedup_matrices
 
 LIMIT = 60_000  # characters: under GitHub's 65,536 for a comment or a job summary, with room to spare
 PROBLEMS = 25  # listed before "and N more"
@@ -68,8 +68,7 @@ def markdown_summary(view: RunView, baseline: str, stem: str, limit: int = LIMIT
               "the time per call and the speed-up's 95% interval, widened by the null control; bold: the fastest, or "
               "tied for it.", ""]  # fmt: skip
     text = "\n".join(lines)
-    lead = leaders(view.table, view.noise) if not view.table.empty else {}
-    grids = speedup_matrices(view.table, baseline, view.noise, lead=lead) if not view.table.empty else []
+    grids = speedup_matrices(view.table, baseline, view.noise, lead=view.lead) if not view.table.empty else []
     tail = [f"Every case, with its reason or note: `{md(stem)}.cases.md` and `{md(stem)}.csv`."]
     shown_rows = [row.backend for m in grids for row in m.rows]
     tail += ["", "Names: " + "; ".join(f"**{md(n)}**: {md(w)}" for n, w in names.glossary(shown_rows))]

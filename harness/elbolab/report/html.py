@@ -61,6 +61,7 @@ from elbolab.report.matrix import (  # noqa: F401 (speed_colour, fmt_speed, SATU
     cell_key,
     colour_scale,
     fmt_speed,
+    grid_html,
     leaders,
     speed_cell,
     speed_colour,
@@ -94,6 +95,7 @@ class RunView:
     problems: list[summary.Problem] = field(default_factory=list)
     figures: list[tuple[str, Markup]] = field(default_factory=list)
     histories: Histories | None = None
+    lead: dict = field(default_factory=dict)  # each grid cell's leaders (elbolab.report.matrix.leaders)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -462,6 +464,7 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
         view.found = anomalies.scan(run.run)
         view.anomalies = anomaly_groups(view.found)
         view.problems = summary.problems(run.run, view.found)
+        view.lead = leaders(table, noise)
         if i == len(runs) - 1:
             view.histories = histories
             if with_plots:
@@ -484,18 +487,30 @@ def _detail_order(v: RunView, headline: list[Matrix]) -> list[int]:
     return [i for i in dict.fromkeys(order) if status[i] != "skipped"][:DETAIL_BUDGET]
 
 
-def _case_details(v: RunView, baseline: str, chosen: list[int]) -> dict[int, cases.CaseDetail]:
-    """The details of the chosen cases, by their row (in the order given)."""
+def _case_details(v: RunView, baseline: str, order: list[int], room: int) -> dict[int, cases.CaseDetail]:
+    """The details of the cases in `order` (by priority) that fit in `room` bytes, by their row (a
+    detail is a few hundred bytes of facts and its strip; each is built only while there is room)."""
     if v.table.empty:
         return {}
     df = v.table
     base = {cell_key(r): r for r in df[(df.backend == baseline) & (df.device == "cpu")].itertuples()}
     rows = list(df.itertuples())
-    out = {}
-    for i in chosen:
+    out, used = {}, 0
+    for i in order:
         r = rows[i]
         h = v.histories.of(r.m.case) if v.histories is not None else None
-        out[i] = cases.detail(r, base.get(cell_key(r)), cases.anchor(i), h, v.histories is not None)
+        d = cases.detail(r, base.get(cell_key(r)), cases.anchor(i), h, v.histories is not None)
+        used += (
+            160
+            + len(d.title)
+            + sum(len(f) + 3 for f in d.facts)
+            + len(d.strip)
+            + len(d.spark)
+            + len(d.history)
+        )
+        if used > room:
+            break
+        out[i] = d
     return out
 
 
@@ -505,24 +520,23 @@ def page_budget(cases_in_run: int) -> int:
     return PAGE_BUDGET if cases_in_run <= BIG_RUN else BIG_PAGE_BUDGET
 
 
-def _within(details: dict[int, cases.CaseDetail], room: int) -> set[int]:
-    """The details that fit in `room` bytes, in their priority order (a detail is a few hundred bytes
-    of facts and its strip)."""
-    kept, used = set(), 0
-    for i, d in details.items():
-        size = (
-            160
-            + len(d.title)
-            + sum(len(f) + 3 for f in d.facts)
-            + len(d.strip)
-            + len(d.spark)
-            + len(d.history)
+def _relinked(ctx: dict, details: dict[int, cases.CaseDetail], total: int) -> dict:
+    """The head's context with its details, and every link to a case without one taken out."""
+    anchors = {d.anchor for d in details.values()}
+
+    def cell(c: Cell) -> Cell:
+        if not c.href or c.href[1:] in anchors:
+            return c
+        return replace(
+            c, href="", title=(c.title + "; " if c.title else "") + "its detail is in the full table"
         )
-        if used + size > room:
-            break
-        kept.add(i)
-        used += size
-    return kept
+
+    def relink(ms: list[Matrix]) -> list[Matrix]:
+        return [replace(m, rows=[replace(r, cells=[cell(c) for c in r.cells]) for r in m.rows]) for m in ms]
+
+    ranked = [dict(p, href=p["href"] if p["href"][1:] in anchors else "") for p in ctx["ranked"]]
+    return dict(ctx, matrices=relink(ctx["matrices"]), other_matrices=relink(ctx["other_matrices"]), ranked=ranked,
+                details=[details[i] for i in sorted(details)], details_left=total - len(details))  # fmt: skip
 
 
 def _other_matrices(
@@ -558,11 +572,9 @@ def _problem_ctx(p: summary.Problem, linked: set[int]) -> dict:
             "href": f"#{cases.anchor(p.index)}" if p.index in linked else "", "order": p.order}  # fmt: skip
 
 
-def _run_ctx(
-    v: RunView, baseline: str, head: bool, details: dict[int, cases.CaseDetail] | None = None
-) -> dict:
-    """What the template shows of one run; for the newest (head), the details given (by row), or
-    every one the count allows."""
+def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
+    """What the template shows of one run; for the newest (head), its matrices with every cell
+    linked and the order its cases' details are wanted in (render fills them in)."""
     run = v.run.run
     ctx = {
         "label": v.run.label,
@@ -585,6 +597,7 @@ def _run_ctx(
         "other_left": 0,
         "details": [],
         "details_left": 0,
+        "order": [],
         "glossary": [],
         "first_calls": summary.first_calls_line(summary.first_calls(run.measurements, v.found)),
         "figures": v.figures,
@@ -595,18 +608,14 @@ def _run_ctx(
     if not head or v.table.empty:
         ctx["ranked"] = [_problem_ctx(p, set()) for p in v.problems]
         return ctx
-    lead = leaders(v.table, v.noise)
+    lead = v.lead
+    # every cell linked: the page's budget decides which details there are (render), and the cells
+    # whose case has none are unlinked then (_relinked)
     every = {i: cases.anchor(i) for i in range(len(v.table))}
-    if details is None:  # the first pass: every detail the count allows, to be cut to the page's budget
-        matrices = speedup_matrices(v.table, baseline, v.noise, anchors=every, lead=lead)
-        details = _case_details(v, baseline, _detail_order(v, matrices))
-    anchors = {i: a for i, a in every.items() if i in details}
-    ctx["matrices"] = speedup_matrices(v.table, baseline, v.noise, anchors=anchors, lead=lead)
-    ctx["other_matrices"], ctx["other_left"] = _other_matrices(v, baseline, anchors, lead)
-    ctx["details"] = [details[i] for i in sorted(details)]
-    ctx["detail_map"] = details
-    ctx["details_left"] = int((v.table.status != "skipped").sum()) - len(details)
-    ctx["ranked"] = [_problem_ctx(p, set(details)) for p in v.problems]
+    ctx["matrices"] = speedup_matrices(v.table, baseline, v.noise, anchors=every, lead=lead)
+    ctx["other_matrices"], ctx["other_left"] = _other_matrices(v, baseline, every, lead)
+    ctx["order"] = _detail_order(v, ctx["matrices"])
+    ctx["ranked"] = [_problem_ctx(p, set(every)) for p in v.problems]
     shown = [row.backend for m in ctx["matrices"] for row in m.rows]
     ctx["glossary"] = names.glossary(
         sorted(set(shown), key=lambda b: (b != baseline, plots.backend_order(b)))
@@ -623,9 +632,9 @@ def _run_ctx(
 def render(
     views: list[RunView], baseline: str = "numpy", title: str = "elbolab report", stem: str = "report"
 ) -> str:
-    """The page. Rendered twice: once with every case's detail the count allows, to measure what the
-    rest of the page takes, then with the details (by priority) that fit in the page's budget; a
-    case left out keeps its cell, unlinked, and is in the full table beside the page."""
+    """The page. Rendered twice: once without the cases' details, to measure what the rest of the
+    page takes, then with the details (by priority) that fit in the page's budget; a case left out
+    keeps its cell, unlinked, and is in the full table beside the page."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every string from a results file is escaped
@@ -642,6 +651,7 @@ def render(
         baseline=baseline,
         changes=changes,
         scale=colour_scale(),
+        grid_html=grid_html,
         rule=DEFAULT_RULE.describe(),
         threshold=DEFAULT_RULE.threshold,
         noise_band=DEFAULT_RULE.noise_band,
@@ -663,16 +673,11 @@ def render(
     )
     if not runs:
         return template.render(runs=runs, head=None, **common)
-    head = runs[-1]
-    details = head.get("detail_map") or {}
-    rest = len(
-        template.render(
-            runs=runs[:-1] + [dict(head, details=[])], head=dict(head, details=[]), **common
-        ).encode()
-    )
-    budget = page_budget(len(views[-1].table))
-    kept = _within(details, budget - rest)
-    if len(kept) < len(details):
-        head = _run_ctx(views[-1], baseline, True, {i: d for i, d in details.items() if i in kept})
-        runs = runs[:-1] + [head]
+    head, view = runs[-1], views[-1]
+    if view.table.empty:
+        return template.render(runs=runs, head=head, **common)
+    rest = len(template.render(runs=runs, head=head, **common).encode())
+    details = _case_details(view, baseline, head["order"], page_budget(len(view.table)) - rest)
+    head = _relinked(head, details, int((view.table.status != "skipped").sum()))
+    runs = runs[:-1] + [head]
     return template.render(runs=runs, head=head, **common)

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, replace
 
 import pandas as pd
+from markupsafe import Markup, escape
 
 from elbolab.analyse.control import ControlNoise
 from elbolab.analyse.table import KEY_FIELDS, backend_label, device_median
@@ -177,17 +178,19 @@ def leaders(df: pd.DataFrame, noise: ControlNoise) -> dict[tuple, tuple[set[str]
     out: dict[tuple, tuple[set[str], bool]] = {}
     if df.empty:
         return out
-    valid = df[df["timed_ok"] & ~df["implausible"] & ~df["backend"].map(is_control)]
-    for key, group in valid.groupby(list(KEY_FIELDS), dropna=False, sort=False):
-        rows = group.sort_values("median_ns")
-        first = rows.iloc[0]
-        lead = {first["label"]}
-        d = noise.for_case(first["m"].case)
-        for _, r in rows.iloc[1:].iterrows():
-            j = judge_in_run(r["m"], first["m"], workload=first["workload"], noise=d)
-            if j.verdict is Verdict.FASTER:
+    label, median, m = df["label"].to_numpy(), df["median_ns"].to_numpy(), df["m"].to_numpy()
+    valid = (df["timed_ok"] & ~df["implausible"] & ~df["backend"].map(is_control)).to_numpy()
+    for key, positions in df.groupby(list(KEY_FIELDS), dropna=False, sort=False).indices.items():
+        rows = sorted((i for i in positions if valid[i]), key=lambda i: (median[i], i))
+        if not rows:
+            continue
+        first = m[rows[0]]
+        lead = {label[rows[0]]}
+        d = noise.for_case(first.case)
+        for i in rows[1:]:
+            if judge_in_run(m[i], first, workload=first.case.workload, noise=d).verdict is Verdict.FASTER:
                 break
-            lead.add(r["label"])
+            lead.add(label[i])
         out[key if isinstance(key, tuple) else (key,)] = (lead, len(lead) > 1)
     return out
 
@@ -275,3 +278,41 @@ def speedup_matrices(df: pd.DataFrame, baseline: str, noise: ControlNoise | None
 
 def with_hidden_label(m: Matrix, label: str) -> Matrix:
     return replace(m, hidden_label=label)
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+
+def _cell_html(c: Cell) -> str:
+    attrs = f' class="{escape(c.cls)}"' + (f' style="{escape(c.style)}"' if c.style else "")
+    attrs += f' title="{escape(c.title)}"' if c.title else ""
+    inner = str(escape(c.text)) + (f"<small>{escape(c.sub)}</small>" if c.sub else "")
+    return f"<td{attrs}>" + (f'<a href="{escape(c.href)}">{inner}</a>' if c.href else inner) + "</td>"
+
+
+def grid_html(matrices: list[Matrix]) -> Markup:
+    """The matrices as HTML, every string escaped (built here, not in the template: a run of tens
+    of thousands of cases has as many cells, and a template loop costs ten times as much)."""
+    out = ['<div class="grid">']
+    for m in matrices:
+        out.append('<div class="mx"><div class="scroll"><table class="matrix">')
+        out.append(
+            f'<caption><strong>{escape(m.title)}</strong> <span class="muted">{escape(m.setting)}</span></caption>'
+        )
+        out.append("<tr><th>backend</th>" + "".join(f"<th>{escape(c)}</th>" for c in m.columns) + "</tr>")
+        for row in m.rows:
+            swatch = ("background:" if row.device == "cpu" else "border-color:") + row.colour
+            out.append(f'<tr><th><span class="sw" data-backend="{escape(row.backend)}" data-device="{escape(row.device)}" '
+                       f'style="{escape(swatch)}"></span>{escape(row.label)}</th>'
+                       + "".join(_cell_html(c) for c in row.cells) + "</tr>")  # fmt: skip
+        out.append("</table></div>")
+        if m.note:
+            out.append(f'<p class="mnote">{escape(m.note)}</p>')
+        if m.hidden:
+            spans = ", ".join(
+                f'<span title="{escape(why)}">{escape(label)}</span>' for label, why in m.hidden
+            )
+            out.append(f'<p class="hidden">{escape(m.hidden_label)}: {spans}</p>')
+        out.append("</div>")
+    out.append("</div>")
+    return Markup("\n".join(out))

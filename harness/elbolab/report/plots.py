@@ -293,6 +293,25 @@ TIME = ticker.FuncFormatter(lambda v, _pos: _time_label(v))
 RATIO = ticker.FuncFormatter(lambda v, _pos: f"{v:g}x" if v >= 1 else f"1/{1 / v:.3g}")
 
 
+SHAPE = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
+
+
+def common_shape(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Each workload's rows at its most measured shape (D, L, H, K), so a line joins batches of one
+    shape only; and a note naming the shape where the run has several."""
+    if df.empty:
+        return df, ""
+    keep, notes = [], []
+    for workload, rows in df.groupby("workload", sort=False):
+        shapes = rows.groupby(list(SHAPE)).size()
+        shape = shapes.idxmax()
+        keep.append(rows[(rows[list(SHAPE)] == pd.Series(shape, index=list(SHAPE))).all(axis=1)])
+        if len(shapes) > 1:
+            notes.append(f"{_t(workload)} at D={shape[0]} L={shape[1]}")
+    out = pd.concat(keep) if keep else df
+    return out, ("; the most measured shape: " + ", ".join(notes)) if notes else ""
+
+
 def _say_empty(ax, what: str = "nothing measured here") -> None:
     """An empty panel says so, instead of showing bare axes."""
     ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="#5b6475")
@@ -438,20 +457,18 @@ def _name(workload: str, variant: str) -> str:
 
 def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     """Per-call median vs batch (log-log) for one workload: a panel per dtype (rows) and per variant
-    and thread count (columns), one line per backend (its 95% CI as a band where the band would be
+    and thread count, the fewest and the most (columns), one line per backend (its 95% CI as a band where the band would be
     visible) and the bandwidth bound. All panels share both axes."""
-    sub = plotted(df[df.workload == workload])
+    sub, shape = common_shape(plotted(df[df.workload == workload]))
     if sub.empty:
         return None
     dtypes = [d for d in ("float64", "float32") if d in set(sub.dtype)]
     dtypes += sorted(set(sub.dtype) - set(dtypes))
     variants = [v for _, v in workload_pairs(sub)]
-    cols = [
-        (v, t)
-        for v in variants
-        for t in sorted(set(sub.threads))
-        if ((sub.variant == v) & (sub.threads == t)).any()
-    ]
+    # the fewest and the most threads (the thread-scaling figure has the counts between)
+    ends = sorted(set(sub.threads))
+    ends = [ends[0], ends[-1]] if len(ends) > 1 else ends
+    cols = [(v, t) for v in variants for t in ends if ((sub.variant == v) & (sub.threads == t)).any()]
     pairs = _pairs_of(sub)
     handles, labels = _series_handles(pairs)
     handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
@@ -462,7 +479,9 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     tags = _Tags()
     batches = sorted(set(sub.batch))
     with plt.rc_context(RC):
-        title = f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%)"
+        title = (
+            f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%){shape}"
+        )
         lay = _layout(len(dtypes), len(cols), (3.3 if len(cols) <= 2 else 2.75, 2.1), labels, title,
                       sharex=True, sharey=True)  # fmt: skip
         for i, dtype in enumerate(dtypes):
@@ -508,7 +527,7 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
 def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
     """Achieved GB/s (cost-model bytes / median time) vs batch, one panel per workload (the headline
     dtype and fewest threads), against the bandwidth measured for the working set. Shared y."""
-    sub = plotted(df[df.device == "cpu"])
+    sub, shape = common_shape(plotted(df[df.device == "cpu"]))
     if sub.empty or sub.gb_per_s.isna().all():
         return None
     pairs = workload_pairs(sub)
@@ -523,7 +542,7 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
         labels.append("DRAM, all threads")
     tags = _Tags()
     with plt.rc_context(RC):
-        title = "Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth"
+        title = f"Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth{shape}"
         lay = _layout(nrows, ncols, (3.6, 2.3), labels, title, hspace=0.85, sharey=True)
         for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
@@ -552,6 +571,13 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
         return _svg(lay.fig, "bandwidth", tags)
 
 
+def spread(values: list, n: int) -> list:
+    """At most n of the sorted values, the first and the last among them, evenly spread between."""
+    if len(values) <= n:
+        return values
+    return [values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)]
+
+
 def _roofs(limits: dict, threads: int) -> list[tuple[str, float]]:
     """(label, bytes/s) of every working-set size the run's probes measured, at this thread count
     (the nearest measured), smallest first."""
@@ -572,14 +598,15 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
     would stack them), the headline dtype and fewest threads; colour by backend, marker by workload,
     each backend nudged sideways so a workload's column of points can be read. The bold roof is the
     bandwidth measured for the panel's median working set; the thin ones, the other sizes probed."""
-    ok = plotted(df[(df.device == "cpu") & (df.bytes > 0) & (df.flops > 0)])
+    ok, shape = common_shape(plotted(df[(df.device == "cpu") & (df.bytes > 0) & (df.flops > 0)]))
     if ok.empty:
         return None
     dtype, t = headline_setting(ok)
     ok = ok[(ok.dtype == dtype) & (ok.threads == t)]
     peak = flops_limit_for(limits, dtype, t)
     roofs = _roofs(limits, t)
-    batches = sorted(set(ok.batch))
+    batches = spread(sorted(set(ok.batch)), 4)
+    ok = ok[ok.batch.isin(batches)]
     workloads = list(dict.fromkeys(ok.workload))
     markers = {w: WORKLOAD_MARKERS.get(w, "hpd<>8"[i % 6]) for i, w in enumerate(workloads)}
     backends = sorted(set(ok.backend), key=backend_order)
@@ -601,7 +628,7 @@ def roofline(df: pd.DataFrame, limits: dict) -> str | None:
     nrows = math.ceil(len(batches) / ncols)
     with plt.rc_context(RC):
         title = (f"Roofline per batch ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit under the slope, "
-                 "compute-bound ones under the flat roof")  # fmt: skip
+                 f"compute-bound ones under the flat roof{shape}")  # fmt: skip
         lay = _layout(nrows, ncols, (3.0, 2.6), labels, title, sharex=True, sharey=True, hspace=0.6)
         for ax in lay.axes.flat[len(batches) :]:
             ax.set_visible(False)

@@ -175,7 +175,7 @@ def _times(a: float, b: float) -> str:
     return f"{fmt_ns(a)} vs {fmt_ns(b)}"
 
 
-def _anomaly_problem(a: Anomaly, by_key: dict, index: dict, limits: dict) -> Problem | None:
+def _anomaly_problem(a: Anomaly, by_key: dict, index: dict, limits: dict, peak_share: dict) -> Problem | None:
     m = by_key.get(a.case.key())
     i = index.get(a.case.key(), -1)
     if a.kind == SLOW_FIRST_CALL:
@@ -192,9 +192,7 @@ def _anomaly_problem(a: Anomaly, by_key: dict, index: dict, limits: dict) -> Pro
         what = f"{fmt_ratio(size)}x more CPU time than wall time x {a.case.threads} thread(s): oversubscribed"
     elif a.kind == "far below the roofline" and m is not None:
         mine = bandwidth_share(m, limits)
-        peers = [bandwidth_share(p, limits) for p in by_key.values()
-                 if p.timed_ok and _roofline_group(p.case) == _roofline_group(a.case)]  # fmt: skip
-        best = max((s for s in peers if s is not None), default=None)
+        best = peak_share.get(_roofline_group(a.case))
         if mine and best:
             size = best / mine
             what = f"{fmt_ratio(size)}x below the roofline a peer reaches ({a.detail})"
@@ -228,8 +226,15 @@ def problems(run: Run, found: list[Anomaly]) -> list[Problem]:
             size = c.error_units / c.expected_units if c.error_units and c.expected_units else math.nan
             out.append(Problem(5, size, "less accurate", m.case, i, "valid but less accurate than careful arithmetic",
                                c.describe() or ""))  # fmt: skip
+    peak_share: dict[tuple, float] = {}  # the best share of its bandwidth ceiling in each group
+    if any(a.kind == "far below the roofline" for a in found):
+        for m in ms:
+            share = bandwidth_share(m, run.limits or {}) if m.timed_ok else None
+            if share is not None:
+                g = _roofline_group(m.case)
+                peak_share[g] = max(peak_share.get(g, 0.0), share)
     for a in found:
-        p = _anomaly_problem(a, by_key, index, run.limits or {})
+        p = _anomaly_problem(a, by_key, index, run.limits or {}, peak_share)
         if p is not None:
             out.append(p)
     return sorted(out, key=lambda p: p.key)

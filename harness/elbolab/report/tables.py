@@ -101,10 +101,12 @@ def _optional_columns(ms: list[Measurement]) -> dict[str, list[str]]:
 def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
     """The measurement table in human units, one string per cell (HTML, Markdown and CSV use it):
     accuracy beside the median, and for CUDA cases the device clock's median beside the host's, for
-    counted cases their instruction counts. drop_empty: leave out an optional column no row fills."""
+    counted cases their instruction counts. drop_empty: leave out an optional column no row fills.
+    One pass over the rows (a run may have tens of thousands)."""
     if df.empty:
         return pd.DataFrame()
     ms = list(df["m"])
+    rows = list(df.itertuples())
     out = pd.DataFrame(
         {
             "run": df["run"],
@@ -115,28 +117,28 @@ def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
             "batch": df["batch"].astype(str),
             "backend": df["label"],
             "status": df["status"],
-            MEDIAN: [_median_text(r, m) for r, m in zip(df.itertuples(), ms, strict=True)],
+            MEDIAN: [_median_text(r, m) for r, m in zip(rows, ms, strict=True)],
             **_optional_columns(ms),
-            "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in df.itertuples()],
+            "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in rows],
             "verdict": [
                 "counted: no time to compare" if counted(m) else text(r.verdict) or text(r.speedup_note)
-                for r, m in zip(df.itertuples(), ms, strict=True)
+                for r, m in zip(rows, ms, strict=True)
             ],
             "GB/s (share)": [
                 f"{fmt_num(r.gb_per_s)} ({fmt_pct(r.bw_share)} of {r.bw_limit_level})"
                 if r.bw_limit_level
                 else fmt_num(r.gb_per_s)
-                for r in df.itertuples()
+                for r in rows
             ],
             "GFLOP/s (share)": [
                 f"{fmt_num(r.gflop_per_s)} ({fmt_pct(r.flops_share)})"
                 if not math.isnan(r.flops_share)
                 else fmt_num(r.gflop_per_s)
-                for r in df.itertuples()
+                for r in rows
             ],
             "first call": [fmt_ns(v) for v in df["first_call_ns"]],
             "reason / note": [
-                "; ".join(x for x in (text(r.reason), text(r.plausibility)) if x) for r in df.itertuples()
+                "; ".join(x for x in (text(r.reason), text(r.plausibility)) if x) for r in rows
             ],
         }
     )
