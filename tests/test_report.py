@@ -355,3 +355,35 @@ def test_exports_escape_what_a_results_file_carries(tmp_path):
     assert "\n=" not in csv_text and ",=" not in csv_text and ",@" not in csv_text
     md_text = md_path.read_text()
     assert "<img" not in md_text and "&lt;img src=x onerror=alert(1)&gt; \\| -2+3" in md_text
+
+
+def test_the_report_draws_each_cases_history_from_the_store(doc, tmp_path, capsys):
+    """Three runs of the fixture ingested at three commits, rust 1.6x slower at the last: the report
+    of the last, reading the store, gives each case a sparkline over the three commits and rust's
+    the slow-down; --store none gives none."""
+    from elbolab.store.database import Store
+
+    url = f"sqlite:///{tmp_path / 'history.sqlite'}"
+    runs = []
+    for k, (sha, factor) in enumerate((("a" * 40, 1.0), ("b" * 40, 1.0), ("c" * 40, 1.6))):
+        ms = tuple(replace(m, samples_ns=tuple(s * factor for s in m.samples_ns)) if m.case.backend == "rust" else m
+                   for m in doc.measurements)  # fmt: skip
+        runs.append(replace(doc, run_id=f"hist-{k}", started=f"2024-06-0{k + 1}T12:00:00+00:00",
+                            git=replace(doc.git, commit=sha), measurements=ms))  # fmt: skip
+    with Store.open(url) as store:
+        for run in runs:
+            store.ingest(run)
+    save(tmp_path / "last.json", runs[-1])
+    out = tmp_path / "r.html"
+    assert cli("report", str(tmp_path / "last.json"), "-o", str(out), "--store", url) == 0
+    page = out.read_text()
+    assert "3 commits with runs" in page
+    rust = page[page.index("<h3>elbo f64 B=128 t=1 rust <") :]
+    rust = rust[: rust.index("</div>")]
+    assert '<svg class="spark"' in rust
+    before, after = re.search(
+        r"history over 3 commits \(aaaaaaa to ccccccc\): ([\d.]+) µs to ([\d.]+) µs", rust
+    ).groups()
+    assert float(after) / float(before) == pytest.approx(1.6, rel=0.05)
+    assert cli("report", str(tmp_path / "last.json"), "-o", str(out), "--store", "none") == 0
+    assert '<svg class="spark"' not in out.read_text()

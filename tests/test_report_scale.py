@@ -59,7 +59,10 @@ def test_the_report_of_20000_cases_fits_in_memory_and_a_page_of_5_mb(measured, r
     out = measured["out"]
     page = out.read_text()
     assert len(json.loads(measured["results"].read_text())["measurements"]) == CASES
-    size, summary = len(page.encode()), len(out.with_suffix(".md").read_text())  # characters, as GitHub counts
+    size, summary = (
+        len(page.encode()),
+        len(out.with_suffix(".md").read_text()),
+    )  # characters, as GitHub counts
     record_property("seconds", round(measured["seconds"], 1))
     record_property("peak_rss_mb", round(measured["peak_rss"] / 2**20))
     print(f"\nreport of {CASES} cases: {measured['seconds']:.1f} s, peak RSS {measured['peak_rss'] / 2**20:.0f} MB, "

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from elbolab.analyse.changes import all_changes, load_history
-from elbolab.store.commits import find_repo
+from elbolab.store.commits import find_repo, git
 from elbolab.store.database import DEFAULT_PATH, DEFAULT_URL, ENV, Machine, Store, case_id, resolve_url
 from elbolab.store.results import Run
 
@@ -47,6 +47,17 @@ def default_store() -> str | None:
     return DEFAULT_URL if DEFAULT_PATH.is_file() else None
 
 
+def _repo_for(run: Run):
+    """The git checkout here when the run's commit is on its history (commits then ordered by
+    ancestry), else None (ordered by the dates the store recorded): a run from another repository
+    or a branch not checked out here still gets its history."""
+    repo = find_repo(None)
+    commit = run.git.commit
+    if repo is None or not commit:
+        return None
+    return repo if git(repo, "merge-base", "--is-ancestor", commit, "HEAD").returncode == 0 else None
+
+
 def load_histories(url: str, run: Run) -> Histories | None:
     """The series of the run's machine in the store at `url` (None when the store has no run of that
     machine)."""
@@ -57,7 +68,7 @@ def load_histories(url: str, run: Run) -> Histories | None:
         known = {m.machine_id: m for m in store.machines()}
         if machine_id not in known:
             return None
-        history = load_history(store, find_repo(None), machine=machine_id)
+        history = load_history(store, _repo_for(run), machine=machine_id)
         shown = store.url
     changes = all_changes(history.series, order=history.order)
     cases = {}
