@@ -190,7 +190,7 @@ def test_the_markdown_summary_is_headed_by_run_commit_and_machine_then_problems_
                      "### Who wins: speed-up over numpy"]  # fmt: skip
     top = text[: text.index("### Problems")]
     assert (
-        "**Run** run fixture-run-1 · commit 0123456789ab" in top
+        "**Run** fixture-run-1 · commit 0123456789ab" in top
         and "0123456789abcdef0123456789abcdef01234567" in top
     )
     assert "**Machine** Synthetic CPU &lt;b&gt;bold&lt;/b&gt; &amp; co · 2 cores" in top  # escaped

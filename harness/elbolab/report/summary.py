@@ -124,7 +124,7 @@ def run_line(run: Run) -> str:
     dirty = " (uncommitted changes)" if run.git.dirty else ""
     when = f"{(run.started or '')[:16].replace('T', ' ')}"
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(run))
-    return f"run {run.run_id} · commit {commit}{dirty} · {when} · {len(run.measurements)} cases: {counts or 'none'}"
+    return f"{run.run_id} · commit {commit}{dirty} · {when} · {len(run.measurements)} cases: {counts or 'none'}"
 
 
 # ------------------------------------------------------------------------------ the null control
@@ -138,14 +138,12 @@ def control_sentence(control: ControlNoise, baseline: str) -> str | None:
     lo, hi = j.ci95
     noise = math.expm1(control.run_noise) if math.isfinite(control.run_noise) else math.inf
     band = (f"±{noise:.0%}" if noise >= 0.01 else f"±{noise:.1%}") if math.isfinite(noise) else "any size"
-    text = (f"Null control ({len(control.cells)} cells): {baseline} again, in a worker of its own, ran at "
-            f"{j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else math.inf:.3g}] {baseline}'s speed: "
-            f"{j.verdict.value}. ")  # fmt: skip
+    text = (f"Null control ({len(control.cells)} cells): {baseline} again, in its own worker, ran at "
+            f"{j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else math.inf:.3g}] {baseline}'s speed, "
+            f"{j.verdict.value}: ")  # fmt: skip
     if j.verdict is Verdict.SAME:
-        return text + (f"Identical code differs by up to {band} in this run: every speed-up's interval is widened "
-                       "by its cell's control, so a smaller difference reads 'too noisy to tell'.")  # fmt: skip
-    return text + (f"This run cannot tell differences within {band}: every speed-up's interval is widened by "
-                   "that, and such verdicts read 'too noisy to tell'.")  # fmt: skip
+        return text + f"{band} is this run's noise, and widens every speed-up's interval (by its cell's control)."
+    return text + f"this run cannot tell differences within {band}; every speed-up's interval is widened by that."
 
 
 # ------------------------------------------------------------------------------ problems
