@@ -887,3 +887,38 @@ def test_cuda_times_say_which_clock_and_give_the_device_median(rich):
     matrix = _section(page, "matrix")
     assert "host clock, stopped after torch.cuda.synchronize(); CUDA events: " in matrix
     assert "torch.cuda.synchronize()" in _section(page, "method")
+
+
+@pytest.mark.slow
+def test_no_legend_or_title_is_cut_in_the_reference_runs_figures():
+    """The reference run's figures, with an implausible time flagged in each workload (as the table
+    flags one in a file of an older schema), so every legend carries its longest entry ('implausible
+    time', once cut to 'implausible t')."""
+    if not REFERENCE.exists():
+        pytest.skip(f"{REFERENCE} not in this checkout")
+    run = load(REFERENCE)
+    table = measurement_table(run)
+    for w in set(table.workload):
+        first = table[(table.workload == w) & table.timed_ok].index[0]
+        table.loc[first, "implausible"] = True
+    figures = []
+    real = plots._svg
+
+    def keep(fig, salt, tags=None):
+        fig.canvas.draw()
+        figures.append((salt, _geometry(fig)))
+        return real(fig, salt, tags)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plots, "_svg", keep)
+        for w in dict.fromkeys(table.workload):
+            plots.time_vs_batch(table, w)
+            plots.thread_scaling(table, w)
+        plots.bandwidth(table, run.limits)
+        plots.roofline(table, run.limits)
+    assert len(figures) >= 8
+    for salt, g in figures:
+        for t in g["texts"] + g["legends"] + g["legend_texts"]:
+            assert (
+                t.x0 >= -1 and t.y0 >= -1 and t.x1 <= g["bbox"].width + 1 and t.y1 <= g["bbox"].height + 1
+            ), salt

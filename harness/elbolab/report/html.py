@@ -359,7 +359,29 @@ def _meta_rows(views: list[RunView], section: str) -> tuple[list[str], list[list
             if k not in keys:
                 keys.append(k)
     header = [section] + [v.run.label for v in views]
-    return header, [[k] + [_plain(_section(v, section).get(k)) for v in views] for k in keys]
+    return header, [[k] + [_pretty(k, _section(v, section).get(k)) for v in views] for k in keys]
+
+
+def _pretty(key: str, value) -> str:
+    """A metadata value as a person reads it: sizes in GiB, an unreported clock said so, an empty
+    list as 'none', a list of records one item each (not raw JSON)."""
+    if key.endswith("_bytes") and isinstance(value, (int, float)) and value > 0:
+        return f"{value / 2**30:.3g} GiB ({value:,.0f} bytes)"
+    if key.endswith("_mhz") and isinstance(value, (int, float)):
+        return f"{value:,.0f} MHz" if value > 0 else "not reported by the system (0)"
+    if isinstance(value, list) and not value:
+        return "none"
+    if isinstance(value, list) and all(isinstance(x, dict) for x in value):
+        return "; ".join(
+            ", ".join(f"{k} {_plain(y)}" for k, y in x.items() if y not in (None, "")) for x in value
+        )
+    if isinstance(value, dict) and value and all(isinstance(x, dict) for x in value.values()):
+        return "; ".join(
+            f"{k}: " + ", ".join(f"{a} {_plain(b)}" for a, b in x.items()) for k, x in value.items()
+        )
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={_plain(x)}" for k, x in value.items()) or "none"
+    return _plain(value)
 
 
 def _section(view: RunView, section: str) -> dict:

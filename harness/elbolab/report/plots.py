@@ -36,7 +36,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.textpath import TextToPath  # noqa: E402
 
 from elbolab.analyse.verdict import judge  # noqa: E402
 from elbolab.model.backend import is_control  # noqa: E402
@@ -387,13 +389,28 @@ MAX_WIDTH = 12.4  # in: shown at natural size (no down-scaling of the text) in a
 LEGEND_ROW = 0.26  # in per legend row at 10 pt
 
 
+_TEXT = TextToPath()
+_LEGEND_FONT = FontProperties(family="DejaVu Sans", size=RC["legend.fontsize"])
+
+
+def _label_width(label: str) -> float:
+    """A legend label's width in inches, from the font's own metrics (the figure's text is set in
+    DejaVu Sans; the page's CSS names it first)."""
+    return _TEXT.get_text_width_height_descent(label, _LEGEND_FONT, ismath=False)[0] / 72
+
+
 def _legend_columns(labels: list[str], width: float) -> int:
-    """The most legend columns (filled column by column) whose estimated width fits the figure."""
-    est = [0.088 * len(label) + 0.62 for label in labels]  # DejaVu Sans 10 pt: ~0.085 in per character
+    """The most legend columns (filled column by column) that fit the figure: each column its
+    handle (2.6 em), the pad (0.8 em) and its widest label, 1.2 em between columns, 5% to spare."""
+    em = RC["legend.fontsize"] / 72
+    est = [_label_width(label) + 3.4 * em for label in labels]
     for ncol in range(min(len(labels), 6), 0, -1):
-        rows = math.ceil(len(labels) / ncol)
-        cols = [est[c * rows : (c + 1) * rows] for c in range(ncol)]
-        if sum(max(c) for c in cols if c) + 0.17 * (ncol - 1) <= width - 0.3:  # + column spacing
+        # as matplotlib fills them: the first (n mod ncol) columns one entry longer than the rest
+        rows, long = divmod(len(labels), ncol)
+        sizes = [rows + 1] * long + [rows] * (ncol - long)
+        starts = [sum(sizes[:c]) for c in range(ncol)]
+        cols = [est[a : a + n] for a, n in zip(starts, sizes, strict=True)]
+        if 1.05 * (sum(max(c) for c in cols if c) + 1.2 * em * (ncol - 1)) <= width - 0.3:
             return ncol
     return 1
 

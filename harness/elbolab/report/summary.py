@@ -124,7 +124,9 @@ def run_line(run: Run) -> str:
     dirty = " (uncommitted changes)" if run.git.dirty else ""
     when = f"{(run.started or '')[:16].replace('T', ' ')}"
     counts = ", ".join(f"{n} {s}" for s, n in status_counts(run))
-    return f"{run.run_id} · commit {commit}{dirty} · {when} · {len(run.measurements)} cases: {counts or 'none'}"
+    return (
+        f"{run.run_id} · commit {commit}{dirty} · {when} · {len(run.measurements)} cases: {counts or 'none'}"
+    )
 
 
 # ------------------------------------------------------------------------------ the null control
@@ -142,8 +144,14 @@ def control_sentence(control: ControlNoise, baseline: str) -> str | None:
             f"{j.speedup.value:.3g}x [{1 / hi:.3g}, {1 / lo if lo > 0 else math.inf:.3g}] {baseline}'s speed, "
             f"{j.verdict.value}: ")  # fmt: skip
     if j.verdict is Verdict.SAME:
-        return text + f"{band} is this run's noise, and widens every speed-up's interval (by its cell's control)."
-    return text + f"this run cannot tell differences within {band}; every speed-up's interval is widened by that."
+        return (
+            text
+            + f"{band} is this run's noise, and widens every speed-up's interval (by its cell's control)."
+        )
+    return (
+        text
+        + f"this run cannot tell differences within {band}; every speed-up's interval is widened by that."
+    )
 
 
 # ------------------------------------------------------------------------------ problems
