@@ -33,36 +33,46 @@ class Eta:
     """Seconds left in a run of `total` cases, from the times results came in (see the module).
 
     Results come in bursts, a cell at a time, the moment its rounds end; the time a cell took shows
-    when its burst comes. So the rate is taken over whole bursts: the time from the first burst to
-    the start of the newest, over the measured cases of the bursts between (the newest excluded, as
-    it may still be arriving)."""
+    when its burst comes. So the rate is taken over whole bursts: the time from the end of the first
+    burst to the end of the last whole one, over the measured cases of the bursts after the first
+    (the newest left out while it may still be arriving). The first calls the results report (a JIT compile, seconds of it in
+    a run's first cells) are taken out of that time: they come once per kernel, not per case."""
 
     def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
         self.total, self.clock = total, clock
         self.done = self.skipped = 0
         self.first_at: float | None = None  # when the first result came
         self.last_at = 0.0  # when the latest result came
-        self.burst_at = 0.0  # when the newest burst began
+        self.whole_at = 0.0  # when the last whole burst ended
         self.counted = 0  # measured cases of the bursts after the first and before the newest
         self.in_burst = 0  # measured cases of the newest burst so far
+        self.first_calls = self.burst_first_calls = 0.0  # seconds of first calls, counted / in the newest
 
-    def add(self, skipped: bool) -> None:
+    def add(self, skipped: bool, first_call_s: float = 0.0) -> None:
         now = self.clock()
         self.done += 1
         self.skipped += skipped
         if self.first_at is None:
-            self.first_at = self.burst_at = now
+            self.first_at = now
+            self.burst_first_calls = -1.0  # the first burst's time is not counted: nor its first calls
         elif now - self.last_at >= BURST_S:  # a new cell's results: the previous burst is whole
-            if self.burst_at > self.first_at:
+            if self.burst_first_calls >= 0:
                 self.counted += self.in_burst
-            self.burst_at, self.in_burst = now, 0
+                self.first_calls += self.burst_first_calls
+            else:  # the first burst ended: the clock starts here
+                self.first_at = self.last_at
+            self.whole_at = self.last_at
+            self.in_burst, self.burst_first_calls = 0, 0.0
         self.in_burst += not skipped
+        if self.burst_first_calls >= 0:
+            self.burst_first_calls += first_call_s
         self.last_at = now
 
     def seconds_left(self) -> float | None:
         if self.first_at is None or self.counted <= 0:
             return None
-        per_case = (self.burst_at - self.first_at) / self.counted
+        spent = max(self.whole_at - self.first_at - self.first_calls, 0.0)
+        per_case = spent / self.counted
         left = (self.total - self.done) * (1 - self.skipped / self.done)
         return per_case * left
 
@@ -102,7 +112,7 @@ class RunProgress:
 
     def measured(self, m: Measurement) -> None:
         self.done += 1
-        self.eta.add(m.status == "skipped")
+        self.eta.add(m.status == "skipped", (m.first_call_ns or 0) / 1e9)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, description=escape(f"{m.case.label()}: {m.status}"),
                                   eta=self.eta.text())  # fmt: skip
