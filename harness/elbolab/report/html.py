@@ -48,7 +48,6 @@ from elbolab.analyse.control import ControlNoise, control_noise
 from elbolab.analyse.table import KEY_FIELDS, backend_label, measurement_table, summary_table
 from elbolab.analyse.verdict import DEFAULT_AB_THRESHOLD, DEFAULT_RULE
 from elbolab.measure.training import FINAL_STEPS, final_loss
-from elbolab.model.case import Case
 from elbolab.report import cases, names, plots, summary
 from elbolab.report.claims import check_claims
 from elbolab.report.format import fmt_change, fmt_interval, fmt_ratio, fmt_time
@@ -73,11 +72,9 @@ from elbolab.report.matrix import (  # noqa: F401 (speed_colour, fmt_speed, SATU
 from elbolab.report.tables import CUDA_CLOCK, LoadedRun, display_summary
 
 TEMPLATES = Path(__file__).with_name("templates")
-BROKEN = ("incorrect", "failed", "timeout")
 DIMS = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
 TOP_PROBLEMS = 5  # on the first screen
 LISTED_PROBLEMS = 40  # in the problems section before "and N more" (collapsed)
-DETAIL_BUDGET = 20000  # cases with a detail block in the page, at most (the page's budget decides)
 OTHER_CELLS = 6000  # cells of the other settings' matrices in the page
 PAGE_BUDGET, BIG_PAGE_BUDGET = 950_000, 4_800_000  # bytes: under 1 MB, and under 5 MB for a big run
 BIG_RUN = 5000  # cases: a run this large gets the big page
@@ -115,23 +112,13 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
     return [[_plain(v) for v in row] for row in df.itertuples(index=False)]
 
 
-def _case_text(r) -> str:
-    return case_text(r.m.case)
-
-
-def case_text(c: Case) -> str:
-    return f"{c.workload} {c.variant} {c.dtype} B={c.batch} t={c.threads} {c.backend} ({c.device})"
-
-
 # ------------------------------------------------------------------------------------ problems
 
 
-def problems(df: pd.DataFrame) -> dict:
-    """Failures by case, skips grouped by reason, less accurate and implausible cases."""
+def skipped_by_reason(df: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """The skipped cases grouped by their reason, the commonest first: (reason, how many, which)."""
     if df.empty:
-        return {"failures": [], "skipped": [], "less_accurate": [], "implausible": []}
-    bad = df[df.status.isin(BROKEN)]
-    failures = [(_case_text(r), r.status, _plain(r.reason)) for r in bad.itertuples()]
+        return []
     skipped = []
     sk = df[df.status == "skipped"]
     for reason, group in sk.groupby(sk.reason.fillna("no reason given"), sort=False):
@@ -139,33 +126,19 @@ def problems(df: pd.DataFrame) -> dict:
         skipped.append(
             (_plain(reason), len(group), ", ".join(f"{label} ×{n}" for label, n in where.most_common()))
         )
-    skipped.sort(key=lambda x: -x[1])
-    less = [
-        (_case_text(r), r.m.check.describe() or "less accurate than careful arithmetic")
-        for r in df.itertuples()
-        if r.m.check is not None and r.m.check.less_accurate
-    ]
-    flagged = [(_case_text(r), r.plausibility) for r in df[df.implausible].itertuples()]
-    return {"failures": failures, "skipped": skipped, "less_accurate": less, "implausible": flagged}
+    return sorted(skipped, key=lambda x: -x[1])
 
 
-COLLAPSE = 5  # an anomaly with more cases than this lists them collapsed
-
-
-def anomaly_groups(found: list[anomalies.Anomaly]) -> list[dict]:
-    """elbolab.analyse.anomalies grouped by kind, the most frequent first: the count, the likely cause(s)
-    and the cases with their details."""
+def anomaly_causes(found: list[anomalies.Anomaly]) -> list[dict]:
+    """elbolab.analyse.anomalies by kind, the most frequent first: the kind, how many, and its likely
+    cause(s), said once for the kind (the cases are in the ranked problems)."""
     groups: dict[str, dict] = {}
     for a in found:
-        g = groups.setdefault(a.kind, {"kind": a.kind, "causes": [], "cases": []})
+        g = groups.setdefault(a.kind, {"kind": a.kind, "causes": [], "count": 0})
         if a.likely_cause not in g["causes"]:
             g["causes"].append(a.likely_cause)
-        g["cases"].append((case_text(a.case), a.detail))
-    out = sorted(groups.values(), key=lambda g: -len(g["cases"]))
-    for g in out:
-        g["count"] = len(g["cases"])
-        g["collapsed"] = g["count"] > COLLAPSE
-    return out
+        g["count"] += 1
+    return sorted(groups.values(), key=lambda g: -g["count"])
 
 
 def _loads(value) -> str:
@@ -484,7 +457,7 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
         )
         view.claims = check_claims(table, run.run, noise)
         view.found = anomalies.scan(run.run)
-        view.anomalies = anomaly_groups(view.found)
+        view.anomalies = anomaly_causes(view.found)
         view.problems = summary.problems(run.run, view.found)
         view.lead = leaders(table, noise)
         if i == len(runs) - 1:
@@ -500,13 +473,13 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
 
 def _detail_order(v: RunView, headline: list[Matrix]) -> list[int]:
     """The cases that may get a detail block, by priority: the problems', the headline matrices',
-    then every other case in file order, up to DETAIL_BUDGET; skipped cases have none."""
+    then every other case in file order; skipped cases have none."""
     shown = [
         int(c.href[2:]) for m in headline for row in m.rows for c in row.cells if c.href.startswith("#c")
     ]
     order = [p.index for p in v.problems if p.index >= 0] + shown + list(range(len(v.table)))
     status = v.table.status.to_numpy()
-    return [i for i in dict.fromkeys(order) if status[i] != "skipped"][:DETAIL_BUDGET]
+    return [i for i in dict.fromkeys(order) if status[i] != "skipped"]
 
 
 def _case_details(v: RunView, baseline: str, order: list[int], room: int) -> dict[int, cases.CaseDetail]:
@@ -606,7 +579,7 @@ def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
         "control": summary.control_sentence(v.noise, baseline),
         "statuses": summary.status_counts(run),
         "finished": run.finished or "not finished (partial run)",
-        "problems": problems(v.table),
+        "skipped": skipped_by_reason(v.table),
         "ranked": [],
         "problem_counts": summary.problem_counts(v.problems),
         "health": machine_health(run.health),

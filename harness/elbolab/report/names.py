@@ -39,10 +39,6 @@ def describe_backend(name: str) -> str:
     return BACKENDS.get(name, "a backend from a plugin package (its description is not in the results file)")
 
 
-def describe_variant(variant: str) -> str:
-    return VARIANTS.get(variant, variant)
-
-
 def glossary(names) -> list[tuple[str, str]]:
     """(name, meaning) for the backends given, in their order, each once."""
     return [(n, describe_backend(n)) for n in dict.fromkeys(names)]
