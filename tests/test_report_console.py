@@ -222,3 +222,20 @@ def test_the_cli_writes_the_summary_beside_the_page(tmp_path, capsys):
     summary_md = out.with_suffix(".md").read_text()
     assert summary_md.startswith("## elbolab: ") and len(summary_md) <= LIMIT
     assert "| workload |" in (tmp_path / "r.cases.md").read_text()
+
+
+@pytest.mark.parametrize("width", [80, 200])
+def test_a_training_or_results_line_is_wrapped_at_words_within_100_columns(width):
+    """The lines `elbolab train` and `elbolab run` print after the summary (a console of 80 columns
+    on a piped stderr, 200 on a piped stdout): at most 100 columns, wrapped at a word, the rest
+    indented, a number with its unit."""
+    from elbolab.cli.render import print_wrapped
+
+    buf = io.StringIO()
+    text = ("train rust-inner cpu float32: final loss 25.7717, the mean of the last 20 steps (learned: bias-only "
+            "27.11); every step within its bound; results: results/scratch/bench-20261206T092801Z.json, 12.5 s")  # fmt: skip
+    print_wrapped(Console(file=buf, width=width, color_system=None), text)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and all(cell_len(line) <= 100 for line in lines)
+    assert lines[1].startswith("  ") and not lines[1].startswith("   ")
+    assert " ".join(line.strip() for line in lines) == text

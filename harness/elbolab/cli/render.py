@@ -87,6 +87,14 @@ def _lines(text: str, indent: str = "  ", width: int = WIDTH) -> list[str]:
     return [line.replace("\u00a0", " ") for line in lines]
 
 
+def print_wrapped(console: Console, text: str, style: str = "") -> None:
+    """A sentence in lines of at most 100 columns, wrapped at words with the rest indented, whatever
+    the console's width (a terminal's, or 200 or 80 when piped): the run's summary, the training's
+    lines and the results line read alike in a terminal and a CI log."""
+    for line in _lines(text):
+        console.print(line, style=style or None, markup=False, highlight=False, soft_wrap=True)
+
+
 class _Out:
     """Plain lines (no rich wrapping: the width is ours) with a style each, and a count."""
 
