@@ -14,9 +14,9 @@ from elbolab.cli.args import ints, names, path, positive_int, seconds, seed, ste
 from elbolab.cli.console import stdout_console
 from elbolab.cli.progress import RunProgress
 from elbolab.cli.render import print_run_summary, print_run_table, print_wrapped
-from elbolab.measure.plan import Plan
+from elbolab.measure.plan import Plan, plan_cases
 from elbolab.measure.runner import run_plan
-from elbolab.model.backend import discover_with_errors
+from elbolab.model.backend import discover, discover_with_errors
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.measurement import Measurement
 from elbolab.store.results import TrainingCurve, load, now, replace_measurements
@@ -146,7 +146,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     out = args.out or Path("results/scratch") / f"run-{now().replace(':', '')}.json"
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    with RunProgress() as progress:
+    # the plan's cases weigh the time left by what each will cost (discover() is cached: run_plan's
+    # own call costs nothing more)
+    planned = plan_cases(plan, discover()) if plan.measure == "time" else []
+    if mode == "resume" and Path(out).exists():  # the cases still to measure, as run_plan will
+        done = {m.case.key() for m in load(out).measurements}
+        planned = [c for c in planned if c.key() not in done]
+    with RunProgress(planned=planned, control=plan.control) as progress:
         run = run_plan(
             plan, out, mode=mode, case_timeout=args.timeout, measure_limits=not args.no_limits,
             on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs,

@@ -1,13 +1,19 @@
 """Progress of a run on stderr: a live bar on a terminal; plain lines when piped (a CI log), every
 few percent, with the case just measured and the time left.
 
-The time left is estimated from the cases measured since the first result came in (worker starts,
-imports and the machine's limit probes happen once, before it) and only over cases that are
-measured: a skipped case (a device this machine lacks) costs nothing, so the cases still to come
-are discounted by the share skipped so far. Until two results have come apart in time there is no
-estimate (a first cell's compile would make one up). Results come a cell at a time, so this is
-within 2x of the truth once a few cells are done (tests/test_report.py holds it to that on a
-simulated run).
+The time left: a run's cells cost very different times (on the 2-core VM an iwae cell at batch 8192
+took 75 s, an elbo cell at batch 1 two), and the grid is measured in order, small sizes first, so
+counting cases gets it wrong by 5x or more early in a run. Each planned case is given an expected
+cost from its workload's cost model (`expected_cost`: a fixed part per case, and parts that grow
+with the bytes and the flops of one call, which the harness's inputs, references and checks and
+the samples of a slow call all scale with); the time left is the cost still to come times the seconds a
+unit of cost has taken so far. So far: from the end of the first burst of results (worker starts,
+imports and the machine's limit probes come before it) to the end of the last whole burst (a cell's
+results come together, the moment its rounds end), less the first calls they report (JIT compiles,
+once per kernel). Cases of a backend and device that have only been skipped so far (a device this
+machine lacks) cost nothing. Until a second burst is whole there is no estimate. On the recorded
+timeline of a real 368-case run this is within 2x of the truth from 5% of the run on
+(tests/test_report_console.py replays it, and a simulated run).
 
 Nothing is drawn before the run has been planned and its file opened, so a usage error is one line
 and no bar.
@@ -17,64 +23,97 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from elbolab.analyse.control import cell_of
+from elbolab.model.backend import control_name
+from elbolab.model.case import Case
 from elbolab.model.measurement import Measurement
+from elbolab.model.workloads import WORKLOADS
 
 PLAIN_EVERY = 0.05  # piped: a line every 5% of the cases (and for every case that is not ok)
-BURST_S = 0.5  # results closer than this to the first came with it (one cell is reported at once)
+BURST_S = 0.5  # results closer than this to the previous came with it (a cell is reported at once)
+# the expected cost of a case in seconds of the 2-core VM, fitted on the recorded timeline of a
+# 368-case run (cell by cell, least squares): a fixed part, and parts per GB and per GFLOP of one
+# call (the harness's inputs, references and checks, and a slow call's samples, all grow with them).
+# Only their ratios matter: the run's own pace scales them.
+FIXED_S, PER_GB_S, PER_GFLOP_S = 0.3, 25.0, 3.0
+
+
+def expected_cost(case: Case) -> float:
+    """A case's expected cost in the units the time left is counted in (see the module)."""
+    cost = WORKLOADS[case.workload].cost(case)
+    return FIXED_S + PER_GB_S * cost.bytes / 1e9 + PER_GFLOP_S * cost.flops / 1e9
 
 
 class Eta:
-    """Seconds left in a run of `total` cases, from the times results came in (see the module).
+    """Seconds left in a run of `total` cases (see the module). `planned`: the cases the run will
+    measure (the null control's are added where the reference is, `control`); without them every
+    case counts the same."""
 
-    Results come in bursts, a cell at a time, the moment its rounds end; the time a cell took shows
-    when its burst comes. So the rate is taken over whole bursts: the time from the end of the first
-    burst to the end of the last whole one, over the measured cases of the bursts after the first
-    (the newest left out while it may still be arriving). The first calls the results report (a JIT compile, seconds of it in
-    a run's first cells) are taken out of that time: they come once per kernel, not per case."""
-
-    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, total: int, clock: Callable[[], float] = time.monotonic,
+                 planned: Iterable[Case] = (), control: bool = False):  # fmt: skip
         self.total, self.clock = total, clock
+        self.cost: dict[tuple, float] = {}  # each planned case's expected cost
+        self.cells: dict[tuple, list[Case]] = {}  # the planned cases of each cell
+        for case in planned:
+            self._plan(case)
+            if control and case.backend == "numpy" and case.device == "cpu":
+                self._plan(Case(**{**case.to_json(), "backend": control_name("numpy")}))
+        # the cost still to come, by (backend, device): a cell leaves it whole when its results come
+        self.left: dict[tuple[str, str], float] = {}
+        for cases in self.cells.values():
+            for c in cases:
+                g = (c.backend, c.device)
+                self.left[g] = self.left.get(g, 0.0) + self.cost[c.key()]
         self.done = self.skipped = 0
-        self.first_at: float | None = None  # when the first result came
-        self.last_at = 0.0  # when the latest result came
-        self.whole_at = 0.0  # when the last whole burst ended
-        self.counted = 0  # measured cases of the bursts after the first and before the newest
-        self.in_burst = 0  # measured cases of the newest burst so far
-        self.first_calls = self.burst_first_calls = 0.0  # seconds of first calls, counted / in the newest
+        self.first_at: float | None = None  # the end of the first burst, once it has ended
+        self.last_at = self.whole_at = 0.0  # the latest result; the end of the last whole burst
+        self.counted = 0.0  # cost of the measured cases of whole bursts after the first
+        self.first_calls = 0.0  # seconds of their first calls
+        self.burst: list[tuple[float, float]] = []  # the newest burst's (cost, first call s), measured
+        self.in_first = True
+        self.seen: dict[tuple[str, str], list[int]] = {}  # (backend, device): [reported, skipped]
 
-    def add(self, skipped: bool, first_call_s: float = 0.0) -> None:
+    def _plan(self, case: Case) -> None:
+        self.cost[case.key()] = expected_cost(case)
+        self.cells.setdefault(cell_of(case), []).append(case)
+
+    def add(self, skipped: bool, first_call_s: float = 0.0, case: Case | None = None) -> None:
         now = self.clock()
+        if self.done and now - self.last_at >= BURST_S:  # a new cell's results: the previous burst is whole
+            if self.in_first:
+                self.in_first, self.first_at = False, self.last_at  # the clock starts here
+            else:
+                self.counted += sum(c for c, _ in self.burst)
+                self.first_calls += sum(f for _, f in self.burst)
+            self.whole_at, self.burst = self.last_at, []
         self.done += 1
         self.skipped += skipped
-        if self.first_at is None:
-            self.first_at = now
-            self.burst_first_calls = -1.0  # the first burst's time is not counted: nor its first calls
-        elif now - self.last_at >= BURST_S:  # a new cell's results: the previous burst is whole
-            if self.burst_first_calls >= 0:
-                self.counted += self.in_burst
-                self.first_calls += self.burst_first_calls
-            else:  # the first burst ended: the clock starts here
-                self.first_at = self.last_at
-            self.whole_at = self.last_at
-            self.in_burst, self.burst_first_calls = 0, 0.0
-        self.in_burst += not skipped
-        if self.burst_first_calls >= 0:
-            self.burst_first_calls += first_call_s
+        cost = 1.0
+        if case is not None:
+            cost = self.cost.get(case.key(), 1.0)
+            for c in self.cells.pop(cell_of(case), []):  # its cell is measured: all of it comes now
+                self.left[(c.backend, c.device)] -= self.cost[c.key()]
+            seen = self.seen.setdefault((case.backend, case.device), [0, 0])
+            seen[0] += 1
+            seen[1] += skipped
+        if not skipped:
+            self.burst.append((cost, first_call_s))
         self.last_at = now
 
     def seconds_left(self) -> float | None:
         if self.first_at is None or self.counted <= 0:
             return None
-        spent = max(self.whole_at - self.first_at - self.first_calls, 0.0)
-        per_case = spent / self.counted
-        left = (self.total - self.done) * (1 - self.skipped / self.done)
-        return per_case * left
+        per_unit = max(self.whole_at - self.first_at - self.first_calls, 0.0) / self.counted
+        if not self.cost:  # no plan: every case the same, the share skipped so far discounted
+            return per_unit * (self.total - self.done) * (1 - self.skipped / self.done)
+        never = {g for g, (n, s) in self.seen.items() if n and s == n}  # only skipped so far
+        return per_unit * max(sum(v for g, v in self.left.items() if g not in never), 0.0)
 
     def text(self) -> str:
         left = self.seconds_left()
@@ -84,10 +123,12 @@ class Eta:
 
 
 class RunProgress:
-    def __init__(self, stream=None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, stream=None, clock: Callable[[], float] = time.monotonic, planned: Iterable[Case] = (),
+                 control: bool = False):  # fmt: skip
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.clock = clock
+        self.planned_cases, self.control = list(planned), control
         self.total = 0
         self.done = 0
         self.t0 = clock()
@@ -98,7 +139,7 @@ class RunProgress:
 
     def planned(self, total: int) -> None:
         self.total, self.t0 = total, self.clock()
-        self.eta = Eta(total, self.clock)
+        self.eta = Eta(total, self.clock, self.planned_cases, self.control)
         if self.live:
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -112,7 +153,7 @@ class RunProgress:
 
     def measured(self, m: Measurement) -> None:
         self.done += 1
-        self.eta.add(m.status == "skipped", (m.first_call_ns or 0) / 1e9)
+        self.eta.add(m.status == "skipped", (m.first_call_ns or 0) / 1e9, m.case)
         if self._progress is not None:
             self._progress.update(self._task, advance=1, description=escape(f"{m.case.label()}: {m.status}"),
                                   eta=self.eta.text())  # fmt: skip
