@@ -3,9 +3,13 @@
 Deterministic (seeded; no clock): run `python tests/data/make_fixture.py` to regenerate it. The times
 follow a simple model (per-call overhead + bytes / bandwidth + flops / rate, with log-normal noise and a
 few slow outliers) so the report has crossovers to show; they are not measurements of anything.
-It also holds what the report must survive: one 'incorrect', 'failed', 'timeout' and 'skipped' case,
-a backend whose name is an HTML script tag, metadata with markup in it, a CUDA device, a time per call
-that implies more bandwidth than the limits allow, and a training entry with loss curves.
+As a schema-3 run measures them: every cell's cases sampled in 8 interleaved rounds of 2 samples,
+numpy measured again in every cell as `numpy-control` (the null control), an evidence record per
+timed case, and the machine's health (warnings, load, virtualisation).
+It also holds what the report must survive and rank: one 'incorrect', 'implausible', 'failed',
+'timeout' and 'skipped' case, a case 110x slower with 2 threads than with 1 (and the model's own
+small slow-downs), compiles in the first calls, a backend whose name is an HTML script tag, metadata
+with markup in it, a CUDA device, and a training entry with loss curves.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from elbolab.model.case import Case
-from elbolab.model.measurement import Check, Measurement, Memory
+from elbolab.model.measurement import Check, Evidence, Measurement, Memory
 from elbolab.model.workloads import WORKLOADS
 from elbolab.store.results import TrainingCurve, new_run
 
@@ -38,12 +42,25 @@ WORKLOAD_VARIANTS = (
 # per-call overhead (ns), bandwidth (bytes/ns), float64 flop rate (flops/ns), threads scale
 MODEL = {
     "numpy": (15_000, 10.0, 20.0, False),
+    "numpy-control": (15_000, 10.0, 20.0, False),  # numpy again: the null control
     "torch": (40_000, 12.0, 40.0, True),
     "numba": (3_000, 15.0, 25.0, True),
     "rust": (1_500, 20.0, 30.0, True),
     "rust-inner": (200, 20.0, 30.0, True),
 }
-N_SAMPLES = 20
+ROUNDS, PER_ROUND = 8, 2
+N_SAMPLES = ROUNDS * PER_ROUND
+HEALTH = {
+    "start": {
+        "facts": {"cores_available": 2, "load_average": [1.25, 0.5, 0.25], "virtualisation": "kvm",
+                  "governor": None, "simd": ["avx2", "fma"], "gpus": []},
+        "warnings": ["virtual machine (kvm): neighbours on the host can slow it down"],
+    },
+    "end": {"load_average": [2.5, 1.0, 0.5]},
+}  # fmt: skip
+# the worst slow-down: torch elbo float64 at batch 128 with 2 threads, 110x its 1-thread time
+SLOW_THREADS = Case("elbo", "torch", "cpu", "float64", 128, threads=2)
+SLOW_FACTOR = 110.0
 
 LIMITS = {
     "memory_bandwidth_bytes_per_s": 30e9,
@@ -71,6 +88,8 @@ LIMITS = {
 
 
 def per_call_ns(case: Case) -> float:
+    if case == SLOW_THREADS:
+        return SLOW_FACTOR * per_call_ns(replace(case, threads=1))
     cost = WORKLOADS[case.workload].cost(case)
     if case.backend == EVIL:
         overhead, bw, rate, threaded = 5_000, 10.0, 20.0, False
@@ -84,7 +103,7 @@ def per_call_ns(case: Case) -> float:
         bw, rate = bw * 1.6, rate * 1.8
     t = overhead + cost.bytes / bw + cost.flops / rate
     if case.variant == "eps=sampled":
-        t += case.batch * case.latent_dim * (20.0 if case.backend == "numpy" else 4.0)
+        t += case.batch * case.latent_dim * (20.0 if case.backend.startswith("numpy") else 4.0)
     return t
 
 
@@ -92,6 +111,7 @@ def samples_for(rng: np.random.Generator, t: float) -> tuple[int, tuple[float, .
     loops = max(1, int(1e6 / t))
     noise = rng.lognormal(0.0, 0.03, N_SAMPLES)
     noise[rng.random(N_SAMPLES) < 0.1] *= 1.5  # a few slow outliers, as a shared machine gives
+    noise *= np.repeat(rng.lognormal(0.0, 0.01, ROUNDS), PER_ROUND)  # each round's own drift
     return loops, tuple(float(max(1, int(round(loops * t * v)))) for v in noise)
 
 
@@ -145,6 +165,7 @@ def build() -> dict:
         cases.append(Case("elbo", EVIL, "cpu", "float64", batch, threads=1))
 
     special = {
+        Case("elbo", "rust-inner", "cpu", "float64", 1, threads=1): "implausible",
         Case("elbo_grad", "numba", "cpu", "float32", 8192, threads=1): "incorrect",
         Case("iwae", "rust", "cpu", "float32", 1024, threads=2): "failed",
         Case("vae_step", "torch", "cpu", "float64", 8192, threads=1): "timeout",
@@ -158,19 +179,27 @@ def build() -> dict:
         )
         status = special.get(case, "ok")
         t = per_call_ns(case)
-        if case == Case("elbo", "rust-inner", "cpu", "float64", 1, threads=1):
-            t = 20.0  # 12.6 KB in 20 ns = 630 GB/s: more than the machine can move -> flagged
-        if status == "ok":
+        if status == "implausible":
+            t = 20.0  # 12.6 KB in 20 ns = 630 GB/s: more than the machine can move
+        if status in ("ok", "implausible"):
             loops, samples = samples_for(rng, t)
+            share = cost.bytes / t / (LIMITS["cache_bandwidth_bytes_per_s"] / 1e9)
+            reason = None
+            if status == "implausible":
+                reason = (f"{share:.0%} of the bandwidth this machine reaches at the case's working set (re-probed): "
+                          "faster than physics allows, a measurement error, not a speed-up")  # fmt: skip
             m = Measurement(
                 case,
-                "ok",
+                status,
+                reason,
                 loops=loops,
                 samples_ns=samples,
+                rounds=(PER_ROUND,) * ROUNDS,
                 first_call_ns=first_call(case, t),
                 check=ok_check(case),
                 memory=memory,
                 cost=cost,
+                evidence=evidence(case, share),
             )
         elif status == "incorrect":
             loops, samples = samples_for(rng, t * 0.5)  # timed, fast, and wrong: must not count
@@ -182,6 +211,7 @@ def build() -> dict:
                 detail,
                 loops=loops,
                 samples_ns=samples,
+                rounds=(PER_ROUND,) * ROUNDS,
                 first_call_ns=first_call(case, t),
                 check=check,
                 memory=memory,
@@ -213,7 +243,14 @@ def build() -> dict:
         TrainingCurve("numba", "cpu", "float64", "failed", reason="numba not installed", steps=steps,
                       batch=64, lr=0.05, dataset="sklearn digits 8x8")
     )  # fmt: skip
-    return replace(doc, measurements=tuple(measurements), training=tuple(training)).to_json()
+    return replace(doc, measurements=tuple(measurements), training=tuple(training), health=HEALTH).to_json()
+
+
+def evidence(case: Case, share: float) -> Evidence:
+    """What a schema-3 run records of a timed case: the inputs rotated, calls checked, the threads
+    that did work on the cores pinned, and its share of the bandwidth ceiling."""
+    return Evidence(input_sets=2, rotations=7, checked_calls=5, checked_samples=1, busy_threads=case.threads,
+                    children=0, pinned_cpus=tuple(range(case.threads)), ceiling_share=round(share, 4))  # fmt: skip
 
 
 def first_call(case: Case, t: float) -> int:

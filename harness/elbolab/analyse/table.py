@@ -190,38 +190,43 @@ HOW_SURE = {
 
 def summary_table(df: pd.DataFrame, baseline: str = "numpy") -> pd.DataFrame:
     """Who wins each (workload, variant, dtype, threads, batch), by how much over the runner-up and
-    over the baseline, and how sure (the shared verdict of the winner against the runner-up)."""
+    over the baseline, and how sure (the shared verdict of the winner against the runner-up).
+    Walks each cell's rows by position (plain arrays, not a DataFrame per cell: a run of 20,000
+    cases has thousands of cells)."""
     rows = []
     if df.empty:
         return pd.DataFrame()
     noise = control_noise(list(df["m"]), baseline)
-    for key, group in df.groupby(["run", *KEY_FIELDS], dropna=False, sort=False):
-        contenders = group[~group["backend"].map(is_control)]  # the control is the reference again
-        ok = contenders[contenders["timed_ok"] & ~contenders["implausible"]].sort_values("median_ns")
+    col = {c: df[c].to_numpy() for c in ("label", "status", "timed_ok", "implausible", "median_ns", "speedup",
+                                         "speedup_lo", "speedup_hi", "backend", "m", "workload")}  # fmt: skip
+    control = [is_control(b) for b in col["backend"]]
+    for key, positions in df.groupby(["run", *KEY_FIELDS], dropna=False, sort=False).indices.items():
+        group = sorted(positions)  # file order within the cell
+        # the control is the reference again: it never wins
+        ok = [i for i in group if not control[i] and col["timed_ok"][i] and not col["implausible"][i]]
+        ok.sort(key=lambda i: col["median_ns"][i])
         row = dict(zip(["run", *KEY_FIELDS], key, strict=True))
-        bad = group[~group["timed_ok"]]
-        row["not_ok"] = "; ".join(f"{r['label']}: {r['status']}" for _, r in bad.iterrows())
-        flagged = group[group["implausible"]]
-        row["implausible"] = ", ".join(r["label"] for _, r in flagged.iterrows())
+        row["not_ok"] = "; ".join(
+            f"{col['label'][i]}: {col['status'][i]}" for i in group if not col["timed_ok"][i]
+        )
+        row["implausible"] = ", ".join(col["label"][i] for i in group if col["implausible"][i])
         row.update(winner="", winner_median_ns=math.nan, runner_up="", margin=math.nan, margin_lo=math.nan,
                    margin_hi=math.nan, how_sure="no valid measurement", vs_baseline=math.nan,
                    vs_baseline_lo=math.nan, vs_baseline_hi=math.nan)  # fmt: skip
-        if ok.empty:
+        if not ok:
             rows.append(row)
             continue
-        win = ok.iloc[0]
-        row["winner"] = win["label"]
-        row["winner_median_ns"] = win["median_ns"]
+        win = ok[0]
+        row["winner"] = col["label"][win]
+        row["winner_median_ns"] = col["median_ns"][win]
         row["vs_baseline"], row["vs_baseline_lo"], row["vs_baseline_hi"] = (
-            win["speedup"], win["speedup_lo"], win["speedup_hi"],
+            col["speedup"][win], col["speedup_lo"][win], col["speedup_hi"][win],
         )  # fmt: skip
         if len(ok) > 1:
-            second = ok.iloc[1]
-            j = judge_in_run(
-                second["m"], win["m"], workload=win["workload"], noise=noise.for_case(win["m"].case)
-            )
+            second, m = ok[1], col["m"][win]
+            j = judge_in_run(col["m"][second], m, workload=col["workload"][win], noise=noise.for_case(m.case))
             margin = j.speedup  # median(runner-up) / median(winner): how many times faster the winner is
-            row.update(runner_up=second["label"], margin=margin.value, margin_lo=margin.ci95[0],
+            row.update(runner_up=col["label"][second], margin=margin.value, margin_lo=margin.ci95[0],
                        margin_hi=margin.ci95[1], how_sure=HOW_SURE[j.verdict])  # fmt: skip
         else:
             row["how_sure"] = "only one valid backend"

@@ -15,10 +15,10 @@ from rich.table import Table
 from elbolab.cli.args import ints, names, path, positive_int, seconds, seed, steps, thread_counts
 from elbolab.cli.console import stdout_console
 from elbolab.cli.progress import RunProgress
-from elbolab.cli.render import median_ci_ns, print_run_summary, print_run_table
-from elbolab.measure.plan import Plan
+from elbolab.cli.render import median_ci_ns, print_run_summary, print_run_table, print_wrapped
+from elbolab.measure.plan import Plan, plan_cases
 from elbolab.measure.runner import run_plan
-from elbolab.model.backend import discover_with_errors
+from elbolab.model.backend import discover, discover_with_errors
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.config import Config, load_config
 from elbolab.model.measurement import Measurement
@@ -180,13 +180,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     plan = plan_from_args(args, config)
     out = args.out or Path("results/scratch") / f"run-{now().replace(':', '')}.json"
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    with RunProgress() as progress:
+    # the plan's cases weigh the time left by what each will cost (discover() is cached: run_plan's
+    # own call costs nothing more)
+    planned = plan_cases(plan, discover()) if plan.measure == "time" else []
+    if mode == "resume" and Path(out).exists():  # the cases still to measure, as run_plan will
+        done = {m.case.key() for m in load(out).measurements}
+        planned = [c for c in planned if c.key() not in done]
+    with RunProgress(planned=planned, control=plan.control) as progress:
         run = run_plan(
             plan, out, mode=mode, case_timeout=config.pick(args.timeout, "run.timeout"), measure_limits=not args.no_limits,
             on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs,
         )  # fmt: skip
     print_run_summary(run, stdout_console())
-    print(f"results: {out} (every case: elbolab show {out})")
+    print_wrapped(stdout_console(), f"results: {out} (every case: elbolab show {out})")
     return 0
 
 
@@ -214,15 +220,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     def on_result(c: TrainingCurve) -> None:
         head = f"train {c.backend} {c.device} {c.dtype}: "
         if not c.losses:
-            console.print(head + f"{c.status}, {c.reason}", highlight=False, markup=False)
+            print_wrapped(console, head + f"{c.status}, {c.reason}")
             return
         learned = "learned" if c.learned else "did NOT learn"
         steps = "every step within its bound" if c.status == "ok" else f"INCORRECT at {c.reason}"
-        console.print(
-            head + f"final loss {final_loss(c.losses):.4f}, the mean of the last {min(FINAL_STEPS, len(c.losses))} steps "
-            f"({learned}: bias-only {c.bias_only_loss:.2f}); {steps}",
-            highlight=False, markup=False,
-        )  # fmt: skip
+        print_wrapped(console, head + f"final loss {final_loss(c.losses):.4f}, the mean of the last "
+                      f"{min(FINAL_STEPS, len(c.losses))} steps ({learned}: bias-only {c.bias_only_loss:.2f}); {steps}")  # fmt: skip
 
     with run:
         run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)

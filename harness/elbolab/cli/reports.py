@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,8 +26,8 @@ def add_commands(subparsers) -> None:
     p = subparsers.add_parser(
         "report",
         help="write a self-contained HTML report (plus CSV and Markdown tables) from results files",
-        description="Turn one or more results files into a self-contained HTML page; the CSV and Markdown "
-        "tables are written next to it (NAME.csv, NAME.md).",
+        description="Turn one or more results files into a self-contained HTML page; beside it, NAME.md (a "
+        "summary for a pull request or CI job summary), NAME.cases.md and NAME.csv (every case).",
     )
     p.add_argument(
         "results",
@@ -40,6 +41,12 @@ def add_commands(subparsers) -> None:
     # None: unset, they come from [tool.elbolab.report], then the defaults above
     p.add_argument("--baseline", help=f"backend the speed-ups are over (default: {DEFAULT_BASELINE})")
     p.add_argument("--title", help=f"page title (default: {DEFAULT_TITLE!r})")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="history store for each case's sparkline (default: $ELBOLAB_STORE or the configured store, else "
+        "results/history.sqlite if it exists); --store none: no history",
+    )
     add_keyword(p)
     p.set_defaults(func=cmd_report)
 
@@ -66,6 +73,7 @@ def load_runs(paths: list[str]):
 def cmd_report(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from elbolab.report.digest import markdown_summary
     from elbolab.report.html import build_views, render
     from elbolab.report.tables import write_exports
     from elbolab.store.results import output_path, write_text_atomic
@@ -75,7 +83,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: the report is HTML; give an output path ending in .html")
     # every file the report writes is checked before any is: a report that fails changes none
     page_path = output_path(out)
-    for sibling in (out.with_suffix(".csv"), out.with_suffix(".md")):
+    for sibling in (out.with_suffix(".csv"), out.with_suffix(".md"), out.with_suffix(".cases.md")):
         output_path(sibling, follow_link=False)
     config = load_config()
     selection = parse_optional(args.k)
@@ -90,21 +98,43 @@ def cmd_report(args: argparse.Namespace) -> int:
             f"baseline backend {baseline!r} is not in the results "
             f"(backends: {', '.join(sorted(map(str, known)))})"
         )
-    views = build_views(runs, baseline)
-    page = render(views, baseline, config.pick(args.title, "report.title", DEFAULT_TITLE))
+    histories = _histories(config.pick(args.store, "store"), args.store is not None, runs[-1].run)
+    views = build_views(runs, baseline, histories=histories)
+    page = render(views, baseline, config.pick(args.title, "report.title", DEFAULT_TITLE), out.stem)
     tables = [v.table for v in views if not v.table.empty]
     df = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     summaries = [v.summary for v in views if not v.summary.empty]
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame()
+    digest = markdown_summary(views[-1], baseline, out.stem)
     try:
         write_text_atomic(page_path, page)
-        written = write_exports(df, summary, baseline, out.with_suffix("")) if not df.empty else []
+        written = write_exports(df, summary, baseline, out.with_suffix(""), digest) if not df.empty else []
     except OSError as exc:
         raise UsageError(f"{out}: cannot write the report ({exc.strerror})") from None
-    print(f"report: {out}")
+    print(f"report: {out} ({len(page.encode()) / 1024:.0f} KiB)")
     for path in written:
-        print(f"tables: {path}")
+        print(
+            f"{'summary' if path.suffix == '.md' and not path.stem.endswith('.cases') else 'tables'}: {path}"
+        )
     return 0
+
+
+def _histories(store: str | None, named: bool, run):
+    """Each case's history from the store in force (--store, ELBOLAB_STORE, the configuration), or
+    the default one where it exists; none with --store none. A store that cannot be read costs the
+    sparklines, not the report."""
+    from elbolab.report.history import default_store, load_histories
+
+    url = default_store() if store is None else (None if store.lower() == "none" else store)
+    if url is None:
+        return None
+    try:
+        return load_histories(url, run)
+    except UsageError as exc:
+        if named:  # named on the command line: the user asked for it
+            raise
+        print(f"report: no history ({exc})", file=sys.stderr)
+        return None
 
 
 def cmd_claims(args: argparse.Namespace) -> int:

@@ -235,8 +235,10 @@ class Measurement:
         """Median per-call time of each pooled round, or None for a single run."""
         if len(self.rounds) < 2:
             return None
-        bounds = np.cumsum([0, *self.rounds])
         x = self.per_call_ns
+        if len(set(self.rounds)) == 1:  # rounds of one size (a run's cells): one call, not one per round
+            return tuple(float(v) for v in np.median(x.reshape(len(self.rounds), -1), axis=1))
+        bounds = np.cumsum([0, *self.rounds])
         return tuple(float(np.median(x[i:j])) for i, j in zip(bounds[:-1], bounds[1:], strict=True))
 
     # ------------------------------------------------------------------------------ pooling

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from statistics import NormalDist
 
 import numpy as np
 
@@ -168,14 +169,23 @@ def ratio_interval(base: Sequence[float], head: Sequence[float], confidence: flo
     return RatioEstimate(estimate, (float(math.exp(diffs[c])), float(math.exp(diffs[diffs.size - 1 - c]))))
 
 
+EXACT_SIGNED_RANK_MAX = 1000  # 2**n counts stay finite in float64 up to n = 1023
+
+
+@lru_cache(maxsize=256)
 def signed_rank_critical(n: int, confidence: float = 0.95) -> int:
     """Largest k with P(W+ <= k) <= (1 - confidence)/2 for Wilcoxon's signed-rank statistic of n
     pairs under no difference (its exact distribution, counted by recursion); -1 when n is too
     small for the confidence (fewer than 6 pairs at 95%). For n = 10 at 95% this is 8, as the
-    tables say."""
+    tables say. Above EXACT_SIGNED_RANK_MAX pairs (a run's pooled null control at tens of
+    thousands of cases) the counts would overflow and the recursion cost n**3: the normal
+    approximation with continuity correction, which is within a rank of the exact value there."""
     alpha = (1.0 - confidence) / 2
     if n < 1:
         return -1
+    if n > EXACT_SIGNED_RANK_MAX:
+        mean, sd = n * (n + 1) / 4, math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+        return int(math.floor(mean + sd * NormalDist().inv_cdf(alpha) - 0.5))
     top = n * (n + 1) // 2
     counts = np.zeros(top + 1)
     counts[0] = 1.0
@@ -183,6 +193,33 @@ def signed_rank_critical(n: int, confidence: float = 0.95) -> int:
         counts[i:] = counts[i:] + counts[: top + 1 - i]
     cdf = np.cumsum(counts) / counts.sum()
     return int(np.searchsorted(cdf, alpha + 1e-12, side="right")) - 1
+
+
+WALSH_SORT_MAX = 2000  # pairs: beyond, the n(n+1)/2 Walsh averages are not formed (n = 2000: 2 M)
+WALSH_IN_PYTHON = 24  # pairs: up to here (a cell's 8 rounds) plain Python is faster than numpy
+
+
+def _walsh_order_statistic(d: np.ndarray, r: int) -> float:
+    """The r-th smallest (0-based) Walsh average (d[i] + d[j]) / 2, i <= j, of sorted d, without
+    forming them: bisection on the value, counting the averages at or below it in O(n log n)."""
+    n = d.size
+    starts = np.arange(n)
+
+    def at_or_below(x: float) -> int:
+        return int(np.maximum(np.searchsorted(d, 2 * x - d, side="right") - starts, 0).sum())
+
+    lo, hi = float(d[0]), float(d[-1])  # every average lies in [min, max]
+    if at_or_below(lo) >= r + 1:
+        return lo
+    for _ in range(200):  # lo: fewer than r + 1 at or below; hi: at least r + 1
+        mid = (lo + hi) / 2
+        if mid <= lo or mid >= hi:
+            break
+        if at_or_below(mid) >= r + 1:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def paired_ratio_interval(
@@ -203,9 +240,28 @@ def paired_ratio_interval(
     if a.size != b.size or a.size == 0:
         raise ValueError("need the same number of paired units on both sides, at least one")
     d = b - a
+    k = signed_rank_critical(d.size, confidence)
+    if d.size > WALSH_SORT_MAX:  # the same order statistics, found by counting (time and memory ~ n)
+        d = np.sort(d)
+        total = d.size * (d.size + 1) // 2
+        middle = [total // 2] if total % 2 else [total // 2 - 1, total // 2]
+        estimate = math.exp(sum(_walsh_order_statistic(d, r) for r in middle) / len(middle))
+        if k < 0:
+            return RatioEstimate(estimate, (0.0, math.inf))
+        lo, hi = _walsh_order_statistic(d, k), _walsh_order_statistic(d, total - 1 - k)
+        return RatioEstimate(estimate, (math.exp(lo), math.exp(hi)))
+    if (
+        d.size <= WALSH_IN_PYTHON
+    ):  # a cell's rounds: the same sums and sort in Python, without numpy's per-call cost
+        x = d.tolist()
+        walsh = sorted((x[i] + x[j]) / 2 for i in range(len(x)) for j in range(i, len(x)))
+        n, mid = len(walsh), len(walsh) // 2
+        estimate = math.exp(walsh[mid] if n % 2 else (walsh[mid - 1] + walsh[mid]) / 2)
+        if k < 0:
+            return RatioEstimate(estimate, (0.0, math.inf))
+        return RatioEstimate(estimate, (math.exp(walsh[k]), math.exp(walsh[n - 1 - k])))
     walsh = np.sort(((d[:, None] + d[None, :]) / 2)[np.triu_indices(d.size)])
     estimate = float(math.exp(np.median(walsh)))
-    k = signed_rank_critical(d.size, confidence)
     if k < 0:
         return RatioEstimate(estimate, (0.0, math.inf))
     return RatioEstimate(estimate, (float(math.exp(walsh[k])), float(math.exp(walsh[walsh.size - 1 - k]))))

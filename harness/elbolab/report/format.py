@@ -27,13 +27,20 @@ def _scaled(v: float | None, units: tuple[tuple[str, float], ...], digits: int =
     return f"{v / scale:.{digits}g} {unit}".rstrip()
 
 
+def fmt_ratio(v: float) -> str:
+    """A ratio to three significant digits, never in exponent notation: '2.61', '1240', '∞'."""
+    if math.isinf(v):
+        return "∞"
+    return f"{v:.0f}" if abs(v) >= 999.5 else f"{v:.3g}"
+
+
 def fmt_x(v: float | None, lo: float = math.nan, hi: float = math.nan) -> str:
     """A ratio with its interval: '2.6x [2.5, 2.7]'."""
     if missing(v):
         return ""
-    text = f"{v:.3g}x"
+    text = f"{fmt_ratio(v)}x"
     if not (missing(lo) or missing(hi)):
-        text += f" [{lo:.3g}, {'∞' if math.isinf(hi) else f'{hi:.3g}'}]"
+        text += f" [{fmt_ratio(lo)}, {fmt_ratio(hi)}]"
     return text
 
 

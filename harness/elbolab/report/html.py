@@ -1,26 +1,32 @@
 """The HTML report: one self-contained page for one or more results files.
 
-The first screen answers "who wins, at which size, by how much, how sure": a speed-up matrix per
-workload (rows: backends, columns: batch sizes; the headline dtype and the fewest threads), each
-cell coloured by its speed-up over the baseline on a diverging log scale, its verdict mark from
-elbolab.analyse.verdict and its 95% interval on hover. Then the problems (the machine's health warnings
-from elbolab.measure.health, failures by case, skips grouped by reason, elbolab.analyse.anomalies grouped by kind
-with their likely cause, less accurate and implausible cases), the claims check, the plots (time vs
-batch and thread scaling per workload, bandwidth, roofline, noise, training), the per-case tables
-(collapsed, one per workload; accuracy beside the median, the CUDA device clock beside the host's,
-instruction counts where a case was counted instead of timed) and the machine, its health facts,
-software and limits.
+The first screen answers, in about a minute, which backend is fastest and by how much, whether any
+result is wrong or suspicious, whether the tutorial's claims hold, and what machine this was: the run
+and the machine in one line each and the run's resolution (its null control), the problems ranked by
+how much they matter and the claims' one-line verdicts side by side, then the speed-up matrices
+(elbolab.report.matrix: each cell's time and interval printed, the verdict's mark, one click to the
+case's detail). Below: every problem with the machine's health warnings and the skips by reason, the
+claims check in full, the plots (elbolab.report.plots), the training runs, each case's detail
+(elbolab.report.cases: samples, evidence, history; shown when its link is followed), the machine,
+software and measured limits, and the method. The first screen's words and the console's and the
+Markdown summary's come from one place (elbolab.report.summary).
 
 A case measured by counting instructions has no time: it is shown as 'counted' in the matrix, with
-its counts in the per-case table, and enters no speed-up or plot.
+its counts in its detail, and enters no speed-up or plot.
 
 Several results files: the first is the base and each later one is compared with it by
 elbolab.analyse.compare (ratio with its interval and the shared verdict; times normalized by a reference case
 when the CPUs differ; one sentence when they cannot be compared). The rest of the page shows the
-newest file; its per-case tables and metadata are given for every file.
+newest file.
+
+Size: a report is one file a person can mail: under 1 MB for a run the size of `make bench`, under
+5 MB for one of tens of thousands of cases (page_budget). The per-case details fill what the rest
+of the page leaves, by priority (the problems', the headline matrices', then the others); the
+other settings' matrices stop at OTHER_CELLS cells; every case is in NAME.csv and NAME.cases.md.
 
 Jinja2 with autoescaping on: every string from a results file is escaped; the only markup inserted
-unescaped is the SVG of elbolab.report.plots (whose text matplotlib escapes). No external URL, no
+unescaped is SVG drawn from numbers (elbolab.report.plots, whose text matplotlib escapes; the strips
+and sparklines of elbolab.report.cases, whose labels are escaped there). No external URL, no
 script, no fetch: the page opens offline.
 """
 
@@ -38,22 +44,41 @@ from markupsafe import Markup
 
 from elbolab.analyse import anomalies
 from elbolab.analyse.compare import CompareError, Comparison, Reference, compare
-from elbolab.analyse.table import KEY_FIELDS, backend_label, device_median, measurement_table, summary_table
-from elbolab.analyse.verdict import DEFAULT_RULE, Verdict
+from elbolab.analyse.control import ControlNoise, control_noise
+from elbolab.analyse.table import KEY_FIELDS, backend_label, measurement_table, summary_table
+from elbolab.analyse.verdict import DEFAULT_AB_THRESHOLD, DEFAULT_RULE
 from elbolab.measure.training import FINAL_STEPS, final_loss
-from elbolab.model.case import Case
-from elbolab.model.measurement import Measurement
 from elbolab.model.roofline import size_text
-from elbolab.report import plots
+from elbolab.report import cases, names, plots, summary
 from elbolab.report.claims import check_claims
-from elbolab.report.format import fmt_change, fmt_count, fmt_interval, fmt_ns, fmt_time, fmt_x, missing
-from elbolab.report.tables import CUDA_CLOCK, OPTIONAL, LoadedRun, counted, display_summary, display_table
+from elbolab.report.format import fmt_change, fmt_interval, fmt_ratio, fmt_time
+from elbolab.report.history import Histories
+from elbolab.report.matrix import (  # noqa: F401 (speed_colour, fmt_speed, SATURATE: the report's colour scale)
+    SATURATE,
+    Cell,
+    Matrix,
+    build_matrix,
+    cell_key,
+    colour_scale,
+    fmt_speed,
+    grid_html,
+    leaders,
+    speed_cell,
+    speed_colour,
+    speedup_matrices,
+    threads_text,
+    with_hidden_label,
+    workload_title,
+)
+from elbolab.report.tables import CUDA_CLOCK, LoadedRun, display_summary
 
 TEMPLATES = Path(__file__).with_name("templates")
-BROKEN = ("incorrect", "failed", "timeout")
 DIMS = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
-SATURATE = 30.0  # a speed-up (or slow-down) of this much gets the full colour
-GOOD, BAD, WHITE = (26, 152, 80), (215, 48, 39), (255, 255, 255)
+TOP_PROBLEMS = 5  # on the first screen
+LISTED_PROBLEMS = 40  # in the problems section before "and N more" (collapsed)
+OTHER_CELLS = 6000  # cells of the other settings' matrices in the page
+PAGE_BUDGET, BIG_PAGE_BUDGET = 950_000, 4_800_000  # bytes: under 1 MB, and under 5 MB for a big run
+BIG_RUN = 5000  # cases: a run this large gets the big page
 
 
 @dataclass
@@ -61,9 +86,14 @@ class RunView:
     run: LoadedRun
     table: pd.DataFrame
     summary: pd.DataFrame
+    noise: ControlNoise = field(default_factory=lambda: ControlNoise({}, None))
     claims: list = field(default_factory=list)
+    found: list[anomalies.Anomaly] = field(default_factory=list)
     anomalies: list[dict] = field(default_factory=list)
+    problems: list[summary.Problem] = field(default_factory=list)
     figures: list[tuple[str, Markup]] = field(default_factory=list)
+    histories: Histories | None = None
+    lead: dict = field(default_factory=dict)  # each grid cell's leaders (elbolab.report.matrix.leaders)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -83,215 +113,13 @@ def _rows(df: pd.DataFrame) -> list[list[str]]:
     return [[_plain(v) for v in row] for row in df.itertuples(index=False)]
 
 
-def _case_text(r) -> str:
-    return case_text(r.m.case)
-
-
-def case_text(c: Case) -> str:
-    return f"{c.workload} {c.variant} {c.dtype} B={c.batch} t={c.threads} {c.backend} ({c.device})"
-
-
-def _workload_title(workload: str, variant: str) -> str:
-    return workload if variant == "eps=given" else f"{workload} ({variant.replace('=', ' ')})"
-
-
-def _threads(t: int) -> str:
-    return f"{t} thread{'s' if t != 1 else ''}"
-
-
-def speed_colour(speedup: float) -> tuple[str, str]:
-    """(background, text colour) of a speed-up: log scale, green faster, red slower, white at 1x."""
-    t = max(-1.0, min(1.0, math.log(speedup) / math.log(SATURATE)))
-    t = math.copysign(abs(t) ** 0.75, t)
-    end = GOOD if t > 0 else BAD
-    rgb = tuple(round(w + (e - w) * abs(t)) for w, e in zip(WHITE, end, strict=True))
-    return "#{:02x}{:02x}{:02x}".format(*rgb), ("#ffffff" if abs(t) > 0.55 else "#1d2330")
-
-
-def fmt_speed(s: float) -> str:
-    """A speed-up for a dense grid: '52x', '2.6x', '0.28x'."""
-    if s >= 9.95:
-        return f"{s:.0f}x"
-    if s >= 0.995:
-        return f"{s:.1f}x"
-    return f"{s:.2g}x"
-
-
-def colour_scale() -> list[tuple[str, str, str]]:
-    """The legend of the matrix colours: (text, background, foreground)."""
-    out = []
-    for s in (1 / SATURATE, 0.1, 1 / 3, 1.0, 3.0, 10.0, SATURATE):
-        bg, fg = speed_colour(s)
-        out.append((fmt_speed(s) if s >= 1 else f"1/{1 / s:.0f}", bg, fg))
-    return out
-
-
-# ------------------------------------------------------------------------------------ one measurement
-
-
-def _time_note(m: Measurement) -> str:
-    """For a case on a device: which clock its time is, and the device's own median."""
-    if m.case.device == "cpu":
-        return ""
-    dev = device_median(m)
-    return f" ({CUDA_CLOCK}" + (f"; CUDA events: {fmt_ns(dev[0])} per call)" if dev else ")")
-
-
-# ------------------------------------------------------------------------------------ matrices
-
-
-@dataclass(frozen=True)
-class Cell:
-    text: str
-    cls: str = ""
-    style: str = ""
-    title: str = ""
-
-
-@dataclass(frozen=True)
-class MatrixRow:
-    label: str
-    backend: str
-    colour: str
-    cells: list[Cell]
-    device: str = "cpu"  # another device: a hollow swatch, as its hollow markers in the plots
-
-
-@dataclass(frozen=True)
-class Matrix:
-    title: str
-    setting: str
-    columns: list[str]
-    rows: list[MatrixRow]
-    hidden: list[tuple[str, str]]  # rows left out (all skipped): label, why
-    hidden_label: str = "not run here"
-
-
-def _column_key(r) -> tuple:
-    return (int(r.batch), *(getattr(r, d) for d in DIMS))
-
-
-def _column_names(keys: list[tuple]) -> list[str]:
-    varying = [i for i in range(len(DIMS)) if len({k[1 + i] for k in keys}) > 1]
-    short = {"input_dim": "D", "latent_dim": "L", "hidden_dim": "H", "importance_samples": "K"}
-    return [f"B={k[0]}" + "".join(f" {short[DIMS[i]]}={k[1 + i]}" for i in varying) for k in keys]
-
-
-def _row_order(pair: tuple[str, str], baseline: str) -> tuple:
-    return (pair[0] != baseline, *plots.series_order(pair))
-
-
-def _speed_cell(speed: float, lo: float, hi: float, verdict: Verdict, title: str, win: bool = False) -> Cell:
-    bg, fg = speed_colour(speed)
-    return Cell(
-        f"{fmt_speed(speed)} {verdict.mark}",
-        "sp win" if win else "sp",
-        f"background:{bg};color:{fg}",
-        f"{title}: {fmt_x(speed, lo, hi)} (95% interval), {verdict.value}",
-    )
-
-
-def _cell(r, baseline: str, winner: bool) -> Cell:
-    """One case of a speed-up matrix (r: a row of the measurement table, or None)."""
-    if r is None:
-        return Cell("", "none", title="not measured in this run")
-    where = f"{r.label}, B={r.batch}"
-    if counted(r.m):
-        c = r.m.counts
-        return Cell("counted", "na", title=f"{where}: counted, not timed: {fmt_count(c.instructions)} instructions, "
-                    f"{fmt_count(c.estimated_cycles)} estimated cycles per call")  # fmt: skip
-    if r.status == "skipped":
-        return Cell("–", "skip", title=f"{where}: skipped: {_plain(r.reason)}")
-    if r.status in BROKEN:
-        return Cell(f"✗ {r.status}", "bad", title=f"{where}: {r.status}: {_plain(r.reason)}")
-    if r.speedup_note == "baseline":
-        ci = f"[{fmt_ns(r.ci_lo_ns)}, {fmt_ns(r.ci_hi_ns)}]"
-        return Cell(
-            fmt_ns(r.median_ns),
-            "base win" if winner else "base",
-            title=f"{where}: the baseline, median {fmt_ns(r.median_ns)} {ci} per call{_time_note(r.m)}"
-            + ("; the fastest valid backend here" if winner else ""),
-        )
-    if r.implausible:
-        return Cell("⚠ implausible", "flag", title=f"{where}: {r.plausibility}")
-    if missing(r.speedup) or not r.verdict:
-        return Cell("n/a", "na", title=f"{where}: {_plain(r.speedup_note) or 'no speed-up'}")
-    title = f"{where}: {fmt_ns(r.median_ns)} per call{_time_note(r.m)}; over {baseline}"
-    if winner:
-        title = (f"{where} (the fastest valid backend here): {fmt_ns(r.median_ns)} per call{_time_note(r.m)}; "
-                 f"over {baseline}")  # fmt: skip
-    return _speed_cell(r.speedup, r.speedup_lo, r.speedup_hi, Verdict(r.verdict), title, winner)
-
-
-def _winners(summary: pd.DataFrame) -> set[tuple]:
-    if summary.empty:
-        return set()
-    return {(*(getattr(r, f) for f in KEY_FIELDS), r.winner) for r in summary.itertuples() if r.winner}
-
-
-def _matrix(
-    sub: pd.DataFrame, title: str, setting: str, cell_of, baseline: str, hidden_reason
-) -> Matrix | None:
-    """Rows: (backend, device) pairs; columns: batch (and dims when they vary)."""
-    if sub.empty:
-        return None
-    keys = sorted({_column_key(r) for r in sub.itertuples()})
-    by_pair: dict[tuple[str, str], dict[tuple, object]] = {}
-    for r in sub.itertuples():
-        by_pair.setdefault((r.backend, r.device), {})[_column_key(r)] = r
-    rows, hidden = [], []
-    for pair in sorted(by_pair, key=lambda p: _row_order(p, baseline)):
-        found = by_pair[pair]
-        label = backend_label(*pair)
-        if all(getattr(r, "status", "") == "skipped" for r in found.values()):
-            hidden.append((label, hidden_reason(found)))
-            continue
-        cells = [cell_of(found.get(k)) for k in keys]
-        rows.append(MatrixRow(label, pair[0], plots.backend_colour(pair[0]), cells, pair[1]))
-    return Matrix(title, setting, _column_names(keys), rows, hidden)
-
-
-def _skip_reason(found: dict) -> str:
-    reasons = Counter(_plain(r.reason) for r in found.values())
-    return "; ".join(reasons)
-
-
-def speedup_matrices(
-    df: pd.DataFrame, summary: pd.DataFrame, baseline: str, headline: bool = True
-) -> list[Matrix]:
-    """One matrix per workload at its headline setting (headline=True), or one per other
-    (dtype, threads) setting."""
-    if df.empty:
-        return []
-    winners = _winners(summary)
-    out = []
-    for workload, variant in plots.workload_pairs(df):
-        wdf = df[(df.workload == workload) & (df.variant == variant)]
-        head = plots.headline_setting(wdf)
-        settings = sorted(set(zip(wdf.dtype, wdf.threads, strict=True)), key=lambda s: (s[0] != "float64", s))
-        for dtype, t in [head] if headline else [s for s in settings if s != head]:
-            sub = wdf[(wdf.dtype == dtype) & (wdf.threads == t)]
-
-            def cell_of(r):
-                win = r is not None and (*(getattr(r, f) for f in KEY_FIELDS), r.label) in winners
-                return _cell(r, baseline, win)
-
-            m = _matrix(sub, _workload_title(workload, variant), f"{dtype}, {_threads(t)}", cell_of, baseline,
-                        _skip_reason)  # fmt: skip
-            if m is not None:
-                out.append(m)
-    return out
-
-
 # ------------------------------------------------------------------------------------ problems
 
 
-def problems(df: pd.DataFrame) -> dict:
-    """Failures by case, skips grouped by reason, less accurate and implausible cases."""
+def skipped_by_reason(df: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """The skipped cases grouped by their reason, the commonest first: (reason, how many, which)."""
     if df.empty:
-        return {"failures": [], "skipped": [], "less_accurate": [], "implausible": []}
-    bad = df[df.status.isin(BROKEN)]
-    failures = [(_case_text(r), r.status, _plain(r.reason)) for r in bad.itertuples()]
+        return []
     skipped = []
     sk = df[df.status == "skipped"]
     for reason, group in sk.groupby(sk.reason.fillna("no reason given"), sort=False):
@@ -299,33 +127,19 @@ def problems(df: pd.DataFrame) -> dict:
         skipped.append(
             (_plain(reason), len(group), ", ".join(f"{label} ×{n}" for label, n in where.most_common()))
         )
-    skipped.sort(key=lambda x: -x[1])
-    less = [
-        (_case_text(r), r.m.check.describe() or "less accurate than careful arithmetic")
-        for r in df.itertuples()
-        if r.m.check is not None and r.m.check.less_accurate
-    ]
-    flagged = [(_case_text(r), r.plausibility) for r in df[df.implausible].itertuples()]
-    return {"failures": failures, "skipped": skipped, "less_accurate": less, "implausible": flagged}
+    return sorted(skipped, key=lambda x: -x[1])
 
 
-COLLAPSE = 5  # an anomaly with more cases than this lists them collapsed
-
-
-def anomaly_groups(found: list[anomalies.Anomaly]) -> list[dict]:
-    """elbolab.analyse.anomalies grouped by kind, the most frequent first: the count, the likely cause(s)
-    and the cases with their details."""
+def anomaly_causes(found: list[anomalies.Anomaly]) -> list[dict]:
+    """elbolab.analyse.anomalies by kind, the most frequent first: the kind, how many, and its likely
+    cause(s), said once for the kind (the cases are in the ranked problems)."""
     groups: dict[str, dict] = {}
     for a in found:
-        g = groups.setdefault(a.kind, {"kind": a.kind, "causes": [], "cases": []})
+        g = groups.setdefault(a.kind, {"kind": a.kind, "causes": [], "count": 0})
         if a.likely_cause not in g["causes"]:
             g["causes"].append(a.likely_cause)
-        g["cases"].append((case_text(a.case), a.detail))
-    out = sorted(groups.values(), key=lambda g: -len(g["cases"]))
-    for g in out:
-        g["count"] = len(g["cases"])
-        g["collapsed"] = g["count"] > COLLAPSE
-    return out
+        g["count"] += 1
+    return sorted(groups.values(), key=lambda g: -g["count"])
 
 
 def _loads(value) -> str:
@@ -406,11 +220,12 @@ def _change_cell(c, normalized: bool, label: str, batch) -> Cell:
         f"({fmt_change(c.ratio)}; base {fmt_time(c.base_median, normalized)}, head "
         f"{fmt_time(c.head_median, normalized)}), {word}; head speed-up over base"
     )
-    cell = _speed_cell(
-        speed, 1 / hi if hi > 0 else math.inf, 1 / lo if lo > 0 else math.inf, c.verdict, title
+    s_lo, s_hi = 1 / hi if hi > 0 else math.inf, 1 / lo if lo > 0 else math.inf
+    sub = f"{fmt_time(c.head_median, normalized)} · {fmt_ratio(s_lo)}–{fmt_ratio(s_hi)}"
+    cell = speed_cell(speed, s_lo, s_hi, c.verdict, title, sub=sub)
+    return replace(
+        cell, text=cell.text + (" !" if c.regression else ""), cls=cell.cls + (" reg" if c.regression else "")
     )
-    return Cell(cell.text + (" !" if c.regression else ""), cell.cls + (" reg" if c.regression else ""),
-                cell.style, cell.title)  # fmt: skip
 
 
 def _change_matrices(report: Comparison, order: list[str]) -> list[Matrix]:
@@ -437,18 +252,19 @@ def _change_matrices(report: Comparison, order: list[str]) -> list[Matrix]:
         wdf = df[(df.workload == workload) & (df.variant == variant)]
         dtype, t = plots.headline_setting(wdf)
         sub = wdf[(wdf.dtype == dtype) & (wdf.threads == t)]
-        kept = {_column_key(r) for r in sub.itertuples() if r.status != "skipped"}
-        sub = sub[[_column_key(r) in kept for r in sub.itertuples()]]
+        column = [(r.batch, *(getattr(r, d) for d in DIMS)) for r in sub.itertuples()]
+        kept = {k for k, r in zip(column, sub.itertuples(), strict=True) if r.status != "skipped"}
+        sub = sub[[k in kept for k in column]]
 
         def cell_of(r):
             if r is None:
                 return _change_cell(None, report.normalized, "", "")
             return _change_cell(r.entry, report.normalized, backend_label(r.backend, r.device), r.batch)
 
-        title, setting = _workload_title(workload, variant), f"{dtype}, {_threads(t)}"
-        m = _matrix(sub, title, setting, cell_of, "", _skip_reason)
+        title, setting = workload_title(workload, variant), f"{dtype}, {threads_text(t)}"
+        m = build_matrix(sub, title, setting, cell_of, "")
         if m is not None:
-            out.append(replace(m, hidden_label="not compared"))
+            out.append(with_hidden_label(m, "not compared"))
     return out
 
 
@@ -517,7 +333,29 @@ def _meta_rows(views: list[RunView], section: str) -> tuple[list[str], list[list
             if k not in keys:
                 keys.append(k)
     header = [section] + [v.run.label for v in views]
-    return header, [[k] + [_plain(_section(v, section).get(k)) for v in views] for k in keys]
+    return header, [[k] + [_pretty(k, _section(v, section).get(k)) for v in views] for k in keys]
+
+
+def _pretty(key: str, value) -> str:
+    """A metadata value as a person reads it: sizes in GiB, an unreported clock said so, an empty
+    list as 'none', a list of records one item each (not raw JSON)."""
+    if key.endswith("_bytes") and isinstance(value, (int, float)) and value > 0:
+        return f"{value / 2**30:.3g} GiB ({value:,.0f} bytes)"
+    if key.endswith("_mhz") and isinstance(value, (int, float)):
+        return f"{value:,.0f} MHz" if value > 0 else "not reported by the system (0)"
+    if isinstance(value, list) and not value:
+        return "none"
+    if isinstance(value, list) and all(isinstance(x, dict) for x in value):
+        return "; ".join(
+            ", ".join(f"{k} {_plain(y)}" for k, y in x.items() if y not in (None, "")) for x in value
+        )
+    if isinstance(value, dict) and value and all(isinstance(x, dict) for x in value.values()):
+        return "; ".join(
+            f"{k}: " + ", ".join(f"{a} {_plain(b)}" for a, b in x.items()) for k, x in value.items()
+        )
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={_plain(x)}" for k, x in value.items()) or "none"
+    return _plain(value)
 
 
 def _section(view: RunView, section: str) -> dict:
@@ -600,23 +438,31 @@ def _figures(view: RunView) -> list[tuple[str, Markup]]:
         figs += [
             ("achieved bandwidth", plots.bandwidth(df, run.limits)),
             ("roofline", plots.roofline(df, run.limits)),
-            ("noise", plots.distributions(df)),
             ("training", plots.training_losses(run.training)),
         ]
     return [(title, Markup(svg)) for title, svg in figs if svg]
 
 
-def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool = True) -> list[RunView]:
-    """One view per results file; the plots are drawn for the newest (last) file only."""
+def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool = True,
+                histories: Histories | None = None) -> list[RunView]:  # fmt: skip
+    """One view per results file; the plots are drawn, and the history store's series (if any)
+    shown, for the newest (last) file only."""
     views = []
     for i, run in enumerate(runs):
         table = measurement_table(run.run, baseline=baseline, label=run.label)
-        summary = summary_table(table, baseline) if not table.empty else pd.DataFrame()
-        view = RunView(run, table, summary)
-        view.claims = check_claims(table, run.run)
-        view.anomalies = anomaly_groups(anomalies.scan(run.run))
-        if with_plots and i == len(runs) - 1:
-            view.figures = _figures(view)
+        noise = control_noise(list(run.run.measurements), baseline)
+        view = RunView(
+            run, table, summary_table(table, baseline) if not table.empty else pd.DataFrame(), noise
+        )
+        view.claims = check_claims(table, run.run, noise)
+        view.found = anomalies.scan(run.run)
+        view.anomalies = anomaly_causes(view.found)
+        view.problems = summary.problems(run.run, view.found)
+        view.lead = leaders(table, noise)
+        if i == len(runs) - 1:
+            view.histories = histories
+            if with_plots:
+                view.figures = _figures(view)
         views.append(view)
     return views
 
@@ -624,30 +470,82 @@ def build_views(runs: list[LoadedRun], baseline: str = "numpy", with_plots: bool
 # ------------------------------------------------------------------------------------ render
 
 
-def _details(v: RunView) -> list[dict]:
-    """The per-case table of one run, one collapsed block per workload; a column that is empty in
-    a block (no device clock, no counts) is left out of it."""
+def _detail_order(v: RunView, headline: list[Matrix]) -> list[int]:
+    """The cases that may get a detail block, by priority: the problems', the headline matrices',
+    then every other case in file order; skipped cases have none."""
+    shown = [
+        int(c.href[2:]) for m in headline for row in m.rows for c in row.cells if c.href.startswith("#c")
+    ]
+    order = [p.index for p in v.problems if p.index >= 0] + shown + list(range(len(v.table)))
+    status = v.table.status.to_numpy()
+    return [i for i in dict.fromkeys(order) if status[i] != "skipped"]
+
+
+def _case_details(v: RunView, baseline: str, order: list[int], room: int) -> dict[int, cases.CaseDetail]:
+    """The details of the cases in `order` (by priority) that fit in `room` bytes, by their row (a
+    detail is a few hundred bytes of facts and its strip; each is built only while there is room)."""
     if v.table.empty:
-        return []
-    shown = display_table(v.table, drop_empty=False)
-    out = []
-    for workload in dict.fromkeys(v.table.workload):
-        mask = (v.table.workload == workload).to_numpy()
-        part, sub = shown[mask], v.table[mask]
-        part = part.drop(columns=[c for c in OPTIONAL if not any(part[c])])
-        not_ok = int((sub.status != "ok").sum())
-        out.append(
-            {
-                "workload": workload,
-                "count": len(sub),
-                "not_ok": not_ok,
-                "header": list(part.columns),
-                "rows": _rows(part),
-                "status": list(sub.status),
-                "flag": list(sub.implausible),
-            }
+        return {}
+    df = v.table
+    base = {cell_key(r): r for r in df[(df.backend == baseline) & (df.device == "cpu")].itertuples()}
+    rows = list(df.itertuples())
+    out, used = {}, 0
+    for i in order:
+        r = rows[i]
+        h = v.histories.of(r.m.case) if v.histories is not None else None
+        d = cases.detail(r, base.get(cell_key(r)), cases.anchor(i), h, v.histories is not None)
+        used += (
+            160
+            + len(d.title)
+            + sum(len(f) + 3 for f in d.facts)
+            + len(d.strip)
+            + len(d.spark)
+            + len(d.history)
         )
+        if used > room:
+            break
+        out[i] = d
     return out
+
+
+def page_budget(cases_in_run: int) -> int:
+    """The bytes a report may take: under 1 MB for a run the size of `make bench` (a page to mail or
+    attach), under 5 MB for a run of tens of thousands of cases (issue 27)."""
+    return PAGE_BUDGET if cases_in_run <= BIG_RUN else BIG_PAGE_BUDGET
+
+
+def _relinked(ctx: dict, details: dict[int, cases.CaseDetail], total: int) -> dict:
+    """The head's context with its details, and every link to a case without one taken out."""
+    anchors = {d.anchor for d in details.values()}
+
+    def cell(c: Cell) -> Cell:
+        if not c.href or c.href[1:] in anchors:
+            return c
+        return replace(
+            c, href="", title=(c.title + "; " if c.title else "") + "its detail is in the full table"
+        )
+
+    def relink(ms: list[Matrix]) -> list[Matrix]:
+        return [replace(m, rows=[replace(r, cells=[cell(c) for c in r.cells]) for r in m.rows]) for m in ms]
+
+    ranked = [dict(p, href=p["href"] if p["href"][1:] in anchors else "") for p in ctx["ranked"]]
+    return dict(ctx, matrices=relink(ctx["matrices"]), other_matrices=relink(ctx["other_matrices"]), ranked=ranked,
+                details=[details[i] for i in sorted(details)], details_left=total - len(details))  # fmt: skip
+
+
+def _other_matrices(
+    v: RunView, baseline: str, anchors: dict[int, str], lead: dict
+) -> tuple[list[Matrix], int]:
+    """The other settings' matrices up to OTHER_CELLS cells, and how many were left out."""
+    out, cells, left = [], 0, 0
+    for m in speedup_matrices(v.table, baseline, v.noise, headline=False, anchors=anchors, lead=lead):
+        n = sum(len(r.cells) for r in m.rows)
+        if cells + n > OTHER_CELLS:
+            left += 1
+            continue
+        cells += n
+        out.append(m)
+    return out, left
 
 
 def _training(v: RunView) -> list[dict]:
@@ -663,35 +561,74 @@ def _training(v: RunView) -> list[dict]:
     return out
 
 
-def _run_ctx(v: RunView, baseline: str) -> dict:
-    statuses = v.table["status"].value_counts().to_dict() if not v.table.empty else {}
-    winners = display_summary(v.summary, baseline)
-    return {
+def _problem_ctx(p: summary.Problem, linked: set[int]) -> dict:
+    return {"what": p.what, "case": summary.short_case(p.case), "why": p.why, "kind": p.kind,
+            "href": f"#{cases.anchor(p.index)}" if p.index in linked else "", "order": p.order}  # fmt: skip
+
+
+def _run_ctx(v: RunView, baseline: str, head: bool) -> dict:
+    """What the template shows of one run; for the newest (head), its matrices with every cell
+    linked and the order its cases' details are wanted in (render fills them in)."""
+    run = v.run.run
+    ctx = {
         "label": v.run.label,
         "path": v.run.path,
-        "run_id": v.run.run.run_id,
-        "commit": (v.run.run.git.commit or "unknown")[:12],
-        "cpu": v.run.run.cpu or "",
-        "started": v.run.run.started,
-        "finished": v.run.run.finished or "not finished (partial run)",
-        "count": len(v.table),
-        "statuses": statuses,
-        "matrices": speedup_matrices(v.table, v.summary, baseline),
-        "other_matrices": speedup_matrices(v.table, v.summary, baseline, headline=False),
-        "winners_header": list(winners.columns),
-        "winners_rows": _rows(winners),
-        "problems": problems(v.table),
-        "health": machine_health(v.run.run.health),
+        "run_line": summary.run_line(run),
+        "machine_line": summary.machine_line(run),
+        "control": summary.control_sentence(v.noise, baseline),
+        "statuses": summary.status_counts(run),
+        "finished": run.finished or "not finished (partial run)",
+        "skipped": skipped_by_reason(v.table),
+        "ranked": [],
+        "problem_counts": summary.problem_counts(v.problems),
+        "health": machine_health(run.health),
         "anomalies": v.anomalies,
         "claims": [c.to_json() for c in v.claims],
-        "figures": v.figures,
         "training": _training(v),
         "final_steps": FINAL_STEPS,
-        "details": _details(v),
+        "matrices": [],
+        "other_matrices": [],
+        "other_left": 0,
+        "details": [],
+        "details_left": 0,
+        "order": [],
+        "glossary": [],
+        "first_calls": summary.first_calls_line(summary.first_calls(run.measurements, v.found)),
+        "figures": v.figures,
+        "winners_header": [],
+        "winners_rows": [],
+        "history": "",
     }
+    if not head or v.table.empty:
+        ctx["ranked"] = [_problem_ctx(p, set()) for p in v.problems]
+        return ctx
+    lead = v.lead
+    # every cell linked: the page's budget decides which details there are (render), and the cells
+    # whose case has none are unlinked then (_relinked)
+    every = {i: cases.anchor(i) for i in range(len(v.table))}
+    ctx["matrices"] = speedup_matrices(v.table, baseline, v.noise, anchors=every, lead=lead)
+    ctx["other_matrices"], ctx["other_left"] = _other_matrices(v, baseline, every, lead)
+    ctx["order"] = _detail_order(v, ctx["matrices"])
+    ctx["ranked"] = [_problem_ctx(p, set(every)) for p in v.problems]
+    shown = [row.backend for m in ctx["matrices"] for row in m.rows]
+    ctx["glossary"] = names.glossary(
+        sorted(set(shown), key=lambda b: (b != baseline, plots.backend_order(b)))
+    )
+    winners = display_summary(v.summary, baseline, lead)
+    ctx["winners_header"], ctx["winners_rows"] = list(winners.columns), _rows(winners)
+    h = v.histories
+    if h is not None:
+        ctx["history"] = (f"History: {h.store}, machine {h.machine}, {h.commits} commit{'s' if h.commits != 1 else ''} "
+                          "with runs (each case's sparkline in its detail).")  # fmt: skip
+    return ctx
 
 
-def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab report") -> str:
+def render(
+    views: list[RunView], baseline: str = "numpy", title: str = "elbolab report", stem: str = "report"
+) -> str:
+    """The page. Rendered twice: once without the cases' details, to measure what the rest of the
+    page takes, then with the details (by priority) that fit in the page's budget; a case left out
+    keeps its cell, unlinked, and is in the full table beside the page."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,  # every string from a results file is escaped
@@ -700,16 +637,22 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
         lstrip_blocks=True,
     )
     template = env.get_template("report.html.j2")
-    runs = [_run_ctx(v, baseline) for v in views]
+    runs = [_run_ctx(v, baseline, i == len(views) - 1) for i, v in enumerate(views)]
     changes = [change(views[0], v) for v in views[1:]]
-    return template.render(
+    common = dict(
         title=title,
+        stem=stem,
         baseline=baseline,
-        runs=runs,
-        head=runs[-1] if runs else None,
         changes=changes,
         scale=colour_scale(),
+        grid_html=grid_html,
         rule=DEFAULT_RULE.describe(),
+        threshold=DEFAULT_RULE.threshold,
+        noise_band=DEFAULT_RULE.noise_band,
+        ab_threshold=DEFAULT_AB_THRESHOLD,
+        variants=list(names.VARIANTS.items()),
+        top=TOP_PROBLEMS,
+        listed=LISTED_PROBLEMS,
         key_fields=", ".join(KEY_FIELDS),
         cuda_clock=CUDA_CLOCK,
         svg_css=Markup(plots.SVG_CSS),
@@ -722,3 +665,13 @@ def render(views: list[RunView], baseline: str = "numpy", title: str = "elbolab 
             ("Measured limits", _limits_rows(views)),
         ],
     )
+    if not runs:
+        return template.render(runs=runs, head=None, **common)
+    head, view = runs[-1], views[-1]
+    if view.table.empty:
+        return template.render(runs=runs, head=head, **common)
+    rest = len(template.render(runs=runs, head=head, **common).encode())
+    details = _case_details(view, baseline, head["order"], page_budget(len(view.table)) - rest)
+    head = _relinked(head, details, int((view.table.status != "skipped").sum()))
+    runs = runs[:-1] + [head]
+    return template.render(runs=runs, head=head, **common)

@@ -36,9 +36,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.textpath import TextToPath  # noqa: E402
 
 from elbolab.analyse.verdict import judge  # noqa: E402
+from elbolab.model.backend import is_control  # noqa: E402
+from elbolab.model.roofline import bandwidth_limit_for, flops_limit_for, size_text, sweep_limit  # noqa: E402
 
 # sizes in pt; a figure is at most ~12.5 in wide, so at 96 px/in it is shown at its natural size in a
 # 1400 px window and 9 pt is 12 px
@@ -144,7 +148,10 @@ _LONG_NUMBER = re.compile(r"(?<![\w#.])-?\d+\.\d{3,}")
 
 
 def _num(x: float, digits: int) -> str:
-    text = f"{x:.{digits}f}".rstrip("0").rstrip(".")
+    """x to `digits` decimals, without trailing zeros after the point ('12.5', '10', never '1')."""
+    text = f"{x:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
 
 
@@ -170,6 +177,14 @@ def _round_path(d: str, digits: int) -> str:
     for tok in toks:
         out.append(tok if tok.isalpha() else _num(float(tok), digits))
     return re.sub(r" ?([A-Za-z]) ?", r"\1", " ".join(out))
+
+
+def _digits(m: re.Match) -> int:
+    """Decimals a path keeps: a marker's shape two, a short drawn path one, a long one (a curve of
+    many points, a band) none."""
+    if m.group(1) and len(m.group(2)) < 160:
+        return 2
+    return 0 if len(m.group(2)) > 80 else 1
 
 
 _USES = re.compile(r'<g( clip-path="[^"]*")?>((?:<use [^>]*/>)+)</g>')
@@ -232,12 +247,11 @@ def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
     text = re.sub(r' transform="rotate\(-0 [^"]*\)"', "", text)
     text = re.sub(r"\s*<defs>\s*</defs>", "", text)
 
-    # marker shapes (defined once, a few pt wide) keep two decimals, plotted paths one
-    text = _PATH_D.sub(
-        lambda m: f'{m.group(1) or ""}d="{_round_path(m.group(2), 2 if m.group(1) else 1)}"', text
-    )
+    # marker shapes (defined once, a few pt wide) keep two decimals, long paths (lines, bands, grids)
+    # whole points (1 pt is 1.3 px at the figure's natural size: no kink a reader can see)
+    text = _PATH_D.sub(lambda m: f'{m.group(1) or ""}d="{_round_path(m.group(2), _digits(m))}"', text)
     text = _ATTR.sub(
-        lambda m: f'{m.group(1)}="{_LONG_NUMBER.sub(lambda n: _num(float(n.group()), 2), m.group(2))}"', text
+        lambda m: f'{m.group(1)}="{_LONG_NUMBER.sub(lambda n: _num(float(n.group()), 1), m.group(2))}"', text
     )
     if tags is not None:
         text = re.sub(
@@ -249,6 +263,13 @@ def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
         )
     referenced = set(re.findall(r"#([\w.-]+)", text))
     text = re.sub(r' id="([^"]*)"', lambda m: m.group() if m.group(1) in referenced else "", text)
+    # matplotlib's ids are 11-character hashes, written at every marker and clip: short ones, unique in
+    # the page by a prefix of the figure's own; SVG 2's href in place of xlink:href
+    prefix = "f" + hashlib.sha256(salt.encode()).hexdigest()[:3]
+    short = {old: f"{prefix}{i:x}" for i, old in enumerate(dict.fromkeys(re.findall(r' id="([^"]*)"', text)))}
+    text = re.sub(r'(?<= id=")([^"]*)(?=")', lambda m: short.get(m.group(1), m.group(1)), text)
+    text = re.sub(r"(?<=#)([\w.-]+)(?=[\")])", lambda m: short.get(m.group(1), m.group(1)), text)
+    text = text.replace("xlink:href=", "href=").replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "")
     text = re.sub(r">\s+<", "><", text)
     text = _unwrap_bare_groups(_hoist_use_styles(text))
     text = _STYLE_ATTR.sub(lambda m: f' class="{STYLE_CLASSES[m.group(1)]}"' if m.group(1) in STYLE_CLASSES
@@ -259,6 +280,53 @@ def _svg(fig, salt: str, tags: _Tags | None = None) -> str:
 # ------------------------------------------------------------------------------------- helpers
 
 _PLAIN = ticker.FuncFormatter(lambda v, _pos: f"{v:g}")
+
+
+def _time_label(ns: float) -> str:
+    """A time tick in its own unit: '100 ns', '1 µs', '10 ms' (never '100000 µs' or '1e+06')."""
+    for unit, scale in (("s", 1e9), ("ms", 1e6), ("µs", 1e3), ("ns", 1.0)):
+        if ns >= scale * 0.9995:
+            return f"{ns / scale:.3g} {unit}"
+    return f"{ns:.2g} ns"
+
+
+TIME = ticker.FuncFormatter(lambda v, _pos: _time_label(v))
+# a speed-up tick: '2x', '1x', '1/8' (never 0.0078125)
+RATIO = ticker.FuncFormatter(lambda v, _pos: f"{v:g}x" if v >= 1 else f"1/{1 / v:.3g}")
+
+
+SHAPE = ("input_dim", "latent_dim", "hidden_dim", "importance_samples")
+
+
+def common_shape(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Each workload's rows at its most measured shape (D, L, H, K), so a line joins batches of one
+    shape only; and a note naming the shape where the run has several."""
+    if df.empty:
+        return df, ""
+    keep, notes = [], []
+    for workload, rows in df.groupby("workload", sort=False):
+        shapes = rows.groupby(list(SHAPE)).size()
+        shape = shapes.idxmax()
+        keep.append(rows[(rows[list(SHAPE)] == pd.Series(shape, index=list(SHAPE))).all(axis=1)])
+        if len(shapes) > 1:
+            notes.append(f"{_t(workload)} at D={shape[0]} L={shape[1]}")
+    out = pd.concat(keep) if keep else df
+    return out, ("; the most measured shape: " + ", ".join(notes)) if notes else ""
+
+
+def _say_empty(ax, what: str = "nothing measured here") -> None:
+    """An empty panel says so, instead of showing bare axes."""
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="#5b6475")
+
+
+def _is_empty(ax) -> bool:
+    return not ax.lines and not ax.collections and not ax.patches
+
+
+def plotted(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows the plots draw: timed and ok, never the null control (the reference again, whose
+    place is the run's resolution and each case's detail, not a line among the backends)."""
+    return df[(df.n > 0) & df.timed_ok & ~df.backend.map(is_control)]
 
 
 def _log(ax, x: bool = True, y: bool = True) -> None:
@@ -321,13 +389,28 @@ MAX_WIDTH = 12.4  # in: shown at natural size (no down-scaling of the text) in a
 LEGEND_ROW = 0.26  # in per legend row at 10 pt
 
 
+_TEXT = TextToPath()
+_LEGEND_FONT = FontProperties(family="DejaVu Sans", size=RC["legend.fontsize"])
+
+
+def _label_width(label: str) -> float:
+    """A legend label's width in inches, from the font's own metrics (the figure's text is set in
+    DejaVu Sans; the page's CSS names it first)."""
+    return _TEXT.get_text_width_height_descent(label, _LEGEND_FONT, ismath=False)[0] / 72
+
+
 def _legend_columns(labels: list[str], width: float) -> int:
-    """The most legend columns (filled column by column) whose estimated width fits the figure."""
-    est = [0.075 * len(label) + 0.62 for label in labels]
+    """The most legend columns (filled column by column) that fit the figure: each column its
+    handle (2.6 em), the pad (0.8 em) and its widest label, 1.2 em between columns, 5% to spare."""
+    em = RC["legend.fontsize"] / 72
+    est = [_label_width(label) + 3.4 * em for label in labels]
     for ncol in range(min(len(labels), 6), 0, -1):
-        rows = math.ceil(len(labels) / ncol)
-        cols = [est[c * rows : (c + 1) * rows] for c in range(ncol)]
-        if sum(max(c) for c in cols if c) + 0.17 * (ncol - 1) <= width - 0.3:  # + column spacing
+        # as matplotlib fills them: the first (n mod ncol) columns one entry longer than the rest
+        rows, long = divmod(len(labels), ncol)
+        sizes = [rows + 1] * long + [rows] * (ncol - long)
+        starts = [sum(sizes[:c]) for c in range(ncol)]
+        cols = [est[a : a + n] for a, n in zip(starts, sizes, strict=True)]
+        if 1.05 * (sum(max(c) for c in cols if c) + 1.2 * em * (ncol - 1)) <= width - 0.3:
             return ncol
     return 1
 
@@ -361,7 +444,7 @@ def _layout(
     width = left + right + ncols * pw + (ncols - 1) * wspace
     ncol = _legend_columns(legend, width) if legend else 1
     legend_h = (math.ceil(len(legend) / ncol) * LEGEND_ROW + 0.12) if legend else 0.0
-    title = textwrap.fill(title, max(20, int((width - 0.4) / 0.09)))  # ~0.09 in per character at 12 pt
+    title = textwrap.fill(title, max(20, int((width - 0.4) / 0.105)))  # ~0.1 in per character at 12 pt
     top += 0.24 * title.count("\n")
     height = top + nrows * ph + (nrows - 1) * hspace + bottom + legend_h
     fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **kw)
@@ -391,20 +474,18 @@ def _name(workload: str, variant: str) -> str:
 
 def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     """Per-call median vs batch (log-log) for one workload: a panel per dtype (rows) and per variant
-    and thread count (columns), one line per backend (its 95% CI as a band where the band would be
+    and thread count, the fewest and the most (columns), one line per backend (its 95% CI as a band where the band would be
     visible) and the bandwidth bound. All panels share both axes."""
-    sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
+    sub, shape = common_shape(plotted(df[df.workload == workload]))
     if sub.empty:
         return None
     dtypes = [d for d in ("float64", "float32") if d in set(sub.dtype)]
     dtypes += sorted(set(sub.dtype) - set(dtypes))
     variants = [v for _, v in workload_pairs(sub)]
-    cols = [
-        (v, t)
-        for v in variants
-        for t in sorted(set(sub.threads))
-        if ((sub.variant == v) & (sub.threads == t)).any()
-    ]
+    # the fewest and the most threads (the thread-scaling figure has the counts between)
+    ends = sorted(set(sub.threads))
+    ends = [ends[0], ends[-1]] if len(ends) > 1 else ends
+    cols = [(v, t) for v in variants for t in ends if ((sub.variant == v) & (sub.threads == t)).any()]
     pairs = _pairs_of(sub)
     handles, labels = _series_handles(pairs)
     handles.append(Line2D([], [], color=BOUND_COLOUR, ls=":", lw=2))
@@ -415,7 +496,9 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
     tags = _Tags()
     batches = sorted(set(sub.batch))
     with plt.rc_context(RC):
-        title = f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%)"
+        title = (
+            f"{_t(workload)}: time per call vs batch (median; band: its 95% CI, where wider than 5%){shape}"
+        )
         lay = _layout(len(dtypes), len(cols), (3.3 if len(cols) <= 2 else 2.75, 2.1), labels, title,
                       sharex=True, sharey=True)  # fmt: skip
         for i, dtype in enumerate(dtypes):
@@ -427,8 +510,8 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
                 ):
                     rows = rows.sort_values("batch")
                     style = backend_style(backend, device)
-                    x, y = rows.batch.to_numpy(), rows.median_ns.to_numpy() / 1e3
-                    lo, hi = rows.ci_lo_ns.to_numpy() / 1e3, rows.ci_hi_ns.to_numpy() / 1e3
+                    x, y = rows.batch.to_numpy(), rows.median_ns.to_numpy()
+                    lo, hi = rows.ci_lo_ns.to_numpy(), rows.ci_hi_ns.to_numpy()
                     if len(x) > 1 and np.nanmax(hi / lo) > 1.05:  # a band only where it can be seen
                         tags(
                             ax.fill_between(x, lo, hi, color=style["color"], alpha=0.18, lw=0),
@@ -438,18 +521,21 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
                     tags(ax.plot(x, y, ms=5, lw=1.5, **style)[0], backend, device)
                     bad = rows[rows.implausible]
                     if not bad.empty:
-                        ax.plot(bad.batch, bad.median_ns / 1e3, ls="none", marker="o", ms=11, mfc="none",
+                        ax.plot(bad.batch, bad.median_ns, ls="none", marker="o", ms=11, mfc="none",
                                 mec=FLAG_COLOUR, mew=1.8)  # fmt: skip
                 bound = cell[cell.device == "cpu"].groupby("batch").bandwidth_bound_ns.min().dropna()
                 if not bound.empty:
-                    ax.plot(bound.index, bound.to_numpy() / 1e3, color=BOUND_COLOUR, ls=":", lw=2)
+                    ax.plot(bound.index, bound.to_numpy(), color=BOUND_COLOUR, ls=":", lw=2)
                 ax.set_title(f"{_t(dtype)}, {_variant_text(variant)}, {_threads_text(t)}")
+                if _is_empty(ax):
+                    _say_empty(ax, f"not measured in {_t(dtype)}")
                 if j == 0:
-                    ax.set_ylabel("time per call (µs)")
+                    ax.set_ylabel("time per call")
                 if i == len(dtypes) - 1:
                     ax.set_xlabel("batch")
         for ax in lay.axes.flat:
             _log(ax, x=False)
+            ax.yaxis.set_major_formatter(TIME)
             _batch_axis(ax, batches)
         _finish(lay, handles, labels)
         return _svg(lay.fig, f"time-{workload}", tags)
@@ -458,7 +544,7 @@ def time_vs_batch(df: pd.DataFrame, workload: str) -> str | None:
 def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
     """Achieved GB/s (cost-model bytes / median time) vs batch, one panel per workload (the headline
     dtype and fewest threads), against the bandwidth measured for the working set. Shared y."""
-    sub = df[(df.n > 0) & df.timed_ok & (df.device == "cpu")]
+    sub, shape = common_shape(plotted(df[df.device == "cpu"]))
     if sub.empty or sub.gb_per_s.isna().all():
         return None
     pairs = workload_pairs(sub)
@@ -473,7 +559,7 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
         labels.append("DRAM, all threads")
     tags = _Tags()
     with plt.rc_context(RC):
-        title = "Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth"
+        title = f"Achieved bandwidth (cost-model bytes / median time) against the measured bandwidth{shape}"
         lay = _layout(nrows, ncols, (3.6, 2.3), labels, title, hspace=0.85, sharey=True)
         for ax in lay.axes.flat[len(pairs) :]:
             ax.set_visible(False)
@@ -502,96 +588,98 @@ def bandwidth(df: pd.DataFrame, limits: dict) -> str | None:
         return _svg(lay.fig, "bandwidth", tags)
 
 
-def distributions(df: pd.DataFrame, batch: int = 128) -> str | None:
-    """Box plots of per-call samples (relative to their median) for every backend, one panel per
-    workload, at the batch closest to `batch`, headline dtype, fewest threads: how noisy is each?"""
-    ok = df[(df.n > 0) & df.timed_ok]
-    if ok.empty:
-        return None
-    pairs = workload_pairs(ok)
-    ncols = min(3, len(pairs))
-    nrows = math.ceil(len(pairs) / ncols)
-    longest = max(len(series_label(b, d)) for b, d in _pairs_of(ok))
-    under = 0.35 + 0.075 * longest * math.sin(math.radians(35))  # rotated tick labels
-    tags = _Tags()
-    with plt.rc_context(RC):
-        title = "Noise: each sample's time per call relative to its median (box: quartiles)"
-        lay = _layout(nrows, ncols, (3.6, 2.3), [], title, bottom=under, hspace=under + 0.35, sharey=True)
-        for ax in lay.axes.flat[len(pairs) :]:
-            ax.set_visible(False)
-        for k, (ax, (workload, variant)) in enumerate(zip(lay.axes.flat, pairs, strict=False)):
-            cell = ok[(ok.workload == workload) & (ok.variant == variant)]
-            near = min(set(cell.batch), key=lambda b: (abs(math.log(b / batch)), b))
-            dtype, t = headline_setting(cell)
-            cell = cell[(cell.batch == near) & (cell.dtype == dtype) & (cell.threads == t)]
-            rows = sorted(cell.itertuples(), key=lambda r: series_order((r.backend, r.device)))
-            data = [r.m.per_call_ns / np.median(r.m.per_call_ns) for r in rows]
-            if not data:
-                continue
-            parts = ax.boxplot(data, showfliers=True, patch_artist=True, widths=0.6,
-                               flierprops={"markersize": 3, "markeredgecolor": "#777777"},
-                               medianprops={"color": "black"})  # fmt: skip
-            for box, r in zip(parts["boxes"], rows, strict=True):
-                colour = backend_colour(r.backend)
-                box.set_facecolor(colour if r.device == "cpu" else "white")
-                box.set_edgecolor(colour)
-                box.set_alpha(0.85)
-                if r.device != "cpu":
-                    box.set_linestyle("--")
-                tags(box, r.backend, r.device)
-            ax.set_xticks(range(1, len(rows) + 1), [series_label(r.backend, r.device) for r in rows],
-                          rotation=35, ha="right", rotation_mode="anchor")  # fmt: skip
-            ax.grid(False, axis="x")
-            ax.axhline(1.0, color="black", lw=0.6)
-            if k % ncols == 0:
-                ax.set_ylabel("sample / median")
-            ax.set_title(f"{_name(workload, variant)}: B={near}, {_t(dtype)}, {_threads_text(t)}")
-        _finish(lay, [], [])
-        return _svg(lay.fig, "distributions", tags)
+def spread(values: list, n: int) -> list:
+    """At most n of the sorted values, the first and the last among them, evenly spread between."""
+    if len(values) <= n:
+        return values
+    return [values[round(i * (len(values) - 1) / (n - 1))] for i in range(n)]
+
+
+def _roofs(limits: dict, threads: int) -> list[tuple[str, float]]:
+    """(label, bytes/s) of every working-set size the run's probes measured, at this thread count
+    (the nearest measured), smallest first."""
+    out = []
+    sweep = (limits or {}).get("bandwidth_sweep") or []
+    sizes = sorted({r["working_set_bytes"] for r in sweep if r.get("working_set_bytes")})
+    for size in spread(sizes, 4):  # a sweep has 15 or more sizes: four roofs, smallest to largest
+        ceiling = sweep_limit(sweep, size, threads)
+        if ceiling:
+            out.append((size_text(size), ceiling[0]))
+    for level in (limits or {}).get("bandwidth_by_size") or []:
+        by_t = {int(k): float(v) for k, v in (level.get("bytes_per_s") or {}).items()}
+        if by_t:
+            t = min(by_t, key=lambda k: (abs(k - threads), k))
+            out.append((str(level.get("size_label")), by_t[t]))
+    if not out and (limits or {}).get("memory_bandwidth_bytes_per_s"):
+        out.append(("dram", float(limits["memory_bandwidth_bytes_per_s"])))
+    return out
 
 
 def roofline(df: pd.DataFrame, limits: dict) -> str | None:
-    """Achieved GFLOP/s vs arithmetic intensity (flops / byte) with the measured roofs: the headline
-    dtype and fewest threads of every workload, coloured by backend, marker by workload."""
-    ok = df[(df.n > 0) & df.timed_ok & (df.device == "cpu") & (df.bytes > 0) & (df.flops > 0)]
+    """Achieved GFLOP/s vs arithmetic intensity (flops / byte) with the measured roofs, a panel per
+    batch (a working-set size: the same kernel has the same intensity at every batch, so one panel
+    would stack them), the headline dtype and fewest threads; colour by backend, marker by workload,
+    each backend nudged sideways so a workload's column of points can be read. The bold roof is the
+    bandwidth measured for the panel's median working set; the thin ones, the other sizes probed."""
+    ok, shape = common_shape(plotted(df[(df.device == "cpu") & (df.bytes > 0) & (df.flops > 0)]))
     if ok.empty:
         return None
     dtype, t = headline_setting(ok)
     ok = ok[(ok.dtype == dtype) & (ok.threads == t)]
-    peak, bw = (limits or {}).get("peak_flops"), (limits or {}).get("memory_bandwidth_bytes_per_s")
+    peak = flops_limit_for(limits, dtype, t)
+    roofs = _roofs(limits, t)
+    batches = spread(sorted(set(ok.batch)), 4)
+    ok = ok[ok.batch.isin(batches)]
     workloads = list(dict.fromkeys(ok.workload))
     markers = {w: WORKLOAD_MARKERS.get(w, "hpd<>8"[i % 6]) for i, w in enumerate(workloads)}
+    backends = sorted(set(ok.backend), key=backend_order)
+    nudge = {b: 1.12 ** (i - (len(backends) - 1) / 2) for i, b in enumerate(backends)}
     handles, labels = [], []
-    for backend in sorted(set(ok.backend), key=backend_order):
+    for backend in backends:
         handles.append(Line2D([], [], ls="none", marker="o", ms=7, color=backend_colour(backend)))
         labels.append(_t(backend))
     for w in workloads:
         handles.append(Line2D([], [], ls="none", marker=markers[w], ms=7, color="#888888"))
         labels.append(_t(w))
-    if peak and bw:
+    if roofs or peak:
         handles.append(Line2D([], [], color=BOUND_COLOUR, ls="--", lw=1.6))
-        labels.append("roof: DRAM bandwidth, peak flops")
+        labels.append("roofs: bandwidth at the working set, peak flops")
+    ai_all = ok.flops / ok.bytes
+    x_lo, x_hi = float(ai_all.min()) / 2.5, float(ai_all.max()) * 2.5
     tags = _Tags()
+    ncols = min(len(batches), 4)
+    nrows = math.ceil(len(batches) / ncols)
     with plt.rc_context(RC):
-        title = (f"Roofline ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit on the slope, "
-                 "compute-bound ones under the flat roof")  # fmt: skip
-        lay = _layout(1, 1, (8.4, 3.6), labels, title)
-        ax = lay.axes[0][0]
-        for (backend, workload), rows in sorted(
-            ok.groupby(["backend", "workload"], sort=False),
-            key=lambda kv: (backend_order(kv[0][0]), kv[0][1]),
-        ):
-            tags(ax.scatter(rows.flops / rows.bytes, rows.gflop_per_s, s=30, marker=markers[workload],
-                            color=backend_colour(backend), edgecolors="white", linewidths=0.4, alpha=0.9),
-                 backend)  # fmt: skip
-        if peak and bw:
-            ai = np.logspace(
-                math.log10((ok.flops / ok.bytes).min() / 2), math.log10((ok.flops / ok.bytes).max() * 2), 40
-            )
-            ax.plot(ai, np.minimum(peak, ai * bw) / 1e9, color=BOUND_COLOUR, ls="--", lw=1.6)
-        _log(ax)
-        ax.set_xlabel("arithmetic intensity (flops / byte, cost model)")
-        ax.set_ylabel("achieved GFLOP/s")
+        title = (f"Roofline per batch ({_t(dtype)}, {_threads_text(t)}): memory-bound kernels sit under the slope, "
+                 f"compute-bound ones under the flat roof{shape}")  # fmt: skip
+        lay = _layout(nrows, ncols, (3.0, 2.6), labels, title, sharex=True, sharey=True, hspace=0.6)
+        for ax in lay.axes.flat[len(batches) :]:
+            ax.set_visible(False)
+        ai = np.logspace(math.log10(x_lo), math.log10(x_hi), 40)
+        for k, (ax, batch) in enumerate(zip(lay.axes.flat, batches, strict=False)):
+            at = ok[ok.batch == batch]
+            ws = float(at.bytes.median())
+            own = bandwidth_limit_for(limits or {}, ws, t) if limits else None
+            for _, bw in roofs:
+                bold = own is not None and math.isclose(bw, own[0])
+                y = ai * bw / 1e9 if not peak else np.minimum(peak / 1e9, ai * bw / 1e9)
+                ax.plot(ai, y, color=BOUND_COLOUR, ls="--", lw=1.6 if bold else 0.7, alpha=1 if bold else 0.5)
+            if peak and not roofs:
+                ax.axhline(peak / 1e9, color=BOUND_COLOUR, ls="--", lw=1.6)
+            for (backend, workload), rows in sorted(at.groupby(["backend", "workload"], sort=False),
+                                                    key=lambda kv: (backend_order(kv[0][0]), kv[0][1])):  # fmt: skip
+                tags(ax.scatter(rows.flops / rows.bytes * nudge[backend], rows.gflop_per_s, s=30, marker=markers[workload],
+                                color=backend_colour(backend), edgecolors="white", linewidths=0.4, alpha=0.9),
+                     backend)  # fmt: skip
+            _log(ax)
+            ax.set_xlim(x_lo, x_hi)
+            level = f", roof: {own[1]}" if own else ""
+            ax.set_title(f"B={batch} (~{ws / 2**20:.2g} MiB{level})" if ws >= 2**19 else
+                         f"B={batch} (~{ws / 2**10:.3g} KiB{level})")  # fmt: skip
+            if k % ncols == 0:
+                ax.set_ylabel("achieved GFLOP/s")
+            if k >= len(batches) - ncols:
+                ax.set_xlabel("flops / byte")
         _finish(lay, handles, labels)
         return _svg(lay.fig, "roofline", tags)
 
@@ -678,7 +766,7 @@ def thread_scaling_data(df: pd.DataFrame, workload: str) -> Scaling | None:
     (Hodges-Lehmann ratio of the per-call samples, with its 95% interval and the shared verdict),
     float64 (else the headline dtype), eps given (else the workload's first variant), at the largest
     batch and one mid batch. Only backends measured at more than one thread count; None when none is."""
-    sub = df[(df.workload == workload) & (df.n > 0) & df.timed_ok]
+    sub = plotted(df[df.workload == workload])
     if sub.empty or sub.threads.nunique() < 2:
         return None
     variant = workload_pairs(sub)[0][1]
@@ -719,8 +807,11 @@ def thread_scaling_data(df: pd.DataFrame, workload: str) -> Scaling | None:
 
 
 def _pow2_axis(axis, lo: float, hi: float) -> None:
-    """A base-2 log axis with plain labels at the powers of two from lo to hi."""
-    ticks = [2.0**k for k in range(math.floor(math.log2(lo)), math.ceil(math.log2(hi)) + 1)]
+    """A base-2 log axis with plain labels at powers of two from lo to hi (every other one, or
+    sparser, over a wide range: at most seven ticks)."""
+    k_lo, k_hi = math.floor(math.log2(lo)), math.ceil(math.log2(hi))
+    step = max(1, math.ceil((k_hi - k_lo + 1) / 7))
+    ticks = [2.0**k for k in range(k_lo, k_hi + 1) if (k - k_lo) % step == 0 or k == 0]
     axis.set_major_locator(ticker.FixedLocator(ticks))
     axis.set_major_formatter(_PLAIN)
     axis.set_minor_locator(ticker.NullLocator())
@@ -766,10 +857,13 @@ def thread_scaling(df: pd.DataFrame, workload: str) -> str | None:
             bottom.set_title(f"B={batch}: efficiency (speed-up / threads)")
             for ax in (top, bottom):
                 ax.set_xscale("log", base=2)
-                _pow2_axis(ax.xaxis, threads[0], threads[-1])
+                ax.xaxis.set_major_locator(ticker.FixedLocator(threads))  # the counts run, nothing between
+                ax.xaxis.set_major_formatter(_PLAIN)
+                ax.xaxis.set_minor_locator(ticker.NullLocator())
                 ax.set_xlim(threads[0] / 1.25, threads[-1] * 1.25)
             top.set_yscale("log", base=2)
             _pow2_axis(top.yaxis, s_lo, s_hi)
+            top.yaxis.set_major_formatter(RATIO)
             top.set_ylim(s_lo / 1.1, s_hi * 1.15)
             bottom.set_ylim(0, 100 * e_hi)
             bottom.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _pos: f"{v:.0f}%"))

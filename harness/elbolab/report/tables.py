@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from elbolab.analyse.table import device_median
+from elbolab.analyse.table import HOW_SURE, KEY_FIELDS, device_median
+from elbolab.analyse.verdict import Verdict
 from elbolab.model.measurement import Measurement
 from elbolab.report import markdown
 from elbolab.report.format import (
@@ -109,10 +110,12 @@ def no_gpu_limit(r) -> str:
 def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
     """The measurement table in human units, one string per cell (HTML, Markdown and CSV use it):
     accuracy beside the median, and for CUDA cases the device clock's median beside the host's, for
-    counted cases their instruction counts. drop_empty: leave out an optional column no row fills."""
+    counted cases their instruction counts. drop_empty: leave out an optional column no row fills.
+    One pass over the rows (a run may have tens of thousands)."""
     if df.empty:
         return pd.DataFrame()
     ms = list(df["m"])
+    rows = list(df.itertuples())
     out = pd.DataFrame(
         {
             "run": df["run"],
@@ -123,29 +126,29 @@ def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
             "batch": df["batch"].astype(str),
             "backend": df["label"],
             "status": df["status"],
-            MEDIAN: [_median_text(r, m) for r, m in zip(df.itertuples(), ms, strict=True)],
+            MEDIAN: [_median_text(r, m) for r, m in zip(rows, ms, strict=True)],
             **_optional_columns(ms),
-            "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in df.itertuples()],
+            "speed-up [95% CI]": [fmt_x(r.speedup, r.speedup_lo, r.speedup_hi) for r in rows],
             "verdict": [
                 "counted: no time to compare" if counted(m) else text(r.verdict) or text(r.speedup_note)
-                for r, m in zip(df.itertuples(), ms, strict=True)
+                for r, m in zip(rows, ms, strict=True)
             ],
             "GB/s (share)": [
                 f"{fmt_num(r.gb_per_s)} ({fmt_pct(r.bw_share)} of {r.bw_limit_level})"
                 if r.bw_limit_level
                 else fmt_num(r.gb_per_s)
-                for r in df.itertuples()
+                for r in rows
             ],
             "GFLOP/s (share)": [
                 f"{fmt_num(r.gflop_per_s)} ({fmt_pct(r.flops_share)})"
                 if not math.isnan(r.flops_share)
                 else fmt_num(r.gflop_per_s)
-                for r in df.itertuples()
+                for r in rows
             ],
             "first call": [fmt_ns(v) for v in df["first_call_ns"]],
             "reason / note": [
                 "; ".join(x for x in (text(r.reason), text(r.plausibility), no_gpu_limit(r)) if x)
-                for r in df.itertuples()
+                for r in rows
             ],
         }
     )
@@ -156,9 +159,27 @@ def display_table(df: pd.DataFrame, drop_empty: bool = True) -> pd.DataFrame:
     return out
 
 
-def display_summary(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
+# The shared verdict of winner vs runner-up (elbolab.analyse.table.HOW_SURE) in the report's words:
+# "faster" is on the interval the null control widened, so no word claims more than the run can see
+HOW_SURE_WORDS = {
+    HOW_SURE[Verdict.FASTER]: "faster than the runner-up, beyond the run's noise",
+    HOW_SURE[Verdict.SAME]: "a tie (the same within the threshold)",
+    HOW_SURE[Verdict.NOISY]: "too noisy to tell: a tie as far as this run can see",
+}
+
+
+def display_summary(summary: pd.DataFrame, baseline: str, lead: dict | None = None) -> pd.DataFrame:
+    """Who wins each cell, in words; with `lead` (elbolab.report.matrix.leaders), a tie names every
+    backend tied for the fastest, never one of them alone."""
     if summary.empty:
         return pd.DataFrame()
+
+    def winner(r) -> str:
+        labels, tie = (lead or {}).get(tuple(getattr(r, f) for f in KEY_FIELDS), ({r.winner}, False))
+        if tie:
+            return ", ".join(sorted(labels, key=lambda x: x != r.winner)) + " (tied)"
+        return r.winner
+
     out = pd.DataFrame(
         {
             "run": summary["run"],
@@ -167,13 +188,13 @@ def display_summary(summary: pd.DataFrame, baseline: str) -> pd.DataFrame:
             "dtype": summary["dtype"],
             "threads": summary["threads"].astype(str),
             "batch": summary["batch"].astype(str),
-            "winner": summary["winner"],
+            "winner": [winner(r) if r.winner else "" for r in summary.itertuples()],
             "median / call": [fmt_ns(v) for v in summary["winner_median_ns"]],
             "over runner-up [95% CI]": [
                 f"{fmt_x(r.margin, r.margin_lo, r.margin_hi)} over {r.runner_up}" if r.runner_up else ""
                 for r in summary.itertuples()
             ],
-            "how sure": summary["how_sure"],
+            "how sure": [HOW_SURE_WORDS.get(v, v) for v in summary["how_sure"]],
             f"over {baseline} [95% CI]": [
                 fmt_x(r.vs_baseline, r.vs_baseline_lo, r.vs_baseline_hi) for r in summary.itertuples()
             ],
@@ -259,10 +280,12 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def write_exports(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, stem: Path) -> list[Path]:
-    """Write STEM.csv (raw numbers), STEM.md (summary + details in human units); return the paths.
-    Both are written atomically."""
-    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+def write_exports(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, stem: Path,
+                  digest: str | None = None) -> list[Path]:  # fmt: skip
+    """Write STEM.csv (raw numbers) and STEM.cases.md (who wins and every case, in human units), and
+    STEM.md, the short summary for a pull request (`digest`, elbolab.report.digest) where given;
+    return the paths. Each is written atomically."""
+    csv_path, cases_path = stem.with_suffix(".csv"), stem.with_suffix(".cases.md")
     columns = [c for c in CSV_COLUMNS if c in df.columns]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -278,5 +301,9 @@ def write_exports(df: pd.DataFrame, summary: pd.DataFrame, baseline: str, stem: 
     ]
     md += ["## Summary: who wins", "", markdown.frame(display_summary(summary, baseline)), ""]
     md += ["## Every measurement", "", markdown.frame(display_table(df))]
-    write_text_atomic(md_path, "\n".join(md))
-    return [csv_path, md_path]
+    write_text_atomic(cases_path, "\n".join(md))
+    written = [csv_path, cases_path]
+    if digest is not None:
+        write_text_atomic(stem.with_suffix(".md"), digest)
+        written.append(stem.with_suffix(".md"))
+    return written

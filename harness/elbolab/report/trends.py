@@ -98,7 +98,7 @@ def _subject(commits: dict, sha: str) -> str:
     return ((commits.get(sha) or {}).get("subject") or "")[:80]
 
 
-def _sparkline(values: list[float], marks: list[int], width: int = 120, height: int = 18) -> Markup:
+def sparkline(values: list[float], marks: list[int], width: int = 120, height: int = 18) -> Markup:
     """A tiny inline SVG of log(median) over commits, change points as dots (numbers only)."""
     n = len(values)
     if n == 0:
@@ -196,7 +196,7 @@ def _groups(series: list[Series], changes: dict, commits: dict) -> list[tuple[st
             first=fmt_ns(pts[0].median) if pts else "", last=fmt_ns(pts[-1].median) if pts else "",
             overall=f"{pts[-1].median / pts[0].median:.2f}x" if len(pts) > 1 else "",
             changes=len(cs), regression=any(c.regression for c in cs),
-            spark=_sparkline([p.median for p in pts], [index[c.bad] for c in cs if c.bad in index]),
+            spark=sparkline([p.median for p in pts], [index[c.bad] for c in cs if c.bad in index]),
             status="" if newest is None or newest.ok else f"{newest.status} at {newest.commit[:7]}",
         ))  # fmt: skip
     return sorted(groups.items())
