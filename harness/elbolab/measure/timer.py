@@ -30,9 +30,11 @@ from elbolab.model.stats import median_ci
 
 @dataclass(frozen=True)
 class TimerConfig:
-    # One sample lasts about this long: 10^4 times the clock's ~1 µs cost and resolution, short
-    # enough that the cases of make bench (a few hundred) measure in a few minutes.
-    target_sample_ns: int = 10_000_000
+    # One sample lasts about this long: 5,000 times the clock's ~1 µs cost and resolution, short
+    # enough that the cases of make bench (a few hundred, 16 samples each in a run's rounds)
+    # measure in a few minutes. (10 ms samples were 146 s of a 522 s make bench on the 2-core VM;
+    # the drift a run's rounds see is tens of percent, a 5 ms sample's own jitter well under 1%.)
+    target_sample_ns: int = 5_000_000
     # At least 7 samples (the smallest count whose median has a distribution-free 95% interval
     # that excludes the extremes), at most 15, the fixed count before sampling stopped adaptively.
     # On a noisy 2-core VM most cases reach the cap: in a whole-matrix make bench capped at 25
