@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from elbolab.analyse.control import control_noise
+from elbolab.analyse.control import cell_of, control_noise
 from elbolab.analyse.verdict import (
     DEFAULT_RULE,
     INSTRUCTIONS_RULE,
@@ -344,10 +344,10 @@ def compare(
     skipped += [NotCompared(head[k].case, None, head[k].status, f"only in {head_label}") for k in only_head]
     unstable: list[Case] = []
     paired = _paired_design(base_run) and _paired_design(head_run)
-    noise = 0.0 if paired else between_runs_noise(base, head, common, all_notices)
+    noise = {} if paired else between_runs_noise(base, head, common, all_notices)
     for key in common:
         got = _compare_case(base[key], head[key], rule, count_rule, reference, (base, head),
-                            (base_label, head_label), paired, noise)  # fmt: skip
+                            (base_label, head_label), paired, noise.get(key, 0.0))  # fmt: skip
         if isinstance(got, NotCompared):
             skipped.append(got)
             continue
@@ -388,23 +388,33 @@ def compare(
     )
 
 
-def between_runs_noise(base: dict, head: dict, common: list, notices: list[str]) -> float:
-    """What two separate runs of identical code can differ by, as a log factor: the larger of the
-    two runs' null controls (the noise between worker processes, which every case of a separate run
-    meets afresh) plus the drift between the runs (the median shift of every case's ratio: the
-    machine's state, common to all). 0 where either run has no control (files from before the
-    control: judged as they always were)."""
+def between_runs_noise(base: dict, head: dict, common: list, notices: list[str]) -> dict[tuple, float]:
+    """What two separate runs of identical code can differ by, per case, as a log factor: the larger
+    of the two runs' null controls (the noise between worker processes, which every case of a
+    separate run meets afresh) plus the drift of the case's cell between the runs (the median shift
+    of the ratios of every backend the cell measured: a cell is measured in one stretch of seconds,
+    so load that came and went moves all of it together; on the 2-core VM two make bench runs of one
+    commit had cells 30% slower and others 25% faster, every backend alike, while the run-wide median
+    moved 3%). A change to one backend barely moves its cell's median; a cell that moved as a whole
+    cannot be told from load by two runs. Empty where either run has no control (files from before
+    the control: judged as they always were)."""
     noises = [control_noise(list(side.values())) for side in (base, head)]
     if any(n.run is None for n in noises):
-        return 0.0
-    ratios = [head[k].median_ns / base[k].median_ns for k in common if base[k].timed_ok and head[k].timed_ok]
-    drift = abs(math.log(float(np.median(ratios)))) if ratios else 0.0
-    noise = max(n.run_noise for n in noises) + drift
+        return {}
+    control = max(n.run_noise for n in noises)
+    shifts: dict[tuple, list[float]] = {}
+    for k in common:
+        if base[k].timed_ok and head[k].timed_ok:
+            shifts.setdefault(cell_of(base[k].case), []).append(math.log(head[k].median_ns / base[k].median_ns))
+    drift = {cell: abs(float(np.median(v))) for cell, v in shifts.items()}
+    noise = {k: control + drift.get(cell_of(base[k].case), 0.0) for k in common}
+    moved = sorted(drift.values())
+    typical, largest = (math.expm1(moved[len(moved) // 2]), math.expm1(moved[-1])) if moved else (0.0, 0.0)
     notices.append(
-        f"separate runs: every interval is widened by ±{math.expm1(noise):.1%} (the runs' null controls, "
-        f"±{math.expm1(max(n.run_noise for n in noises)):.1%}, and the drift between them, "
-        f"{math.expm1(drift):+.1%} on every case); changes smaller than that cannot be decided from two "
-        "runs: measure both revisions together with `elbolab gate --base REF`"
+        f"separate runs: every interval is widened by the runs' null controls (±{math.expm1(control):.1%}) and "
+        f"the drift of its cell between the runs (median ±{typical:.1%}, at most ±{largest:.0%}); changes "
+        "smaller than that cannot be decided from two runs: measure both revisions together with "
+        "`elbolab gate --base REF`"
     )
     return noise
 

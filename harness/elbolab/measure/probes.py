@@ -55,6 +55,8 @@ re-probe before it calls a case implausible (a neighbour's load during the sweep
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import os
 import platform
@@ -316,8 +318,15 @@ def probe_bandwidth(working_set_bytes: int, threads: int, quick: bool = False) -
 
 
 def measure_flops(threads: list[int], quick: bool) -> list[dict]:
+    """The matrix-product rate of each library that can multiply here, per dtype and thread count.
+
+    A ceiling must be the machine's, not one library's: NumPy's OpenBLAS reached 95 GFLOP/s in float32
+    on one core of the 2-core VM where torch's matmul (oneDNN/MKL) reached 131, and torch's own
+    vae_step then ran at 101% of a NumPy-only ceiling. So torch is probed too where it is installed
+    (its import, ~2 s, is paid once a run); the ceiling is the best of them."""
     rows = []
     rng = np.random.default_rng(0)
+    torch = _torch_or_none()
     for dtype in ("float64", "float32"):
         n = (512 if dtype == "float64" else 768) if quick else (1024 if dtype == "float64" else 1536)
         a = rng.standard_normal((n, n)).astype(dtype)
@@ -325,25 +334,47 @@ def measure_flops(threads: list[int], quick: bool) -> list[dict]:
         out = np.empty((n, n), dtype=dtype)
         for t in threads:
             with threadpool_limits(limits=t, user_api="blas"):
-                np.matmul(a, b, out=out)  # warm-up
-                times = []
-                budget = 0.15 if quick else 0.8
-                start = time.perf_counter()
-                while len(times) < 2 or (time.perf_counter() - start < budget and len(times) < 20):
-                    t0 = time.perf_counter()
-                    np.matmul(a, b, out=out)
-                    times.append(time.perf_counter() - t0)
-            rows.append(
-                {
-                    "dtype": dtype,
-                    "threads": t,
-                    "n": n,
-                    "flops_per_product": 2 * n**3,
-                    "trial_s": times,
-                    "flops_per_s": 2 * n**3 / min(times),
-                }
-            )
+                times = _time_product(functools.partial(np.matmul, a, b, out=out), quick)
+            rows.append(_flops_row("numpy", dtype, t, n, times))
+            if torch is not None:
+                ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+                before = torch.get_num_threads()
+                torch.set_num_threads(t)
+                try:
+                    times = _time_product(functools.partial(torch.matmul, ta, tb, out=tout), quick)
+                finally:
+                    torch.set_num_threads(before)
+                rows.append(_flops_row("torch", dtype, t, n, times))
     return rows
+
+
+def _torch_or_none():
+    """torch where it is installed (the lab's gpu extra), else None: a library not there is no ceiling."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    try:
+        import torch  # heavy: only for the probe, only where installed
+    except Exception:  # a broken install costs this library's row, not the run
+        return None
+    return torch
+
+
+def _time_product(product: Callable[[], object], quick: bool) -> list[float]:
+    """Seconds of each product after a warm-up: at least 2, then until the budget or 20."""
+    product()  # warm-up
+    times: list[float] = []
+    budget = 0.15 if quick else 0.8
+    start = time.perf_counter()
+    while len(times) < 2 or (time.perf_counter() - start < budget and len(times) < 20):
+        t0 = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _flops_row(library: str, dtype: str, threads: int, n: int, times: list[float]) -> dict:
+    return {"library": library, "dtype": dtype, "threads": threads, "n": n, "flops_per_product": 2 * n**3,
+            "trial_s": times, "flops_per_s": 2 * n**3 / min(times)}  # fmt: skip
 
 
 def _blas_info() -> list[dict]:
@@ -406,8 +437,9 @@ def measure_limits(threads: list[int] | None = None, quick: bool = False) -> dic
             **SWEEP_NOTES,
             "timing": f"a trial lasts >= {(QUICK if quick else NORMAL).target_s * 1e3:g} ms; best of "
             f"{(QUICK if quick else NORMAL).trials} trials after a warm-up",
-            "flops": "np.matmul of two n x n matrices (2 n^3 flops), float64 and float32, BLAS threads set "
-            "with threadpoolctl; best of the trials",
+            "flops": "the product of two n x n matrices (2 n^3 flops), float64 and float32, by np.matmul (BLAS "
+            "threads set with threadpoolctl) and, where torch is installed, torch.matmul (torch.set_num_threads); "
+            "best of the trials, the ceiling the best library's",
             "gpus": GPU_METHOD,
         },
     }
