@@ -40,7 +40,12 @@ def main() -> int:
     for path in args.runs:
         run = load(path)
         for m in run.measurements:
-            if m.case.device != "cpu" or m.status not in ("ok", "implausible") or not m.cost or not m.cost.bytes:
+            if (
+                m.case.device != "cpu"
+                or m.status not in ("ok", "implausible")
+                or not m.cost
+                or not m.cost.bytes
+            ):
                 continue
             if m.case.backend.endswith("-control") or not m.samples_ns:
                 continue
@@ -49,8 +54,12 @@ def main() -> int:
                           "dtype": m.case.dtype, "batch": m.case.batch, "threads": m.case.threads,
                           "variant": m.case.variant, "status": m.status, "bytes": m.cost.bytes,
                           "bytes_per_s": rate})  # fmt: skip
-    cases.sort(key=lambda c: -c["bytes_per_s"] / bandwidth_limit_for(first.limits, c["bytes"], c["threads"])[0])
-    print(f"\n{len(cases)} real CPU cases; the ten closest to their ceiling (read in {args.runs[0]}'s sweep):")
+    cases.sort(
+        key=lambda c: -c["bytes_per_s"] / bandwidth_limit_for(first.limits, c["bytes"], c["threads"])[0]
+    )
+    print(
+        f"\n{len(cases)} real CPU cases; the ten closest to their ceiling (read in {args.runs[0]}'s sweep):"
+    )
     for c in cases[:10]:
         ceiling, where = bandwidth_limit_for(first.limits, c["bytes"], c["threads"])
         print(f"  {c['workload']} {c['backend']} {c['dtype']} B={c['batch']} t={c['threads']}: "

@@ -405,7 +405,9 @@ def between_runs_noise(base: dict, head: dict, common: list, notices: list[str])
     shifts: dict[tuple, list[float]] = {}
     for k in common:
         if base[k].timed_ok and head[k].timed_ok:
-            shifts.setdefault(cell_of(base[k].case), []).append(math.log(head[k].median_ns / base[k].median_ns))
+            shifts.setdefault(cell_of(base[k].case), []).append(
+                math.log(head[k].median_ns / base[k].median_ns)
+            )
     drift = {cell: abs(float(np.median(v))) for cell, v in shifts.items()}
     noise = {k: control + drift.get(cell_of(base[k].case), 0.0) for k in common}
     moved = sorted(drift.values())
