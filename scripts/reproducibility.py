@@ -20,6 +20,7 @@ from elbolab.analyse.compare import compare
 from elbolab.analyse.control import control_noise
 from elbolab.analyse.table import KEY_FIELDS, measurement_table
 from elbolab.analyse.verdict import Verdict
+from elbolab.model.backend import is_control
 from elbolab.store.results import load
 
 
@@ -33,14 +34,17 @@ def main(a_path: str, b_path: str) -> int:
     a, b = load(a_path), load(b_path)
     ga, gb = grid(a), grid(b)
     common = sorted(set(ga) & set(gb), key=str)
-    overlap = flips = 0
+    overlap = 0
+    flips: list[str] = []
     worst = (1.0, None)
     for key in common:
         ra, rb = ga[key], gb[key]
         if ra.speedup_lo <= rb.speedup_hi and rb.speedup_lo <= ra.speedup_hi:
             overlap += 1
         if {ra.verdict, rb.verdict} == {Verdict.FASTER.value, Verdict.SLOWER.value}:
-            flips += 1
+            flips.append(
+                f"{key[0]} {key[2]} {key[4]} B={key[5]} t={key[-1]}: {ra.speedup:.3g}x vs {rb.speedup:.3g}x"
+            )
         apart = math.exp(abs(math.log(ra.speedup / rb.speedup)))
         if apart > worst[0]:
             worst = (
@@ -48,7 +52,11 @@ def main(a_path: str, b_path: str) -> int:
                 f"{key[0]} {key[2]} {key[4]} B={key[5]} t={key[-1]}: {ra.speedup:.3g}x vs {rb.speedup:.3g}x",
             )
     print(f"grid cells in both runs: {len(common)}; intervals overlapping: {overlap} ({overlap / max(1, len(common)):.0%}); "
-          f"flips faster<->slower: {flips}")  # fmt: skip
+          f"flips faster<->slower: {sum(not is_control(f.split()[0]) for f in flips)} among backends, "
+          f"{sum(is_control(f.split()[0]) for f in flips)} of the null control's own cells (the noise its cell's "
+          "speed-ups are widened by)")  # fmt: skip
+    for flip in flips:
+        print(f"  flips: {flip}")
     print(f"largest disagreement: {worst[0]:.2f}x ({worst[1]})")
     report = compare(a, b, allow_missing=True)
     confident = [c for c in report.comparisons if c.verdict in (Verdict.FASTER, Verdict.SLOWER)]
