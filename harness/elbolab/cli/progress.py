@@ -12,8 +12,9 @@ imports and the machine's limit probes come before it) to the end of the last wh
 results come together, the moment its rounds end), less the first calls they report (JIT compiles,
 once per kernel). Cases of a backend and device that have only been skipped so far (a device this
 machine lacks) cost nothing. Until a second burst is whole there is no estimate. On the recorded
-timeline of a real 368-case run this is within 2x of the truth from 5% of the run on
-(tests/test_report_console.py replays it, and a simulated run).
+timelines of a 368-case run and of make bench this is within 2x of the truth (or 30 s of it) from
+5% of the run on, "estimating" until make bench's second cell is in (tests/test_report_console.py
+replays them, and a simulated run).
 
 Nothing is drawn before the run has been planned and its file opened, so a usage error is one line
 and no bar.
@@ -37,11 +38,13 @@ from elbolab.model.workloads import WORKLOADS
 
 PLAIN_EVERY = 0.05  # piped: a line every 5% of the cases (and for every case that is not ok)
 BURST_S = 0.5  # results closer than this to the previous came with it (a cell is reported at once)
-# the expected cost of a case in seconds of the 2-core VM, fitted on the recorded timeline of a
-# 368-case run (cell by cell, least squares): a fixed part, and parts per GB and per GFLOP of one
-# call (the harness's inputs, references and checks, and a slow call's samples, all grow with them).
-# Only their ratios matter: the run's own pace scales them.
-FIXED_S, PER_GB_S, PER_GFLOP_S = 0.3, 25.0, 3.0
+# the expected cost of a case in seconds of the 2-core VM: a fixed part, and parts per GB and per
+# GFLOP of one call (the harness's inputs, references and checks, and a slow call's samples, all
+# grow with them). Fitted cell by cell on two recorded runs (tests/data/timeline_*.jsonl: a 368-case
+# matrix with 10 ms samples, where the flops weighed 3.0, and make bench with 5 ms samples, where
+# they weighed 0.5), then chosen so both replay within 2x. Only their ratios matter: the run's own
+# pace scales them.
+FIXED_S, PER_GB_S, PER_GFLOP_S = 0.3, 25.0, 1.25
 
 
 def expected_cost(case: Case) -> float:
