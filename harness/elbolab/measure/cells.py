@@ -17,7 +17,9 @@ other. Its speed-up over NumPy should be 1; what it is instead is the run's own 
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -71,29 +73,62 @@ def cells_of(cases: Sequence[Case], control: bool) -> list[list[Case]]:
 
 class Workers:
     """One live worker per (backend, threads) spec, started when a cell first needs it and kept
-    for the run (a JIT compiles once, torch is imported once); one that died or hung is replaced."""
+    for the run (a JIT compiles once, torch is imported once); one that died or hung is replaced.
+
+    Only the worker being asked runs: every other live worker's process group is stopped
+    (SIGSTOP) while it works, and continued when the cell ends. A worker that has just finished
+    its block is not idle: its OpenMP and OpenBLAS threads spin-wait for the next parallel region
+    (OpenBLAS for ~2^28 cycles, about 0.1 s here), and at 2 threads on 2 cores they took the cores
+    from the next backend of the round. On the 2-core VM torch's elbo at batch 128 and 2 threads
+    took 39.8 ms a call in a cell against 353 µs alone, numba-parallel's 8.6 ms against 34 µs; the
+    report called them 100x slower with 2 threads than with 1. Stopped, they cost nothing; each
+    backend keeps its own waiting policy (OMP_WAIT_POLICY=PASSIVE also quietened them, and slowed
+    the backends that spin by design)."""
 
     def __init__(self, spec_of: Callable[[Case], WorkerSpec], env: dict[str, str], start_timeout: float):
         self.spec_of, self.env, self.start_timeout = spec_of, env, start_timeout
         self.live: dict[WorkerSpec, Worker] = {}
         self.versions: dict[str, dict] = {}
+        self.held: set[int] = set()  # process groups stopped while another worker works
 
     def for_case(self, case: Case) -> Worker:
         spec = self.spec_of(case)
         worker = self.live.get(spec)
-        if worker is not None and worker.process.is_alive():
-            return worker
-        worker = start_worker(spec, start_timeout=self.start_timeout, env=self.env)
-        self.live[spec] = worker
-        self.versions.setdefault(spec.backend, worker.hello.get("versions", {}))
+        if worker is None or not worker.process.is_alive():
+            worker = start_worker(spec, start_timeout=self.start_timeout, env=self.env)
+            self.live[spec] = worker
+            self.versions.setdefault(spec.backend, worker.hello.get("versions", {}))
+        self._hold_all_but(worker)
         return worker
+
+    def _hold_all_but(self, active: Worker) -> None:
+        self._signal({active.process.pid}, signal.SIGCONT)
+        self.held.discard(active.process.pid)
+        others = {w.process.pid for w in self.live.values() if w is not active} - self.held
+        self._signal(others, signal.SIGSTOP)
+        self.held |= others
+
+    def release(self) -> None:
+        """Every stopped worker continued (the end of a cell; before any is stopped or killed)."""
+        self._signal(self.held, signal.SIGCONT)
+        self.held.clear()
+
+    @staticmethod
+    def _signal(groups: set[int], sig: signal.Signals) -> None:
+        for pgid in groups:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):  # gone already: its loss is found when it is asked
+                pass
 
     def lost(self, case: Case) -> None:
         worker = self.live.pop(self.spec_of(case), None)
         if worker is not None:
+            self.held.discard(worker.process.pid)
             kill(worker)
 
     def stop_all(self) -> None:
+        self.release()
         for worker in self.live.values():
             stop(worker)
         self.live.clear()
@@ -139,6 +174,7 @@ def measure_cell(members: Sequence[Case], workers: Workers, timer: TimerConfig, 
             _request(rec, workers, timeout, [("draws", count)])
         if rec.lost is None:
             _close(rec, workers, timeout)
+    workers.release()
     return [records[c] for c in members]
 
 

@@ -1,0 +1,64 @@
+"""The conditions a cell's backends are measured in: one worker runs at a time (the others' process
+groups stopped, so threads spinning after their block cannot take the cores), and a worker pinned
+for a one-thread cell gets every core back for the next cell's threads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from elbolab.measure.cells import Workers
+from elbolab.measure.worker import WorkerSpec
+from elbolab.model.case import Case
+
+
+def _status(pid: int) -> str:
+    for _ in range(50):  # a signal is delivered asynchronously
+        status = psutil.Process(pid).status()
+        if status in (psutil.STATUS_STOPPED, psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING):
+            return status
+        time.sleep(0.02)
+    return status
+
+
+def test_only_the_worker_asked_runs_the_others_are_stopped_until_the_cell_ends():
+    workers = Workers(lambda case: WorkerSpec(case.backend, case.threads), {}, start_timeout=120)
+    one, two = (
+        Case("elbo", "numpy", "cpu", "float64", 8, threads=1),
+        Case("elbo", "numpy", "cpu", "float64", 8, threads=2),
+    )
+    try:
+        first = workers.for_case(one)
+        second = workers.for_case(two)  # asking the second stops the first
+        assert _status(first.process.pid) == psutil.STATUS_STOPPED
+        assert _status(second.process.pid) != psutil.STATUS_STOPPED
+        assert workers.for_case(one) is first  # and asking the first again continues it, stops the second
+        assert _status(first.process.pid) != psutil.STATUS_STOPPED
+        assert _status(second.process.pid) == psutil.STATUS_STOPPED
+        workers.release()  # the cell's end
+        assert psutil.STATUS_STOPPED not in {_status(first.process.pid), _status(second.process.pid)}
+    finally:
+        workers.stop_all()  # continues any still held before asking them to stop
+    assert not first.process.is_alive() and not second.process.is_alive()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores and sched_setaffinity")  # fmt: skip
+def test_a_worker_pinned_to_one_core_gets_every_core_back():
+    """census.pin(None) after pin({core}): every core the process started with, not the one core
+    sched_getaffinity(0) then reports (torch's 2 threads ran on 1 core at 100x the time)."""
+    code = (
+        "import os\n"
+        "from elbolab.measure import census\n"
+        "start = os.sched_getaffinity(0)\n"
+        "census.pin({min(start)})\n"
+        "assert os.sched_getaffinity(0) == {min(start)}\n"
+        "census.pin(None)\n"
+        "assert os.sched_getaffinity(0) == start, (os.sched_getaffinity(0), start)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
