@@ -68,7 +68,7 @@ def execute(
     config = cell_config or CellConfig()
     software = run.software.setdefault("backends", {})
     refs = References()
-    reprobe = _reprobe if limits else None
+    reprobe = _reprobe_into(limits) if limits else None
     with _reference_folder() as folder, _environ({REFERENCE_CACHE_ENV: folder}):
         workers = Workers(specs_for(cases, backends), {REFERENCE_CACHE_ENV: folder}, WORKER_START_TIMEOUT_S)
         try:
@@ -102,10 +102,17 @@ def execute(
 WORKER_START_TIMEOUT_S = 300.0
 
 
-def _reprobe(working_set_bytes: float, threads: int) -> float | None:
-    """The bandwidth at a working set, measured again now (a case above its ceiling is re-probed
-    before it is called implausible)."""
-    return probes.probe_bandwidth(int(working_set_bytes), threads)
+def _reprobe_into(limits: dict):
+    """The re-probe a case above its ceiling gets before it is called implausible: the bandwidth at
+    a working set, measured again now, its row kept in the run's limits ("bandwidth_reprobes"), so
+    the report reads the same ceiling the judgement did."""
+
+    def reprobe(working_set_bytes: float, threads: int) -> float:
+        row = probes.probe_bandwidth_row(int(working_set_bytes), threads)
+        limits.setdefault("bandwidth_reprobes", []).append(row)
+        return probes.best_rate(row)
+
+    return reprobe
 
 
 @contextlib.contextmanager
