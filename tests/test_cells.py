@@ -17,13 +17,15 @@ from elbolab.measure.worker import WorkerSpec
 from elbolab.model.case import Case
 
 
-def _status(pid: int) -> str:
-    for _ in range(50):  # a signal is delivered asynchronously
-        status = psutil.Process(pid).status()
-        if status in (psutil.STATUS_STOPPED, psutil.STATUS_SLEEPING, psutil.STATUS_RUNNING):
-            return status
+def _stopped(pid: int, want: bool = True, timeout: float = 5.0) -> bool:
+    """Whether the process comes to be stopped (or, want=False, to run) within `timeout`: a signal
+    is delivered asynchronously, and a busy machine delays it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now_stopped = psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        if now_stopped == want or time.monotonic() > deadline:
+            return now_stopped
         time.sleep(0.02)
-    return status
 
 
 def test_only_the_worker_asked_runs_the_others_are_stopped_until_the_cell_ends():
@@ -35,13 +37,13 @@ def test_only_the_worker_asked_runs_the_others_are_stopped_until_the_cell_ends()
     try:
         first = workers.for_case(one)
         second = workers.for_case(two)  # asking the second stops the first
-        assert _status(first.process.pid) == psutil.STATUS_STOPPED
-        assert _status(second.process.pid) != psutil.STATUS_STOPPED
+        assert _stopped(first.process.pid)
+        assert not _stopped(second.process.pid, want=False)
         assert workers.for_case(one) is first  # and asking the first again continues it, stops the second
-        assert _status(first.process.pid) != psutil.STATUS_STOPPED
-        assert _status(second.process.pid) == psutil.STATUS_STOPPED
+        assert not _stopped(first.process.pid, want=False)
+        assert _stopped(second.process.pid)
         workers.release()  # the cell's end
-        assert psutil.STATUS_STOPPED not in {_status(first.process.pid), _status(second.process.pid)}
+        assert not _stopped(first.process.pid, want=False) and not _stopped(second.process.pid, want=False)
     finally:
         workers.stop_all()  # continues any still held before asking them to stop
     assert not first.process.is_alive() and not second.process.is_alive()
