@@ -70,6 +70,7 @@ def main() -> int:
             "how": f"the bandwidth sweep of {args.runs[0]} and the median rates of the real CPU cases of "
             f"{', '.join(args.runs)} (scripts/roofline_record.py), measured on {first.cpu}",
             "bandwidth_sweep": sweep,
+            "bandwidth_reprobes": first.limits.get("bandwidth_reprobes") or [],
             "cases": cases,
         }
         args.out.write_text(json.dumps(record, indent=1) + "\n")
