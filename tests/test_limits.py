@@ -86,9 +86,10 @@ def test_the_sweep_doubles_from_l1_up_with_every_thread_count_at_every_size(limi
 
 
 def test_the_flops_ceiling_is_the_best_library_s_not_numpy_s(limits):
-    """torch's matmul (oneDNN/MKL) beat NumPy's OpenBLAS by 38% in float32 on this VM: a ceiling from
-    NumPy alone called torch's honest vae_step implausible. Where torch is installed it is probed too,
-    and the ceiling is the best row at the dtype and thread count."""
+    """A ceiling from NumPy's product alone (105 GFLOP/s in one run, 133 in the next) called torch's
+    honest vae_step implausible; torch's float64 product at 2 threads makes 142 where NumPy's makes
+    96. Where torch is installed it is probed too, and the ceiling is the best row at the dtype and
+    thread count."""
     libraries = {r["library"] for r in limits["flops"]}
     assert "numpy" in libraries
     if importlib.util.find_spec("torch") is None:

@@ -320,10 +320,11 @@ def probe_bandwidth(working_set_bytes: int, threads: int, quick: bool = False) -
 def measure_flops(threads: list[int], quick: bool) -> list[dict]:
     """The matrix-product rate of each library that can multiply here, per dtype and thread count.
 
-    A ceiling must be the machine's, not one library's: NumPy's OpenBLAS reached 95 GFLOP/s in float32
-    on one core of the 2-core VM where torch's matmul (oneDNN/MKL) reached 131, and torch's own
-    vae_step then ran at 101% of a NumPy-only ceiling. So torch is probed too where it is installed
-    (its import, ~2 s, is paid once a run); the ceiling is the best of them."""
+    A ceiling must be the machine's, not one library's: on the 2-core VM NumPy's float32 product
+    measured 105 GFLOP/s on one core in one make bench and 133 in the next, and torch's honest
+    vae_step ran at 101% of the lower; at 2 threads torch's float64 product makes 142 GFLOP/s where
+    NumPy's makes 96. So torch is probed too where it is installed (its import, ~2 s, is paid once a
+    run); the ceiling is the best of them."""
     rows = []
     rng = np.random.default_rng(0)
     torch = _torch_or_none()
