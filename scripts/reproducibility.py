@@ -35,7 +35,7 @@ def main(a_path: str, b_path: str) -> int:
     ga, gb = grid(a), grid(b)
     common = sorted(set(ga) & set(gb), key=str)
     overlap = 0
-    flips: list[str] = []
+    flips: list[tuple[str, str]] = []  # (backend, what flipped)
     worst = (1.0, None)
     for key in common:
         ra, rb = ga[key], gb[key]
@@ -43,7 +43,10 @@ def main(a_path: str, b_path: str) -> int:
             overlap += 1
         if {ra.verdict, rb.verdict} == {Verdict.FASTER.value, Verdict.SLOWER.value}:
             flips.append(
-                f"{key[0]} {key[2]} {key[4]} B={key[5]} t={key[-1]}: {ra.speedup:.3g}x vs {rb.speedup:.3g}x"
+                (
+                    key[0],
+                    f"{key[0]} {key[2]} {key[4]} B={key[5]} t={key[-1]}: {ra.speedup:.3g}x vs {rb.speedup:.3g}x",
+                )
             )
         apart = math.exp(abs(math.log(ra.speedup / rb.speedup)))
         if apart > worst[0]:
@@ -52,10 +55,10 @@ def main(a_path: str, b_path: str) -> int:
                 f"{key[0]} {key[2]} {key[4]} B={key[5]} t={key[-1]}: {ra.speedup:.3g}x vs {rb.speedup:.3g}x",
             )
     print(f"grid cells in both runs: {len(common)}; intervals overlapping: {overlap} ({overlap / max(1, len(common)):.0%}); "
-          f"flips faster<->slower: {sum(not is_control(f.split()[0]) for f in flips)} among backends, "
-          f"{sum(is_control(f.split()[0]) for f in flips)} of the null control's own cells (the noise its cell's "
+          f"flips faster<->slower: {sum(not is_control(b) for b, _ in flips)} among backends, "
+          f"{sum(is_control(b) for b, _ in flips)} of the null control's own cells (the noise its cell's "
           "speed-ups are widened by)")  # fmt: skip
-    for flip in flips:
+    for _, flip in flips:
         print(f"  flips: {flip}")
     print(f"largest disagreement: {worst[0]:.2f}x ({worst[1]})")
     report = compare(a, b, allow_missing=True)

@@ -344,30 +344,27 @@ def run_args_for(out: Path, backend: str, batches: str) -> list[str]:
     return args
 
 
-def test_a_backend_whose_child_outlives_its_call_is_implausible_and_its_child_ended(tmp_path):
+def run_hostile(tmp_path: Path, backend: str, batches: str, *extra: str) -> tuple[dict, str, float]:
+    """Run a hostile plugin backend beside NumPy: its cases by batch, stderr, and the seconds taken;
+    the run itself must succeed whatever the backend did."""
     out = tmp_path / "run.json"
-    proc = elbolab(*run_args_for(out, "forking", "1,7"), env=hostile_env(tmp_path, "forking"))
+    proc = elbolab(*run_args_for(out, backend, batches), *extra, env=hostile_env(tmp_path, backend))
+    t0 = time.monotonic()
     _, err = proc.communicate(timeout=300)
+    took = time.monotonic() - t0
     assert proc.returncode == 0, err
-    m = by_batch(load(out))
+    return by_batch(load(out)), err, took
+
+
+def test_a_backend_whose_child_outlives_its_call_is_implausible_and_its_child_ended(tmp_path):
+    m, _, _ = run_hostile(tmp_path, "forking", "1,7")
     assert m[1].status == "ok"
     assert m[7].status == "implausible" and "child process" in m[7].reason
     assert child_pids(tmp_path) and gone(child_pids(tmp_path))  # ended with its case
 
 
 def test_a_backend_that_forks_then_dies_is_failed_at_once_and_its_child_ended(tmp_path):
-    out = tmp_path / "run.json"
-    proc = elbolab(
-        *run_args_for(out, "forking-dies", "1,7"),
-        "--timeout",
-        "120",
-        env=hostile_env(tmp_path, "forking-dies"),
-    )
-    t0 = time.monotonic()
-    _, err = proc.communicate(timeout=300)
-    took = time.monotonic() - t0
-    assert proc.returncode == 0, err
-    m = by_batch(load(out))
+    m, _, took = run_hostile(tmp_path, "forking-dies", "1,7", "--timeout", "120")
     assert m[1].status == "ok"
     assert m[7].status == "failed" and "worker died" in m[7].reason and "exit code 3" in m[7].reason, m[
         7
@@ -377,11 +374,8 @@ def test_a_backend_that_forks_then_dies_is_failed_at_once_and_its_child_ended(tm
 
 
 def test_keyboard_interrupt_inside_a_backend_is_its_case_failing_not_the_run(tmp_path):
-    out = tmp_path / "run.json"
-    proc = elbolab(*run_args_for(out, "interrupting", "1,7,8"), env=hostile_env(tmp_path, "interrupting"))
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and "Traceback" not in err, err
-    m = by_batch(load(out))
+    m, err, _ = run_hostile(tmp_path, "interrupting", "1,7,8")
+    assert "Traceback" not in err, err
     assert m[1].status == m[8].status == "ok"
     assert m[7].status == "failed" and "raised KeyboardInterrupt" in m[7].reason
 
@@ -396,21 +390,14 @@ def test_keyboard_interrupt_inside_a_backend_is_its_case_failing_not_the_run(tmp
     ],
 )
 def test_outputs_that_are_no_real_arrays_are_incorrect_with_the_reason(tmp_path, backend, reason):
-    out = tmp_path / "run.json"
-    proc = elbolab(*run_args_for(out, backend, "1,7"), env=hostile_env(tmp_path, backend))
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0 and "Traceback" not in err and "Warning" not in err, err
-    m = by_batch(load(out))
+    m, err, _ = run_hostile(tmp_path, backend, "1,7")
+    assert "Traceback" not in err and "Warning" not in err, err
     assert m[1].status == "ok"
     assert m[7].status == "incorrect" and reason in m[7].reason, m[7].reason
 
 
 def test_an_exception_in_outputs_is_named_as_such(tmp_path):
-    out = tmp_path / "run.json"
-    proc = elbolab(*run_args_for(out, "outputs-raising", "1,7"), env=hostile_env(tmp_path, "outputs-raising"))
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
-    m = by_batch(load(out))
+    m, _, _ = run_hostile(tmp_path, "outputs-raising", "1,7")
     assert m[1].status == "ok"
     assert m[7].status == "failed" and m[7].reason.startswith(
         "reading outputs raised ValueError: no outputs today"

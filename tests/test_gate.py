@@ -295,11 +295,13 @@ def test_a_rust_build_that_fails_is_one_line_not_an_exception(tmp_path):
 
 def test_both_workers_of_a_pair_share_cores_that_move_from_pair_to_pair(monkeypatch):
     from elbolab.gate import ab
+    from elbolab.measure import cells
 
-    monkeypatch.setattr(ab.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert [ab._pair_cpus(p, 1) for p in range(5)] == [{0}, {1}, {2}, {3}, {0}]
-    assert [ab._pair_cpus(p, 2) for p in range(3)] == [{0, 1}, {2, 3}, {0, 1}]
-    assert ab._pair_cpus(0, 4) is None  # the case needs every core
+    # the gate's pairs take their cores as a run's cells do (elbolab.measure.cells.cell_cpus)
+    monkeypatch.setattr(cells, "usable_cpus", lambda: [0, 1, 2, 3])
+    assert [ab.cell_cpus(p, 1) for p in range(5)] == [{0}, {1}, {2}, {3}, {0}]
+    assert [ab.cell_cpus(p, 2) for p in range(3)] == [{0, 1}, {2, 3}, {0, 1}]
+    assert ab.cell_cpus(0, 4) is None  # the case needs every core
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs Linux's sched_setaffinity")

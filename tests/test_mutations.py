@@ -99,11 +99,11 @@ def measured(tmp_path_factory):
         "ELBOLAB_BACKENDS": specs,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # module-scoped: pytest's own undo, not a hand-written one
+        for k, v in env.items():
+            mp.setenv(k, v)
         path = tmp_path_factory.mktemp("mutations") / "run.json"
         run = RunFile(path, new_run("mutations", "now", {}, {}, {"commit": None}, {}))
         all_cases = [c for _, group in MUST_FAIL + MUST_PASS for c in group]
@@ -112,12 +112,6 @@ def measured(tmp_path_factory):
         )
         execute(all_cases, run, timer, discover(), case_timeout=300)
         return {m.case: m for m in run.run.measurements}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.mark.slow

@@ -20,7 +20,6 @@ This module never prints: progress goes to `log`.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import threading
@@ -46,6 +45,7 @@ from elbolab.gate.revisions import (
     run_argv,
     run_side,
 )
+from elbolab.measure.cells import cell_cpus
 from elbolab.measure.instructions import count_case, end_all_counts, unavailable_reason
 from elbolab.measure.machine import git_info, machine_info, software_info, thread_env, usable_cores
 from elbolab.measure.plan import Plan, plan_cases
@@ -185,17 +185,6 @@ def decided(base: _SideSamples, head: _SideSamples, rule: Rule, workload: str) -
     return None
 
 
-def _pair_cpus(pair: int, threads: int) -> set[int] | None:
-    """The cores both workers of a pair run on: the same ones for both sides (a core that is slower,
-    or busier with interrupts, cannot favour one side), moving round the machine from pair to pair;
-    None when the case needs every core."""
-    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if not allowed or threads >= len(allowed):
-        return None
-    start = pair * threads
-    return {allowed[(start + j) % len(allowed)] for j in range(threads)}
-
-
 def _start_pair(sides: dict, case, timeout: float) -> dict:
     """One worker per side, started together: they import on separate cores at once (the pair is
     pinned to its cores once both have opened the case)."""
@@ -250,7 +239,7 @@ def _one_pair(sides: dict, case, pair: int, timer: TimerConfig, config: ABConfig
             if reply["status"] != "ok":
                 return (name, reply["status"], reply["reason"])
             data[name].rounds.append((reply["loops"], []))
-        cpus = _pair_cpus(pair, case.threads)
+        cpus = cell_cpus(pair, case.threads)  # the cell's rule: one pair at a time on the same cores
         for w in workers.values():
             w.pin(cpus)
         # A B B A repeated is balanced only in steady state: each side's blocks follow its own

@@ -280,14 +280,7 @@ def run_side(side: Side, argv: list[str], out: Path) -> Run:
     The run gets its own process group: if the gate is interrupted (Ctrl-C, SIGTERM) the run is
     sent SIGTERM too, so it stops its workers and leaves a valid file, instead of being SIGKILLed
     and orphaning them."""
-    proc = subprocess.Popen(argv, cwd=side.tree, env=side.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate()
-    except BaseException:
-        _stop_group(proc)
-        raise
-    proc = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+    proc = run_grouped(argv, timeout=None, env=side.env(), cwd=side.tree)
     if out.exists():
         try:
             return load(out)
@@ -299,11 +292,12 @@ def run_side(side: Side, argv: list[str], out: Path) -> Run:
     )
 
 
-def run_grouped(cmd: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_grouped(cmd: list[str], timeout: float | None, env: dict | None = None,
+                cwd: Path | None = None) -> subprocess.CompletedProcess:  # fmt: skip
     """subprocess.run in a process group of its own, which is stopped whole on a timeout or an
     interrupt. subprocess.run kills only its child: pip's build-hook process and cargo's rustc
     outlived it and went on writing into the gate's temporary folder after it was removed."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # fmt: skip
     try:
         stdout, stderr = proc.communicate(timeout=timeout)

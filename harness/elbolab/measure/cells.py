@@ -92,6 +92,7 @@ class Workers:
         self.held: set[int] = set()  # process groups stopped while another worker works
 
     def for_case(self, case: Case) -> Worker:
+        """The case's worker (started if need be), from now on the only one running."""
         spec = self.spec_of(case)
         worker = self.live.get(spec)
         if worker is None or not worker.process.is_alive():
