@@ -13,8 +13,8 @@
 #              torch-cudagraph on CUDA: the four workloads (the Triton variants implement two; the
 #              plan lists the other two for them as skipped) at B=128 and 8192, float32 and
 #              float64, eps given and sampled
-#   baseline   numpy at the elbo and elbo_grad cases on the CPU, in a file of its own (its iwae
-#              and vae_step at B=8192 cost ~10 s each of float64 reference; results/ has them)
+#   baseline   numpy at the elbo and elbo_grad cases on the CPU, eps given, in a file of its own
+#              (its iwae and vae_step at B=8192 cost ~10 s each of float64 reference; results/ has them)
 #   launches   what one call of each CUDA variant launches (profiler)
 #   train      the digits VAE through numpy, torch (CPU and CUDA) and rust
 #   verify     every planned case measured and ok, GPU limits present, one kernel a Triton call
