@@ -5,14 +5,17 @@ name when one was given), its points the commits in git-ancestry order (elbolab.
 default HEAD's history, never wall-clock), each point pooling the per-call samples of every run of
 that commit (runs of dirty trees are left out unless asked for). Machines are never mixed in a series.
 
+Drift. Each run's times are divided by how much slower the machine was in it, read from the run
+as a whole and, where the run measured the reference in the same cell, from the reference there
+(build_series).
+
 Change points. Each series is segmented on the log of its per-commit medians by PELT (ruptures,
 l2 cost on the series scaled by a robust estimate of its commit-to-commit noise, floored at the
 verdict's noise band, minimum segment `min_size` commits). PELT only proposes where a series
-steps; whether it did is decided by the shared verdict (elbolab.analyse.verdict.judge) on the raw
-per-call samples pooled from up to `window` commits on either side, each run a round, so that a
-change must show in every pairing of runs before and after it. A proposed step the verdict does
-not confirm ('same' or 'too noisy to tell') is dropped and the segmentation's neighbours are
-judged again.
+steps; whether it did is decided by the shared verdict (elbolab.analyse.verdict.decide) on the runs
+of up to `window` commits on either side, each run's median a unit, so the interval holds what
+differs between separate runs. A proposed step the verdict does not confirm ('same' or 'too noisy
+to tell') is dropped and the segmentation's neighbours are judged again.
 
 Measuring past commits into the store is the gate's (elbolab.gate.backfill, elbolab.gate.bisect).
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from elbolab.analyse.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide, widened
+from elbolab.analyse.verdict import DEFAULT_RULE, Judgement, Rule, Verdict, decide
 from elbolab.model.backend import is_control
 from elbolab.model.case import Case
 from elbolab.model.errors import UsageError
@@ -61,7 +64,6 @@ class Point:
     per_call_ns: np.ndarray  # pooled over the runs that measured the case ok
     run_medians: tuple[float, ...]  # median per call of each ok run
     median: float = math.nan  # of the pooled samples
-    noise: float = 0.0  # the largest null-control deviation among its runs (log scale)
 
     def __post_init__(self) -> None:
         if self.per_call_ns.size and math.isnan(self.median):
@@ -89,6 +91,9 @@ class Series:
     case: Case
     case_id: str
     points: tuple[Point, ...]
+    # its runs' drift read from the reference in the same cell (build_series, step 2), not only from
+    # the run as a whole
+    by_cell: bool = False
 
     @property
     def measured(self) -> list[Point]:
@@ -100,44 +105,83 @@ class Series:
 
 
 def build_series(rows: Sequence[Row], order: Order, machines: dict[str, MachineRow],
-                 cases: dict[str, Case]) -> list[Series]:  # fmt: skip
-    """One series per (machine, case) from stored rows, its points in `order`.
+                 cases: dict[str, Case], rule: Rule = DEFAULT_RULE) -> list[Series]:  # fmt: skip
+    """One series per (machine, case) from stored rows, its points in `order`, each run's times
+    divided by how much slower the machine was in that run (drift taken out, in two steps):
 
-    Drift between runs is taken out: each run's times are divided by the run's own factor, the
-    median over its cases of how far each case sits from that case's median over all runs (a run
-    measured while the machine was 20% slower has every case ~20% slower; a change of code moves
-    the few cases it touches, not the median). Where a run measured the reference's null control,
-    the control's deviation from the reference is that run's noise (`Point.noise`), by which every
-    change's interval is widened (change_points)."""
+    1. The run's own factor (run_factors): the median over its cases of how far each case sits from
+       that case's median over all runs. A run measured while the machine was 20% slower has every
+       case ~20% slower; a change of code moves the few cases it touches, not the median.
+    2. Where the run measured the reference (NumPy) in the same cell (workload, dtype, sizes,
+       threads, variant), the reference's own deviation there: a cell's backends are measured in
+       interleaved rounds (elbolab.measure.cells), so what the machine did to the cell it did to all
+       of them alike, and the run-to-run swings of one case, 10-15% in a quick run on a shared
+       2-core VM, drop to a few percent. The reference's deviation is taken from the level of its
+       own segment (between its confirmed changes, found with step 1 alone), so a change of the
+       reference's code is its own change and not every other backend's.
+    """
     pos = order.position
     factors = run_factors(rows)
-    noises = _control_noises(rows, cases)
     grouped: dict[tuple[str, str], dict[str, list[Row]]] = {}
     for r in rows:
         if r.commit in pos and not is_control(cases[r.case_id].backend):
             grouped.setdefault((r.machine_id, r.case_id), {}).setdefault(r.commit, []).append(r)
-    out = []
-    for (mid, cid), by_commit in grouped.items():
-        case = cases[cid]
+
+    def series(mid: str, cid: str, scale: Callable[[Row], float], by_cell: bool = False) -> Series:
+        by_commit = grouped[(mid, cid)]
         points = []
         for commit in sorted(by_commit, key=pos.__getitem__):
             rs = by_commit[commit]
-            ok = [r for r in rs if _usable(r)]
-            per_run = [r.per_call_ns / factors.get(r.run_id, 1.0) for r in ok]
+            per_run = [r.per_call_ns / scale(r) for r in rs if _usable(r)]
             medians = tuple(fast_median(x) for x in per_run)
             pooled = np.concatenate(per_run) if len(per_run) > 1 else per_run[0] if per_run else np.empty(0)
-            noise = max((noises.get((r.run_id, _cell(case)), 0.0) for r in ok), default=0.0)
             points.append(Point(
                 commit, tuple(r.run_id for r in rs), tuple(r.status for r in rs),
                 tuple(r.reason or "" for r in rs if r.status != "ok"), pooled, medians,
-                medians[0] if len(medians) == 1 else math.nan, noise,
+                medians[0] if len(medians) == 1 else math.nan,
             ))  # fmt: skip
-        out.append(Series(machines[mid], case, cid, tuple(points)))
+        return Series(machines[mid], cases[cid], cid, tuple(points), by_cell)
+
+    def by_run(r: Row) -> float:
+        return factors.get(r.run_id, 1.0)
+
+    cell_factors: dict[tuple[str, str, tuple], float] = {}  # (machine, run, cell) -> divisor
+    for mid, cid in grouped:
+        case = cases[cid]
+        if case.backend == REFERENCE and case.device == "cpu":
+            cell_factors.update(_reference_factors(series(mid, cid, by_run), grouped[(mid, cid)], rule))
+
+    out = []
+    for mid, cid in grouped:
+        case = cases[cid]
+        if case.backend == REFERENCE or case.device != "cpu":
+            out.append(series(mid, cid, by_run))
+            continue
+        cell = _cell(case)
+        paired = any((mid, r.run_id, cell) in cell_factors for rs in grouped[(mid, cid)].values() for r in rs)
+        out.append(series(mid, cid, lambda r: cell_factors.get((r.machine_id, r.run_id, cell)) or by_run(r), paired))
     out.sort(key=lambda s: (s.machine.label, s.machine.machine_id, s.case.key()))
     return out
 
 
-REFERENCE = "numpy"  # the backend whose null control gives a run's noise
+def _reference_factors(ref: Series, by_commit: dict[str, list[Row]], rule: Rule) -> dict[tuple, float]:
+    """(machine, run, cell) -> how much slower the reference ran in that run and cell than the level
+    of its segment (the median of its run medians between its confirmed changes)."""
+    pts = ref.measured
+    cuts = [c.index for c in change_points(ref, rule) if c.confirmed]
+    bounds = [0, *cuts, len(pts)]
+    cell = _cell(ref.case)
+    out = {}
+    for lo, hi in zip(bounds, bounds[1:]):
+        level = float(np.median([m for p in pts[lo:hi] for m in p.run_medians]))
+        for p in pts[lo:hi]:
+            for r in by_commit[p.commit]:
+                if _usable(r):
+                    out[(r.machine_id, r.run_id, cell)] = fast_median(r.per_call_ns) / level
+    return out
+
+
+REFERENCE = "numpy"  # the backend whose deviation in a cell is every other backend's there
 MIN_CASES_FOR_DRIFT = 3  # fewer cases in a run: no factor (the median would follow a changed case)
 DRIFT_FLOOR = math.log(1.02)  # a shift below 2% is not told apart from the cases' own noise
 
@@ -178,21 +222,6 @@ def run_factors(rows: Sequence[Row]) -> dict[str, float]:
         if abs(shift) > max(3 * spread / math.sqrt(len(d)), DRIFT_FLOOR):
             factors[rid] = math.exp(shift)
     return factors
-
-
-def _control_noises(rows: Sequence[Row], cases: dict[str, Case]) -> dict[tuple, float]:
-    """(run, cell) -> the null control's |log deviation| from the reference in that run and cell."""
-    ref: dict[tuple, float] = {}
-    ctl: dict[tuple, float] = {}
-    for r in rows:
-        case = cases[r.case_id]
-        if not _usable(r) or case.device != "cpu":
-            continue
-        if case.backend == REFERENCE:
-            ref[(r.run_id, _cell(case))] = fast_median(r.per_call_ns)
-        elif is_control(case.backend) and case.backend.startswith(REFERENCE):
-            ctl[(r.run_id, _cell(case))] = fast_median(r.per_call_ns)
-    return {k: abs(math.log(ctl[k] / v)) for k, v in ref.items() if k in ctl}
 
 
 # ---------------------------------------------------------------------------------- machines
@@ -275,12 +304,15 @@ def _judge(
     right = pts[b : min(hi, b + window)]
     base = np.concatenate([p.per_call_ns for p in left])
     head = np.concatenate([p.per_call_ns for p in right])
+    # The runs are the units: their medians differ by what differs between separate runs (drift
+    # left over, the process's memory layout), which no run's own samples can show. A series whose
+    # drift was read only from its runs as a whole (the reference's own, a GPU's) keeps what a
+    # swing of one cell's speed does to it; there every run after must also be beyond every run
+    # before (the shared rule's round agreement), as a step of the code's makes them.
     base_rounds = [m for p in left for m in p.run_medians]
     head_rounds = [m for p in right for m in p.run_medians]
-    noise = max(p.noise for p in left + right)
-    j = decide(
-        widened(ratio_interval(base, head), noise), rule, series.case.workload, base_rounds, head_rounds
-    )
+    rounds = (None, None) if series.by_cell else (base_rounds, head_rounds)
+    j = decide(ratio_interval(base_rounds, head_rounds), rule, series.case.workload, *rounds)
     confirmed = j.verdict in (Verdict.SLOWER, Verdict.FASTER)
     return ChangePoint(
         series.machine, series.case, left[-1].commit, right[0].commit, b, j, float(np.median(base)),
@@ -336,8 +368,10 @@ class History:
 
 
 def load_history(store: Store, repo: Path | None, ref: str = "HEAD", machine: str | None = None,
-                 query: CaseQuery | None = None, include_dirty: bool = False) -> History:  # fmt: skip
-    """Every series of the store (of the machines and cases asked for), in history order."""
+                 query: CaseQuery | None = None, include_dirty: bool = False,
+                 rule: Rule = DEFAULT_RULE) -> History:  # fmt: skip
+    """Every series of the store (of the machines and cases asked for), in history order (`rule`
+    judges the reference's own changes, from which the other backends' drift is read)."""
     machines = select_machines(store.machines(), machine)
     all_cases = store.cases()
     chosen = query.select(all_cases) if query is not None else all_cases
@@ -351,6 +385,6 @@ def load_history(store: Store, repo: Path | None, ref: str = "HEAD", machine: st
     shas = {r.commit for r in rows if r.commit}
     dates = {s: c.get("committed") for s, c in store.commits(shas).items()} if repo is None else None
     order = order_commits(shas, repo, ref, dates)
-    series = [s for s in build_series(rows, order, {m.machine_id: m for m in machines}, all_cases)
+    series = [s for s in build_series(rows, order, {m.machine_id: m for m in machines}, all_cases, rule)
               if s.case_id in chosen]  # fmt: skip
     return History(order, series, machines, 0 if include_dirty else dirty_runs, unknown)

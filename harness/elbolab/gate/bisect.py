@@ -228,9 +228,10 @@ class _SeparateRuns(_Bisecting):
                              self.extra_env)  # fmt: skip
         if isinstance(got, Failure):
             return self.skipped(sha, got)
-        store.ingest(got.run, source=f"history find {sha}", machine_name=self.machine_name, origin=self.origin,
+        (run,) = got.runs
+        store.ingest(run, source=f"history find {sha}", machine_name=self.machine_name, origin=self.origin,
                      commit_info=commit_info(self.repo, sha))  # fmt: skip
-        ms = [m for m in got.run.measurements if m.case.key() == case.key()]
+        ms = [m for m in run.measurements if m.case.key() == case.key()]
         if not ms:
             return f"the run did not measure {case.label()}"
         if not ms[0].timed_ok:
