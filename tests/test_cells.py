@@ -64,3 +64,42 @@ def test_a_worker_pinned_to_one_core_gets_every_core_back():
         "assert os.sched_getaffinity(0) == start, (os.sched_getaffinity(0), start)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_large_outputs_travel_whole_once_then_as_elements_the_runner_picks():
+    """After the first check of set 0 (whole), a checked call's large outputs stay in the worker and
+    only the elements the runner draws travel; the parent checks those against the reference at the
+    same indices, so a wrong element among them is caught and the right ones pass."""
+    import numpy as np
+
+    from elbolab.measure.cells import CellConfig, measure_cell
+    from elbolab.measure.evidence import SAMPLED_ELEMENTS, References, _checked_outputs
+    from elbolab.measure.timer import TimerConfig
+
+    case = Case("elbo_grad", "numpy", "cpu", "float64", 128, threads=1)  # grad: 100,352 elements
+    workers = Workers(lambda c: WorkerSpec(c.backend, c.threads), {}, start_timeout=120)
+    try:
+        (rec,) = measure_cell([case], workers, TimerConfig.quick(), CellConfig.quick(), 0, 120)
+    finally:
+        workers.stop_all()
+    whole = [c for c in rec.checks if not c.get("picked")]
+    picked = [c for c in rec.checks if c.get("picked")]
+    assert [c["set"] for c in whole] == [0] and len(picked) == len(rec.checks) - 1 >= 4
+    for c in picked:
+        idx = c["picked"]["grad_x_recon"]
+        assert idx.size == SAMPLED_ELEMENTS == c["outputs"]["grad_x_recon"].size
+        assert c["held"]["grad_x_recon"] == [128, 784]
+    assert len({c["picked"]["grad_x_recon"].tobytes() for c in picked}) == len(picked)  # fresh each time
+    check, wrong, _ = _checked_outputs(rec, References())
+    assert wrong is None and check.ok
+    bad = picked[-1]
+    bad["outputs"]["grad_x_recon"] = bad["outputs"]["grad_x_recon"].copy()
+    bad["outputs"]["grad_x_recon"][7] *= 1 + 1e-6  # one element of 6.5% of the gradient, off
+    _, wrong, _ = _checked_outputs(rec, References())
+    assert wrong is not None and "grad_x_recon" in wrong, wrong
+    # held in another shape than the reference's: wrong, whatever the elements
+    bad["outputs"]["grad_x_recon"][7] /= 1 + 1e-6
+    bad["held"] = dict(bad["held"], grad_x_recon=[784, 128])
+    _, wrong, _ = _checked_outputs(rec, References())
+    assert wrong is not None and "shape" in wrong, wrong
+    assert np.all(np.diff(picked[0]["picked"]["grad_x_recon"]) > 0)  # distinct, sorted

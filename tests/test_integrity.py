@@ -39,6 +39,10 @@ CASES = [
     ("half-call-n", "iwae", (1, 128), "incorrect", "input set"),
     ("short-call-n", "elbo", (1, 128), "incorrect", "input set"),
     ("every-other-call", "iwae", (1, 128), "incorrect", "single call"),
+    # a gradient of 6.4 M elements: after the first check of set 0, only elements the runner picks
+    # travel (elbolab.measure.cells._pick)
+    ("first-call-only", "elbo_grad", (8192,), "incorrect", "input set 1"),
+    ("every-other-call", "elbo_grad", (8192,), "incorrect", "single call"),
     ("second-thread", "elbo", (8192,), "implausible", "threads did work"),
     ("forked-child", "elbo", (8192,), "implausible", "child process"),
     ("tampering", "elbo", (128,), "incorrect", ""),

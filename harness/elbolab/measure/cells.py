@@ -17,14 +17,17 @@ other. Its speed-up over NumPy should be 1; what it is instead is the run's own 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from elbolab.measure.census import usable_cpus
-from elbolab.measure.evidence import CaseRecord
+from elbolab.measure.evidence import SAMPLED_ELEMENTS, CaseRecord
 from elbolab.measure.timer import TimerConfig
 from elbolab.measure.worker import Worker, WorkerLost, WorkerSpec, ask, kill, start_worker, stop, validated
 from elbolab.model.backend import Backend, control_name
@@ -236,7 +239,9 @@ def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[t
     worker = workers.for_case(rec.case)
     for request in requests:
         try:
-            reply = ask(worker, (request[0], rec.case.label(), *request[1:]), timeout)
+            message = (_check_request(rec, request) if request[0] == "check" else
+                       (request[0], rec.case.label(), *request[1:]))  # fmt: skip
+            reply = ask(worker, message, timeout)
         except WorkerLost as lost:
             workers.lost(rec.case)
             rec.lost = (lost.status, f"{lost.reason}, case {rec.case.label()}")
@@ -246,13 +251,48 @@ def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[t
             rec.samples.append(reply[1])
             rec.sets.append(request[2])
         elif kind == "checked":
-            rec.checks.append(reply[1])
+            checked = reply[1]
+            if checked.get("held"):
+                try:
+                    picked = _pick(rec, worker, timeout, checked["held"])
+                except WorkerLost as lost:
+                    workers.lost(rec.case)
+                    rec.lost = (lost.status, f"{lost.reason}, case {rec.case.label()}")
+                    return
+                if picked[0] == "raised":
+                    rec.lost, rec.census = ("failed", picked[1]), picked[2]
+                    return
+                checked = dict(checked, outputs={**checked["outputs"], **picked[1]}, picked=picked[2])
+            rec.checks.append(checked)
         elif kind == "drawn":
             rec.draws = reply[1]
         elif kind == "raised":
             rec.lost = ("failed", reply[1])
             rec.census = reply[2]
             return
+
+
+def _check_request(rec: CaseRecord, request: tuple) -> tuple:
+    """A check as sent: every element of the outputs of the first check on the case's own inputs
+    (set 0) and of every check with eps drawn inside (its reference is made from the backend's
+    draw), which the parent checks whole; of the others' large outputs only the elements the parent
+    picks (elbolab.measure.evidence.SAMPLED_ELEMENTS), sent after the outputs were copied."""
+    _, k, calls = request
+    whole = rec.case.variant == "eps=sampled" or (k == 0 and not any(c["set"] == 0 for c in rec.checks))
+    return ("check", rec.case.label(), k, calls, None if whole else SAMPLED_ELEMENTS)
+
+
+def _pick(rec: CaseRecord, worker, timeout: float, held: dict[str, list[int]]) -> tuple:
+    """Ask the worker for the elements of each held output at indices drawn here, fresh for every
+    check (the backend cannot know them when it computes): ("picked", elements, indices), or the
+    worker's ("raised", reason, census)."""
+    rng = np.random.default_rng()
+    picks = {}
+    for name, shape in held.items():
+        size = math.prod(shape)
+        picks[name] = np.sort(rng.choice(size, min(SAMPLED_ELEMENTS, size), replace=False))
+    reply = ask(worker, ("pick", rec.case.label(), picks), timeout)
+    return (*reply, picks) if reply[0] == "picked" else reply
 
 
 def _close(rec: CaseRecord, workers: Workers, timeout: float) -> None:

@@ -120,10 +120,10 @@ def _checked_outputs(rec: CaseRecord, refs: References) -> tuple[Check | None, s
     """Every checked call against the reference for the input set it was given: the Check to keep
     (the first full check of set 0), the first wrong answer (or None), and the counts."""
     case, workload = rec.case, WORKLOADS[rec.case.workload]
-    rng = np.random.default_rng(len(rec.checks))
+    rng = np.random.default_rng()
     kept: Check | None = None
     kept_set = -1
-    first_ok: dict[int, dict] = {}  # set -> the outputs verified for it (a repeat must match them)
+    first_ok: dict[int, dict] = {}  # set -> the check verified for it (a repeat must match it)
     counts = {"checked_calls": 0, "checked_samples": 0}
     for i, c in enumerate(rec.checks):
         counts["checked_calls" if c["calls"] else "checked_samples"] += 1
@@ -134,19 +134,21 @@ def _checked_outputs(rec: CaseRecord, refs: References) -> tuple[Check | None, s
         problem = outputs_problem(got, case)
         if problem:
             return None, f"check {i + 1} of {len(rec.checks)}, {what}: {problem}", counts
-        if k in first_ok and _same(got, first_ok[k]):
+        if k in first_ok and _same(c, first_ok[k]):
             continue  # the same answer as a verified call on the same inputs
         # every element of the case's own inputs' answer is checked once (its first check of set 0);
-        # the other checks hold large outputs at a random sample of their elements
+        # the other checks hold large outputs at a random sample of their elements: picked by the
+        # runner where the worker kept them (elbolab.measure.cells), else drawn here
         whole = k == 0 and 0 not in first_ok
-        check = _check(workload, case, refs.inputs(case, k), got, rng=None if whole else rng)
+        check = _check(workload, case, refs.inputs(case, k), got, rng=None if whole else rng,
+                       picked=c.get("picked") or {}, shapes=c.get("held") or {})  # fmt: skip
         if not check.ok:
             stale = ""
             other = first_ok.get(1 - k)
-            if other is not None and _same(got, other):
+            if other is not None and _same(c, other):
                 stale = " (the outputs of the other input set: work done before the inputs changed)"
             return check, f"check {i + 1} of {len(rec.checks)}, {what}: {check.detail}{stale}", counts
-        first_ok.setdefault(k, got)
+        first_ok.setdefault(k, c)
         if kept is None or (k == 0 and kept_set != 0):  # the check of the case's own inputs, if any
             kept, kept_set = check, k
     return kept, None, counts
@@ -177,31 +179,62 @@ _KINDS = {"c": "complex", "i": "integer", "u": "integer", "b": "boolean", "O": "
 SAMPLED_ELEMENTS = 1 << 16  # of an output larger than this, the elements a sampled check holds
 
 
-def _check(workload, case: Case, inputs: dict, got: dict, rng: np.random.Generator | None) -> Check:
-    """check_outputs, or (with `rng`) the same on a random sample of each large output's elements:
-    a missing row or a stale answer moves a sum and a great many elements; a full check of every
-    element costs ~0.6 s for elbo_grad at batch 8192 (eps drawn inside the call: always full, its
-    reference is made with the backend's own draw)."""
-    if rng is None or case.variant == "eps=sampled":
+def _check(workload, case: Case, inputs: dict, got: dict, rng: np.random.Generator | None,
+           picked: dict[str, np.ndarray] | None = None, shapes: dict[str, list[int]] | None = None) -> Check:  # fmt: skip
+    """check_outputs, or (with `rng` or `picked`) the same on a random sample of each large
+    output's elements: `picked` names the flat indices the values in `got` were taken at (of an
+    output of the shape in `shapes`, which must be the reference's); `rng`
+    draws them here for a large output sent whole. A missing row or a stale answer moves a sum and
+    a great many elements; a full check of every element costs ~0.6 s for elbo_grad at batch 8192
+    (eps drawn inside the call: always full, its reference is made with the backend's own draw)."""
+    picked = picked or {}
+    if (rng is None and not picked) or case.variant == "eps=sampled":
         return check_outputs(workload, case, inputs, got)
     expected = cached_reference(workload, inputs, case)
     got_s, want_s = dict(got), {}
     for name, want in expected.items():
         value = got.get(name)
-        if want.value.size <= SAMPLED_ELEMENTS or value is None or np.size(value) != want.value.size:
+        if name in picked:
+            idx = np.asarray(picked[name])
+            shape = tuple((shapes or {}).get(name, ()))
+            if shape != want.value.shape or np.size(value) != idx.size:
+                # held in another shape than the reference's: compare_output says which (no copy made)
+                want_s[name], got_s[name] = want, np.broadcast_to(np.float64(np.nan), shape)
+                continue
+        elif rng is not None and value is not None and want.value.size > SAMPLED_ELEMENTS \
+                and np.size(value) == want.value.size:  # fmt: skip
+            idx = np.sort(rng.choice(want.value.size, SAMPLED_ELEMENTS, replace=False))
+            got_s[name] = np.asarray(value).reshape(-1)[idx]
+        else:
             want_s[name] = want  # small, or not comparable element by element: as a whole
             continue
-        idx = np.sort(rng.choice(want.value.size, SAMPLED_ELEMENTS, replace=False))
-        got_s[name] = np.asarray(value).reshape(-1)[idx]
         want_s[name] = Tracked(want.value.reshape(-1)[idx], want.worst.reshape(-1)[idx],
                                want.careful.reshape(-1)[idx], want.u)  # fmt: skip
     return compare_outputs(got_s, want_s, case.dtype, [], workload.directions)
 
 
 def _same(a: dict, b: dict) -> bool:
-    if a.keys() != b.keys():
+    """Whether two checks' outputs are the same answer, element for element where both have the
+    element (a picked output against a whole one at its indices; two picked at other indices are
+    not known to be the same)."""
+    oa, ob = a["outputs"], b["outputs"]
+    if oa.keys() != ob.keys():
         return False
-    return all(np.array_equal(np.asarray(a[k]), np.asarray(b[k]), equal_nan=True) for k in a if k != "eps")
+    pa, pb = a.get("picked") or {}, b.get("picked") or {}
+    for k in oa:
+        if k == "eps":
+            continue
+        x, y = np.asarray(oa[k]), np.asarray(ob[k])
+        if k in pa and k in pb:
+            if not np.array_equal(pa[k], pb[k]):
+                return False
+        elif k in pa:
+            y = y.reshape(-1)[pa[k]] if y.size > int(np.max(pa[k], initial=-1)) else y
+        elif k in pb:
+            x = x.reshape(-1)[pb[k]] if x.size > int(np.max(pb[k], initial=-1)) else x
+        if not np.array_equal(x, y, equal_nan=True):
+            return False
+    return True
 
 
 def _floor_size(limits: dict, working_set_bytes: float) -> list[float]:

@@ -13,7 +13,12 @@ worker answering each request (numpy arrays travel pickled):
   worker -> runner  ("opened", {"loops", "first_call_ns", "calibration", "sample_ns", "memory",
                                 "cost", "notes", "call_n_ratio"})  or ("not opened", measurement_json)
   runner -> worker  ("sample", key, n, input_set | None)  -> ("samples", [ns, ...])
-  runner -> worker  ("check", key, input_set, calls)      -> ("checked", {"outputs": {...}, "outputs_ns"})
+  runner -> worker  ("check", key, input_set, calls, hold_above | None)
+                                                          -> ("checked", {"outputs": {...}, "held": {name: shape},
+                                                                          "outputs_ns", "call_ns"})
+  runner -> worker  ("pick", key, {name: flat indices})   -> ("picked", {name: elements})
+                    (outputs above hold_above elements stay in the worker until the runner, having
+                     seen their shapes, picks the elements it checks)
   runner -> worker  ("draws", key, count)                 -> ("drawn", [eps, ...])
   runner -> worker  ("close", key)                        -> ("closed", census)
 (key: the case's label; a worker may hold several cases of one cell open, e.g. cpu and cuda)
@@ -144,6 +149,8 @@ def _serve_open(opened: OpenCase | None, op: str, args: tuple) -> tuple:
         return ("samples", opened.sample(n, input_set))
     if op == "check":
         return ("checked", opened.checked_call(*args))
+    if op == "pick":
+        return ("picked", opened.pick(*args))
     if op == "draws":
         return ("drawn", opened.draws(*args))
     return ("raised", f"unknown request {op!r}", {})
