@@ -433,8 +433,10 @@ def test_backfill_finds_a_ten_percent_slowdown_at_its_commit(tmp_path):
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     for c in doc["changes"]:
-        print(f"\n{c['label']}: {c['good'][:10]}..{c['bad'][:10]} ratio {c['ratio']:.3f} "
-              f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}], {c['verdict']}")
+        print(
+            f"\n{c['label']}: {c['good'][:10]}..{c['bad'][:10]} ratio {c['ratio']:.3f} "
+            f"[{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}], {c['verdict']}"
+        )
     print(f"injected at {shas[slow_at][:10]}")
     (change,) = doc["changes"]  # the slowed case, and nothing else
     assert change["label"] == SLOW_CASE

@@ -22,6 +22,7 @@ Measuring past commits into the store is the gate's (elbolab.gate.backfill, elbo
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -159,7 +160,11 @@ def build_series(rows: Sequence[Row], order: Order, machines: dict[str, MachineR
             continue
         cell = _cell(case)
         paired = any((mid, r.run_id, cell) in cell_factors for rs in grouped[(mid, cid)].values() for r in rs)
-        out.append(series(mid, cid, lambda r: cell_factors.get((r.machine_id, r.run_id, cell)) or by_run(r), paired))
+
+        def by_cell(r: Row, cell: tuple = cell) -> float:
+            return cell_factors.get((r.machine_id, r.run_id, cell)) or by_run(r)
+
+        out.append(series(mid, cid, by_cell, paired))
     out.sort(key=lambda s: (s.machine.label, s.machine.machine_id, s.case.key()))
     return out
 
@@ -172,7 +177,7 @@ def _reference_factors(ref: Series, by_commit: dict[str, list[Row]], rule: Rule)
     bounds = [0, *cuts, len(pts)]
     cell = _cell(ref.case)
     out = {}
-    for lo, hi in zip(bounds, bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         level = float(np.median([m for p in pts[lo:hi] for m in p.run_medians]))
         for p in pts[lo:hi]:
             for r in by_commit[p.commit]:

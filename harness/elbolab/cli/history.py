@@ -128,7 +128,9 @@ def add_commands(sub) -> None:
         "--force", action="store_true", help="measure commits already measured (or skipped) before"
     )
     p.add_argument(
-        "--runs", type=positive_int, default=1,
+        "--runs",
+        type=positive_int,
+        default=1,
         help="separate runs of each commit (default 1); a change is judged on the runs, so more runs "
         "find smaller changes: on a shared 2-core VM, 2 runs a commit find a 10%% step",
     )

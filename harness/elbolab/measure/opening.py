@@ -158,7 +158,9 @@ class OpenCase:
     def pick(self, indices: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The elements at `indices` (flat) of each output the last checked call held."""
         held, self.held = self.held, {}
-        return {name: held[name].reshape(-1)[np.asarray(idx)] for name, idx in indices.items() if name in held}
+        return {
+            name: held[name].reshape(-1)[np.asarray(idx)] for name, idx in indices.items() if name in held
+        }
 
     def draws(self, count: int) -> list[np.ndarray]:
         """The eps each of `count` consecutive single calls drew (eps drawn inside the call)."""

@@ -399,7 +399,9 @@ def _nbytes(expected: dict[str, Tracked]) -> int:
     return sum(t.value.nbytes + t.worst.nbytes + t.careful.nbytes for t in expected.values())
 
 
-def _load_or_compute(workload: Workload, inputs: Mapping[str, np.ndarray], case: Case, path: Path) -> dict[str, Tracked]:
+def _load_or_compute(
+    workload: Workload, inputs: Mapping[str, np.ndarray], case: Case, path: Path
+) -> dict[str, Tracked]:
     try:
         with np.load(path) as saved:
             u = float(saved["u"])
