@@ -50,17 +50,25 @@ def test_other_inputs_under_the_same_case_are_never_served_its_reference(tmp_pat
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
-def test_a_sampled_case_is_checked_against_its_own_draw_never_a_stored_reference(tmp_path, monkeypatch):
+def test_a_sampled_case_is_checked_against_its_own_draw_only_the_draw_free_part_is_stored(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv(REFERENCE_CACHE_ENV, str(tmp_path))
     case = Case("elbo", "numpy", "cpu", "float64", 64, input_dim=13, latent_dim=3, variant="eps=sampled")
     w = WORKLOADS["elbo"]
     inputs = w.make_inputs(case)
-    eps, next_eps = np.random.default_rng(1).standard_normal((2, 64, 3))  # two calls' draws
-    good = {k: t.value for k, t in w.reference(dict(inputs, eps=eps), case).items()}
-    assert check_outputs(w, case, inputs, dict(good, eps=eps), next_eps=next_eps).ok
-    assert not list(tmp_path.glob("*.npz"))
-    wrong_z = dict(good, eps=eps, z=good["z"] * 1.01)
-    assert not check_outputs(w, case, inputs, wrong_z, next_eps=next_eps).ok
+    rng = np.random.default_rng(1)
+    for _ in range(2):  # two backends' draws: each z against its own eps, the rest shared
+        eps, next_eps = rng.standard_normal((2, 64, 3))  # two calls' draws
+        good = {k: t.value for k, t in w.reference(dict(inputs, eps=eps), case).items()}
+        assert check_outputs(w, case, inputs, dict(good, eps=eps), next_eps=next_eps).ok
+        wrong_z = dict(good, eps=eps, z=good["z"] * 1.01)
+        assert not check_outputs(w, case, inputs, wrong_z, next_eps=next_eps).ok
+        wrong_kl = dict(good, eps=eps, kl=good["kl"] * 1.01)
+        assert not check_outputs(w, case, inputs, wrong_kl, next_eps=next_eps).ok
+    (stored,) = tmp_path.glob("*.npz")  # the part eps does not touch, once
+    with np.load(stored) as saved:
+        assert {k.split("/")[0] for k in saved.files if "/" in k} == {"recon", "kl", "elbo"}
 
 
 def test_a_damaged_reference_is_computed_again(tmp_path, monkeypatch):
