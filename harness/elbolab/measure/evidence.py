@@ -226,12 +226,16 @@ def _same(a: dict, b: dict) -> bool:
             continue
         x, y = np.asarray(oa[k]), np.asarray(ob[k])
         if k in pa and k in pb:
-            if not np.array_equal(pa[k], pb[k]):
+            if not np.array_equal(pa[k], pb[k]) or a["held"][k] != b["held"][k]:
                 return False
-        elif k in pa:
-            y = y.reshape(-1)[pa[k]] if y.size > int(np.max(pa[k], initial=-1)) else y
-        elif k in pb:
-            x = x.reshape(-1)[pb[k]] if x.size > int(np.max(pb[k], initial=-1)) else x
+        elif k in pa or k in pb:
+            (picked, shape), whole = ((pa[k], a["held"][k]), y) if k in pa else ((pb[k], b["held"][k]), x)
+            if list(whole.shape) != list(shape):
+                return False
+            if k in pa:
+                y = whole.reshape(-1)[picked]
+            else:
+                x = whole.reshape(-1)[picked]
         if not np.array_equal(x, y, equal_nan=True):
             return False
     return True

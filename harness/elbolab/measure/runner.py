@@ -72,6 +72,7 @@ def execute(
     with _reference_folder() as folder, _environ({REFERENCE_CACHE_ENV: folder}):
         workers = Workers(specs_for(cases, backends), {REFERENCE_CACHE_ENV: folder}, WORKER_START_TIMEOUT_S)
         try:
+            workers.prestart(cases, usable_cores())
             for index, members in enumerate(cells_of(cases, config.control)):
                 t0 = time.perf_counter_ns()
                 records = measure_cell(members, workers, timer, config, index, case_timeout)
