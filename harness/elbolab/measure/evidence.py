@@ -64,7 +64,10 @@ class References:
         if key not in self._inputs:
             if len(self._inputs) >= self.size:
                 self._inputs.pop(next(iter(self._inputs)))
-            self._inputs[key] = input_set(case, k)
+            made = input_set(case, k)
+            for value in made.values():
+                value.flags.writeable = False  # never changed here: their checksums are remembered
+            self._inputs[key] = made
         return self._inputs[key]
 
 
