@@ -24,8 +24,7 @@ TRAIN_STEPS ?= 300
 STORE ?= sqlite:///results/history.sqlite
 
 bench: setup
-	$(BIN)/elbolab run --out $(RUN) $(ARGS)
-	$(BIN)/elbolab train --out $(RUN) --steps $(TRAIN_STEPS)
+	$(BIN)/elbolab run --out $(RUN) --train $(TRAIN_STEPS) $(ARGS)
 	$(BIN)/elbolab history ingest --store $(STORE) $(RUN)
 	$(BIN)/elbolab report $(RUN) -o reports/$(notdir $(basename $(RUN))).html
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pydantic_core
@@ -18,9 +19,10 @@ from elbolab.cli.progress import RunProgress
 from elbolab.cli.render import median_ci_ns, print_run_summary, print_run_table, print_wrapped
 from elbolab.measure.plan import Plan, plan_cases
 from elbolab.measure.runner import run_plan
-from elbolab.model.backend import discover, discover_with_errors
+from elbolab.model.backend import discover, discover_with_errors, is_control
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.config import Config, load_config
+from elbolab.model.errors import UsageError
 from elbolab.model.measurement import Measurement
 from elbolab.model.selection import parse_optional
 from elbolab.store.results import TrainingCurve, load, now, replace_measurements
@@ -120,6 +122,11 @@ def add_commands(sub) -> None:
         default=1,
         help="--measure instructions: cases counted side by side (counts do not depend on load)",
     )
+    p.add_argument(
+        "--train", type=steps, metavar="STEPS",
+        help="then train the digits VAE for STEPS steps (as `elbolab train`) on every backend the run "
+        "measured vae_step on, in both dtypes, in the run's workers (their JIT compiled already)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("train", help="train the digits VAE on every backend; record the loss curves")
@@ -186,21 +193,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     if mode == "resume" and Path(out).exists():  # the cases still to measure, as run_plan will
         done = {m.case.key() for m in load(out).measurements}
         planned = [c for c in planned if c.key() not in done]
+    train = None
+    if args.train:
+        if plan.measure != "time":
+            raise UsageError("--train goes with timed runs, not --measure instructions")
+        from elbolab.measure.runner import Training
+        from elbolab.measure.training import TrainConfig
+
+        cases = plan_cases(plan, discover())
+        trained = tuple(
+            dict.fromkeys(c.backend for c in cases if c.workload == "vae_step" and not is_control(c.backend))
+        )
+        train = Training(trained, tuple(plan.dtypes or DTYPES), TrainConfig(steps=args.train))
     with RunProgress(planned=planned, control=plan.control) as progress:
         run = run_plan(
             plan, out, mode=mode, case_timeout=config.pick(args.timeout, "run.timeout"), measure_limits=not args.no_limits,
-            on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs,
+            on_result=progress.measured, on_plan=progress.planned, jobs=args.jobs, train=train,
         )  # fmt: skip
+    if train is not None:
+        print_curve = training_printer(Console(stderr=True))
+        for curve in run.training:
+            print_curve(curve)
     print_run_summary(run, stdout_console())
     print_wrapped(stdout_console(), f"results: {out} (every case: elbolab show {out})")
     return 0
+
+
+def training_printer(console: Console) -> Callable[[TrainingCurve], None]:
+    """One line per training curve: its final loss, whether it learned, whether every step held."""
+    from elbolab.measure.training import FINAL_STEPS, final_loss
+
+    def on_result(c: TrainingCurve) -> None:
+        head = f"train {c.backend} {c.device} {c.dtype}: "
+        if not c.losses:
+            print_wrapped(console, head + f"{c.status}, {c.reason}")
+            return
+        learned = "learned" if c.learned else "did NOT learn"
+        steps = "every step within its bound" if c.status == "ok" else f"INCORRECT at {c.reason}"
+        print_wrapped(console, head + f"final loss {final_loss(c.losses):.4f}, the mean of the last "
+                      f"{min(FINAL_STEPS, len(c.losses))} steps ({learned}: bias-only {c.bias_only_loss:.2f}); {steps}")  # fmt: skip
+
+    return on_result
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from elbolab.measure.plan import check_names
     from elbolab.measure.runner import open_run, run_training
     from elbolab.measure.timer import TimerConfig
-    from elbolab.measure.training import FINAL_STEPS, TrainConfig, final_loss
+    from elbolab.measure.training import TrainConfig
 
     # by default every backend whose default matrix has vae_step (torch.compile would recompile at
     # each of the hundreds of steps, since every step is a fresh prepare); any can be named
@@ -214,23 +254,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     # an existing file (from this machine) gets the curves added; the run's own finish time is kept
     run = open_run(args.out, Plan(), TimerConfig(), mode="append")
     finished = run.run.finished
-    console = Console(stderr=True)
     _warn_not_loaded()
-
-    def on_result(c: TrainingCurve) -> None:
-        head = f"train {c.backend} {c.device} {c.dtype}: "
-        if not c.losses:
-            print_wrapped(console, head + f"{c.status}, {c.reason}")
-            return
-        learned = "learned" if c.learned else "did NOT learn"
-        steps = "every step within its bound" if c.status == "ok" else f"INCORRECT at {c.reason}"
-        print_wrapped(console, head + f"final loss {final_loss(c.losses):.4f}, the mean of the last "
-                      f"{min(FINAL_STEPS, len(c.losses))} steps ({learned}: bias-only {c.bias_only_loss:.2f}); {steps}")  # fmt: skip
-
     with run:
-        run_training(run, backends, args.dtype, TrainConfig(steps=args.steps), on_result=on_result)
+        run_training(run, backends, args.dtype, TrainConfig(steps=args.steps),
+                     on_result=training_printer(Console(stderr=True)))  # fmt: skip
         run.finish(finished or now())
-    console.print(f"results: {args.out}")
+    Console(stderr=True).print(f"results: {args.out}")
     return 0
 
 

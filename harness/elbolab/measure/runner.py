@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -36,7 +36,7 @@ from elbolab.measure.machine import git_info, machine_info, software_info, usabl
 from elbolab.measure.plan import Plan, check_names, default_threads, plan_cases
 from elbolab.measure.timer import TimerConfig
 from elbolab.measure.training import DATASET, TrainConfig, curves
-from elbolab.measure.worker import WorkerSpec, ask_training, end, kill, start_worker, stop
+from elbolab.measure.worker import Worker, WorkerSpec, ask_training, end, kill, start_worker, stop
 from elbolab.model.backend import Backend, discover, discover_with_errors, is_control
 from elbolab.model.case import DTYPES, Case
 from elbolab.model.errors import UsageError
@@ -61,10 +61,11 @@ def execute(
     on_result: OnResult | None = None,
     cell_config: CellConfig | None = None,
     limits: dict | None = None,
+    train: Training | None = None,
 ) -> None:
     """Measure every case (of `backends`, as discovered by the plan) cell by cell, interleaved
     (elbolab.measure.cells), judge each in this process (elbolab.measure.evidence) and append it to
-    `run` as soon as its cell is done."""
+    `run` as soon as its cell is done; then, with `train`, train in the same workers."""
     config = cell_config or CellConfig()
     software = run.software.setdefault("backends", {})
     refs = References()
@@ -89,6 +90,9 @@ def execute(
                     if on_result:
                         on_result(m)
                 software.update(workers.versions)
+            if train is not None:
+                workers.release()  # nothing is timed from here: every worker may run
+                run_training(run, train.backends, train.dtypes, train.config, borrow=workers)
         except BaseException:  # interrupted: a worker in a long call would not read 'stop' soon
             for worker in workers.live.values():
                 kill(worker)
@@ -195,6 +199,7 @@ def run_plan(
     on_result: OnResult | None = None,
     on_plan: Callable[[int], None] | None = None,
     jobs: int = 1,
+    train: Training | None = None,
 ) -> Run:
     backends = discover()
     cases = plan_cases(plan, backends)
@@ -219,7 +224,7 @@ def run_plan(
             count(todo, run, jobs=jobs, case_timeout=case_timeout or 900, on_result=on_result)
         else:
             execute(todo, run, timer, backends, case_timeout=case_timeout or (120 if plan.quick else 300),
-                    on_result=on_result, cell_config=cells, limits=run.limits)  # fmt: skip
+                    on_result=on_result, cell_config=cells, limits=run.limits, train=train)  # fmt: skip
         run.set_health("end", {"load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None})
         run.finish(now())
         return run.run
@@ -232,6 +237,15 @@ def _measure_limits(plan: Plan) -> dict:
 # ------------------------------------------------------------------------------------------ training
 
 
+@dataclass(frozen=True)
+class Training:
+    """Training to do at the end of a run (`elbolab run --train`), in the run's own workers."""
+
+    backends: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    config: TrainConfig
+
+
 def run_training(
     run: RunFile,
     backend_names: Sequence[str],
@@ -241,11 +255,16 @@ def run_training(
     timeout: float = 600,
     jobs: int | None = None,
     on_result: Callable[[TrainingCurve], None] | None = None,
+    borrow: Workers | None = None,
 ) -> None:
     """Train the digits VAE (elbolab.measure.training) on every backend (one worker a backend, for
     each of its devices and dtypes; `jobs` workers at once, by default one per core: nothing in
     training is timed, and each trains on one thread); put the curves into `run`, replacing earlier
-    curves of the same backend, device and dtype only."""
+    curves of the same backend, device and dtype only.
+
+    With `borrow` (a run's workers), a backend trains in the run's one-thread worker where it is
+    alive: its JIT has compiled vae_step already (numba's two backends compiled for 38 of the 55 s
+    of CPU a fresh training took on the 2-core VM)."""
     backends = discover()
     check_names(backend_names, backends, "backend")
     check_names(dtypes, DTYPES, "dtype")
@@ -264,7 +283,9 @@ def run_training(
             compile_ns[m.case.backend] = compile_ns.get(m.case.backend, 0.0) + m.first_call_ns
     with ThreadPoolExecutor(max_workers=max(1, jobs or usable_cores())) as pool:
         futures = {
-            name: pool.submit(_train_in_worker, name, todo[name], config, timeout, live, stopping)
+            name: pool.submit(
+                _train_in_worker, name, todo[name], config, timeout, live, stopping, _borrowed(borrow, name)
+            )  # fmt: skip
             for name in sorted(todo, key=lambda name: -compile_ns.get(name, 0.0))
         }
         try:
@@ -296,11 +317,13 @@ def _train_in_worker(
     timeout: float,
     live: list,
     stopping: threading.Event,
+    borrowed: Worker | None = None,
 ) -> list[dict]:
-    """Each (device, dtype) of `runs` trained in one worker of the backend, in turn; a worker that
-    dies or hangs loses only the training it was doing: a fresh one takes the rest."""
+    """Each (device, dtype) of `runs` trained in one worker of the backend, in turn (the `borrowed`
+    one of a run, which its run stops, else one started here); a worker that dies or hangs loses
+    only the training it was doing: a fresh one takes the rest."""
     results: list[dict] = []
-    worker = None
+    worker = borrowed
     for device, dtype in runs:
         if stopping.is_set():  # interrupted: no new worker, no further training
             break
@@ -314,6 +337,18 @@ def _train_in_worker(
         results.append(result)
         if result.get("status") in ("timeout", "failed") and not worker.process.is_alive():
             worker = None
-    if worker is not None:
+    if worker is not None and worker is not borrowed:
         stop(worker)
     return results
+
+
+def _borrowed(workers: Workers | None, backend: str) -> Worker | None:
+    """A run's live one-thread worker of `backend`, if it has one."""
+    if workers is None:
+        return None
+    try:
+        spec = workers.spec_of(Case("vae_step", backend, threads=1))
+    except KeyError:  # a backend the run did not measure
+        return None
+    worker = workers.live.get(spec)
+    return worker if worker is not None and worker.process.is_alive() else None

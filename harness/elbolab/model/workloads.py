@@ -414,7 +414,8 @@ def _fingerprint(v) -> float:
     if hit is not None and hit[0]() is a:  # an id is reused once its array is gone: the ref tells
         return hit[1]
     total = float(np.sum(a, dtype=np.float64))
-    _SUMS[id(a)] = (weakref.ref(a, lambda _, key=id(a): _SUMS.pop(key, None)), total)
+    key = id(a)
+    _SUMS[key] = (weakref.ref(a, lambda _: _SUMS.pop(key, None)), total)
     return total
 
 
