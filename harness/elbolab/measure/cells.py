@@ -42,6 +42,10 @@ REFERENCE = "numpy"  # the backend every speed-up is over, and whose control is 
 class CellConfig:
     rounds: int = 8  # paired rounds: 6 is the fewest a 95% signed-rank interval can be made of
     block: int = 2  # samples a backend takes per round
+    # ... where a case's blocks of all rounds last at most this; a cell with a longer case takes one
+    # sample a round: a sample of tens of milliseconds (vae_step at batch 1024, the elbo family at
+    # 8192: a call or a few) is steady already, and its second sample cost ~25 s of a make bench
+    block_budget_ns: int = 400_000_000
     control: bool = True  # measure the reference backend a second time in every cell it is in
     draws: int = 64  # at most this many consecutive calls' eps are collected (eps drawn inside)
     draw_values: int = 4096  # ... and at least this many numbers, where the calls allow
@@ -241,10 +245,12 @@ def _round(rec: CaseRecord, r: int, block: int, plan: dict[int, list[tuple]]) ->
 
 
 def _affordable(records: dict, live: list[Case], timer: TimerConfig, config: CellConfig) -> bool:
-    """Whether every member can take `block` samples a round within the case budget."""
+    """Whether every member can take `block` samples a round within the block budget (and the
+    case's whole budget)."""
+    budget = min(timer.budget_ns, config.block_budget_ns)
     for case in live:
         sample_ns = (records[case].opened or {}).get("sample_ns") or 0
-        if sample_ns * config.rounds * config.block > timer.budget_ns:
+        if sample_ns * config.rounds * config.block > budget:
             return False
     return True
 

@@ -34,7 +34,7 @@ from elbolab.measure.timer import Sampler, TimerConfig, loop_runner, sample_unti
 from elbolab.model.backend import Backend
 from elbolab.model.case import Case
 from elbolab.model.measurement import Check, Cost, Measurement, Memory, not_measured
-from elbolab.model.workloads import WORKLOADS, check_outputs, input_set
+from elbolab.model.workloads import WORKLOADS, check_outputs, shared_input_set
 
 # A loop of call() is compared with call_n only where one call takes this long: below it, the
 # Python loop's own overhead (~0.1-1 µs a call) is what call_n saves, legitimately.
@@ -65,7 +65,7 @@ class OpenCase:
         self._limits = threadpool_limits(limits=case.threads)
         reset_ok = _reset_peak_rss()
         baseline = _status_bytes("VmRSS")
-        self.inputs = self.input_sets[0] = input_set(case, 0)
+        self.inputs = self.input_sets[0] = shared_input_set(case, 0)
         # the buffers the calls read: the harness's, rewritten between samples (Prepared's contract)
         self.given = {k: v.copy() for k, v in self.inputs.items()}
         self.prepared = self.backend.prepare(case, self.given)
@@ -94,7 +94,7 @@ class OpenCase:
 
     def input_set(self, k: int) -> dict[str, np.ndarray]:
         if k not in self.input_sets:
-            self.input_sets[k] = input_set(self.case, k)
+            self.input_sets[k] = shared_input_set(self.case, k)
         return self.input_sets[k]
 
     def write_inputs(self, k: int) -> None:
@@ -103,7 +103,8 @@ class OpenCase:
             return
         values = self.input_set(k)
         if self.prepared.load is not None:  # a device backend: its own copy, through its loader
-            self.prepared.load(values)
+            # writable arrays (a shared set is mapped read-only, and torch.from_numpy warns on those)
+            self.prepared.load({k: v if v.flags.writeable else np.array(v) for k, v in values.items()})
         else:
             for name, value in values.items():
                 _overwrite(self.given[name], value)
