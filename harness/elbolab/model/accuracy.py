@@ -66,6 +66,7 @@ the same sign, or nan); a finite output against a non-finite reference, or the r
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from collections.abc import Mapping
@@ -381,8 +382,22 @@ def element_bounds(want: Tracked, dtype: str) -> tuple[np.ndarray, np.ndarray]:
 def random_directions(name: str, size: int, n: int) -> np.ndarray:
     """n Gaussian directions in the space of an output of `size` elements, seeded by its name: the
     same for every backend and case (they need not be secret: an honest error is independent of
-    any fixed direction, and a bug that tuned its error to them would be a strange bug)."""
+    any fixed direction, and a bug that tuned its error to them would be a strange bug). Small ones
+    are made once (read-only): a training run checks 20 outputs at each of its 300 steps, and
+    drawing their directions was a fifth of its time."""
+    if n * size <= CACHED_DIRECTION_VALUES:
+        return _cached_directions(name, size, n)
     return np.random.default_rng(zlib.crc32(name.encode())).standard_normal((n, size))
+
+
+CACHED_DIRECTION_VALUES = 1 << 18  # 2 MB a set of directions; at most 128 sets kept
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_directions(name: str, size: int, n: int) -> np.ndarray:
+    v = np.random.default_rng(zlib.crc32(name.encode())).standard_normal((n, size))
+    v.flags.writeable = False
+    return v
 
 
 def direction_ratios(name: str, error: np.ndarray, bound: np.ndarray, n: int) -> np.ndarray:
