@@ -355,3 +355,43 @@ def test_interleaved_ab_runs_are_judged_by_their_worker_pairs():
         < p.ci95[1] - p.ci95[0]
     )
     assert not p.regression and p.verdict is not Verdict.SLOWER
+
+
+def _separate_run(rng, run_id: str, cell_drift: dict, stray: float, changed: dict | None = None):
+    """One run of 6 backends and NumPy's null control in 4 cells: each cell moved by its drift, each
+    backend by its own log-normal stray (what the 2-core VM does to separate runs), `changed`
+    (backend, batch) -> factor on top."""
+    from elbolab.model.backend import control_name
+
+    ms = []
+    for batch, drift in cell_drift.items():
+        for i, backend in enumerate(
+            ("numpy", control_name("numpy"), "rust", "numba", "torch", "rust-inner", "jax")
+        ):
+            base = 1e5 * (1 + i / 3)
+            f = drift * math.exp(rng.normal(0, stray)) * (changed or {}).get((backend, batch), 1.0)
+            m = ok(Case("elbo", backend, batch=batch), noisy(rng, base * f, n=16, sigma=0.02))
+            ms.append(replace(m, rounds=(2,) * 8))  # 8 interleaved rounds of 2 samples, as a cell takes
+    return make_run(ms, run_id=run_id)
+
+
+def test_separate_runs_are_widened_by_their_cells_drift_and_spread():
+    """A/A: cells drifting 0.6-1.6x between the runs and backends straying from their cell by 12%
+    (sigma) give no confident verdict; a backend 2x slower in one cell of the head run is still
+    found slower there, and only there."""
+    rng = np.random.default_rng(5)
+    drift_a = {1: 1.0, 128: 1.0, 1024: 1.0, 8192: 1.0}
+    drift_b = {1: 0.6, 128: 1.6, 1024: 1.25, 8192: 0.85}
+    base = _separate_run(rng, "a", drift_a, 0.12)
+    confident = 0
+    for seed in range(5):
+        head = _separate_run(np.random.default_rng(100 + seed), f"b{seed}", drift_b, 0.12)
+        got = compare(base, head, allow_missing=True)
+        confident += sum(c.judgement.verdict in (Verdict.SLOWER, Verdict.FASTER) for c in got.comparisons)
+        assert any("strayed" in n for n in got.notices)
+    assert confident <= 1  # of 5 x 28 cases
+    head = _separate_run(np.random.default_rng(7), "c", drift_b, 0.12, changed={("rust", 1024): 2.0})
+    got = compare(base, head, allow_missing=True)
+    found = {c.case.backend + str(c.case.batch): c.judgement.verdict for c in got.comparisons}
+    assert found["rust1024"] is Verdict.SLOWER
+    assert sum(v is Verdict.SLOWER for v in found.values()) == 1

@@ -409,16 +409,34 @@ def between_runs_noise(base: dict, head: dict, common: list, notices: list[str])
                 math.log(head[k].median_ns / base[k].median_ns)
             )
     drift = {cell: abs(float(np.median(v))) for cell, v in shifts.items()}
-    noise = {k: control + drift.get(cell_of(base[k].case), 0.0) for k in common}
+    # how far a cell's backends strayed from its drift, each its own way (a robust sigma of their
+    # shifts, from four backends up): torch's iwae at batch 1024 moved 3.25x between two make bench
+    # runs while its cell moved 1.35x. One changed backend barely moves it.
+    spread = {
+        cell: 1.4826 * float(np.median(np.abs(np.asarray(v) - np.median(v)))) if len(v) >= SPREAD_MIN else 0.0
+        for cell, v in shifts.items()
+    }
+    noise = {
+        k: control
+        + drift.get(cell_of(base[k].case), 0.0)
+        + SPREAD_SIGMAS * spread.get(cell_of(base[k].case), 0.0)
+        for k in common
+    }
     moved = sorted(drift.values())
     typical, largest = (math.expm1(moved[len(moved) // 2]), math.expm1(moved[-1])) if moved else (0.0, 0.0)
+    strays = sorted(spread.values())
+    stray = math.expm1(SPREAD_SIGMAS * strays[len(strays) // 2]) if strays else 0.0
     notices.append(
-        f"separate runs: every interval is widened by the runs' null controls (±{math.expm1(control):.1%}) and "
-        f"the drift of its cell between the runs (median ±{typical:.1%}, at most ±{largest:.0%}); changes "
-        "smaller than that cannot be decided from two runs: measure both revisions together with "
-        "`elbolab gate --base REF`"
+        f"separate runs: every interval is widened by the runs' null controls (±{math.expm1(control):.1%}), "
+        f"the drift of its cell between the runs (median ±{typical:.1%}, at most ±{largest:.0%}) and how far "
+        f"the cell's backends strayed from it (median ±{stray:.1%}); changes smaller than that cannot be "
+        "decided from two runs: measure both revisions together with `elbolab gate --base REF`"
     )
     return noise
+
+
+SPREAD_MIN = 4  # backends a cell needs before their spread is read
+SPREAD_SIGMAS = 2.5  # robust sigmas of a cell's spread each interval is widened by
 
 
 def _compare_case(mb: Measurement, mh: Measurement, rule: Rule, count_rule: Rule, reference: Reference | None,

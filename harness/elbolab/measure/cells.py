@@ -317,11 +317,11 @@ def _request(rec: CaseRecord, workers: Workers, timeout: float, requests: list[t
 
 def _check_request(rec: CaseRecord, request: tuple) -> tuple:
     """A check as sent: every element of the outputs of the first check on the case's own inputs
-    (set 0) and of every check with eps drawn inside (its reference is made from the backend's
-    draw), which the parent checks whole; of the others' large outputs only the elements the parent
-    picks (elbolab.measure.evidence.SAMPLED_ELEMENTS), sent after the outputs were copied."""
+    (set 0), which the parent checks whole; of the others' large outputs only the elements the
+    parent picks (elbolab.measure.evidence.SAMPLED_ELEMENTS), sent after the outputs were copied
+    (the worker always sends a drawn eps whole: elbolab.measure.opening.OpenCase.checked_call)."""
     _, k, calls = request
-    whole = rec.case.variant == "eps=sampled" or (k == 0 and not any(c["set"] == 0 for c in rec.checks))
+    whole = k == 0 and not any(c["set"] == 0 for c in rec.checks)
     return ("check", rec.case.label(), k, calls, None if whole else SAMPLED_ELEMENTS)
 
 

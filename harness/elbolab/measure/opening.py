@@ -150,7 +150,8 @@ class OpenCase:
         self.held = {}
         if hold_above is not None and isinstance(outputs, dict):
             for name in list(outputs):
-                if outputs[name].size > hold_above:
+                # a drawn eps travels whole: the parent makes the outputs it decides from all of it
+                if name != "eps" and outputs[name].size > hold_above:
                     self.held[name] = outputs.pop(name)
         shapes = {name: list(a.shape) for name, a in self.held.items()}
         return {"set": k, "calls": calls, "outputs": outputs, "held": shapes, "outputs_ns": t3 - t2,

@@ -392,6 +392,21 @@ def check_outputs(
     with that eps, so z is checked exactly like every other output, and the draw itself, with the
     next call's (`next_eps`), must be fresh standard normals (check_draws).
     """
+    expected, got, problems = expected_outputs(workload, case, inputs, got, next_eps)
+    return compare_outputs(got, expected, case.dtype, problems, workload.directions)
+
+
+def expected_outputs(
+    workload: Workload,
+    case: Case,
+    inputs: Mapping[str, np.ndarray],
+    got: Mapping[str, object],
+    next_eps: np.ndarray | None = None,
+) -> tuple[dict[str, Tracked], Mapping[str, object], list[str]]:
+    """The reference check_outputs holds `got` to, `got` as it is compared (less the outputs of a
+    draw that is itself wrong) and the problems found on the way. With eps drawn inside the call,
+    the outputs eps does not touch come from one reference of the input set for every backend
+    and draw; the others are made from the backend's own draw."""
     problems: list[str] = []
     if case.variant == "eps=sampled" and workload.sampled_outputs:
         eps = got.get("eps")
@@ -402,14 +417,12 @@ def check_outputs(
             got = {k: v for k, v in got.items() if k not in workload.sampled_outputs}
         else:
             drawn = dict(inputs, eps=np.asarray(eps, dtype=case.dtype))
-        # the outputs eps does not touch: one reference of the input set for every backend and draw
         expected = dict(cached_reference(workload, {k: v for k, v in inputs.items() if k != "eps"}, case))
         if drawn is not None:
             by_draw = workload.draw_reference or workload.reference
             expected.update(by_draw(drawn, case))
-        return compare_outputs(got, expected, case.dtype, problems, workload.directions)
-    expected = cached_reference(workload, inputs, case)
-    return compare_outputs(got, expected, case.dtype, problems, workload.directions)
+        return expected, got, problems
+    return cached_reference(workload, inputs, case), got, problems
 
 
 # The runner names a folder here for the length of a run; its workers share the references in it.
