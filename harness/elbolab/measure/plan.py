@@ -20,14 +20,16 @@ from elbolab.model.selection import Selection
 from elbolab.model.workloads import WORKLOADS
 
 # The default matrix of `make bench`: every workload over the batch sizes where it is interesting
-# (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound and
-# ~50 ms a step at 1024, so it stops there), both dtypes, one thread, and all cores where a call
-# can be split (float64 above batch 1: see plan_cases).
+# (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound from
+# batch 128 on, its matrix products ~25 ms a step at 512 in NumPy, so it stops there: at 1024 its
+# three cells were 51 s of a 5-minute make bench on the 2-core VM and told nothing 512 does not),
+# both dtypes, one thread, and all cores where a call can be split (float64 above batch 1: see
+# plan_cases).
 DEFAULT_BATCHES = {
     "elbo": (1, 128, 1024, 8192),
     "elbo_grad": (1, 128, 1024, 8192),
     "iwae": (1, 128, 1024),
-    "vae_step": (1, 128, 1024),
+    "vae_step": (1, 128, 512),
 }
 # --quick (CI): the overhead-bound and a DRAM-bound elbo, the rest at the tutorial's batch; one
 # thread and float64 (every JIT compile counts: a CI machine starts cold)
