@@ -21,8 +21,8 @@ from elbolab.model.workloads import WORKLOADS
 
 # The default matrix of `make bench`: every workload over the batch sizes where it is interesting
 # (the elbo family from overhead-bound batch 1 to DRAM-bound 8192; vae_step is compute-bound from
-# batch 128 on, its matrix products ~25 ms a step at 512 in NumPy, so it stops there: at 1024 its
-# three cells were 51 s of a 5-minute make bench on the 2-core VM and told nothing 512 does not),
+# batch 128 on, ~50 ms a step at 512 in NumPy float64 and ~100 ms at 1024, so it stops at 512: at
+# 1024 its three cells were 51 s of a 5-minute make bench on the 2-core VM),
 # both dtypes, one thread, and all cores where a call can be split (float64 above batch 1: see
 # plan_cases).
 DEFAULT_BATCHES = {
