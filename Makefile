@@ -17,7 +17,7 @@ CONSTRAINTS ?= $(shell $(PYTHON) -c 'import sys; print("$(LOCK)" if sys.version_
 # What `make` installs: every backend, the report and history extras, and the test tools
 EXTRAS ?= torch,numba,test
 
-.PHONY: bench bench-full quick trends test setup rust browser system lint clean
+.PHONY: bench bench-full quick trends test test-quiet setup rust browser system lint clean
 
 TRAIN_STEPS ?= 300
 
@@ -52,6 +52,11 @@ test: setup system
 	@if command -v cargo >/dev/null; then cargo test -q --release --lib --manifest-path backends/rust/Cargo.toml; \
 	 else echo "cargo not found: skipping the Rust unit tests"; fi
 	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
+
+# The tests that need an otherwise idle machine (marked quiet: a 10% step found between separate
+# runs of past commits), one process, nothing else running
+test-quiet: setup
+	ELBOLAB_QUIET_TESTS=1 $(BIN)/python -m pytest -q -p no:xdist -m quiet
 
 setup: $(STAMP) $(RUST_STAMP)
 
