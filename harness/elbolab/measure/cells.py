@@ -130,8 +130,7 @@ class Workers:
             if isinstance(got, str):
                 self.failed[spec] = got
             else:
-                self.live[spec] = got
-                self.versions.setdefault(spec.backend, got.hello.get("versions", {}))
+                self._adopt(spec, got)
 
     def for_case(self, case: Case) -> Worker:
         """The case's worker (started if need be), from now on the only one running."""
@@ -140,10 +139,13 @@ class Workers:
             raise RuntimeError(self.failed[spec])
         worker = self.live.get(spec)
         if worker is None or not worker.process.is_alive():
-            worker = start_worker(spec, start_timeout=self.start_timeout, env=self.env)
-            self.live[spec] = worker
-            self.versions.setdefault(spec.backend, worker.hello.get("versions", {}))
+            worker = self._adopt(spec, start_worker(spec, start_timeout=self.start_timeout, env=self.env))
         self._hold_all_but(worker)
+        return worker
+
+    def _adopt(self, spec: WorkerSpec, worker: Worker) -> Worker:
+        self.live[spec] = worker
+        self.versions.setdefault(spec.backend, worker.hello.get("versions", {}))
         return worker
 
     def _hold_all_but(self, active: Worker) -> None:

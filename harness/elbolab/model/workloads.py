@@ -134,9 +134,7 @@ def shared_input_set(case: Case, k: int) -> dict[str, np.ndarray]:
     folder = os.environ.get(REFERENCE_CACHE_ENV)
     if not folder or case.batch * case.input_dim * np.dtype(case.dtype).itemsize < SHARED_INPUT_BYTES:
         return input_set(case, k)
-    spec = {f: getattr(case, f) for f in ("workload", "variant", "dtype", "batch", "input_dim", "latent_dim",
-                                          "hidden_dim", "importance_samples", "seed")}  # fmt: skip
-    key = hashlib.sha256(json.dumps(dict(spec, set=k), sort_keys=True).encode()).hexdigest()[:32]
+    key = hashlib.sha256(json.dumps(dict(_data_spec(case), set=k), sort_keys=True).encode()).hexdigest()[:32]
     where = Path(folder) / f"inputs-{key}"
     try:
         names = json.loads((where / "names.json").read_text())
@@ -440,7 +438,7 @@ def cached_reference(workload: Workload, inputs: Mapping[str, np.ndarray], case:
     folder = os.environ.get(REFERENCE_CACHE_ENV)
     if not folder or (case.variant == "eps=sampled" and "eps" in inputs):  # a backend's own draw
         return workload.reference(inputs, case)
-    spec = {k: v for k, v in case.to_json().items() if k not in ("backend", "device", "threads")}
+    spec = _data_spec(case)
     spec["inputs"] = {k: [list(np.shape(v)), _fingerprint(v)] for k, v in sorted(inputs.items())}
     path = Path(folder) / f"{hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:32]}.npz"
     held = _HELD.get(path)
@@ -452,6 +450,11 @@ def cached_reference(workload: Workload, inputs: Mapping[str, np.ndarray], case:
     while len(_HELD) > 1 and sum(_nbytes(t) for t in _HELD.values()) > HELD_BYTES:
         _HELD.popitem(last=False)
     return expected
+
+
+def _data_spec(case: Case) -> dict:
+    """What a case's data is made from: every field but who computes it (backend, device, threads)."""
+    return {k: v for k, v in case.to_json().items() if k not in ("backend", "device", "threads")}
 
 
 def _fingerprint(v) -> float:
